@@ -1,0 +1,287 @@
+"""Soft failures: one broken subject never stops a cohort.
+
+How it works
+------------
+Every workflow stage runs inside :func:`run_stage`. The stage writes a small
+*status record* (JSON) at ``failure_path`` whatever happens:
+
+- on success: ``{"status": "ok", ...}``;
+- on any exception (:class:`Exception`, not ``KeyboardInterrupt``): ``"failed"``,
+  with the error class and a one-line message; the traceback goes to the
+  Python log (the rule's ``log:`` file); every declared output is replaced by
+  an empty placeholder file so that Snakemake's DAG continues, and the call
+  returns normally (the CLI then exits 0);
+- when an upstream stage's record says ``failed`` or ``skipped``: the stage is
+  not run at all, its record says ``"skipped"`` with the message
+  ``"skipped: upstream stage X failed: reason"``, and placeholders are written.
+
+Records are written atomically (:func:`cmb.atomic.write_json`), so a record is
+either complete or absent. At the end, :func:`collect_failures` gathers every
+record that is not ``ok`` into the cohort ``failures.csv`` (one row per failed or
+skipped stage, columns :data:`FAILURE_COLUMNS`).
+
+Empty placeholders are never valid NIfTI or JSON files, so nothing downstream can
+mistake them for results; downstream stages should pass their upstream records
+to :func:`run_stage` rather than reading placeholders.
+
+Participant and session ids are stored in BIDS form (``sub-01``, ``ses-1``); bare
+labels are prefixed.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from cmb.atomic import atomic_path, write_json
+
+__all__ = [
+    "InputDataError",
+    "FAILURE_COLUMNS",
+    "run_stage",
+    "read_record",
+    "upstream_failure",
+    "collect_failures",
+    "write_failures_csv",
+    "one_line",
+]
+
+_log = logging.getLogger(__name__)
+
+#: Columns of the cohort failures table, in order.
+FAILURE_COLUMNS = ["participant_id", "session_id", "stage", "error_class", "message", "log"]
+
+_MAX_MESSAGE = 500
+
+
+class InputDataError(ValueError):
+    """An input file is missing, unreadable or unusable.
+
+    The message is one line and starts with the offending file's path.
+
+    >>> str(InputDataError("/data/sub-01_swi.nii.gz: all voxels are zero"))
+    '/data/sub-01_swi.nii.gz: all voxels are zero'
+    """
+
+
+def one_line(text: str, limit: int = _MAX_MESSAGE) -> str:
+    """Collapse ``text`` to one line of at most ``limit`` characters.
+
+    >>> one_line("first\\n  second  line ")
+    'first | second  line'
+    """
+    parts = [p.strip() for p in str(text).splitlines() if p.strip()]
+    flat = " | ".join(parts)
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def _bids_id(value: str | None, prefix: str) -> str | None:
+    if value is None or value == "":
+        return None
+    value = str(value)
+    return value if value.startswith(prefix) else prefix + value
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def read_record(path: str | os.PathLike) -> dict[str, Any] | None:
+    """Read a status record; ``None`` if the file is missing, empty or not a record.
+
+    An empty file is what :func:`run_stage` leaves as a placeholder output, so it
+    reads as "no record".
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (FileNotFoundError, IsADirectoryError):
+        return None
+    if not text.strip():
+        return None
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) and "status" in record else None
+
+
+def upstream_failure(records: Iterable[str | os.PathLike | dict | None]) -> dict[str, Any] | None:
+    """The first upstream record (path or dict) whose status is not ``ok``, else ``None``.
+
+    Missing record files count as "no failure" (the stage may simply not use the
+    soft-failure mechanism).
+
+    >>> upstream_failure([{"status": "ok"}, {"status": "failed", "stage": "ingest"}])["stage"]
+    'ingest'
+    >>> upstream_failure([]) is None
+    True
+    """
+    for rec in records:
+        if rec is None:
+            continue
+        if not isinstance(rec, dict):
+            rec = read_record(rec)
+        if rec is not None and rec.get("status") not in (None, "ok"):
+            return rec
+    return None
+
+
+def _write_placeholders(outputs: Sequence[str | os.PathLike]) -> None:
+    for out in outputs:
+        out = Path(out)
+        if out.is_dir():
+            continue
+        with atomic_path(out) as tmp:
+            tmp.write_bytes(b"")
+
+
+def run_stage(
+    stage: str,
+    participant_id: str,
+    session_id: str | None,
+    outputs: Sequence[str | os.PathLike],
+    failure_path: str | os.PathLike,
+    log: str | os.PathLike | None,
+    func: Callable[[], Any],
+    *,
+    upstream: Iterable[str | os.PathLike | dict | None] = (),
+) -> dict[str, Any]:
+    """Run one stage of one subject/session; never raise on a subject's failure.
+
+    Parameters
+    ----------
+    stage : str
+        Stage name, e.g. ``"ingest"``.
+    participant_id, session_id : str or None
+        ``"01"`` or ``"sub-01"``; ``"1"``, ``"ses-1"`` or ``None``.
+    outputs : sequence of path
+        Files the stage declares to Snakemake; on failure or skip each is
+        replaced by an empty placeholder.
+    failure_path : path
+        Where the status record (JSON) is written, always.
+    log : path or None
+        The stage's log file, recorded in the record (not written here).
+    func : callable
+        Called without arguments to do the work.
+    upstream : iterable of path or dict, optional
+        Status records of the stages this one depends on. If any is ``failed``
+        or ``skipped``, ``func`` is not called.
+
+    Returns
+    -------
+    dict
+        The record written to ``failure_path``; ``record["status"]`` is
+        ``"ok"``, ``"failed"`` or ``"skipped"``.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> def broken():
+    ...     raise InputDataError("sub-01_swi.nii.gz: all voxels are zero")
+    >>> rec = run_stage("ingest", "01", None, [d / "out.nii.gz"], d / "ingest.json",
+    ...                 d / "ingest.log", broken)
+    >>> rec["status"], rec["error_class"], (d / "out.nii.gz").stat().st_size
+    ('failed', 'InputDataError', 0)
+    >>> run_stage("preprocess", "01", None, [], d / "pre.json", None, print,
+    ...           upstream=[d / "ingest.json"])["message"]
+    'skipped: upstream stage ingest failed: sub-01_swi.nii.gz: all voxels are zero'
+    """
+    base = {
+        "participant_id": _bids_id(participant_id, "sub-"),
+        "session_id": _bids_id(session_id, "ses-"),
+        "stage": stage,
+        "log": None if log is None else str(log),
+    }
+    failed = upstream_failure(upstream)
+    if failed is not None:
+        reason = failed.get("message", "")
+        if failed.get("status") == "failed":
+            reason = f"{failed.get('stage', '?')} failed: {reason}"
+            message = f"skipped: upstream stage {reason}"
+        else:  # the upstream stage was itself skipped: keep the root cause
+            message = reason if reason.startswith("skipped:") else f"skipped: {reason}"
+        record = {**base, "status": "skipped", "error_class": "UpstreamFailure",
+                  "message": one_line(message), "upstream_stage": failed.get("stage"),
+                  "time": _now()}
+        _log.warning("%s %s %s: %s", stage, base["participant_id"], base["session_id"] or "", message)
+        _write_placeholders(outputs)
+        write_json(failure_path, record)
+        return record
+    try:
+        func()
+    except Exception as exc:  # noqa: BLE001 - the point is to catch everything
+        _log.error("stage %s failed for %s %s", stage, base["participant_id"],
+                  base["session_id"] or "", exc_info=True)
+        record = {**base, "status": "failed", "error_class": type(exc).__name__,
+                  "message": one_line(str(exc) or type(exc).__name__), "time": _now()}
+        _write_placeholders(outputs)
+        write_json(failure_path, record)
+        return record
+    record = {**base, "status": "ok", "error_class": None, "message": None, "time": _now()}
+    write_json(failure_path, record)
+    return record
+
+
+def collect_failures(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
+    """The cohort failures table: one row per record that is not ``ok``.
+
+    Missing, empty or unreadable record files are ignored. Rows are sorted by
+    participant, session and stage so the table is deterministic.
+
+    Parameters
+    ----------
+    paths : iterable of path
+        Status records written by :func:`run_stage`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns :data:`FAILURE_COLUMNS`; empty (with those columns) if nothing failed.
+    """
+    rows = []
+    for path in paths:
+        rec = read_record(path)
+        if rec is None or rec.get("status") == "ok":
+            continue
+        rows.append({c: rec.get(c) for c in FAILURE_COLUMNS})
+    table = pd.DataFrame(rows, columns=FAILURE_COLUMNS)
+    if len(table):
+        key = table[["participant_id", "session_id", "stage"]].fillna("")
+        order = key.sort_values(list(key.columns), kind="stable").index
+        table = table.loc[order].reset_index(drop=True)
+    return table
+
+
+def write_failures_csv(paths: Iterable[str | os.PathLike], out: str | os.PathLike) -> pd.DataFrame:
+    """Write :func:`collect_failures` of ``paths`` to the CSV ``out`` atomically."""
+    table = collect_failures(paths)
+    with atomic_path(out) as tmp:
+        table.to_csv(tmp, index=False, lineterminator="\n")
+    return table
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m cmb.failures OUT.csv RECORD.json ...``: write the failures table."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m cmb.failures",
+                                     description="Collect stage status records into failures.csv.")
+    parser.add_argument("out", help="failures CSV to write")
+    parser.add_argument("records", nargs="*", help="status records (JSON) written by run_stage")
+    args = parser.parse_args(argv)
+    table = write_failures_csv(args.records, args.out)
+    print(f"{len(table)} failed or skipped stage(s) -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,259 @@
+"""Detect the units of a phase image and rescale it to radians in [-pi, pi).
+
+Scanners and converters store phase in many ways. :func:`detect_phase_units`
+looks at the value range (robust percentiles of the finite voxels, checked
+against the hard minimum and maximum) and applies the first rule that matches:
+
+==========================  ==================================================  =========================
+name                        range                                               conversion
+==========================  ==================================================  =========================
+``radians``                 within [-pi, pi], spanning at least +-pi/4          none (pi wraps to -pi)
+``radians-0-2pi``           within [0, 2pi], reaching past 1.5 pi               wrapped into [-pi, pi)
+``degrees``                 within [-180, 180], reaching past +-90              x pi/180
+``degrees-0-360``           within [0, 360], reaching past 270                  x pi/180, wrapped
+``milliradians``            within +-1000 pi, reaching past 950 pi              x 1/1000
+``integer``                 integer values, range wider than 360               nominal bit range -> [-pi, pi)
+``scaled``                  symmetric about 0, filling the range to both ends  +-max -> +-pi
+==========================  ==================================================  =========================
+
+``integer`` uses the smallest power-of-two range that holds the data, as stored
+by Siemens and dcm2niix: ``0..4095`` maps ``(x - 2048) * pi / 2048``;
+``-4096..4095`` maps ``x * pi / 4096``; ``-2048..2047`` maps ``x * pi / 2048``.
+``scaled`` covers odd scalings such as +-0.0036744 (radians / 855): a wrapped phase
+fills its cycle almost uniformly, so the observed symmetric range is taken to be
+one full cycle. It is only used when at least 0.1% of voxels lie in each outer
+tenth of the range (the hard maximum is used unless it exceeds the 99.9th
+percentile by more than 5%, so a few outliers cannot shrink the whole image).
+An already filtered phase stored in odd units cannot be told apart from this
+case: force ``units`` for such data. Detect on all echoes of a multi-echo phase
+together: a short first echo alone may not fill its range.
+
+A constant (or 99.8%-constant) phase and a range that matches no rule raise
+:class:`cmb.failures.InputDataError`; pass ``units=`` explicitly to override.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from cmb.failures import InputDataError
+
+__all__ = ["UNITS", "PhaseScaling", "wrap_to_pi", "detect_phase_units", "rescale_phase"]
+
+#: Accepted values of ``units`` (``"auto"`` detects).
+UNITS = ("auto", "radians", "radians-0-2pi", "degrees", "degrees-0-360",
+         "milliradians", "integer", "scaled")
+
+_PI32 = np.float32(np.pi)
+_MAX_SAMPLE = 2_000_000
+_TAIL_FRACTION = 0.001
+
+
+@dataclass(frozen=True)
+class PhaseScaling:
+    """A linear map to radians: ``wrap_to_pi((x - offset) * scale)``.
+
+    Attributes
+    ----------
+    units : str
+        One of :data:`UNITS` (never ``"auto"``).
+    offset, scale : float
+        The map.
+    description : str
+        One human-readable line: what was seen and what is done (logged).
+    """
+
+    units: str
+    offset: float
+    scale: float
+    description: str
+
+    def apply(self, values: np.ndarray) -> np.ndarray:
+        """Rescale ``values`` to float32 radians in [-pi, pi)."""
+        x = np.asarray(values, dtype=np.float64)
+        if self.offset != 0.0 or self.scale != 1.0:
+            x = (x - self.offset) * self.scale
+        return wrap_to_pi(x)
+
+
+def wrap_to_pi(values: np.ndarray) -> np.ndarray:
+    """Wrap angles (radians) into [-pi, pi), returned as float32.
+
+    The half-open interval holds after the float32 cast too: no value equals
+    ``np.float32(np.pi)``. Non-finite values pass through unchanged.
+
+    >>> wrap_to_pi(np.array([np.pi, -np.pi, 3 * np.pi / 2, 0.5])).astype(float).round(4).tolist()
+    [-3.1416, -3.1416, -1.5708, 0.5]
+    """
+    x = np.asarray(values, dtype=np.float64)
+    out = (np.mod(x + np.pi, 2 * np.pi) - np.pi).astype(np.float32)
+    out[out >= _PI32] = -_PI32
+    return out
+
+
+def _sample(values: np.ndarray) -> np.ndarray:
+    flat = np.asarray(values).ravel()
+    flat = flat[np.isfinite(flat)]
+    if flat.size > _MAX_SAMPLE:
+        flat = flat[:: int(math.ceil(flat.size / _MAX_SAMPLE))]
+    return flat.astype(np.float64, copy=False)
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.6g}"
+
+
+def _integer_scaling(mn: float, mx: float) -> PhaseScaling:
+    rng = f"[{_fmt(mn)}, {_fmt(mx)}]"
+    if mn >= 0:
+        period = 2.0 ** math.ceil(math.log2(mx + 1))
+        return PhaseScaling(
+            "integer", period / 2, 2 * np.pi / period,
+            f"phase stored as raw integers {rng}: mapped 0..{int(period) - 1} to [-pi, pi) "
+            f"as (x - {int(period // 2)}) * pi / {int(period // 2)}")
+    half = 2.0 ** math.ceil(math.log2(max(-mn, mx + 1)))
+    return PhaseScaling(
+        "integer", 0.0, np.pi / half,
+        f"phase stored as raw integers {rng}: mapped -{int(half)}..{int(half) - 1} "
+        f"to [-pi, pi) as x * pi / {int(half)}")
+
+
+def _scaled(lo: float, hi: float, mn: float, mx: float, sample: np.ndarray) -> PhaseScaling | None:
+    """The symmetric odd-scaling rule, or ``None`` if the data do not fit it."""
+    width = hi - lo
+    if width <= 0 or abs(hi + lo) > 0.1 * width:
+        return None
+    hard = max(-mn, mx)
+    robust = max(-lo, hi)
+    m = hard if hard <= 1.05 * robust else robust  # a few outliers wrap instead of shrinking all
+    if np.mean(sample > 0.9 * m) < _TAIL_FRACTION or np.mean(sample < -0.9 * m) < _TAIL_FRACTION:
+        return None
+    factor = np.pi / m
+    return PhaseScaling(
+        "scaled", 0.0, factor,
+        f"phase range +-{_fmt(m)} matches no standard unit; it is symmetric and filled to "
+        f"both ends like a wrapped phase, so it is taken as one cycle: multiplied by "
+        f"pi/{_fmt(m)} = {_fmt(factor)}")
+
+
+def detect_phase_units(values: np.ndarray, name: str = "phase") -> PhaseScaling:
+    """Find how ``values`` encode phase, by the rules of the module docstring.
+
+    Parameters
+    ----------
+    values : ndarray
+        The phase voxels (any shape); non-finite values are ignored.
+    name : str, optional
+        File name used in error messages.
+
+    Returns
+    -------
+    PhaseScaling
+
+    Raises
+    ------
+    cmb.failures.InputDataError
+        Constant phase, or a range that matches no rule.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> detect_phase_units(rng.uniform(-180, 180, 1000)).units
+    'degrees'
+    >>> detect_phase_units(rng.integers(0, 4096, 1000)).units
+    'integer'
+    >>> detect_phase_units(rng.uniform(-0.0036744, 0.0036744, 1000)).units
+    'scaled'
+    """
+    s = _sample(values)
+    if s.size == 0:
+        raise InputDataError(f"{name}: phase image has no finite voxels")
+    mn, mx = float(s.min()), float(s.max())
+    if mx == mn:
+        raise InputDataError(f"{name}: phase is constant (every voxel = {_fmt(mn)}); "
+                             "cannot detect its units")
+    lo, hi = (float(v) for v in np.percentile(s, [0.1, 99.9]))
+    if hi == lo:
+        raise InputDataError(f"{name}: phase is nearly constant (99.8% of voxels = {_fmt(lo)}); "
+                             "cannot detect its units")
+    reach = max(-lo, hi)
+    rng = f"[{_fmt(mn)}, {_fmt(mx)}]"
+    tol = 1e-3
+    if mn >= -np.pi - tol and mx <= np.pi + tol and reach >= np.pi / 4:
+        note = "" if reach >= 0.9 * np.pi else f" (only reaches +-{_fmt(reach)}: filtered or unwrapped?)"
+        return PhaseScaling("radians", 0.0, 1.0, f"phase range {rng} is radians already{note}")
+    if mn >= -tol and mx <= 2 * np.pi + tol and hi >= 1.5 * np.pi:
+        return PhaseScaling("radians-0-2pi", 0.0, 1.0,
+                            f"phase range {rng} is radians in [0, 2pi): wrapped to [-pi, pi)")
+    if mn >= -180.5 and mx <= 180.5 and reach >= 90:
+        return PhaseScaling("degrees", 0.0, np.pi / 180,
+                            f"phase range {rng} is degrees: multiplied by pi/180")
+    if mn >= -0.5 and mx <= 360.5 and hi >= 270:
+        return PhaseScaling("degrees-0-360", 0.0, np.pi / 180,
+                            f"phase range {rng} is degrees in [0, 360): multiplied by pi/180 "
+                            "and wrapped to [-pi, pi)")
+    if mn >= -1000 * np.pi * 1.01 and mx <= 1000 * np.pi * 1.01 and reach >= 950 * np.pi:
+        return PhaseScaling("milliradians", 0.0, 1e-3,
+                            f"phase range {rng} is milliradians: multiplied by 1/1000")
+    if mx - mn > 360.5 and np.all(s == np.round(s)):
+        return _integer_scaling(mn, mx)
+    scaled = _scaled(lo, hi, mn, mx, s)
+    if scaled is not None:
+        return scaled
+    raise InputDataError(
+        f"{name}: cannot tell the units of a phase ranging over {rng} (99.8% within "
+        f"[{_fmt(lo)}, {_fmt(hi)}]); set the phase units explicitly "
+        f"(one of {', '.join(UNITS[1:])})")
+
+
+def _forced(units: str, values: np.ndarray, name: str) -> PhaseScaling:
+    if units in ("radians", "radians-0-2pi"):
+        return PhaseScaling(units, 0.0, 1.0, f"phase units set to {units}: wrapped to [-pi, pi)")
+    if units in ("degrees", "degrees-0-360"):
+        return PhaseScaling(units, 0.0, np.pi / 180, f"phase units set to {units}: multiplied by pi/180")
+    if units == "milliradians":
+        return PhaseScaling(units, 0.0, 1e-3, "phase units set to milliradians: multiplied by 1/1000")
+    s = _sample(values)
+    if s.size == 0 or s.min() == s.max():
+        raise InputDataError(f"{name}: phase is constant; cannot rescale it")
+    mn, mx = float(s.min()), float(s.max())
+    if units == "integer":
+        return _integer_scaling(math.floor(mn), math.ceil(mx))
+    m = max(-mn, mx)
+    return PhaseScaling("scaled", 0.0, np.pi / m,
+                        f"phase units set to scaled: +-{_fmt(m)} multiplied by pi/{_fmt(m)}")
+
+
+def rescale_phase(values: np.ndarray, units: str = "auto", name: str = "phase") -> tuple[np.ndarray, str]:
+    """Rescale a phase array to float32 radians in [-pi, pi).
+
+    Parameters
+    ----------
+    values : ndarray
+        Phase voxels, any shape.
+    units : str, optional
+        One of :data:`UNITS`; ``"auto"`` (default) uses :func:`detect_phase_units`.
+    name : str, optional
+        File name used in messages.
+
+    Returns
+    -------
+    radians : ndarray of float32
+        Same shape as ``values``.
+    description : str
+        One line saying what was detected and done, for the log.
+
+    Examples
+    --------
+    >>> rad, how = rescale_phase(np.array([[-4096, 0], [2048, 4095]]))
+    >>> rad.astype(float).round(3).tolist(), how.split(":")[0]
+    ([[-3.142, 0.0], [1.571, 3.141]], 'phase stored as raw integers [-4096, 4095]')
+    """
+    if units not in UNITS:
+        raise ValueError(f"units must be one of {UNITS}, not {units!r}")
+    values = np.asarray(values)
+    scaling = detect_phase_units(values, name) if units == "auto" else _forced(units, values, name)
+    return scaling.apply(values), scaling.description
