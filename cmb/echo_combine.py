@@ -64,7 +64,8 @@ class EchoStack:
         return self.data.shape[3]
 
 
-def load_echoes(paths: str | os.PathLike | Sequence[str | os.PathLike], **check_kw) -> EchoStack:
+def load_echoes(paths: str | os.PathLike | Sequence[str | os.PathLike], *, allow_4d: bool = True,
+                **check_kw) -> EchoStack:
     """Read echoes from one 4D (or 3D) file or a list of 3D files.
 
     Parameters
@@ -72,6 +73,9 @@ def load_echoes(paths: str | os.PathLike | Sequence[str | os.PathLike], **check_
     paths : path or sequence of path
         One file (4D: echo on the 4th axis; 3D: a single echo) or several 3D files
         in echo order.
+    allow_4d : bool, optional
+        Accept a single 4D file. ``False`` demands 3D files (a single-echo
+        acquisition): a 4D file is then an error.
     **check_kw
         Passed to :func:`cmb.image_checks.load_image`.
 
@@ -85,7 +89,7 @@ def load_echoes(paths: str | os.PathLike | Sequence[str | os.PathLike], **check_
     if not paths:
         raise ValueError("no echo files given")
     if len(paths) == 1:
-        img, messages = load_image(paths[0], allow_4d=True, **check_kw)
+        img, messages = load_image(paths[0], allow_4d=allow_4d, **check_kw)
         data = np.asanyarray(img.dataobj, dtype=np.float32)
         if data.ndim == 3:
             data = data[..., None]
@@ -175,6 +179,7 @@ def combine_echoes(
     echo_times: Sequence[float] | None = None,
     phase_echo: int | None = None,
     method: str = "rms",
+    allow_4d: bool = True,
     **check_kw,
 ) -> EchoCombination:
     """Combine multi-echo magnitudes and select one echo of the phase.
@@ -190,6 +195,8 @@ def combine_echoes(
         See :func:`choose_phase_echo`.
     method : {"rms", "mean"}
         Magnitude combination.
+    allow_4d : bool, optional
+        See :func:`load_echoes`.
     **check_kw
         Passed to :func:`cmb.image_checks.load_image`.
 
@@ -200,7 +207,7 @@ def combine_echoes(
         ``phase_all_echoes`` (X, Y, Z, E) is kept for phase-unit detection; the
         phase is still in its stored units.
     """
-    mag = load_echoes(magnitude, **check_kw)
+    mag = load_echoes(magnitude, allow_4d=allow_4d, **check_kw)
     messages = list(mag.messages)
     combined = rms_combine(mag.data, method)
     if mag.n_echoes > 1:
@@ -210,7 +217,7 @@ def combine_echoes(
     mag_img = _like(mag.reference, combined)
     if phase is None:
         return EchoCombination(mag_img, None, None, None, messages)
-    ph = load_echoes(phase, **check_kw)
+    ph = load_echoes(phase, allow_4d=allow_4d, **check_kw)
     messages += ph.messages
     check_same_grid(mag.reference, ph.reference, mag.paths[0], ph.paths[0])
     if ph.n_echoes != mag.n_echoes:

@@ -1,8 +1,9 @@
 """Detect the units of a phase image and rescale it to radians in [-pi, pi).
 
 Scanners and converters store phase in many ways. :func:`detect_phase_units`
-looks at the value range (robust percentiles of the finite voxels, checked
-against the hard minimum and maximum) and applies the first rule that matches:
+looks at the value range of the finite voxels (the 0.1th and 99.9th
+percentiles, so that a few outliers do not decide; outliers are wrapped into
+[-pi, pi) and counted in the description) and applies the first rule that matches:
 
 ==========================  ==================================================  =========================
 name                        range                                               conversion
@@ -12,7 +13,7 @@ name                        range                                               
 ``degrees``                 within [-180, 180], reaching past +-90              x pi/180
 ``degrees-0-360``           within [0, 360], reaching past 270                  x pi/180, wrapped
 ``milliradians``            within +-1000 pi, reaching past 950 pi              x 1/1000
-``integer``                 integer values, range wider than 360               nominal bit range -> [-pi, pi)
+``integer``                 integer values, range wider than 360                nominal bit range -> [-pi, pi)
 ``scaled``                  symmetric about 0, filling the range to both ends  +-max -> +-pi
 ==========================  ==================================================  =========================
 
@@ -22,8 +23,10 @@ by Siemens and dcm2niix: ``0..4095`` maps ``(x - 2048) * pi / 2048``;
 ``scaled`` covers odd scalings such as +-0.0036744 (radians / 855): a wrapped phase
 fills its cycle almost uniformly, so the observed symmetric range is taken to be
 one full cycle. It is only used when at least 0.1% of voxels lie in each outer
-tenth of the range (the hard maximum is used unless it exceeds the 99.9th
-percentile by more than 5%, so a few outliers cannot shrink the whole image).
+tenth of the range and at least 20% beyond half of it (a uniform wrapped phase
+has 50%; a phase bunched near 0 is refused). The hard maximum is the cycle's end
+unless it exceeds the 99.9th percentile by more than 5%, so a few outliers cannot
+shrink the whole image.
 An already filtered phase stored in odd units cannot be told apart from this
 case: force ``units`` for such data. Detect on all echoes of a multi-echo phase
 together: a short first echo alone may not fill its range.
@@ -35,13 +38,14 @@ A constant (or 99.8%-constant) phase and a range that matches no rule raise
 from __future__ import annotations
 
 import math
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
 from cmb.failures import InputDataError
 
-__all__ = ["UNITS", "PhaseScaling", "wrap_to_pi", "detect_phase_units", "rescale_phase"]
+__all__ = ["UNITS", "PhaseScaling", "wrap_to_pi", "detect_phase_units", "phase_scaling", "rescale_phase"]
 
 #: Accepted values of ``units`` (``"auto"`` detects).
 UNITS = ("auto", "radians", "radians-0-2pi", "degrees", "degrees-0-360",
@@ -50,6 +54,7 @@ UNITS = ("auto", "radians", "radians-0-2pi", "degrees", "degrees-0-360",
 _PI32 = np.float32(np.pi)
 _MAX_SAMPLE = 2_000_000
 _TAIL_FRACTION = 0.001
+_SPREAD_FRACTION = 0.2
 
 
 @dataclass(frozen=True)
@@ -106,8 +111,8 @@ def _fmt(v: float) -> str:
     return f"{v:.6g}"
 
 
-def _integer_scaling(mn: float, mx: float) -> PhaseScaling:
-    rng = f"[{_fmt(mn)}, {_fmt(mx)}]"
+def _integer_scaling(mn: float, mx: float, rng: str) -> PhaseScaling:
+    """Map the smallest power-of-two range holding [mn, mx] onto [-pi, pi)."""
     if mn >= 0:
         period = 2.0 ** math.ceil(math.log2(mx + 1))
         return PhaseScaling(
@@ -130,7 +135,9 @@ def _scaled(lo: float, hi: float, mn: float, mx: float, sample: np.ndarray) -> P
     robust = max(-lo, hi)
     m = hard if hard <= 1.05 * robust else robust  # a few outliers wrap instead of shrinking all
     if np.mean(sample > 0.9 * m) < _TAIL_FRACTION or np.mean(sample < -0.9 * m) < _TAIL_FRACTION:
-        return None
+        return None  # does not reach both ends
+    if np.mean(np.abs(sample) > 0.5 * m) < _SPREAD_FRACTION:
+        return None  # bunched near 0 (uniform wrapped phase: 50%; a Gaussian: about 12%)
     factor = np.pi / m
     return PhaseScaling(
         "scaled", 0.0, factor,
@@ -181,25 +188,36 @@ def detect_phase_units(values: np.ndarray, name: str = "phase") -> PhaseScaling:
                              "cannot detect its units")
     reach = max(-lo, hi)
     rng = f"[{_fmt(mn)}, {_fmt(mx)}]"
-    tol = 1e-3
-    if mn >= -np.pi - tol and mx <= np.pi + tol and reach >= np.pi / 4:
+
+    def outside(a: float, b: float) -> str:
+        n = int(np.count_nonzero((s < a) | (s > b)))
+        return f"; {n} outlier voxel(s) outside [{_fmt(a)}, {_fmt(b)}] wrapped" if n else ""
+
+    def within(a: float, b: float, tol: float) -> bool:
+        return lo >= a - tol and hi <= b + tol
+
+    if within(-np.pi, np.pi, 1e-3) and reach >= np.pi / 4:
         note = "" if reach >= 0.9 * np.pi else f" (only reaches +-{_fmt(reach)}: filtered or unwrapped?)"
-        return PhaseScaling("radians", 0.0, 1.0, f"phase range {rng} is radians already{note}")
-    if mn >= -tol and mx <= 2 * np.pi + tol and hi >= 1.5 * np.pi:
-        return PhaseScaling("radians-0-2pi", 0.0, 1.0,
-                            f"phase range {rng} is radians in [0, 2pi): wrapped to [-pi, pi)")
-    if mn >= -180.5 and mx <= 180.5 and reach >= 90:
-        return PhaseScaling("degrees", 0.0, np.pi / 180,
-                            f"phase range {rng} is degrees: multiplied by pi/180")
-    if mn >= -0.5 and mx <= 360.5 and hi >= 270:
-        return PhaseScaling("degrees-0-360", 0.0, np.pi / 180,
-                            f"phase range {rng} is degrees in [0, 360): multiplied by pi/180 "
-                            "and wrapped to [-pi, pi)")
-    if mn >= -1000 * np.pi * 1.01 and mx <= 1000 * np.pi * 1.01 and reach >= 950 * np.pi:
-        return PhaseScaling("milliradians", 0.0, 1e-3,
-                            f"phase range {rng} is milliradians: multiplied by 1/1000")
-    if mx - mn > 360.5 and np.all(s == np.round(s)):
-        return _integer_scaling(mn, mx)
+        return PhaseScaling("radians", 0.0, 1.0, f"phase range {rng} is radians already{note}"
+                            + outside(-np.pi - 1e-3, np.pi + 1e-3))
+    if within(0, 2 * np.pi, 1e-3) and hi >= 1.5 * np.pi:
+        return PhaseScaling("radians-0-2pi", 0.0, 1.0, f"phase range {rng} is radians in [0, 2pi): "
+                            "wrapped to [-pi, pi)" + outside(-1e-3, 2 * np.pi + 1e-3))
+    if within(-180, 180, 0.5) and reach >= 90:
+        return PhaseScaling("degrees", 0.0, np.pi / 180, f"phase range {rng} is degrees: multiplied "
+                            "by pi/180" + outside(-180.5, 180.5))
+    if within(0, 360, 0.5) and hi >= 270:
+        return PhaseScaling("degrees-0-360", 0.0, np.pi / 180, f"phase range {rng} is degrees in "
+                            "[0, 360): multiplied by pi/180 and wrapped to [-pi, pi)"
+                            + outside(-0.5, 360.5))
+    if within(-1000 * np.pi, 1000 * np.pi, 10 * np.pi) and reach >= 950 * np.pi:
+        return PhaseScaling("milliradians", 0.0, 1e-3, f"phase range {rng} is milliradians: "
+                            "multiplied by 1/1000" + outside(-1010 * np.pi, 1010 * np.pi))
+    if hi - lo > 360.5 and np.all(s == np.round(s)):
+        scaling = _integer_scaling(math.floor(lo), math.ceil(hi), rng)
+        a = scaling.offset - np.pi / scaling.scale
+        b = scaling.offset + np.pi / scaling.scale - 1
+        return dataclasses.replace(scaling, description=scaling.description + outside(a, b))
     scaled = _scaled(lo, hi, mn, mx, s)
     if scaled is not None:
         return scaled
@@ -221,7 +239,7 @@ def _forced(units: str, values: np.ndarray, name: str) -> PhaseScaling:
         raise InputDataError(f"{name}: phase is constant; cannot rescale it")
     mn, mx = float(s.min()), float(s.max())
     if units == "integer":
-        return _integer_scaling(math.floor(mn), math.ceil(mx))
+        return _integer_scaling(math.floor(mn), math.ceil(mx), f"[{_fmt(mn)}, {_fmt(mx)}]")
     m = max(-mn, mx)
     return PhaseScaling("scaled", 0.0, np.pi / m,
                         f"phase units set to scaled: +-{_fmt(m)} multiplied by pi/{_fmt(m)}")
@@ -252,8 +270,21 @@ def rescale_phase(values: np.ndarray, units: str = "auto", name: str = "phase") 
     >>> rad.astype(float).round(3).tolist(), how.split(":")[0]
     ([[-3.142, 0.0], [1.571, 3.141]], 'phase stored as raw integers [-4096, 4095]')
     """
+    values = np.asarray(values)
+    scaling = phase_scaling(values, units, name)
+    return scaling.apply(values), scaling.description
+
+
+def phase_scaling(values: np.ndarray, units: str = "auto", name: str = "phase") -> PhaseScaling:
+    """The map to radians for ``values``: detected (``"auto"``) or for the given units.
+
+    Use it to detect on all echoes of a multi-echo phase and apply the result to one:
+
+    >>> echoes = np.random.default_rng(0).uniform(-180, 180, (4, 4, 4, 3))
+    >>> phase_scaling(echoes).apply(echoes[..., 1]).shape
+    (4, 4, 4)
+    """
     if units not in UNITS:
         raise ValueError(f"units must be one of {UNITS}, not {units!r}")
     values = np.asarray(values)
-    scaling = detect_phase_units(values, name) if units == "auto" else _forced(units, values, name)
-    return scaling.apply(values), scaling.description
+    return detect_phase_units(values, name) if units == "auto" else _forced(units, values, name)
