@@ -88,7 +88,7 @@ def _check_file(path: Path) -> None:
 
 def _load_header(path: Path):
     try:
-        img = nib.load(path)
+        img = nib.load(path, mmap=False)  # never map the input: we may edit the array
     except Exception as exc:  # nibabel raises many types for unreadable files
         raise _fail(path, f"cannot read NIfTI header ({type(exc).__name__}: {exc})") from exc
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
