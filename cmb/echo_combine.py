@@ -170,6 +170,7 @@ class EchoCombination:
     phase_echo: int | None
     phase_all_echoes: np.ndarray | None
     messages: list[str]
+    n_echoes: int = 1
 
 
 def combine_echoes(
@@ -180,6 +181,7 @@ def combine_echoes(
     phase_echo: int | None = None,
     method: str = "rms",
     allow_4d: bool = True,
+    grid_atol_mm: float = 0.01,
     **check_kw,
 ) -> EchoCombination:
     """Combine multi-echo magnitudes and select one echo of the phase.
@@ -197,6 +199,9 @@ def combine_echoes(
         Magnitude combination.
     allow_4d : bool, optional
         See :func:`load_echoes`.
+    grid_atol_mm : float, optional
+        Tolerance of the magnitude/phase grid comparison
+        (:func:`cmb.image_checks.check_same_grid`).
     **check_kw
         Passed to :func:`cmb.image_checks.load_image`.
 
@@ -216,17 +221,18 @@ def combine_echoes(
         raise InputDataError(f"{mag.paths[0]}: echo combination gave non-finite values")
     mag_img = _like(mag.reference, combined)
     if phase is None:
-        return EchoCombination(mag_img, None, None, None, messages)
+        return EchoCombination(mag_img, None, None, None, messages, mag.n_echoes)
     ph = load_echoes(phase, allow_4d=allow_4d, **check_kw)
     messages += ph.messages
-    check_same_grid(mag.reference, ph.reference, mag.paths[0], ph.paths[0])
+    check_same_grid(mag.reference, ph.reference, mag.paths[0], ph.paths[0], grid_atol_mm)
     if ph.n_echoes != mag.n_echoes:
         raise InputDataError(f"{ph.paths[0]}: phase has {ph.n_echoes} echo(es) but the magnitude "
                              f"{mag.paths[0]} has {mag.n_echoes}")
     index, why = choose_phase_echo(ph.n_echoes, echo_times, phase_echo)
     if ph.n_echoes > 1:
         messages.append(why)
-    return EchoCombination(mag_img, _like(ph.reference, ph.data[..., index - 1]), index, ph.data, messages)
+    return EchoCombination(mag_img, _like(ph.reference, ph.data[..., index - 1]), index, ph.data,
+                           messages, mag.n_echoes)
 
 
 def _like(reference: nib.Nifti1Image, data: np.ndarray) -> nib.Nifti1Image:

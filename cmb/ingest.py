@@ -185,7 +185,7 @@ def index_bids(bids_dir: str | os.PathLike, db_dir: str | os.PathLike):
     database with the same fingerprint is reused (about 1 s for 2,000 subjects);
     otherwise a new one is built in a temporary folder and renamed into place, so
     concurrent workflow processes never see a half-built index. Older databases
-    are removed.
+    of the same dataset are removed; several datasets may share ``db_dir``.
     """
     from bids import BIDSLayout, BIDSLayoutIndexer
 
@@ -201,13 +201,15 @@ def index_bids(bids_dir: str | os.PathLike, db_dir: str | os.PathLike):
         indexer = BIDSLayoutIndexer(validate=False, index_metadata=False,
                                     ignore=[re.compile(p) for p in _IGNORE])
         BIDSLayout(root, validate=False, database_path=tmp, reset_database=True, indexer=indexer)
+        (tmp / "cmb_root.txt").write_text(str(root), encoding="utf-8")
         try:
             os.rename(tmp, target)
         except OSError:  # another process won the race: use its index
             shutil.rmtree(tmp, ignore_errors=True)
         _log.info("indexed %s in %.1f s -> %s", root, time.perf_counter() - t0, target)
-        for old in db_dir.glob("pybids-*"):
-            if old != target:
+        for old in db_dir.glob("pybids-*"):  # older indexes of the same dataset
+            stamp = old / "cmb_root.txt"
+            if old != target and stamp.is_file() and stamp.read_text(encoding="utf-8") == str(root):
                 shutil.rmtree(old, ignore_errors=True)
     return BIDSLayout(root, validate=False, database_path=target)
 
@@ -545,17 +547,6 @@ def sha256sum(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _as_float32(img):
-    import nibabel as nib
-
-    data = np.asarray(img.dataobj, dtype=np.float32)
-    hdr = img.header.copy()
-    hdr.set_data_dtype(np.float32)
-    out = nib.Nifti1Image(data, img.affine, hdr)
-    out.header.set_slope_inter(1.0, 0.0)
-    return out
-
-
 def ingest_subject(
     record: InputRecord | dict,
     out_mag: str | os.PathLike,
@@ -608,7 +599,7 @@ def ingest_subject(
     """
     from cmb import __version__
     from cmb.echo_combine import combine_echoes
-    from cmb.image_checks import check_same_grid, load_image, voxel_sizes
+    from cmb.image_checks import load_image, voxel_sizes
     from cmb.phase_units import phase_scaling
 
     rec = record if isinstance(record, InputRecord) else InputRecord.from_dict(record)
@@ -625,10 +616,8 @@ def ingest_subject(
 
     combo = combine_echoes(list(rec.magnitude), list(rec.phase) if out_phase is not None else None,
                            echo_times=rec.echo_times, phase_echo=phase_echo, method=echo_method,
-                           allow_4d=rec.kind == "megre", **checks)
+                           allow_4d=rec.kind == "megre", grid_atol_mm=grid_atol_mm, **checks)
     fixes = list(combo.messages)
-    if combo.phase is not None:
-        check_same_grid(combo.magnitude, combo.phase, rec.magnitude[0], rec.phase[0], grid_atol_mm)
     units = None
     if combo.phase is not None:
         # detect on all echoes together: they share one encoding, and a short first
@@ -648,7 +637,7 @@ def ingest_subject(
     if combo.phase is not None:
         save_nifti(combo.phase, out_phase)
     if t1w_img is not None:
-        save_nifti(_as_float32(t1w_img), out_t1w)
+        save_nifti(t1w_img, out_t1w)
 
     cache: dict = {}
     meta = read_sidecar(rec.magnitude[0], rec.bids_dir or None, cache)
@@ -667,8 +656,7 @@ def ingest_subject(
                     "phase": None if out_phase is None else str(out_phase),
                     "t1w": None if out_t1w is None else str(out_t1w)},
         "echo_times": list(rec.echo_times) if rec.echo_times else None,
-        "n_echoes": len(rec.magnitude) if len(rec.magnitude) > 1 else int(
-            combo.phase_all_echoes.shape[3] if combo.phase_all_echoes is not None else 1),
+        "n_echoes": combo.n_echoes,
         "echo_combination": echo_method if rec.kind == "megre" else None,
         "phase_echo": combo.phase_echo,
         "phase_units": units,
@@ -712,7 +700,8 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="ingest one subject/session")
     run.add_argument("--subject", required=True, help="label, e.g. 02")
     run.add_argument("--session")
-    run.add_argument("--kind", choices=list(KINDS))
+    run.add_argument("--kind", required=True, choices=[*KINDS, "none"],
+                     help="input kind; 'none' records a subject without usable input (fails)")
     run.add_argument("--mag", nargs="+", default=[], help="magnitude file(s), echoes in order")
     run.add_argument("--phase", nargs="+", help="phase file(s), echoes in order")
     run.add_argument("--t1w")
@@ -748,7 +737,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print(text)
         return 0
-    record = InputRecord(args.subject, args.session, args.kind if args.mag else None, tuple(args.mag),
+    kind = None if args.kind == "none" else args.kind
+    record = InputRecord(args.subject, args.session, kind, tuple(args.mag),
                          tuple(args.phase) if args.phase else None, args.t1w,
                          tuple(args.echo_times) if args.echo_times else None,
                          args.reason or "given on the command line", args.bids_dir)

@@ -409,8 +409,9 @@ def test_cli_plan_and_run_as_subprocess(tmp_path, gre_subject):
     assert "plan" in help_text and "run" in help_text
 
 
-def test_copying_dataset_elsewhere_reindexes(tmp_path):
+def test_two_datasets_can_share_the_index_folder(tmp_path):
     _plan(tmp_path, ["sub-01/anat/sub-01_T2starw.nii.gz"])
     shutil.copytree(tmp_path / "bids", tmp_path / "copy")
     (rec,) = plan_inputs(tmp_path / "copy", tmp_path / "db")
     assert rec.magnitude[0].startswith(str(tmp_path / "copy"))
+    assert len(list((tmp_path / "db").glob("pybids-*"))) == 2  # one per dataset, neither pruned
