@@ -336,41 +336,35 @@ def read_sidecar(path: str | os.PathLike, bids_dir: str | os.PathLike | None = N
     bids_dir : path, optional
         Dataset root; if omitted, only the file's own folder is searched.
     """
-    path = Path(path)
-    ents, suffix = _parse_name(path.name)
-    folder = path.parent
-    levels = [folder]
+    path = os.path.abspath(path)
+    ents, suffix = _parse_name(os.path.basename(path))
+    level = os.path.dirname(path)
+    levels = [level]
     if bids_dir is not None:
-        root = Path(bids_dir).absolute()
-        p = folder.absolute()
-        while p != root and root in p.parents:
-            p = p.parent
-            levels.append(p)
+        root = os.path.abspath(bids_dir)
+        while level != root and level.startswith(root + os.sep):
+            level = os.path.dirname(level)
+            levels.append(level)
+    cache = {} if _cache is None else _cache
     meta: dict[str, Any] = {}
     for level in reversed(levels):
-        key = str(level)
-        if _cache is not None and key in _cache:
-            names = _cache[key]
-        else:
+        if level not in cache:
             try:
                 names = sorted(n for n in os.listdir(level) if n.endswith(".json"))
             except OSError:
                 names = []
-            if _cache is not None:
-                _cache[key] = names
-        matches = []
-        for n in names:
-            e, s = _parse_name(n)
-            if s == suffix and all(ents.get(k) == v for k, v in e.items()):
-                matches.append((len(e), n))
-        for _, n in sorted(matches):
+            cache[level] = [(n, *_parse_name(n)) for n in names]
+        matches = sorted((len(e), n) for n, e, s in cache[level]
+                         if s == suffix and all(ents.get(k) == v for k, v in e.items()))
+        for _, n in matches:
+            sidecar = os.path.join(level, n)
             try:
-                with open(level / n, encoding="utf-8") as f:
+                with open(sidecar, encoding="utf-8") as f:
                     data = json.load(f)
                 if isinstance(data, dict):
                     meta.update(data)
             except (OSError, ValueError) as exc:
-                _log.warning("%s: unreadable JSON sidecar skipped (%s)", level / n, exc)
+                _log.warning("%s: unreadable JSON sidecar skipped (%s)", sidecar, exc)
     return meta
 
 

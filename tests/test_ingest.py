@@ -415,3 +415,11 @@ def test_two_datasets_can_share_the_index_folder(tmp_path):
     (rec,) = plan_inputs(tmp_path / "copy", tmp_path / "db")
     assert rec.magnitude[0].startswith(str(tmp_path / "copy"))
     assert len(list((tmp_path / "db").glob("pybids-*"))) == 2  # one per dataset, neither pruned
+
+
+def test_unreadable_sidecar_is_skipped(tmp_path):
+    (rec,) = _plan(tmp_path, ["sub-01/anat/sub-01_T2starw.nii.gz"],
+                   sidecars={"T2starw.json": {"MagneticFieldStrength": 1.5}})
+    (tmp_path / "bids/sub-01/anat/sub-01_T2starw.json").write_text("{broken")
+    assert read_sidecar(rec.magnitude[0], tmp_path / "bids") == {"MagneticFieldStrength": 1.5}
+    assert read_sidecar(rec.magnitude[0]) == {}  # without the root only the own folder is read
