@@ -27,12 +27,12 @@ from cmb.image_checks import check_same_grid, load_image
 
 __all__ = [
     "TARGET_PHASE_TE_S",
+    "EchoCombination",
     "EchoStack",
+    "choose_phase_echo",
+    "combine_echoes",
     "load_echoes",
     "rms_combine",
-    "choose_phase_echo",
-    "EchoCombination",
-    "combine_echoes",
 ]
 
 #: Echo time (s) aimed at when ``phase_echo`` is ``None`` and echo times are known.

@@ -43,14 +43,14 @@ import pandas as pd
 from cmb.atomic import atomic_path, write_json
 
 __all__ = [
-    "InputDataError",
     "FAILURE_COLUMNS",
-    "run_stage",
-    "read_record",
-    "upstream_failure",
+    "InputDataError",
     "collect_failures",
-    "write_failures_csv",
     "one_line",
+    "read_record",
+    "run_stage",
+    "upstream_failure",
+    "write_failures_csv",
 ]
 
 _log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def _bids_id(value: str | None, prefix: str) -> str | None:
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def read_record(path: str | os.PathLike) -> dict[str, Any] | None:

@@ -47,7 +47,7 @@ import numpy as np
 
 from cmb.failures import InputDataError, one_line
 
-__all__ = ["load_image", "check_same_grid", "voxel_sizes"]
+__all__ = ["check_same_grid", "load_image", "voxel_sizes"]
 
 _log = logging.getLogger(__name__)
 

@@ -60,15 +60,15 @@ from cmb.atomic import save_nifti, write_json
 from cmb.failures import InputDataError, run_stage
 
 __all__ = [
-    "KINDS",
     "DEFAULT_PREFERENCE",
+    "KINDS",
     "InputRecord",
     "index_bids",
+    "ingest_subject",
+    "main",
     "plan_inputs",
     "read_sidecar",
     "sha256sum",
-    "ingest_subject",
-    "main",
 ]
 
 _log = logging.getLogger(__name__)
@@ -224,10 +224,12 @@ def _entities_by_file(layout) -> dict[str, dict[str, str]]:
         for path, name, value in rows:
             out[path][name] = value
         return out
-    except Exception:  # pragma: no cover - pybids internals changed: public, slower API
-        df = layout.to_df()
+    except Exception:  # noqa: BLE001 - pybids internals changed: fall back
+        from pandas import isna as pd_isna
+
+        df = layout.to_df()  # public API, slower
         return {row.pop("path"): {k: str(v) for k, v in row.items() if isinstance(v, str) or
-                                  (v is not None and v == v)} for row in df.to_dict("records")}
+                                  (v is not None and not pd_isna(v))} for row in df.to_dict("records")}
 
 
 # --------------------------------------------------------------------------- planning
@@ -430,7 +432,7 @@ def _labels(values, name: str) -> set[str] | None:
         if not isinstance(v, str):
             raise TypeError(f"{name} values must be strings (quote them in YAML, e.g. '02'), "
                             f"got {v!r}")
-        out.add(v[4:] if v.startswith("sub-") else v)
+        out.add(v.removeprefix("sub-"))
     return out
 
 
@@ -443,7 +445,7 @@ def _participants_tsv(root: Path) -> list[str]:
         import pandas as pd
 
         ids = pd.read_csv(path, sep="\t", dtype=str)["participant_id"].dropna()
-        return [i[4:] if i.startswith("sub-") else i for i in ids]
+        return [i.removeprefix("sub-") for i in ids]
     except Exception as exc:  # noqa: BLE001 - a broken participants.tsv is not fatal
         _log.warning("%s: unreadable participants.tsv ignored (%s)", path, exc)
         return []
@@ -604,8 +606,8 @@ def ingest_subject(
         raise InputDataError(f"{where}: phase output requested but {rec.magnitude[0]} has no phase image")
     if out_t1w is not None and not rec.has_t1w:
         raise InputDataError(f"{where}: T1w output requested but no T1w image was found")
-    checks = dict(min_fov_mm=min_fov_mm, max_voxel_mm=max_voxel_mm,
-                  max_nonfinite_fraction=max_nonfinite_fraction)
+    checks = {"min_fov_mm": min_fov_mm, "max_voxel_mm": max_voxel_mm,
+              "max_nonfinite_fraction": max_nonfinite_fraction}
     _log.info("%s %s: %s", rec.participant_id, rec.session_id or "", rec.reason)
 
     combo = combine_echoes(list(rec.magnitude), list(rec.phase) if out_phase is not None else None,

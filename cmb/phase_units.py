@@ -37,15 +37,15 @@ A constant (or 99.8%-constant) phase and a range that matches no rule raise
 
 from __future__ import annotations
 
-import math
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from cmb.failures import InputDataError
 
-__all__ = ["UNITS", "PhaseScaling", "wrap_to_pi", "detect_phase_units", "phase_scaling", "rescale_phase"]
+__all__ = ["UNITS", "PhaseScaling", "detect_phase_units", "phase_scaling", "rescale_phase", "wrap_to_pi"]
 
 #: Accepted values of ``units`` (``"auto"`` detects).
 UNITS = ("auto", "radians", "radians-0-2pi", "degrees", "degrees-0-360",
@@ -103,7 +103,7 @@ def _sample(values: np.ndarray) -> np.ndarray:
     flat = np.asarray(values).ravel()
     flat = flat[np.isfinite(flat)]
     if flat.size > _MAX_SAMPLE:
-        flat = flat[:: int(math.ceil(flat.size / _MAX_SAMPLE))]
+        flat = flat[:: math.ceil(flat.size / _MAX_SAMPLE)]
     return flat.astype(np.float64, copy=False)
 
 

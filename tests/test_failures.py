@@ -2,8 +2,16 @@ import json
 
 import pytest
 
-from cmb.failures import (FAILURE_COLUMNS, InputDataError, collect_failures, main, read_record,
-                          run_stage, upstream_failure, write_failures_csv)
+from cmb.failures import (
+    FAILURE_COLUMNS,
+    InputDataError,
+    collect_failures,
+    main,
+    read_record,
+    run_stage,
+    upstream_failure,
+    write_failures_csv,
+)
 
 
 def _boom():

@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -43,7 +44,7 @@ def _snapshot(root):
             if os.path.islink(p):
                 out[p] = "link:" + os.readlink(p)
             elif os.path.isfile(p):
-                out[p] = hashlib.sha256(open(p, "rb").read()).hexdigest()
+                out[p] = hashlib.sha256(Path(p).read_bytes()).hexdigest()
             else:
                 out[p] = "dir"
     return out
@@ -152,7 +153,7 @@ def test_sessions_and_subject_level_t1w(tmp_path):
 def test_participant_label_filters_keep_leading_zeros(tmp_path):
     files = [f"sub-{s}/anat/sub-{s}_T2starw.nii.gz" for s in ("01", "02", "2", "10")]
     _bids(tmp_path / "bids", files)
-    plan = lambda **kw: [r.subject for r in plan_inputs(tmp_path / "bids", tmp_path / "db", **kw)]  # noqa: E731
+    plan = lambda **kw: [r.subject for r in plan_inputs(tmp_path / "bids", tmp_path / "db", **kw)]
     assert plan() == ["01", "02", "10", "2"]
     assert plan(participant_label=["02"]) == ["02"]
     assert plan(participant_label="2") == ["2"]
@@ -271,7 +272,7 @@ def test_ingest_gre_with_degrees_phase(tmp_path, gre_subject):
     assert on_disk["phase_units"]["units"] == "degrees"
     assert any("degrees" in f for f in on_disk["fixes"])
     assert on_disk["inputs"]["magnitude"][0]["sha256"] == hashlib.sha256(
-        open(rec.magnitude[0], "rb").read()).hexdigest()
+        Path(rec.magnitude[0]).read_bytes()).hexdigest()
     assert on_disk["inputs"]["t1w"]["path"] == rec.t1w
     assert on_disk["metadata"] == {"EchoTime": 0.02, "MagneticFieldStrength": 3, "Manufacturer": "Philips"}
     assert on_disk["reason"] == rec.reason and on_disk["voxel_size_mm"] == [2.0, 2.0, 2.5]
@@ -423,3 +424,14 @@ def test_unreadable_sidecar_is_skipped(tmp_path):
     (tmp_path / "bids/sub-01/anat/sub-01_T2starw.json").write_text("{broken")
     assert read_sidecar(rec.magnitude[0], tmp_path / "bids") == {"MagneticFieldStrength": 1.5}
     assert read_sidecar(rec.magnitude[0]) == {}  # without the root only the own folder is read
+
+
+def test_entities_fallback_uses_public_pybids_api(tmp_path, monkeypatch):
+    from cmb.ingest import _entities_by_file, index_bids
+
+    _bids(tmp_path / "bids", ["sub-01/anat/sub-01_run-2_T2starw.nii.gz"])
+    layout = index_bids(tmp_path / "bids", tmp_path / "db")
+    fast = _entities_by_file(layout)
+    monkeypatch.delattr("bids.layout.models.Tag")  # as if pybids internals had changed
+    slow = _entities_by_file(layout)
+    assert slow == fast and next(iter(fast.values()))["run"] == "2"

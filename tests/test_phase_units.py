@@ -74,7 +74,7 @@ def test_integer_outliers_do_not_change_the_bit_range():
 
 def test_scaled_rule_uses_hard_max_unless_outliers():
     stored = TRUE / 855.0
-    rad, how = rescale_phase(stored)
+    _, how = rescale_phase(stored)
     assert "855" in how
     stored = stored.copy()
     stored.flat[0] = 0.05  # one wild voxel must not shrink everything else
