@@ -276,11 +276,14 @@ def _parse_name(name: str) -> tuple[dict[str, str], str]:
     return ents, parts[-1]
 
 
-def _candidates(files: list[tuple[str, dict[str, str]]]) -> tuple[list[_Candidate], list[str]]:
-    """Input candidates of one subject/session, and the T1w files."""
+def _candidates(files: list[tuple[str, dict[str, str]]]) -> tuple[list[_Candidate], list[tuple]]:
+    """Input candidates of one subject/session, and its T1w files as (path, entities).
+
+    Files are taken in path order, so of ``x.nii`` and ``x.nii.gz`` the latter is used.
+    """
     groups: dict[tuple, dict[str, Any]] = defaultdict(lambda: defaultdict(dict))
     t1w = []
-    for path, ents in files:
+    for path, ents in sorted(files):
         suffix = ents.get("suffix")
         if suffix == "T1w":
             t1w.append((path, ents))
