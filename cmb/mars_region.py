@@ -169,6 +169,14 @@ class MarsMap:
     affine: np.ndarray
 
 
+def _bbox(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
+    """Bounding box of ``mask`` grown by ``margin`` voxels, as slices."""
+    nz = np.nonzero(mask)
+    return tuple(
+        slice(max(int(a.min()) - margin, 0), min(int(a.max()) + margin + 1, n)) for a, n in zip(nz, mask.shape)
+    )
+
+
 def build_mars_map(mni: MNIResources, juxtacortical_mm: float = 5.0, capsule_mm: float = 6.0) -> MarsMap:
     """Rasterize MARS regions on the grid of ``mni``.
 
@@ -211,22 +219,29 @@ def build_mars_map(mni: MNIResources, juxtacortical_mm: float = 5.0, capsule_mm:
 
     # Lobar white matter: nearest cortical lobe within the juxtacortical distance.
     cortex = np.isin(code, [CODE[r] for r in REGIONS[:5]]) & ~cerebral_wm
-    dist, idx = ndi.distance_transform_edt(~cortex, sampling=zooms, return_indices=True)
-    nearest_lobe = code[tuple(idx)]
     fill = (cerebral_wm | unlabelled_tissue) & (code == 0)
+    box = _bbox(mni.brain, margin=2)
+    dist = np.full(dk.shape, np.inf, dtype=np.float32)
+    nearest_lobe = np.zeros(dk.shape, dtype=np.int16)
+    d_box, idx = ndi.distance_transform_edt(~cortex[box], sampling=zooms, return_indices=True)
+    dist[box] = d_box
+    nearest_lobe[box] = code[box][tuple(idx)]
 
     # Capsules, from the geometry of the deep grey nuclei.
     names = mni.dk_names
     lentiform = np.isin(dk, [v for v, n in names.items() if n.endswith(("Putamen", "Pallidum"))])
     putamen = np.isin(dk, [v for v, n in names.items() if n.endswith("Putamen")])
     medial = np.isin(dk, [v for v, n in names.items() if n.endswith(("Caudate", "Thalamus-Proper", "Thalamus"))])
-    d_lent = ndi.distance_transform_edt(~lentiform, sampling=zooms)
-    d_med = ndi.distance_transform_edt(~medial, sampling=zooms)
-    d_put, put_idx = ndi.distance_transform_edt(~putamen, sampling=zooms, return_indices=True)
-    x_mm = (mni.affine @ np.vstack([np.indices(dk.shape).reshape(3, -1), np.ones(dk.size)]))[0].reshape(dk.shape)
-    internal = fill & (d_lent <= capsule_mm) & (d_med <= capsule_mm)
-    lateral_to_putamen = np.abs(x_mm) > np.abs(x_mm[tuple(put_idx)])
-    external = fill & ~internal & (d_put <= capsule_mm / 2) & lateral_to_putamen
+    x_mm = (mni.affine[0, :3] @ np.indices(dk.shape).reshape(3, -1) + mni.affine[0, 3]).reshape(dk.shape)
+    deep = _bbox(lentiform | medial, margin=int(np.ceil(2 * capsule_mm / zooms.min())) + 1)
+    d_lent = ndi.distance_transform_edt(~lentiform[deep], sampling=zooms)
+    d_med = ndi.distance_transform_edt(~medial[deep], sampling=zooms)
+    d_put, put_idx = ndi.distance_transform_edt(~putamen[deep], sampling=zooms, return_indices=True)
+    internal = np.zeros(dk.shape, dtype=bool)
+    external = np.zeros(dk.shape, dtype=bool)
+    internal[deep] = fill[deep] & (d_lent <= capsule_mm) & (d_med <= capsule_mm)
+    lateral_to_putamen = np.abs(x_mm[deep]) > np.abs(x_mm[deep][tuple(put_idx)])
+    external[deep] = fill[deep] & ~internal[deep] & (d_put <= capsule_mm / 2) & lateral_to_putamen
 
     code[internal] = CODE["internal_capsule"]
     code[external] = CODE["external_capsule"]

@@ -1,0 +1,221 @@
+"""Simulate one gradient-echo scan of a synthetic subject.
+
+The tissue maps of the MNI head model are sampled into the oblique acquisition
+grid through the subject warp and head pose (with sub-slice sampling for partial
+volume across thick slices). The susceptibility map gives the field by k-space
+dipole convolution; the complex signal per echo is
+``PD exp(-TE R2*) x dephasing x bias x exp(i (gamma dB TE + phi0))``; small
+sources are added on fine grids (:func:`cmb.synth.physics.simulate_sources`);
+complex Gaussian noise makes the magnitude Rician.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage as ndi
+
+from cmb.synth.anatomy import HeadModel
+from cmb.synth.geometry import SubjectWarp, acquisition_affine
+from cmb.synth.lesions import Lesion
+from cmb.synth.physics import (
+    b0_in_index_frame,
+    dephasing_attenuation,
+    field_from_chi,
+    rad_per_ppm,
+    simulate_sources,
+)
+from cmb.synth.presets import Acquisition
+
+__all__ = ["ScanResult", "simulate_scan", "simulate_t1w", "sample_model"]
+
+_COARSE = 4  # the warp is evaluated every 4 voxels and interpolated (it is smooth)
+
+
+@dataclass
+class ScanResult:
+    affine: np.ndarray
+    magnitude: list[np.ndarray]  # per echo, float32
+    phase: list[np.ndarray]  # per echo, float32 radians, wrapped
+    cmb_labels: np.ndarray  # int16, one label per CMB
+    brain_mask: np.ndarray  # bool
+    cmb_apparent_diameter: dict[int, float] = field(default_factory=dict)
+    reference_echo: int = 0
+
+
+def _positions(n: int, n_s: int) -> np.ndarray:
+    return np.linspace(0.0, n - 1.0, n_s)
+
+
+def sample_model(maps_zyx: torch.Tensor, model: HeadModel, warp: SubjectWarp, pose: np.ndarray, affine: np.ndarray,
+                 sample_shape, full_shape, slice_offsets=(0.0,)) -> torch.Tensor:
+    """Sample model maps at the grid points of a (possibly coarser) acquisition grid.
+
+    ``maps_zyx`` is ``(1, C, Z, Y, X)`` (:func:`cmb.synth.anatomy.parameter_maps`);
+    the result is ``(1, C, k, j, i)``: transposed, it is the column-major
+    ``(i, j, k)`` volume that NIfTI writers store without a copy.
+
+    The sampled grid spans the full grid corner to corner (``align_corners``
+    semantics), so it can be upsampled exactly with trilinear interpolation.
+    Values are averaged over ``slice_offsets`` (fractions of a voxel along the
+    third axis) to model partial volume in thick slices.
+    """
+    inv_pose = np.linalg.inv(pose)
+    model_shape = np.array(model.shape, float)
+    acc = None
+    for off in slice_offsets:
+        coarse = [max(2, int(np.ceil((n - 1) / _COARSE)) + 1) for n in sample_shape]
+        pos = [_positions(n, c) for n, c in zip(full_shape, coarse)]
+        pos[2] = pos[2] + off
+        ijk = np.stack(np.meshgrid(*pos, indexing="ij"), -1).reshape(-1, 3)
+        world = ijk @ affine[:3, :3].T + affine[:3, 3]
+        x_s = world @ inv_pose[:3, :3].T + inv_pose[:3, 3]
+        mi = model.mni_to_index(warp.to_mni(x_s))
+        # ``maps_zyx`` is (Z, Y, X), so grid_sample's (x, y, z) grid order is the model's (i, j, k);
+        # the output is laid out (k, j, i), i.e. column-major (i, j, k) like a NIfTI volume.
+        norm = 2.0 * mi / (model_shape - 1.0) - 1.0
+        grid = torch.from_numpy(norm.astype(np.float32)).reshape(1, *coarse, 3).permute(0, 4, 3, 2, 1)
+        grid = F.interpolate(grid, size=tuple(sample_shape)[::-1], mode="trilinear", align_corners=True)
+        grid = grid.permute(0, 2, 3, 4, 1).contiguous()
+        out = F.grid_sample(maps_zyx, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        acc = out if acc is None else acc.add_(out)
+        del grid, out
+    return acc / len(slice_offsets)
+
+
+def _upsample(x: torch.Tensor, shape) -> torch.Tensor:
+    if tuple(x.shape[-3:]) == tuple(shape):
+        return x
+    return F.interpolate(x, size=tuple(shape), mode="trilinear", align_corners=True)
+
+
+def _smooth_field(shape, rng: np.random.Generator, scale: float, order: int = 2) -> np.ndarray:
+    """A smooth random polynomial field over the grid, in [-1, 1]-normalized coordinates."""
+    coarse = [min(n, 24) for n in shape]
+    small = _polynomial_field(coarse, rng, scale, order)
+    return _upsample(torch.from_numpy(small)[None, None], shape)[0, 0].numpy()
+
+
+def _polynomial_field(shape, rng, scale, order):
+    axes = [np.linspace(-1, 1, n, dtype=np.float32) for n in shape]
+    x, y, z = np.meshgrid(*axes, indexing="ij", sparse=True)
+    out = np.zeros(shape, dtype=np.float32)
+    for i in range(order + 1):
+        for j in range(order + 1 - i):
+            for k in range(order + 1 - i - j):
+                if i + j + k:
+                    out += np.float32(rng.normal(scale=scale)) * x**i * y**j * z**k
+    return out
+
+
+def _sampling_shape(acq: Acquisition, full_shape) -> tuple[int, int, int]:
+    # Sample the 1 mm model no finer than ~0.9 mm in-plane; details finer than
+    # the model come from the fine-grid sources and the noise.
+    factors = [max(1, int(0.9 // v)) if a < 2 else 1 for a, v in enumerate(acq.voxel_mm)]
+    factors = [f if acq.model_step == 1 else 1 for f in factors]
+    return tuple(int(np.ceil((n - 1) / f)) + 1 for n, f in zip(full_shape, factors))
+
+
+def simulate_scan(model: HeadModel, maps: np.ndarray, warp: SubjectWarp, pose: np.ndarray, acq: Acquisition,
+                  lesions: list[Lesion], rng: np.random.Generator, paramagnetic_phase: str = "positive",
+                  storage: str = "RAS") -> ScanResult:
+    """Simulate the magnitude and phase of every echo, with the CMB truth mask.
+
+    ``maps`` is the (PD, R2*, chi) stack from :func:`cmb.synth.anatomy.parameter_maps`.
+    """
+    shape = tuple(acq.matrix)
+    head_centre = pose[:3, :3] @ warp.from_mni(np.array([[0.0, -18.0, 12.0]]))[0] + pose[:3, 3]
+    affine = acquisition_affine(rng, acq.voxel_mm, shape, storage=storage, centre=head_centre)
+    zooms = np.array(acq.voxel_mm, float)
+
+    s_shape = _sampling_shape(acq, shape)
+    n_sub = int(np.clip(np.round(zooms[2] / model.step), 1, 3))
+    offsets = ((np.arange(n_sub) + 0.5) / n_sub - 0.5).tolist()
+    brain_prob = np.ascontiguousarray((model.gm + model.wm + model.csf).T)[None]
+    stack = torch.from_numpy(np.concatenate([maps, brain_prob], 0))[None]
+    sampled = sample_model(stack, model, warp, pose, affine, s_shape, shape, offsets)[0]
+    del stack
+
+    # Everything below is stored (k, j, i) C-order, i.e. (i, j, k) column-major:
+    # spacings and axis-wise quantities are reversed accordingly.
+    kji = shape[::-1]
+    s_spacing = zooms * (np.array(shape) - 1) / np.maximum(np.array(s_shape) - 1, 1)
+    b0_dir = b0_in_index_frame(affine)
+    fld = field_from_chi(sampled[2].numpy(), s_spacing[::-1], b0_dir[::-1])
+    ratio = (zooms / s_spacing)[::-1]  # acquired voxel size in sampled-voxel units
+
+    pd, r2s = sampled[0].numpy(), sampled[1].numpy()
+    up = _upsample(torch.stack([torch.from_numpy(fld), sampled[3]])[None], kji)[0]
+    fld_full, brain = up[0].numpy(), up[1].numpy()
+    del sampled, up
+
+    bias = np.exp(_smooth_field(kji, rng, 0.12))
+    phi0 = _smooth_field(kji, rng, 0.6, order=1) + np.float32(rng.uniform(-np.pi, np.pi))
+
+    sources = [les.source.__class__(**{**les.source.__dict__, "points": _to_scanner(les.source.points, pose)})
+               for les in lesions]
+    effects = simulate_sources(sources, affine, shape, acq.b0, list(acq.tes))
+
+    wm_level = 0.72 * np.exp(-acq.tes[0] * 21.0 * (0.35 + 0.65 * acq.b0 / 3.0))
+    sigma = np.float32(wm_level / acq.snr)
+    ref = int(np.argmin(np.abs(np.array(acq.tes) - 0.020)))
+    mags, phases = [], []
+    for e, te in enumerate(acq.tes):
+        rpp = rad_per_ppm(acq.b0, te)
+        amp = pd * np.exp(-te * r2s) * dephasing_attenuation(fld, rpp, ratio)
+        amp_full = _upsample(torch.from_numpy(amp)[None, None], kji)[0, 0].numpy()
+        sig = np.exp(1j * (np.float32(rpp) * fld_full + phi0))
+        sig *= amp_full * bias
+        sig_ijk = sig.T
+        for eff in effects:
+            if eff is not None:
+                sig_ijk[eff.slices] *= eff.factors[e]
+        sig.real += sigma * rng.standard_normal(kji, dtype=np.float32)
+        sig.imag += sigma * rng.standard_normal(kji, dtype=np.float32)
+        if paramagnetic_phase == "negative":
+            np.conjugate(sig, out=sig)
+        mags.append(np.abs(sig).T)
+        phases.append(np.angle(sig).T)
+        del sig, sig_ijk, amp_full
+
+    labels, diameters = _cmb_truth(lesions, effects, shape, zooms, ref)
+    return ScanResult(affine=affine, magnitude=mags, phase=phases, cmb_labels=labels, brain_mask=(brain > 0.5).T,
+                      cmb_apparent_diameter=diameters, reference_echo=ref)
+
+
+def _to_scanner(points_s: np.ndarray, pose: np.ndarray) -> np.ndarray:
+    return points_s @ pose[:3, :3].T + pose[:3, 3]
+
+
+def _cmb_truth(lesions, effects, shape, zooms, ref, darkening: float = 0.8):
+    """Label each CMB's apparent extent: voxels darkened below ``darkening`` x, connected to its centre."""
+    labels = np.zeros(tuple(shape)[::-1], dtype=np.int16).T  # column-major, like the images
+    diameters = {}
+    for les, eff in zip(lesions, effects):
+        if les.source.kind != "cmb" or eff is None:
+            continue
+        dark = (np.abs(eff.factors[ref]) < darkening) | (eff.occupancy > 0.3)
+        comp, _ = ndi.label(dark)
+        centre = np.unravel_index(np.argmax(eff.occupancy), eff.occupancy.shape)
+        keep = comp == comp[centre] if comp[centre] else np.zeros_like(dark)
+        keep[centre] = True
+        region = labels[eff.slices]
+        region[keep & (region == 0)] = les.source.label
+        vol = keep.sum() * np.prod(zooms)
+        diameters[les.source.label] = float(np.cbrt(6 * vol / np.pi))
+    return labels, diameters
+
+
+def simulate_t1w(model: HeadModel, t1_map: np.ndarray, warp: SubjectWarp, pose: np.ndarray,
+                 rng: np.random.Generator, voxel_mm: float = 1.0, matrix=(176, 216, 176)) -> tuple[np.ndarray, np.ndarray]:
+    """A T1-weighted image of the same head pose on a 1 mm grid: ``(data, affine)``."""
+    head_centre = pose[:3, :3] @ warp.from_mni(np.array([[0.0, -18.0, 12.0]]))[0] + pose[:3, 3]
+    affine = acquisition_affine(rng, (voxel_mm,) * 3, matrix, max_tilt_deg=5.0, max_oblique_deg=3.0, centre=head_centre)
+    kji = tuple(matrix)[::-1]
+    data = sample_model(torch.from_numpy(t1_map)[None], model, warp, pose, affine, matrix, matrix)[0, 0].numpy()
+    data = data * np.exp(_smooth_field(kji, rng, 0.08))
+    noise = 0.02 * (rng.standard_normal(kji, dtype=np.float32) + 1j * rng.standard_normal(kji, dtype=np.float32))
+    return np.abs(data + noise).astype(np.float32).T, affine
