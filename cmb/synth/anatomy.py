@@ -284,6 +284,18 @@ def _r2s_at_field(r2s_3t: float, b0: float) -> float:
     return r2s_3t * (0.35 + 0.65 * b0 / 3.0)
 
 
+@functools.lru_cache(maxsize=4)
+def _nucleus_boxes(model: HeadModel) -> dict:
+    """Each nucleus' soft mask cropped to its bounding box (they are small; the volume is not)."""
+    out = {}
+    for name, m in model.nuclei.items():
+        nz = np.nonzero(m > 1e-3)
+        if len(nz[0]):
+            box = tuple(slice(int(a.min()), int(a.max()) + 1) for a in nz)
+            out[name] = (box, m[box])
+    return out
+
+
 def parameter_maps(model: HeadModel, contrast: TissueContrast, b0: float) -> np.ndarray:
     """Stack of (PD, R2*, chi) maps, float32, shape ``(3, Z, Y, X)`` (see :func:`cmb.synth.scan.sample_model`).
 
@@ -293,9 +305,9 @@ def parameter_maps(model: HeadModel, contrast: TissueContrast, b0: float) -> np.
     for c, table in enumerate((contrast.pd, contrast.r2s, contrast.chi)):
         conv = (lambda v: _r2s_at_field(v, b0)) if c == 1 else float
         brain = model.gm * conv(table["gm"]) + model.wm * conv(table["wm"]) + model.csf * conv(table["csf"])
-        for name, m in model.nuclei.items():
+        for name, (box, m) in _nucleus_boxes(model).items():
             if name in table:
-                brain = brain + m * (conv(table[name]) - brain)
+                brain[box] += m * (conv(table[name]) - brain[box])
         lut = np.array([conv(table.get(name, 0.0)) for name in HEAD_CLASSES], dtype=np.float32)
         lut[HEAD_CLASSES.index("brain")] = 0.0
         vals = np.where(model.brain, brain, lut[model.head])

@@ -143,16 +143,24 @@ def _surface_normal(brain: np.ndarray, ijk: np.ndarray, r: int = 4) -> np.ndarra
     return v / max(np.linalg.norm(v), 1e-6)
 
 
+@functools.lru_cache(maxsize=4)
+def _vein_sites(model: HeadModel):
+    """Start points of medullary veins (grey/white boundary of the lobes), the ventricles, and the lobar surface."""
+    lobar = (model.mars > 0) & (model.mars % 100 <= 5)
+    boundary = np.argwhere((model.wm > 0.4) & (model.gm > 0.3) & lobar)
+    vent = np.argwhere(model.ventricles)
+    surface = np.argwhere(model.brain & ~ndi.binary_erosion(model.brain) & lobar)
+    return boundary, vent, cKDTree(vent), surface
+
+
 def place_veins(model: HeadModel, warp: SubjectWarp, rng: np.random.Generator, n_medullary: int,
                 n_pial: int) -> list[Lesion]:
     """Medullary veins running towards the ventricles, and pial veins along the cortical surface."""
     out: list[Lesion] = []
+    # Medullary veins: from the grey/white boundary towards the nearest ventricle.
     chi = lambda: float(rng.uniform(0.3, 0.45))  # noqa: E731  deoxygenated venous blood
     step = model.step
-    # Medullary veins: from the grey/white boundary towards the nearest ventricle.
-    boundary = np.argwhere((model.wm > 0.4) & (model.gm > 0.3) & (model.mars > 0) & (model.mars % 100 <= 5))
-    vent = np.argwhere(model.ventricles)
-    tree = cKDTree(vent)
+    boundary, vent, tree, surface = _vein_sites(model)
     for _ in range(n_medullary):
         start = boundary[rng.integers(len(boundary))].astype(float)
         _, k = tree.query(start)
@@ -160,8 +168,6 @@ def place_veins(model: HeadModel, warp: SubjectWarp, rng: np.random.Generator, n
         pts = model.index_to_mni(_polyline(start, end, rng, n=7, wiggle=1.0 / step))
         out.extend(_vein_lesions(model, warp, pts, float(rng.uniform(0.2, 0.45)), chi(), "vein_medullary", len(out)))
     # Pial veins: a walk along the brain surface, a third of them starting head-to-foot.
-    surface = np.argwhere(model.brain & ~ndi.binary_erosion(model.brain))
-    surface = surface[model.mars[tuple(surface.T)] % 100 <= 5]
     for _ in range(n_pial):
         p = surface[rng.integers(len(surface))].astype(float)
         normal = _surface_normal(model.brain, p)

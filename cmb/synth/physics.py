@@ -186,6 +186,34 @@ def _distance_to_polyline(x: np.ndarray, pts: np.ndarray) -> np.ndarray:
     return np.sqrt(best)
 
 
+def _occupancy(src: Source, affine, inv, lo, n, f, edge) -> np.ndarray:
+    """Soft-edged fraction of each sub-voxel inside the source (sphere or tube).
+
+    The distance to each segment is only evaluated in the part of the sub-grid
+    that the segment's bounding box (grown by radius + edge) covers.
+    """
+    occ = np.zeros(tuple(n), dtype=np.float32)
+    pts = src.points.astype(np.float32)
+    segments = [(pts[0], pts[0])] if len(pts) == 1 else list(zip(pts[:-1], pts[1:]))
+    reach = src.radius_mm + edge
+    a32, t32 = affine[:3, :3].T.astype(np.float32), affine[:3, 3].astype(np.float32)
+    for a, b in segments:
+        lo_w, hi_w = np.minimum(a, b) - reach, np.maximum(a, b) + reach
+        corners = np.array([[x, y, z] for x in (lo_w[0], hi_w[0]) for y in (lo_w[1], hi_w[1]) for z in (lo_w[2], hi_w[2])])
+        idx = corners @ inv[:3, :3].T + inv[:3, 3]  # acquired voxel indices
+        sub = (idx - lo + 0.5) * f - 0.5  # sub-grid indices
+        s_lo = np.clip(np.floor(sub.min(0)).astype(int), 0, n)
+        s_hi = np.clip(np.ceil(sub.max(0)).astype(int) + 1, 0, n)
+        if np.any(s_hi <= s_lo):
+            continue
+        axes = [lo[d] + (np.arange(s_lo[d], s_hi[d]) + 0.5) / f[d] - 0.5 for d in range(3)]
+        world = np.stack(np.meshgrid(*axes, indexing="ij"), -1).astype(np.float32) @ a32 + t32
+        dist = _distance_to_polyline(world, np.array([a]) if a is b else np.array([a, b]))
+        box = tuple(slice(l, h) for l, h in zip(s_lo, s_hi))
+        np.maximum(occ[box], np.clip(0.5 + (src.radius_mm - dist) / edge, 0, 1), out=occ[box])
+    return occ
+
+
 def _length(points: np.ndarray) -> float:
     return float(np.linalg.norm(np.diff(points, axis=0), axis=1).sum()) if len(points) > 1 else 0.0
 
@@ -232,21 +260,13 @@ def simulate_sources(
         sub_mm = max(subvoxel_mm, zooms.min() / 3)
         f = np.clip(np.ceil(zooms / sub_mm).astype(int), 1, max_subdivision)
         n = (hi - lo) * f
-        # Sub-voxel centres in acquired index coordinates, then in world mm.
-        axes = [lo[a] + (np.arange(n[a]) + 0.5) / f[a] - 0.5 for a in range(3)]
-        grid = np.stack(np.meshgrid(*axes, indexing="ij"), -1).astype(np.float32)
-        world = grid @ affine[:3, :3].T.astype(np.float32) + affine[:3, 3].astype(np.float32)
-        del grid
-        dist = _distance_to_polyline(world, src.points.astype(np.float32))
-        del world
         edge = float((zooms / f).min())
-        occ = np.clip(0.5 + (src.radius_mm - dist) / edge, 0, 1).astype(np.float32)
+        occ = _occupancy(src, affine, inv, lo, n, f, edge)
         # Conserve the source volume when it is thinner than a sub-voxel.
         expected = (np.pi * src.radius_mm**2 * _length(src.points) + 4 / 3 * np.pi * src.radius_mm**3)
         got = occ.sum() * np.prod(zooms / f)
         if got > 0:
             occ *= np.float32(min(expected / got, 1.0 / max(occ.max(), 1e-6)))
-        del dist
         if not occ.any():
             effects.append(None)
             continue
