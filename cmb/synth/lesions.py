@@ -18,7 +18,7 @@ from scipy.spatial import cKDTree
 from cmb.mars_region import CSF_LABEL, decode_label, label_table
 from cmb.synth.anatomy import HeadModel
 from cmb.synth.geometry import SubjectWarp
-from cmb.synth.physics import Source
+from cmb.synth.physics import Source, rad_per_ppm
 
 __all__ = ["LOCATION_PRIORS", "COUNT_PROFILES", "Lesion", "draw_cmb_count", "place_cmbs", "place_veins",
            "place_calcifications", "to_subject_space"]
@@ -81,9 +81,25 @@ def _labels_at(model: HeadModel, mni: np.ndarray) -> tuple[str, str, str, str]:
     return cat, region, hemi, model.dk_names.get(int(model.dk[ijk]), "Unknown")
 
 
+def blooming_factor(chi_ppm: float, b0: float, te: float) -> float:
+    """Apparent / physical radius of a paramagnetic sphere on a gradient-echo image.
+
+    The sphere's field at distance R along B0 is ``2 chi / 3 (r / R)^3`` ppm; the
+    signal is lost where that dephases by about a radian.
+
+    >>> round(blooming_factor(1.0, 3.0, 0.02), 2), round(blooming_factor(1.0, 1.5, 0.02), 2)
+    (2.2, 1.75)
+    """
+    return max(1.0, (2.0 * rad_per_ppm(b0, te) * chi_ppm / 3.0) ** (1.0 / 3.0))
+
+
 def place_cmbs(model: HeadModel, warp: SubjectWarp, n: int, rng: np.random.Generator,
-               prior: dict[str, float]) -> list[Lesion]:
-    """Draw ``n`` microbleeds in parenchyma, by MARS category with probabilities ``prior``."""
+               prior: dict[str, float], b0: float = 3.0, te: float = 0.02) -> list[Lesion]:
+    """Draw ``n`` microbleeds in parenchyma, by MARS category with probabilities ``prior``.
+
+    The apparent diameter on an image at field ``b0`` and echo time ``te`` is drawn
+    between 2 and 10 mm (mostly 2-5); the physical radius follows from the blooming.
+    """
     sites = _parenchyma_sites(model)
     cats = [c for c in ("lobar", "deep", "infratentorial") if len(sites[c])]
     p = np.array([prior.get(c, 0.0) for c in cats], float)
@@ -95,7 +111,9 @@ def place_cmbs(model: HeadModel, warp: SubjectWarp, n: int, rng: np.random.Gener
         cat = cats[rng.choice(len(cats), p=p)]
         ijk = sites[cat][rng.integers(len(sites[cat]))] + rng.uniform(-0.5, 0.5, 3)
         mni = model.index_to_mni(ijk)
-        radius = float(np.clip(rng.lognormal(np.log(0.65), 0.4), 0.35, 2.4))
+        chi = float(rng.uniform(0.6, 2.0))
+        apparent = float(np.clip(rng.lognormal(np.log(3.3), 0.35), 2.0, 10.0))
+        radius = float(np.clip(apparent / 2 / blooming_factor(chi, b0, te), 0.25, 3.0))
         if any(np.linalg.norm(mni - o.mni) < 4.0 * (radius + o.source.radius_mm) + 2.0 for o in out):
             continue
         labels = _labels_at(model, mni)
@@ -105,7 +123,7 @@ def place_cmbs(model: HeadModel, warp: SubjectWarp, n: int, rng: np.random.Gener
             kind="cmb",
             points=mni[None],
             radius_mm=radius,
-            chi_ppm=float(rng.uniform(0.6, 2.0)),
+            chi_ppm=chi,
             pd_scale=float(rng.uniform(0.6, 1.0)),
             r2s_extra=float(rng.uniform(50, 250)),
             label=len(out) + 1,

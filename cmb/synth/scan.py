@@ -33,6 +33,7 @@ from cmb.synth.presets import Acquisition
 __all__ = ["ScanResult", "simulate_scan", "simulate_t1w", "sample_model"]
 
 _COARSE = 4  # the warp is evaluated every 4 voxels and interpolated (it is smooth)
+FOV_CENTRE_MNI = (0.0, -20.0, 6.0)  # centre of the brain's extent, cerebellum included
 
 
 @dataclass
@@ -127,7 +128,7 @@ def simulate_scan(model: HeadModel, maps: np.ndarray, warp: SubjectWarp, pose: n
     ``maps`` is the (PD, R2*, chi) stack from :func:`cmb.synth.anatomy.parameter_maps`.
     """
     shape = tuple(acq.matrix)
-    head_centre = pose[:3, :3] @ warp.from_mni(np.array([[0.0, -18.0, 12.0]]))[0] + pose[:3, 3]
+    head_centre = pose[:3, :3] @ warp.from_mni(np.array([FOV_CENTRE_MNI]))[0] + pose[:3, 3]
     affine = acquisition_affine(rng, acq.voxel_mm, shape, storage=storage, centre=head_centre)
     zooms = np.array(acq.voxel_mm, float)
 
@@ -212,7 +213,7 @@ def _cmb_truth(lesions, effects, shape, zooms, ref, darkening: float = 0.8):
 def simulate_t1w(model: HeadModel, t1_map: np.ndarray, warp: SubjectWarp, pose: np.ndarray,
                  rng: np.random.Generator, voxel_mm: float = 1.0, matrix=(176, 216, 176)) -> tuple[np.ndarray, np.ndarray]:
     """A T1-weighted image of the same head pose on a 1 mm grid: ``(data, affine)``."""
-    head_centre = pose[:3, :3] @ warp.from_mni(np.array([[0.0, -18.0, 12.0]]))[0] + pose[:3, 3]
+    head_centre = pose[:3, :3] @ warp.from_mni(np.array([FOV_CENTRE_MNI]))[0] + pose[:3, 3]
     affine = acquisition_affine(rng, (voxel_mm,) * 3, matrix, max_tilt_deg=5.0, max_oblique_deg=3.0, centre=head_centre)
     kji = tuple(matrix)[::-1]
     data = sample_model(torch.from_numpy(t1_map)[None], model, warp, pose, affine, matrix, matrix)[0, 0].numpy()

@@ -44,13 +44,16 @@ def _voxel(affine, xyz):
     return np.round(np.linalg.inv(affine)[:3, :3] @ xyz + np.linalg.inv(affine)[:3, 3]).astype(int)
 
 
-def cmb_table(lesions, pose, affine, diameters) -> pd.DataFrame:
+def cmb_table(lesions, pose, affine, diameters, shape) -> pd.DataFrame:
+    """One row per CMB whose centre lies inside the acquired field of view."""
     rows = []
     for les in lesions:
         if les.source.kind != "cmb":
             continue
         xyz = _to_scanner(les.source.points, pose)[0]
         i, j, k = _voxel(affine, xyz)
+        if not all(0 <= v < n for v, n in zip((i, j, k), shape)):
+            continue
         rows.append([les.source.label, f"CMB{les.source.label}", *np.round(xyz, 3), i, j, k,
                      round(les.source.radius_mm, 3), round(diameters.get(les.source.label, float("nan")), 3),
                      round(les.source.chi_ppm, 4), les.mars_category, les.mars_region, les.hemisphere,
@@ -58,7 +61,7 @@ def cmb_table(lesions, pose, affine, diameters) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=CMB_COLUMNS)
 
 
-def mimic_table(lesions, pose, affine, warp: SubjectWarp, b0_axis=np.array([0.0, 0.0, 1.0])) -> pd.DataFrame:
+def mimic_table(lesions, pose, affine, warp: SubjectWarp) -> pd.DataFrame:
     rows = []
     slice_axis = affine[:3, 2] / np.linalg.norm(affine[:3, 2])
     seen = set()
@@ -124,9 +127,11 @@ def write_truth(folder: Path, prefix: str, lesions, result, pose, warp, params: 
         im.set_sform(aff, code=1)
         return im
 
-    save_nifti(img(result.cmb_labels.astype(np.int16)), paths["dseg"])
     save_nifti(img(result.brain_mask.astype(np.uint8)), paths["brain"])
-    write_text(paths["table"], cmb_table(lesions, pose, aff, result.cmb_apparent_diameter).to_csv(sep="\t", index=False))
+    table = cmb_table(lesions, pose, aff, result.cmb_apparent_diameter, result.cmb_labels.shape)
+    labels = np.where(np.isin(result.cmb_labels, table["index"].to_numpy()), result.cmb_labels, 0).astype(np.int16)
+    write_text(paths["table"], table.to_csv(sep="\t", index=False))
+    save_nifti(img(labels), paths["dseg"])
     write_text(paths["mimics"], mimic_table(lesions, pose, aff, warp).to_csv(sep="\t", index=False))
     save_nifti(mni_coordinate_map(aff, result.cmb_labels.shape, pose, warp), paths["xfm"])
     write_json(paths["xfm"].with_name(paths["xfm"].name.replace(".nii.gz", ".json")), {
