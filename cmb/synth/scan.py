@@ -11,6 +11,7 @@ complex Gaussian noise makes the magnitude Rician.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -87,6 +88,11 @@ def sample_model(maps_zyx: torch.Tensor, model: HeadModel, warp: SubjectWarp, po
     return acc / len(slice_offsets)
 
 
+@functools.lru_cache(maxsize=2)
+def _brain_probability_zyx(model: HeadModel) -> np.ndarray:
+    return np.ascontiguousarray((model.gm + model.wm + model.csf).T)[None]
+
+
 def _upsample(x: torch.Tensor, shape) -> torch.Tensor:
     if tuple(x.shape[-3:]) == tuple(shape):
         return x
@@ -135,8 +141,7 @@ def simulate_scan(model: HeadModel, maps: np.ndarray, warp: SubjectWarp, pose: n
     s_shape = _sampling_shape(acq, shape)
     n_sub = int(np.clip(np.round(zooms[2] / model.step), 1, 3))
     offsets = ((np.arange(n_sub) + 0.5) / n_sub - 0.5).tolist()
-    brain_prob = np.ascontiguousarray((model.gm + model.wm + model.csf).T)[None]
-    stack = torch.from_numpy(np.concatenate([maps, brain_prob], 0))[None]
+    stack = torch.from_numpy(np.concatenate([maps, _brain_probability_zyx(model)], 0))[None]
     sampled = sample_model(stack, model, warp, pose, affine, s_shape, shape, offsets)[0]
     del stack
 
@@ -148,13 +153,14 @@ def simulate_scan(model: HeadModel, maps: np.ndarray, warp: SubjectWarp, pose: n
     fld = field_from_chi(sampled[2].numpy(), s_spacing[::-1], b0_dir[::-1])
     ratio = (zooms / s_spacing)[::-1]  # acquired voxel size in sampled-voxel units
 
-    pd, r2s = sampled[0].numpy(), sampled[1].numpy()
-    up = _upsample(torch.stack([torch.from_numpy(fld), sampled[3]])[None], kji)[0]
-    fld_full, brain = up[0].numpy(), up[1].numpy()
-    del sampled, up
-
-    bias = np.exp(_smooth_field(kji, rng, 0.12))
-    phi0 = _smooth_field(kji, rng, 0.6, order=1) + np.float32(rng.uniform(-np.pi, np.pi))
+    pd, r2s, brain_s = sampled[0].numpy(), sampled[1].numpy(), sampled[3]
+    del sampled
+    # Smooth factors (bias, receiver phase, background field) are combined at the
+    # sampling resolution and upsampled once per echo, as amplitude and phase.
+    s_kji = pd.shape
+    bias = np.exp(_smooth_field(s_kji, rng, 0.12))
+    phi0 = _smooth_field(s_kji, rng, 0.6, order=1) + np.float32(rng.uniform(-np.pi, np.pi))
+    brain = None
 
     sources = [les.source.__class__(**{**les.source.__dict__, "points": _to_scanner(les.source.points, pose)})
                for les in lesions]
@@ -166,10 +172,15 @@ def simulate_scan(model: HeadModel, maps: np.ndarray, warp: SubjectWarp, pose: n
     mags, phases = [], []
     for e, te in enumerate(acq.tes):
         rpp = rad_per_ppm(acq.b0, te)
-        amp = pd * np.exp(-te * r2s) * dephasing_attenuation(fld, rpp, ratio)
-        amp_full = _upsample(torch.from_numpy(amp)[None, None], kji)[0, 0].numpy()
-        sig = np.exp(1j * (np.float32(rpp) * fld_full + phi0))
-        sig *= amp_full * bias
+        amp = pd * np.exp(-te * r2s) * dephasing_attenuation(fld, rpp, ratio) * bias
+        phase = np.float32(rpp) * fld + phi0
+        channels = [torch.from_numpy(amp), torch.from_numpy(phase)] + ([brain_s] if brain is None else [])
+        up = _upsample(torch.stack(channels)[None], kji)[0].numpy()
+        if brain is None:
+            brain = up[2] > 0.5
+        sig = np.exp(1j * up[1])
+        sig *= up[0]
+        del up
         sig_ijk = sig.T
         for eff in effects:
             if eff is not None:
@@ -180,10 +191,10 @@ def simulate_scan(model: HeadModel, maps: np.ndarray, warp: SubjectWarp, pose: n
             np.conjugate(sig, out=sig)
         mags.append(np.abs(sig).T)
         phases.append(np.angle(sig).T)
-        del sig, sig_ijk, amp_full
+        del sig, sig_ijk
 
     labels, diameters = _cmb_truth(lesions, effects, shape, zooms, ref)
-    return ScanResult(affine=affine, magnitude=mags, phase=phases, cmb_labels=labels, brain_mask=(brain > 0.5).T,
+    return ScanResult(affine=affine, magnitude=mags, phase=phases, cmb_labels=labels, brain_mask=brain.T,
                       cmb_apparent_diameter=diameters, reference_echo=ref)
 
 
