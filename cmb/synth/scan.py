@@ -118,6 +118,14 @@ def _polynomial_field(shape, rng, scale, order):
     return out
 
 
+def _texture(shape, rng: np.random.Generator, amplitude: float = 0.04, sigma_vox: float = 1.0) -> np.ndarray:
+    """Fine multiplicative tissue texture (real scans are not piecewise smooth)."""
+    t = ndi.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), sigma_vox)
+    t *= np.float32(amplitude / max(float(t.std()), 1e-6))
+    t += 1.0
+    return t
+
+
 def _sampling_shape(acq: Acquisition, full_shape) -> tuple[int, int, int]:
     # Sample the 1 mm model no finer than ~0.9 mm in-plane; details finer than
     # the model come from the fine-grid sources and the noise.
@@ -158,7 +166,7 @@ def simulate_scan(model: HeadModel, maps: np.ndarray, warp: SubjectWarp, pose: n
     # Smooth factors (bias, receiver phase, background field) are combined at the
     # sampling resolution and upsampled once per echo, as amplitude and phase.
     s_kji = pd.shape
-    bias = np.exp(_smooth_field(s_kji, rng, 0.12))
+    bias = np.exp(_smooth_field(s_kji, rng, 0.12)) * _texture(s_kji, rng)
     phi0 = _smooth_field(s_kji, rng, 0.6, order=1) + np.float32(rng.uniform(-np.pi, np.pi))
     brain = None
 
