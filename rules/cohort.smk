@@ -1,0 +1,88 @@
+"""Cohort-level files: the derivative's dataset_description.json and failures.csv."""
+
+
+rule write_dataset_description:
+    """BIDS-derivatives dataset_description.json (GeneratedBy) and .bidsignore."""
+    output:
+        description=f"{OUT}/dataset_description.json",
+        bidsignore=f"{OUT}/.bidsignore",
+    params:
+        version=CMB_VERSION,
+        source=os.path.abspath(config["bids_dir"]),
+    log:
+        f"{OUT}/logs/write_dataset_description/log.txt",
+    benchmark:
+        f"{OUT}/benchmarks/write_dataset_description/benchmark.tsv"
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    localrule: True
+    run:
+        from cmb.atomic import write_json, write_text
+
+        write_json(
+            output.description,
+            {
+                "Name": "cmb: cerebral microbleed detection",
+                "BIDSVersion": "1.10.0",
+                "DatasetType": "derivative",
+                "GeneratedBy": [
+                    {
+                        "Name": "cmb",
+                        "Version": params.version,
+                        "Description": "Snakemake workflow: ingestion, preprocessing, registration to "
+                        f"{MNI}, MARS regions in native space",
+                    }
+                ],
+                "SourceDatasets": [{"URL": f"file://{params.source}"}],
+            },
+        )
+        write_text(output.bidsignore, "logs/\nbenchmarks/\nstatus/\nfailures.csv\n")
+        with open(log[0], "w") as f:
+            print(f"wrote {output.description} (cmb {params.version})", file=f)
+
+
+rule collect_failures:
+    """failures.csv: one row per failed or skipped stage of any subject."""
+    input:
+        subject_status_records(),
+    output:
+        f"{OUT}/failures.csv",
+    params:
+        unplaced=[
+            {
+                "participant_id": r.participant_id,
+                "session_id": None,
+                "stage": "plan",
+                "status": "failed",
+                "error_class": "UnsupportedLayout",
+                "message": f"{r.bids_dir}/{r.participant_id}: scan without session in a dataset "
+                "with sessions; run this subject on its own (participant_label)",
+                "log": None,
+            }
+            for r in UNPLACED
+        ],
+        unplaced_dir=f"{WORK}/status/plan",
+    log:
+        f"{OUT}/logs/collect_failures/log.txt",
+    benchmark:
+        f"{OUT}/benchmarks/collect_failures/benchmark.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    localrule: True
+    run:
+        from cmb.atomic import write_json
+        from cmb.failures import write_failures_csv
+
+        extra = []
+        for rec in params.unplaced:
+            path = os.path.join(params.unplaced_dir, f"{rec['participant_id']}_status.json")
+            write_json(path, rec)
+            extra.append(path)
+        table = write_failures_csv([*input, *extra], output[0])
+        with open(log[0], "w") as f:
+            print(f"{len(table)} failed or skipped stage(s) in {len(input) + len(extra)} records", file=f)
+            print(table.to_string(index=False), file=f)

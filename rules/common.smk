@@ -1,0 +1,254 @@
+"""Shared by every rule file: config validation, input planning, paths, targets.
+
+- The config is validated against config/config.schema.yaml (defaults filled in).
+  Participant labels are strings: a YAML ``02`` (read as the integer 2) is turned
+  back into "02".
+- ``plan_inputs`` (cmb.ingest) chooses one input per subject/session when the DAG
+  is built; the records decide which optional files (phase, T1w) each subject gets.
+- Paths are BIDS names from snakebids ``bids()``; ``SUBJ`` holds the subject (and
+  session, if the dataset has sessions) wildcards.
+"""
+
+import os
+
+import jsonschema
+import yaml
+from snakebids import bids, set_bids_spec
+from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
+from snakemake.utils import validate
+
+from cmb import __version__ as CMB_VERSION
+from cmb.ingest import plan_inputs
+from cmb.template import TEMPLATE_NAME
+
+set_bids_spec("v0_15_0")
+
+# Jobs import cmb from this workflow's own source tree, whatever runs them (the
+# project venv, the conda envs in envs/, a cluster node): no version skew between
+# the Snakefile and the package.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (workflow.basedir, os.environ.get("PYTHONPATH")) if p
+)
+
+LABEL_KEYS = ("participant_label", "exclude_participant_label")
+
+
+# ------------------------------------------------------------------ config
+
+
+def _raw_config_value(key):
+    """``key`` as written in the config files (every YAML scalar read as text), or None.
+
+    Files given with --configfile win over the workflow's own config file.
+    """
+    cli_files = [str(f) for f in workflow.config_settings.configfiles]
+    own = [str(f) for f in workflow.configfiles if str(f) not in cli_files]
+    value = None
+    for path in own + cli_files:
+        try:
+            with open(path, encoding="utf-8") as f:
+                raw = yaml.load(f, Loader=yaml.BaseLoader)
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(raw, dict) and key in raw:
+            value = raw[key]
+    return value
+
+
+def _match_subject(number, key):
+    """The one ``sub-*`` label of the dataset that reads as ``number`` ("02" for 2)."""
+    try:
+        labels = [d[4:] for d in os.listdir(config["bids_dir"]) if d.startswith("sub-")]
+    except OSError:
+        labels = []
+    matches = sorted(l for l in labels if l.isdigit() and int(l) == number)
+    if len(matches) > 1:
+        raise WorkflowError(
+            f"{key}: {number} matches several subjects ({', '.join('sub-' + m for m in matches)}); "
+            f"quote the label, e.g. '{matches[0]}'"
+        )
+    return matches[0] if matches else str(number)
+
+
+def coerce_labels(cfg):
+    """Participant labels as lists of strings; integers (YAML 02, --config x=02) made text again."""
+    from_cli = workflow.config_settings.config or {}
+    for key in LABEL_KEYS:
+        value = cfg.get(key)
+        if value is None or value == "":
+            cfg[key] = []
+            continue
+        items = list(value) if isinstance(value, (list, tuple)) else [value]
+        is_int = [isinstance(v, int) and not isinstance(v, bool) for v in items]
+        if any(is_int):
+            raw = None if key in from_cli else _raw_config_value(key)
+            raw = raw if isinstance(raw, list) else [raw]
+            if len(raw) == len(items) and all(isinstance(r, str) for r in raw):
+                items = [r if i else v for r, v, i in zip(raw, items, is_int)]
+            else:  # --config participant_label=02 arrives as 2: find the subject it names
+                items = [_match_subject(v, key) if i else v for v, i in zip(items, is_int)]
+        cfg[key] = items
+
+
+def validate_config(cfg):
+    """Validate ``cfg`` in place (defaults filled); one clear line on error."""
+    coerce_labels(cfg)
+    try:
+        validate(cfg, "../config/config.schema.yaml")
+    except WorkflowError as e:
+        cause = next((a for a in e.args if isinstance(a, jsonschema.ValidationError)), None)
+        if cause is None:
+            raise
+        where = ".".join(str(p) for p in cause.absolute_path) or "top level"
+        raise WorkflowError(
+            f"invalid configuration ({where}): {cause.message}. "
+            f"Allowed keys and values are described in config/config.schema.yaml."
+        ) from None
+
+
+validate_config(config)
+
+OUT = os.path.normpath(config["output_dir"])
+WORK = os.path.normpath(config["work_dir"] or OUT + "-work")
+PYBIDS_DB = config["pybids_db_dir"] or os.path.join(WORK, "pybids")
+MNI = TEMPLATE_NAME  # MNI152NLin2009cAsym
+
+
+# ------------------------------------------------------------------ planning
+
+
+def _plan():
+    try:
+        return plan_inputs(
+            config["bids_dir"],
+            PYBIDS_DB,
+            participant_label=config["participant_label"] or None,
+            exclude_participant_label=config["exclude_participant_label"] or None,
+            preference=config["ingest"]["preference"],
+        )
+    except (ValueError, TypeError, OSError) as e:
+        raise WorkflowError(f"cannot plan the inputs of bids_dir {config['bids_dir']}: {e}") from None
+
+
+_RECORDS = _plan()
+# Paths either all have a session level or none does. In a dataset with sessions,
+# a scan without a session cannot be placed; it is listed in failures.csv instead.
+HAS_SESSIONS = any(r.session is not None for r in _RECORDS)
+RECORDS = {(r.subject, r.session): r for r in _RECORDS if (r.session is not None) == HAS_SESSIONS}
+UNPLACED = [r for r in _RECORDS if (r.session is not None) != HAS_SESSIONS]
+for _r in UNPLACED:
+    logger.warning(
+        f"{_r.participant_id}: a scan without session in a dataset with sessions is not processed "
+        f"(run it on its own with participant_label); listed in failures.csv"
+    )
+if not RECORDS:
+    logger.warning(f"no subjects to process in {config['bids_dir']}")
+
+SUBJ = {"subject": "{subject}", "session": "{session}"} if HAS_SESSIONS else {"subject": "{subject}"}
+
+
+wildcard_constraints:
+    subject="[a-zA-Z0-9]+",
+    session="[a-zA-Z0-9]+",
+
+
+def record(wildcards):
+    """The input record (cmb.ingest.InputRecord) of a job's subject/session."""
+    return RECORDS[(wildcards.subject, wildcards.get("session"))]
+
+
+def has_phase(wildcards):
+    return record(wildcards).has_phase
+
+
+def has_t1w(wildcards):
+    return record(wildcards).has_t1w
+
+
+# ------------------------------------------------------------------ paths
+
+
+def out_path(datatype="anat", **entities):
+    """A per-subject derivative path pattern, e.g. ``out_path(desc="preproc", suffix="swi.nii.gz")``."""
+    return bids(root=OUT, datatype=datatype, **entities, **SUBJ)
+
+
+def log_path(rule):
+    return bids(root=f"{OUT}/logs/{rule}", suffix="log.txt", **SUBJ)
+
+
+def benchmark_path(rule):
+    return bids(root=f"{OUT}/benchmarks/{rule}", suffix="benchmark.tsv", **SUBJ)
+
+
+def status_path(rule):
+    """Status record (cmb.failures) of one rule for one subject/session."""
+    return bids(root=f"{OUT}/status/{rule}", suffix="status.json", **SUBJ)
+
+
+def fill(pattern, wildcards):
+    """``pattern`` with the job's wildcards filled in."""
+    return pattern.format(**dict(wildcards.items()))
+
+
+def for_record(pattern, rec):
+    """``pattern`` filled in for one input record."""
+    return pattern.format(subject=rec.subject, session=rec.session)
+
+
+def session_args(wildcards):
+    """``--subject X [--session Y]`` for a cmb CLI."""
+    args = ["--subject", wildcards.subject]
+    if wildcards.get("session"):
+        args += ["--session", wildcards.session]
+    return args
+
+
+class RecordWildcards(dict):
+    """Wildcards of one input record, usable wherever a job's wildcards are."""
+
+    def __getattr__(self, key):
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+
+def record_wildcards(rec):
+    wc = RecordWildcards(subject=rec.subject)
+    if HAS_SESSIONS:
+        wc["session"] = rec.session
+    return wc
+
+
+# Each rule file registers functions (wildcards -> list of paths) here: the files a
+# subject should end up with, and the status records its jobs write.
+SUBJECT_TARGETS = []
+SUBJECT_STATUS = []
+
+
+def subject_targets():
+    """Every per-subject output the workflow should produce, for all planned subjects."""
+    out = []
+    for rec in RECORDS.values():
+        wc = record_wildcards(rec)
+        out += [p for f in SUBJECT_TARGETS for p in f(wc)]
+    return out
+
+
+def subject_status_records():
+    """Every status record of every subject job (inputs of failures.csv)."""
+    out = []
+    for rec in RECORDS.values():
+        wc = record_wildcards(rec)
+        out += [p for f in SUBJECT_STATUS for p in f(wc)]
+    return out
+
+
+def job_tmpdir(name):
+    """Shell snippet: a private TMPDIR for this job, removed when the job ends."""
+    return (
+        f'export TMPDIR="$(mktemp -d "${{TMPDIR:-/tmp}}/cmb-{name}.XXXXXX")"; '
+        "trap 'rm -rf \"$TMPDIR\"' EXIT; "
+    )

@@ -1,0 +1,165 @@
+"""Ingestion: one checked input per subject/session, written as ``desc-ingested``.
+
+Which files a subject gets depends on its input record (rules/common.smk):
+
+- without phase: ``desc-ingested_swi.nii.gz`` (rule ingest_swi);
+- with phase: ``part-mag_desc-ingested_swi.nii.gz`` and
+  ``part-phase_desc-ingested_swi.nii.gz`` (rule ingest_swi_phase);
+- with a T1w: ``desc-ingested_T1w.nii.gz`` (rule ingest_t1w).
+
+Each image gets a JSON report next to it (the chosen files, why, their SHA-256,
+fixes applied). "swi" names the susceptibility-weighted magnitude whatever the
+input kind (SWI, GRE, echo-combined MEGRE or T2starw); the report says which.
+"""
+
+INGESTED_SWI = out_path(desc="ingested", suffix="swi.nii.gz")
+INGESTED_MAG = out_path(part="mag", desc="ingested", suffix="swi.nii.gz")
+INGESTED_PHASE = out_path(part="phase", desc="ingested", suffix="swi.nii.gz")
+INGESTED_T1W = out_path(desc="ingested", suffix="T1w.nii.gz")
+
+
+def ingested(wildcards):
+    """The ingested files of a subject: ``mag``, ``phase`` (if any) and their status records."""
+    if has_phase(wildcards):
+        files = {
+            "mag": fill(INGESTED_MAG, wildcards),
+            "phase": fill(INGESTED_PHASE, wildcards),
+            "ingest_status": fill(status_path("ingest_swi_phase"), wildcards),
+        }
+    else:
+        files = {
+            "mag": fill(INGESTED_SWI, wildcards),
+            "ingest_status": fill(status_path("ingest_swi"), wildcards),
+        }
+    if has_t1w(wildcards):
+        files["t1w"] = fill(INGESTED_T1W, wildcards)
+        files["t1w_status"] = fill(status_path("ingest_t1w"), wildcards)
+    return files
+
+
+def ingest_status(wildcards):
+    return [v for k, v in ingested(wildcards).items() if k.endswith("status")]
+
+
+SUBJECT_STATUS.append(ingest_status)
+
+
+def ingest_record_args(wildcards):
+    """``cmb.ingest run`` arguments that come from the input record."""
+    rec = record(wildcards)
+    args = session_args(wildcards) + ["--kind", rec.kind or "none", "--reason", rec.reason]
+    args += ["--bids-dir", rec.bids_dir]
+    if rec.echo_times:
+        args += ["--echo-times", *(repr(t) for t in rec.echo_times)]
+    return args
+
+
+def ingest_t1w_args(wildcards):
+    # cmb.ingest checks a lone image as a single-echo magnitude ("t2starw" kind);
+    # the reason names it as the T1w.
+    rec = record(wildcards)
+    return session_args(wildcards) + [
+        "--kind", "t2starw", "--reason", f"T1w of {rec.participant_id}: {rec.reason.split('; ')[-1]}",
+        "--bids-dir", rec.bids_dir,
+    ]
+
+
+def _ingest_options():
+    c = config["ingest"]
+    args = [
+        "--phase-units", c["phase_units"],
+        "--echo-method", c["echo_method"],
+        "--min-fov-mm", repr(float(c["min_fov_mm"] or 0)),
+        "--max-voxel-mm", repr(float(c["max_voxel_mm"])),
+        "--max-nonfinite-fraction", repr(float(c["max_nonfinite_fraction"])),
+    ]
+    if c["phase_echo"] is not None:
+        args += ["--phase-echo", str(c["phase_echo"])]
+    return args
+
+
+INGEST_OPTIONS = _ingest_options()
+
+
+rule ingest_swi:
+    """Check the chosen magnitude (echoes combined) of a subject without phase."""
+    input:
+        mag=lambda wc: record(wc).magnitude,
+    output:
+        mag=INGESTED_SWI,
+        report=out_path(desc="ingested", suffix="swi.json"),
+        status=status_path("ingest_swi"),
+    params:
+        record=ingest_record_args,
+        mag=lambda wc, input: ["--mag", *input.mag] if input.mag else [],
+        options=INGEST_OPTIONS,
+    log:
+        log_path("ingest_swi"),
+    benchmark:
+        benchmark_path("ingest_swi")
+    threads: 1
+    resources:
+        mem_mb=lambda wc, attempt: 4000 * attempt,
+        runtime=lambda wc, attempt: 10 * attempt,
+    conda:
+        "../envs/ants.yaml"
+    shell:
+        "python -m cmb.ingest run {params.record:q} {params.mag:q}"
+        " --out-mag {output.mag:q} --out-json {output.report:q} {params.options:q}"
+        " --failure-record {output.status:q} --log {log:q} &> {log:q}"
+
+
+rule ingest_swi_phase:
+    """Check magnitude and phase, combine echoes, rescale the phase to radians."""
+    input:
+        mag=lambda wc: record(wc).magnitude,
+        phase=lambda wc: record(wc).phase,
+    output:
+        mag=INGESTED_MAG,
+        phase=INGESTED_PHASE,
+        report=out_path(part="mag", desc="ingested", suffix="swi.json"),
+        status=status_path("ingest_swi_phase"),
+    params:
+        record=ingest_record_args,
+        options=INGEST_OPTIONS,
+    log:
+        log_path("ingest_swi_phase"),
+    benchmark:
+        benchmark_path("ingest_swi_phase")
+    threads: 1
+    resources:
+        mem_mb=lambda wc, attempt: 6000 * attempt,
+        runtime=lambda wc, attempt: 10 * attempt,
+    conda:
+        "../envs/ants.yaml"
+    shell:
+        "python -m cmb.ingest run {params.record:q} --mag {input.mag:q} --phase {input.phase:q}"
+        " --out-mag {output.mag:q} --out-phase {output.phase:q} --out-json {output.report:q}"
+        " {params.options:q} --failure-record {output.status:q} --log {log:q} &> {log:q}"
+
+
+rule ingest_t1w:
+    """Check the subject's T1w (same session, else subject level)."""
+    input:
+        t1w=lambda wc: record(wc).t1w,
+    output:
+        t1w=INGESTED_T1W,
+        report=out_path(desc="ingested", suffix="T1w.json"),
+        status=status_path("ingest_t1w"),
+    params:
+        record=ingest_t1w_args,
+        options=INGEST_OPTIONS,
+    log:
+        log_path("ingest_t1w"),
+    benchmark:
+        benchmark_path("ingest_t1w")
+    threads: 1
+    resources:
+        mem_mb=lambda wc, attempt: 3000 * attempt,
+        runtime=lambda wc, attempt: 10 * attempt,
+    conda:
+        "../envs/ants.yaml"
+    shell:
+        "python -m cmb.ingest run {params.record:q} --mag {input.t1w:q}"
+        " --out-mag {output.t1w:q} --out-json {output.report:q} {params.options:q}"
+        " --failure-record {output.status:q} --log {log:q} &> {log:q}"
