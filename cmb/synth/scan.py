@@ -127,10 +127,15 @@ def _texture(shape, rng: np.random.Generator, amplitude: float = 0.04, sigma_vox
 
 
 def _sampling_shape(acq: Acquisition, full_shape) -> tuple[int, int, int]:
-    # Sample the 1 mm model no finer than ~0.9 mm in-plane; details finer than
-    # the model come from the fine-grid sources and the noise.
-    factors = [max(1, int(0.9 // v)) if a < 2 else 1 for a, v in enumerate(acq.voxel_mm)]
-    factors = [f if acq.model_step == 1 else 1 for f in factors]
+    """Grid on which the model is sampled: no finer than the model's own resolution in-plane.
+
+    Details finer than the model come from the fine-grid sources, the texture and the noise.
+
+    >>> from cmb.synth.presets import PRESETS
+    >>> _sampling_shape(PRESETS["swi-3t"], (512, 448, 72)), _sampling_shape(PRESETS["gre-3t"], (288, 256, 58))
+    ((257, 225, 72), (288, 256, 58))
+    """
+    factors = [max(1, int(np.floor(acq.model_step / v + 1e-6))) if a < 2 else 1 for a, v in enumerate(acq.voxel_mm)]
     return tuple(int(np.ceil((n - 1) / f)) + 1 for n, f in zip(full_shape, factors))
 
 
