@@ -49,21 +49,6 @@ rule collect_failures:
         subject_status_records(),
     output:
         f"{OUT}/failures.csv",
-    params:
-        unplaced=[
-            {
-                "participant_id": r.participant_id,
-                "session_id": None,
-                "stage": "plan",
-                "status": "failed",
-                "error_class": "UnsupportedLayout",
-                "message": f"{r.bids_dir}/{r.participant_id}: scan without session in a dataset "
-                "with sessions; run this subject on its own (participant_label)",
-                "log": None,
-            }
-            for r in UNPLACED
-        ],
-        unplaced_dir=f"{WORK}/status/plan",
     log:
         f"{OUT}/logs/collect_failures/log.txt",
     benchmark:
@@ -74,15 +59,9 @@ rule collect_failures:
         runtime=10,
     localrule: True
     run:
-        from cmb.atomic import write_json
         from cmb.failures import write_failures_csv
 
-        extra = []
-        for rec in params.unplaced:
-            path = os.path.join(params.unplaced_dir, f"{rec['participant_id']}_status.json")
-            write_json(path, rec)
-            extra.append(path)
-        table = write_failures_csv([*input, *extra], output[0])
+        table = write_failures_csv(input, output[0])
         with open(log[0], "w") as f:
-            print(f"{len(table)} failed or skipped stage(s) in {len(input) + len(extra)} records", file=f)
+            print(f"{len(table)} failed or skipped stage(s) in {len(input)} records", file=f)
             print(table.to_string(index=False), file=f)

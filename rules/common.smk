@@ -5,8 +5,8 @@
   back into "02".
 - ``plan_inputs`` (cmb.ingest) chooses one input per subject/session when the DAG
   is built; the records decide which optional files (phase, T1w) each subject gets.
-- Paths are BIDS names from snakebids ``bids()``; ``SUBJ`` holds the subject (and
-  session, if the dataset has sessions) wildcards.
+- Paths are BIDS names from snakebids ``bids()`` under ``sub-{subject}{sesdir}/``
+  (``{sesdir}``/``{sesfile}`` are empty for a scan without session).
 """
 
 import os
@@ -131,31 +131,31 @@ def _plan():
         raise WorkflowError(f"cannot plan the inputs of bids_dir {config['bids_dir']}: {e}") from None
 
 
-_RECORDS = _plan()
-# Paths either all have a session level or none does. In a dataset with sessions,
-# a scan without a session cannot be placed; it is listed in failures.csv instead.
-HAS_SESSIONS = any(r.session is not None for r in _RECORDS)
-RECORDS = {(r.subject, r.session): r for r in _RECORDS if (r.session is not None) == HAS_SESSIONS}
-UNPLACED = [r for r in _RECORDS if (r.session is not None) != HAS_SESSIONS]
-for _r in UNPLACED:
-    logger.warning(
-        f"{_r.participant_id}: a scan without session in a dataset with sessions is not processed "
-        f"(run it on its own with participant_label); listed in failures.csv"
-    )
+RECORDS = {(r.subject, r.session): r for r in _plan()}
 if not RECORDS:
     logger.warning(f"no subjects to process in {config['bids_dir']}")
 
-SUBJ = {"subject": "{subject}", "session": "{session}"} if HAS_SESSIONS else {"subject": "{subject}"}
+# Subject/session wildcards. A dataset may mix subjects with and without sessions,
+# so the session level is two wildcards that are both empty for a scan without
+# session: {sesdir} is "/ses-<label>" (folder) and {sesfile} "_ses-<label>" (file names).
+SUBJ_DIR = "sub-{subject}{sesdir}"
+SUBJ_PREFIX = "sub-{subject}{sesfile}"
 
 
 wildcard_constraints:
     subject="[a-zA-Z0-9]+",
-    session="[a-zA-Z0-9]+",
+    sesdir="(/ses-[a-zA-Z0-9]+)?",
+    sesfile="(_ses-[a-zA-Z0-9]+)?",
+
+
+def session_label(wildcards):
+    """The session label of a job ("1" for ses-1), or None."""
+    return wildcards.sesfile[len("_ses-"):] or None
 
 
 def record(wildcards):
     """The input record (cmb.ingest.InputRecord) of a job's subject/session."""
-    return RECORDS[(wildcards.subject, wildcards.get("session"))]
+    return RECORDS[(wildcards.subject, session_label(wildcards))]
 
 
 def has_phase(wildcards):
@@ -170,21 +170,22 @@ def has_t1w(wildcards):
 
 
 def out_path(datatype="anat", **entities):
-    """A per-subject derivative path pattern, e.g. ``out_path(desc="preproc", suffix="swi.nii.gz")``."""
-    return bids(root=OUT, datatype=datatype, **entities, **SUBJ)
+    """A per-subject derivative path pattern, e.g. ``out_path(desc="preproc", suffix="swi.nii.gz")``
+    is ``<output_dir>/sub-{subject}{sesdir}/anat/sub-{subject}{sesfile}_desc-preproc_swi.nii.gz``."""
+    return bids(root=f"{OUT}/{SUBJ_DIR}", datatype=datatype, prefix=SUBJ_PREFIX, **entities)
 
 
 def log_path(rule):
-    return bids(root=f"{OUT}/logs/{rule}", suffix="log.txt", **SUBJ)
+    return bids(root=f"{OUT}/logs/{rule}/{SUBJ_DIR}", prefix=SUBJ_PREFIX, suffix="log.txt")
 
 
 def benchmark_path(rule):
-    return bids(root=f"{OUT}/benchmarks/{rule}", suffix="benchmark.tsv", **SUBJ)
+    return bids(root=f"{OUT}/benchmarks/{rule}/{SUBJ_DIR}", prefix=SUBJ_PREFIX, suffix="benchmark.tsv")
 
 
 def status_path(rule):
     """Status record (cmb.failures) of one rule for one subject/session."""
-    return bids(root=f"{OUT}/status/{rule}", suffix="status.json", **SUBJ)
+    return bids(root=f"{OUT}/status/{rule}/{SUBJ_DIR}", prefix=SUBJ_PREFIX, suffix="status.json")
 
 
 def fill(pattern, wildcards):
@@ -192,16 +193,11 @@ def fill(pattern, wildcards):
     return pattern.format(**dict(wildcards.items()))
 
 
-def for_record(pattern, rec):
-    """``pattern`` filled in for one input record."""
-    return pattern.format(subject=rec.subject, session=rec.session)
-
-
 def session_args(wildcards):
     """``--subject X [--session Y]`` for a cmb CLI."""
     args = ["--subject", wildcards.subject]
-    if wildcards.get("session"):
-        args += ["--session", wildcards.session]
+    if session_label(wildcards):
+        args += ["--session", session_label(wildcards)]
     return args
 
 
@@ -216,10 +212,10 @@ class RecordWildcards(dict):
 
 
 def record_wildcards(rec):
-    wc = RecordWildcards(subject=rec.subject)
-    if HAS_SESSIONS:
-        wc["session"] = rec.session
-    return wc
+    ses = rec.session
+    return RecordWildcards(
+        subject=rec.subject, sesdir=f"/ses-{ses}" if ses else "", sesfile=f"_ses-{ses}" if ses else ""
+    )
 
 
 # Each rule file registers functions (wildcards -> list of paths) here: the files a
