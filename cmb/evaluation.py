@@ -74,6 +74,7 @@ __all__ = [
     "cohort_metrics",
     "metrics_by",
     "froc_curve",
+    "sensitivity_at_fp",
     "choose_threshold",
     "evaluate_cohort",
     "write_subject_csv",
@@ -781,6 +782,36 @@ def froc_curve(match: CohortMatch) -> pd.DataFrame:
     })[FROC_COLUMNS]
 
 
+def sensitivity_at_fp(froc: pd.DataFrame, fp_levels: Sequence[float] = (0.125, 0.25, 0.5, 1, 2, 4, 8)) -> pd.DataFrame:
+    """Highest sensitivity reached with at most each number of FP per subject.
+
+    Returns
+    -------
+    DataFrame
+        ``fp_avg`` (the level), ``sensitivity`` and the ``threshold`` giving it
+        (the highest such threshold; ``inf`` when no detection may be kept).
+
+    Examples
+    --------
+    >>> froc = pd.DataFrame({"threshold": [np.inf, 0.9, 0.5], "sensitivity": [0.0, 0.5, 0.75],
+    ...                      "fp_avg": [0.0, 0.5, 2.0]})
+    >>> sensitivity_at_fp(froc, [0.25, 1, 4])["sensitivity"].tolist()
+    [0.0, 0.5, 0.75]
+    """
+    fp = froc["fp_avg"].to_numpy(dtype=float)
+    sens = froc["sensitivity"].to_numpy(dtype=float)
+    thr = froc["threshold"].to_numpy(dtype=float)
+    rows = []
+    for level in fp_levels:
+        ok = np.flatnonzero(fp <= float(level) + 1e-12)
+        if ok.size == 0 or np.all(np.isnan(sens[ok])):
+            rows.append((float(level), float("nan"), float("nan")))
+            continue
+        best = ok[np.nanargmax(sens[ok])]  # first maximum: the highest threshold
+        rows.append((float(level), float(sens[best]), float(thr[best])))
+    return pd.DataFrame(rows, columns=["fp_avg", "sensitivity", "threshold"])
+
+
 def choose_threshold(froc: pd.DataFrame, target_sensitivity: float | None = None) -> float:
     """Operating threshold from a FROC table (:func:`froc_curve`).
 
@@ -879,7 +910,8 @@ def plot_froc(froc: pd.DataFrame, path, *, operating_threshold: float | None = N
     ax = fig.add_subplot()
     ax.plot(froc["fp_avg"], froc["sensitivity"], "-o", ms=3, lw=1.5, color="tab:blue", label="FROC")
     if operating_threshold is not None:
-        row = froc[np.isclose(froc["threshold"].to_numpy(dtype=float), operating_threshold)]
+        # metrics at threshold t are those of the lowest listed threshold >= t
+        row = froc[froc["threshold"].to_numpy(dtype=float) >= operating_threshold].tail(1)
         if len(row):
             ax.plot(row["fp_avg"], row["sensitivity"], "s", color="tab:red", ms=7,
                     label=f"threshold {operating_threshold:.3g}")
@@ -932,10 +964,14 @@ def evaluate_cohort(pairs: Iterable, threshold: float | None = None, *, margin_m
     ([1, 0], 0.5)
     """
     match = match_cohort(pairs, margin_mm=margin_mm, min_point_radius_mm=min_point_radius_mm)
+    return _evaluate(match, threshold, location_columns)
+
+
+def _evaluate(match: CohortMatch, threshold, location_columns) -> tuple[pd.DataFrame, dict]:
     per_subject = subject_table(match, threshold, location_columns)
     cohort = cohort_metrics(per_subject)
     cohort["threshold"] = float("nan") if threshold is None else float(threshold)
-    cohort.update(margin_mm=float(margin_mm), min_point_radius_mm=float(min_point_radius_mm))
+    cohort.update(margin_mm=float(match.margin_mm), min_point_radius_mm=float(match.min_point_radius_mm))
     return per_subject, cohort
 
 
@@ -956,10 +992,7 @@ def write_evaluation(out_dir, match: CohortMatch, threshold: float | None,
     out = Path(out_dir)
     paths = {name: out / name for name in
              ("subjects.csv", "cohort.csv", "cohort.json", "froc.csv", "froc.png", "detections.csv")}
-    per_subject = subject_table(match, threshold, location_columns)
-    cohort = cohort_metrics(per_subject)
-    cohort["threshold"] = float("nan") if threshold is None else float(threshold)
-    cohort.update(margin_mm=match.margin_mm, min_point_radius_mm=match.min_point_radius_mm)
+    per_subject, cohort = _evaluate(match, threshold, location_columns)
     froc = froc_curve(match)
     write_subject_csv(per_subject, paths["subjects.csv"])
     write_cohort(cohort, paths["cohort.csv"], paths["cohort.json"])

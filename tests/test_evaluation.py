@@ -23,6 +23,7 @@ from cmb.evaluation import (
     match_subject,
     metrics_by,
     read_detections,
+    sensitivity_at_fp,
     subject_table,
     truth_from_labels,
     truth_from_points,
@@ -428,3 +429,9 @@ def test_cli_refuses_missing_detections(tmp_path, capsys):
     _write_cli_inputs(tmp_path)
     rc = main(["--detections", str(tmp_path / "det"), "--truth", str(tmp_path / "truth"), "--out", str(tmp_path / "o")])
     assert rc == 2 and "sub-02" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_sensitivity_at_fp_levels():
+    froc = froc_curve(_cohort())  # sensitivity 0.5 at 0 FP (threshold 0.8), 0.75 at 1/3 FP (0.6)
+    out = sensitivity_at_fp(froc, [0.0, 0.3, 1.0])
+    assert out["sensitivity"].tolist() == [0.5, 0.5, 0.75] and out["threshold"].tolist() == [0.8, 0.8, 0.6]
