@@ -190,7 +190,8 @@ def truth_from_points(table: pd.DataFrame) -> Truth:
     return Truth(out.sort_values("truth_id", kind="stable").reset_index(drop=True))
 
 
-def truth_from_labels(labels, affine=None, table: pd.DataFrame | None = None) -> Truth:
+def truth_from_labels(labels, affine=None, table: pd.DataFrame | None = None, *,
+                      split_components: bool = False) -> Truth:
     """Ground truth from a label image (one label per CMB), optionally with a CMB table.
 
     Parameters
@@ -205,6 +206,10 @@ def truth_from_labels(labels, affine=None, table: pd.DataFrame | None = None) ->
         ``x_mm, y_mm, z_mm`` centres and optional ``radius_mm`` and attributes, such
         as the synthetic ``*_label-CMB_dseg.tsv``. Its centres replace the label
         centroids; a row whose label has no voxel is matched by the point rule.
+    split_components : bool, optional
+        Treat ``labels`` as a binary mask (any positive value) and make each
+        26-connected component one CMB, numbered 1..n in scan order (for
+        binary annotations such as VALDO's). Incompatible with ``table``.
 
     Returns
     -------
@@ -240,6 +245,10 @@ def truth_from_labels(labels, affine=None, table: pd.DataFrame | None = None) ->
     data = data.astype(np.int64)
     if data.size and data.min() < 0:
         raise ValueError("labels must be >= 0 (0 is background)")
+    if split_components:
+        if table is not None:
+            raise ValueError("split_components relabels the mask: a table keyed by label cannot be used with it")
+        data = ndi.label(data > 0, structure=np.ones((3, 3, 3), dtype=bool))[0].astype(np.int64)
     boxes = {i + 1: box for i, box in enumerate(ndi.find_objects(data)) if box is not None}
     rows = []
     for tid, box in boxes.items():
@@ -266,15 +275,18 @@ def _table_sep(path: Path) -> str:
     return "," if path.suffix == ".csv" else "\t"
 
 
-def load_truth(path) -> Truth:
+def load_truth(path, *, split_components: bool = False) -> Truth:
     """Read ground truth from a file.
 
     ``*.nii``/``*.nii.gz``: a label image; a sibling table with the same name and
     ``.tsv`` (such as the synthetic ``*_label-CMB_dseg.tsv``) is read too when it
-    exists. ``*.tsv``/``*.csv``: point annotations only.
+    exists, unless ``split_components`` (a binary mask, one CMB per connected
+    component: :func:`truth_from_labels`). ``*.tsv``/``*.csv``: point annotations only.
     """
     path = Path(path)
     if _is_nifti(path):
+        if split_components:
+            return truth_from_labels(nib.load(path), split_components=True)
         tsv = path.with_name(re.sub(r"\.nii(\.gz)?$", ".tsv", path.name))
         table = pd.read_csv(tsv, sep="\t") if tsv.exists() else None
         return truth_from_labels(nib.load(path), table=table)
@@ -1083,6 +1095,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                      help="use the highest threshold reaching this sensitivity on this cohort")
     p.add_argument("--missing-as-empty", action="store_true",
                    help="score scans without a detection file as having no detections (default: error)")
+    p.add_argument("--binary-masks", action="store_true",
+                   help="truth images are binary masks: one CMB per 26-connected component (sibling tables ignored)")
     p.add_argument("--margin-mm", type=float, default=MARGIN_MM)
     p.add_argument("--min-point-radius-mm", type=float, default=MIN_POINT_RADIUS_MM)
     return p
@@ -1099,7 +1113,8 @@ def run(args: argparse.Namespace) -> int:
         if missing and not args.missing_as_empty:
             raise ValueError(f"no detection file for {len(missing)} scan(s): {', '.join(missing[:10])}"
                              " (use --missing-as-empty to score them as empty)")
-        pairs = [(s, a, None if d is None else read_detections(d), t) for s, a, d, t in scans]
+        pairs = [(s, a, None if d is None else read_detections(d),
+                  load_truth(t, split_components=args.binary_masks and _is_nifti(t))) for s, a, d, t in scans]
         match = match_cohort(pairs, margin_mm=args.margin_mm, min_point_radius_mm=args.min_point_radius_mm)
         if args.choose_threshold or args.target_sensitivity is not None:
             threshold = choose_threshold(froc_curve(match), args.target_sensitivity)

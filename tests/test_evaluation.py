@@ -435,3 +435,12 @@ def test_sensitivity_at_fp_levels():
     froc = froc_curve(_cohort())  # sensitivity 0.5 at 0 FP (threshold 0.8), 0.75 at 1/3 FP (0.6)
     out = sensitivity_at_fp(froc, [0.0, 0.3, 1.0])
     assert out["sensitivity"].tolist() == [0.5, 0.5, 0.75] and out["threshold"].tolist() == [0.8, 0.8, 0.6]
+
+
+def test_binary_mask_split_into_connected_components():
+    mask = np.zeros(SHAPE, dtype=np.uint8)
+    mask[5, 5, 5] = mask[6, 6, 6] = 1  # diagonal neighbours: one 26-connected CMB
+    mask[20, 20, 6] = 1
+    t = truth_from_labels(mask, ANISO, split_components=True)
+    assert t.table["truth_id"].tolist() == [1, 2]
+    assert t.labels[5, 5, 5] == t.labels[6, 6, 6] == 1 and t.labels[20, 20, 6] == 2
