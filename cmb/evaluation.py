@@ -242,13 +242,13 @@ def truth_from_labels(labels, affine=None, table: pd.DataFrame | None = None, *,
             raise ValueError("the label image must hold integer labels")
     elif data.dtype.kind not in "iub":
         raise ValueError(f"the label image must hold integer labels, got dtype {data.dtype}")
-    data = data.astype(np.int64)
     if data.size and data.min() < 0:
         raise ValueError("labels must be >= 0 (0 is background)")
+    data = data.astype(np.int32 if not data.size or data.max() < 2**31 else np.int64, copy=False)
     if split_components:
         if table is not None:
             raise ValueError("split_components relabels the mask: a table keyed by label cannot be used with it")
-        data = ndi.label(data > 0, structure=np.ones((3, 3, 3), dtype=bool))[0].astype(np.int64)
+        data = ndi.label(data > 0, structure=np.ones((3, 3, 3), dtype=bool))[0].astype(np.int32)
     boxes = {i + 1: box for i, box in enumerate(ndi.find_objects(data)) if box is not None}
     rows = []
     for tid, box in boxes.items():
