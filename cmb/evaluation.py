@@ -84,6 +84,7 @@ __all__ = [
     "write_evaluation",
     "find_scans",
     "build_parser",
+    "run",
     "main",
 ]
 
