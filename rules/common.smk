@@ -97,8 +97,8 @@ def validate_config(cfg):
     try:
         validate(cfg, "../config/config.schema.yaml")
     except WorkflowError as e:
-        cause = next((a for a in e.args if isinstance(a, jsonschema.ValidationError)), None)
-        if cause is None:
+        cause = e.__cause__ or e.__context__
+        if not isinstance(cause, jsonschema.ValidationError):
             raise
         where = ".".join(str(p) for p in cause.absolute_path) or "top level"
         raise WorkflowError(

@@ -1,0 +1,208 @@
+"""Workflow tests: config validation, dry runs over BIDS fixtures, real Snakemake runs.
+
+The dry runs use the trees of empty files in tests/data/ (planning reads only file
+names and JSON sidecars). The real runs generate a ``tiny`` synthetic cohort with
+``cmb synth`` and run the whole workflow on it.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).resolve().parent / "data"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def run_snakemake(workdir: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run the workflow's Snakefile in ``workdir`` with this interpreter's environment."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL,
+                          timeout=timeout)
+
+
+def dry_run(bids: Path, tmp_path: Path, *extra: str) -> tuple[Counter, str]:
+    """``snakemake -n -p``; returns the job count per rule and the printed text."""
+    proc = run_snakemake(tmp_path, "-n", "-p", "--config", f"bids_dir={bids}",
+                         f"output_dir={tmp_path / 'out'}", *extra)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text[-5000:]
+    return job_counts(text), text
+
+
+def job_counts(text: str) -> Counter:
+    """Rule -> job count, from the "Job stats" table of a (dry) run."""
+    counts: Counter = Counter()
+    if "Job stats:" not in text:
+        return counts
+    table = text[text.index("Job stats:"):].splitlines()[3:]
+    for line in table:
+        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if not m:
+            break
+        if m.group(1) != "total":
+            counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+def shell_commands(text: str, marker: str) -> list[str]:
+    """The distinct shell commands of a ``-p`` dry run that contain ``marker``."""
+    cmds = {line.split("Shell command: ", 1)[1] for line in text.splitlines()
+            if line.startswith("Shell command: ") and marker in line}
+    return sorted(cmds)
+
+
+def expected_jobs(plain: int = 0, phase: int = 0, t1w: int = 0) -> Counter:
+    """Jobs of a cohort with ``plain`` subjects/sessions without phase, ``phase`` with
+    phase, ``t1w`` of them with a T1w (one per subject/session and stage)."""
+    n = plain + phase
+    jobs = Counter({
+        "ingest_swi": plain,
+        "ingest_swi_phase": phase,
+        "ingest_t1w": t1w,
+        "write_dataset_description": 1,
+        "collect_failures": 1,
+        "all": 1,
+    })
+    return +jobs  # drop zero counts
+
+
+def wrong_config(tmp_path: Path, *config: str) -> str:
+    proc = run_snakemake(tmp_path, "-n", "--config", f"bids_dir={DATA / 'bids_t2starw'}",
+                         f"output_dir={tmp_path / 'out'}", *config)
+    assert proc.returncode != 0
+    return proc.stdout + proc.stderr
+
+
+# --------------------------------------------------------------------------- dry runs
+
+
+@pytest.mark.parametrize(
+    ("dataset", "expected"),
+    [
+        ("bids_t2starw", expected_jobs(plain=2, t1w=1)),
+        ("bids_anat_swi", expected_jobs(plain=2, t1w=2)),
+        ("bids_swi_swi", expected_jobs(plain=1, phase=1)),
+        ("bids_swi_gre", expected_jobs(phase=2, t1w=2)),
+        ("bids_megre", expected_jobs(plain=1, phase=1)),
+        ("bids_sessions", expected_jobs(plain=3, phase=1, t1w=3)),
+        ("bids_mixed_sessions", expected_jobs(plain=2)),
+    ],
+)
+def test_dry_run_jobs_per_naming_variant(dataset, expected, tmp_path):
+    counts, _ = dry_run(DATA / dataset, tmp_path)
+    assert counts == expected
+
+
+def test_dry_run_megre_passes_echoes_in_order_with_times(tmp_path):
+    _, text = dry_run(DATA / "bids_megre", tmp_path)
+    (cmd,) = shell_commands(text, "cmb.ingest run --subject 01 ")
+    mags = re.findall(r"sub-01_echo-(\d+)_part-mag_MEGRE", cmd)
+    phases = re.findall(r"sub-01_echo-(\d+)_part-phase_MEGRE", cmd)
+    assert mags == ["1", "2", "3"] and phases == ["1", "2", "3"]
+    assert "--echo-times 0.005 0.015 0.025" in cmd
+    assert "--kind megre" in cmd
+
+
+def test_dry_run_sessions_runs_and_subject_level_t1w(tmp_path):
+    _, text = dry_run(DATA / "bids_sessions", tmp_path)
+    out = tmp_path / "out"
+    # session paths, the latest run, the subject-level T1w for both sessions of sub-01
+    assert f"{out}/sub-01/ses-1/anat/sub-01_ses-1_desc-ingested_swi.nii.gz" in text
+    assert "sub-01_ses-1_run-2_T2starw.nii.gz" in text
+    assert f"{out}/sub-01/ses-2/anat/sub-01_ses-2_part-phase_desc-ingested_swi.nii.gz" in text
+    t1w_cmds = [c for c in shell_commands(text, "cmb.ingest run --subject 01 ") if "_desc-ingested_T1w.nii.gz" in c]
+    assert len(t1w_cmds) == 2 and all("sub-01/anat/sub-01_T1w.nii.gz" in c for c in t1w_cmds)
+
+
+def test_dry_run_mixed_sessions_keeps_both_layouts(tmp_path):
+    _, text = dry_run(DATA / "bids_mixed_sessions", tmp_path)
+    out = tmp_path / "out"
+    assert f"{out}/sub-01/ses-1/anat/sub-01_ses-1_desc-ingested_swi.nii.gz" in text
+    assert f"{out}/sub-02/anat/sub-02_desc-ingested_swi.nii.gz" in text
+
+
+def test_dry_run_preference_from_config(tmp_path):
+    # gre_phase left out: the GRE subjects have no usable input and fail visibly at ingest
+    counts, text = dry_run(DATA / "bids_swi_gre", tmp_path, "ingest={preference: [t2starw]}")
+    assert counts["ingest_swi"] == 2 and "ingest_swi_phase" not in counts
+    assert text.count("--kind none") == 2
+
+
+def test_dry_run_paths_with_spaces_are_quoted(tmp_path):
+    bids = tmp_path / "my data (v1)"
+    shutil.copytree(DATA / "bids_anat_swi", bids)
+    counts, text = dry_run(bids, tmp_path)
+    assert counts["ingest_swi"] == 2
+    assert f"'{bids}/sub-01/anat/sub-01_swi.nii.gz'" in text
+
+
+# --------------------------------------------------------------------------- config
+
+
+def test_participant_label_02_from_config_file_stays_a_string(tmp_path):
+    # sub-02 and sub-2 both exist: an unquoted YAML 02 must select sub-02 only
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"bids_dir: {DATA / 'bids_sessions'}\noutput_dir: {tmp_path / 'out'}\n"
+                   "participant_label: 02\n")
+    proc = run_snakemake(tmp_path, "-n", "--configfile", str(cfg))
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text[-3000:]
+    assert "subject=02," in text and "subject=2," not in text
+    assert job_counts(text)["ingest_swi"] == 1
+
+
+def test_participant_label_02_on_the_command_line(tmp_path):
+    counts, text = dry_run(DATA / "bids_t2starw", tmp_path, "participant_label=02")
+    assert counts["ingest_swi"] == 1 and "subject=02" in text and "subject=01" not in text
+
+
+def test_ambiguous_integer_label_asks_for_quotes(tmp_path):
+    proc = run_snakemake(tmp_path, "-n", "--config", f"bids_dir={DATA / 'bids_sessions'}",
+                         f"output_dir={tmp_path / 'out'}", "participant_label=02")
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "matches several subjects" in text and "quote" in text
+
+
+def test_exclude_participant_label(tmp_path):
+    counts, text = dry_run(DATA / "bids_t2starw", tmp_path, "exclude_participant_label=[sub-01]")
+    assert counts["ingest_swi"] == 1 and "subject=01" not in text
+
+
+def test_bad_config_value_gives_a_clear_error(tmp_path):
+    text = wrong_config(tmp_path, "ingest={preference: [swi, foo]}")
+    assert "invalid configuration (ingest.preference.1)" in text and "'foo' is not one of" in text
+
+
+def test_unknown_config_key_is_an_error(tmp_path):
+    text = wrong_config(tmp_path, "participant_labels=01")
+    assert "invalid configuration" in text and "participant_labels" in text
+
+
+def test_unknown_participant_is_an_error(tmp_path):
+    text = wrong_config(tmp_path, "participant_label=[99]")
+    assert "cannot plan the inputs" in text and "99" in text
+
+
+def test_missing_bids_dir_is_an_error(tmp_path):
+    proc = run_snakemake(tmp_path, "-n", "--config", f"bids_dir={tmp_path / 'nowhere'}",
+                         f"output_dir={tmp_path / 'out'}")
+    assert proc.returncode != 0 and "BIDS folder not found" in proc.stdout + proc.stderr
