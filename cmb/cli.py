@@ -28,7 +28,8 @@ def _add_synth(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--preset", default="tiny", help=f"one of {', '.join(PRESET_NAMES)}")
     p.add_argument("--layout", default=None, help=f"BIDS naming variant: {', '.join(LAYOUTS)} (default: per preset)")
-    p.add_argument("--location-prior", default="mixed", help=f"CMB location prior: {', '.join(LOCATION_PRIORS)}")
+    p.add_argument("--location-prior", default="mixed", help=f"CMB location prior: {', '.join(LOCATION_PRIORS)}, "
+                   "or weights like lobar=0.6,deep=0.3,infratentorial=0.1")
     p.add_argument("--count-profile", default="population", help=f"CMB count distribution: {', '.join(COUNT_PROFILES)}")
     p.add_argument("--n-cmb", type=int, default=None, help="fixed number of CMBs per subject")
     p.add_argument("--n-veins", type=int, default=None, help="number of small veins per subject (default 14-25)")

@@ -177,6 +177,8 @@ def test_preview_figure(tmp_path):
         (["--n-subjects", "1", "--snr", "0"], "impossible physics: --snr"),
         (["--n-subjects", "1", "--field-strength", "50"], "impossible physics: --field-strength"),
         (["--n-subjects", "1", "--slice-thickness", "40"], "impossible physics: --slice-thickness"),
+        (["--n-subjects", "1", "--location-prior", "lobar=-1,deep=1"], "weights must be >= 0"),
+        (["--n-subjects", "1", "--location-prior", "frontal=1"], "unknown location prior 'frontal=1'"),
     ],
 )
 def test_bad_requests_fail_cleanly_and_write_nothing(tmp_path, capsys, args, message):
@@ -192,3 +194,14 @@ def test_non_empty_out_needs_overwrite(tmp_path, capsys):
     assert main(["synth", "--out", str(tmp_path), "--n-subjects", "1"]) == 2
     assert "not empty" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+def test_location_prior_shifts_cmbs(tmp_path):
+    def categories(prior, name):
+        synthesize(SynthOptions(out=tmp_path / name, n_subjects=2, seed=8, preset="tiny", n_cmb=12, n_veins=0,
+                                location_prior=prior), log=lambda m: None)
+        tables = [pd.read_csv(p, sep="\t") for p in (tmp_path / name / TRUTH).rglob("*_label-CMB_dseg.tsv")]
+        return pd.concat(tables).mars_category.value_counts(normalize=True)
+
+    caa, deep = categories("caa", "caa"), categories("lobar=0,deep=1,infratentorial=0", "deep")
+    assert caa.get("lobar", 0) > 0.7 and set(deep.index) == {"deep"}

@@ -16,8 +16,8 @@ from cmb.synth.bids_writer import TRUTH_PIPELINE, ScanEntities, write_dataset_fi
 from cmb.synth.geometry import random_pose, random_warp
 from cmb.synth.lesions import (
     COUNT_PROFILES,
-    LOCATION_PRIORS,
     draw_cmb_count,
+    parse_location_prior,
     place_calcifications,
     place_cmbs,
     place_veins,
@@ -67,8 +67,10 @@ def validate_options(o: SynthOptions) -> None:
         raise SynthError(f"unknown preset {o.preset!r}; choose one of {', '.join(PRESET_NAMES)}")
     if o.layout is not None and o.layout not in LAYOUTS:
         raise SynthError(f"unknown layout {o.layout!r}; choose one of {', '.join(LAYOUTS)}")
-    if o.location_prior not in LOCATION_PRIORS:
-        raise SynthError(f"unknown location prior {o.location_prior!r}; choose one of {', '.join(LOCATION_PRIORS)}")
+    try:
+        parse_location_prior(o.location_prior)
+    except ValueError as e:
+        raise SynthError(str(e)) from None
     if o.count_profile not in COUNT_PROFILES:
         raise SynthError(f"unknown count profile {o.count_profile!r}; choose one of {', '.join(COUNT_PROFILES)}")
     if o.n_cmb is not None and not 0 <= o.n_cmb <= 100:
@@ -160,7 +162,7 @@ def synthesize_subject(o: SynthOptions, sub: str, rng: np.random.Generator, out:
     maps = parameter_maps(model, contrast, acq.b0)
     n_cmb = o.n_cmb if o.n_cmb is not None else draw_cmb_count(rng, o.count_profile)
     te_ref = min(acq.tes, key=lambda te: abs(te - 0.02))
-    lesions = place_cmbs(model, warp, n_cmb, rng, LOCATION_PRIORS[o.location_prior], b0=acq.b0, te=te_ref)
+    lesions = place_cmbs(model, warp, n_cmb, rng, parse_location_prior(o.location_prior), b0=acq.b0, te=te_ref)
     n_veins = o.n_veins if o.n_veins is not None else int(rng.integers(14, 26))
     lesions += place_veins(model, warp, rng, n_medullary=n_veins // 2, n_pial=n_veins - n_veins // 2)
     lesions += place_calcifications(model, warp, rng)

@@ -21,13 +21,44 @@ from cmb.synth.geometry import SubjectWarp
 from cmb.synth.physics import Source, rad_per_ppm
 
 __all__ = ["LOCATION_PRIORS", "COUNT_PROFILES", "Lesion", "draw_cmb_count", "place_cmbs", "place_veins",
-           "place_calcifications", "to_subject_space"]
+           "place_calcifications", "to_subject_space", "parse_location_prior", "blooming_factor"]
 
 LOCATION_PRIORS = {
     "mixed": {"lobar": 0.5, "deep": 0.35, "infratentorial": 0.15},
     "caa": {"lobar": 0.9, "deep": 0.05, "infratentorial": 0.05},
     "hypertensive": {"lobar": 0.25, "deep": 0.55, "infratentorial": 0.2},
 }
+
+
+def parse_location_prior(spec: str) -> dict[str, float]:
+    """A named prior, or weights such as ``"lobar=0.6,deep=0.3,infratentorial=0.1"``.
+
+    >>> parse_location_prior("lobar=3,deep=1")
+    {'lobar': 0.75, 'deep': 0.25, 'infratentorial': 0.0}
+    >>> parse_location_prior("caa")["lobar"]
+    0.9
+    """
+    if spec in LOCATION_PRIORS:
+        return dict(LOCATION_PRIORS[spec])
+    weights = {"lobar": 0.0, "deep": 0.0, "infratentorial": 0.0}
+    try:
+        for item in spec.split(","):
+            key, value = item.split("=")
+            key = key.strip()
+            if key not in weights:
+                raise ValueError(key)
+            weights[key] = float(value)
+    except ValueError:
+        raise ValueError(
+            f"unknown location prior {spec!r}; use one of {', '.join(LOCATION_PRIORS)} "
+            "or weights like lobar=0.6,deep=0.3,infratentorial=0.1"
+        ) from None
+    total = sum(weights.values())
+    if total <= 0 or any(v < 0 for v in weights.values()):
+        raise ValueError(f"location prior {spec!r}: weights must be >= 0 and not all zero")
+    return {k: v / total for k, v in weights.items()}
+
+
 # (probability, low, high) of the per-subject CMB count.
 COUNT_PROFILES = {
     "population": ((0.40, 0, 0), (0.42, 1, 3), (0.12, 4, 9), (0.06, 10, 30)),
