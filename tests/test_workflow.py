@@ -114,8 +114,8 @@ def test_dry_run_jobs_per_naming_variant(dataset, expected, tmp_path):
 def test_dry_run_megre_passes_echoes_in_order_with_times(tmp_path):
     _, text = dry_run(DATA / "bids_megre", tmp_path)
     (cmd,) = shell_commands(text, "cmb.ingest run --subject 01 ")
-    mags = re.findall(r"sub-01_echo-(\d+)_part-mag_MEGRE", cmd)
-    phases = re.findall(r"sub-01_echo-(\d+)_part-phase_MEGRE", cmd)
+    mags = re.findall(r"anat/sub-01_echo-(\d+)_part-mag_MEGRE", cmd)
+    phases = re.findall(r"anat/sub-01_echo-(\d+)_part-phase_MEGRE", cmd)
     assert mags == ["1", "2", "3"] and phases == ["1", "2", "3"]
     assert "--echo-times 0.005 0.015 0.025" in cmd
     assert "--kind megre" in cmd
