@@ -1,0 +1,43 @@
+import numpy as np
+
+from cmb.candidates import dark_blob_response, extract_candidates, screen_candidates
+from cmb.synth.physics import Source, simulate_sources
+
+
+def ball(center, r, shape=(40, 40, 40)):
+    d2 = sum((g - c) ** 2 for g, c in zip(np.indices(shape), center))
+    return (d2 <= r**2).astype(float)
+
+
+def test_large_component_is_dropped():
+    labels, n = extract_candidates(ball((10,) * 3, 2) + ball((28,) * 3, 8))
+    assert n == 1 and labels[10, 10, 10] == 1 and labels[28, 28, 28] == 0
+
+
+def test_empty_map():
+    assert extract_candidates(np.zeros((5, 5, 5)))[1] == 0
+    assert screen_candidates(np.ones((20, 20, 10), np.float32), np.ones((20, 20, 10), bool), (1, 1, 2)).empty
+
+
+def test_screen_finds_simulated_microbleed_in_noise():
+    shape = (64, 64, 20)
+    affine = np.diag([0.5, 0.5, 2.0, 1.0])
+    (eff,) = simulate_sources([Source("cmb", np.array([[16.0, 16.0, 20.0]]), 0.6, 1.2, 0.8, 100.0)],
+                              affine, shape, 3.0, [0.02])
+    sig = np.ones(shape, np.complex64)
+    sig[eff.slices] *= eff.factors[0]
+    rng = np.random.default_rng(0)
+    mag = np.abs(sig + 0.03 * (rng.standard_normal(shape) + 1j * rng.standard_normal(shape))).astype(np.float32)
+    found = screen_candidates(mag, np.ones(shape, bool), (0.5, 0.5, 2.0), threshold=0.15)
+    top = found.iloc[0]
+    assert abs(top.i - 32) <= 1 and abs(top.j - 32) <= 1 and abs(top.k - 10) <= 1
+    assert len(found) < 5
+
+
+def test_response_ignores_the_mask_edge():
+    img = np.ones((30, 30, 30), np.float32)
+    mask = np.zeros(img.shape, bool)
+    mask[5:25, 5:25, 5:25] = True
+    img[~mask] = 0  # dark outside the brain must not make the border look like a blob
+    r, _ = dark_blob_response(img, mask, (1, 1, 1))
+    assert r.max() < 0.01
