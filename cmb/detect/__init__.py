@@ -1,0 +1,1 @@
+"""CMB detection: networks, weights and inference (issue 4; in progress)."""
