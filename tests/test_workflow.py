@@ -206,3 +206,92 @@ def test_missing_bids_dir_is_an_error(tmp_path):
     proc = run_snakemake(tmp_path, "-n", "--config", f"bids_dir={tmp_path / 'nowhere'}",
                          f"output_dir={tmp_path / 'out'}")
     assert proc.returncode != 0 and "BIDS folder not found" in proc.stdout + proc.stderr
+
+
+# --------------------------------------------------------------------------- real runs
+
+
+def _synth(out: Path, n: int, seed: int) -> Path:
+    from cmb.cli import main as cmb_main
+
+    assert cmb_main(["synth", "--out", str(out), "--n-subjects", str(n), "--seed", str(seed),
+                     "--preset", "tiny", "--t1w"]) == 0
+    return out
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.fixture(scope="module")
+def cohort_run(tmp_path_factory):
+    """One real run on a tiny cohort: sub-01 and sub-02 intact, sub-03's magnitude truncated."""
+    base = tmp_path_factory.mktemp("cohort")
+    bids = _synth(base / "bids", 3, seed=7)
+    mags = [p for p in sorted((bids / "sub-03").rglob("*.nii.gz"))
+            if "T1w" not in p.name and "phase" not in p.name]
+    _truncate(mags[0])
+    out = base / "derivatives" / "cmb"
+    proc = run_snakemake(base, "--profile", str(REPO / "profiles" / "local"), "--cores", "2",
+                         "--config", f"bids_dir={bids}", f"output_dir={out}", timeout=1200)
+    return {"base": base, "bids": bids, "out": out, "proc": proc, "corrupt": mags[0]}
+
+
+def _anat(out: Path, sub: str) -> Path:
+    return out / f"sub-{sub}" / "anat"
+
+
+@pytest.mark.slow
+def test_end_to_end_outputs(cohort_run):
+    proc, out = cohort_run["proc"], cohort_run["out"]
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    desc = json.loads((out / "dataset_description.json").read_text())
+    assert desc["DatasetType"] == "derivative" and desc["GeneratedBy"][0]["Name"] == "cmb"
+    for sub in ("01", "02"):
+        anat = _anat(out, sub)
+        for name in expected_subject_files(sub, phase=True, t1w=True):
+            path = anat / name
+            assert path.is_file() and path.stat().st_size > 0, path
+            if name.endswith(".nii.gz"):
+                assert np.isfinite(np.asanyarray(nib.load(path).dataobj)).all(), path
+        report = json.loads((anat / f"sub-{sub}_part-mag_desc-ingested_swi.json").read_text())
+        assert report["participant_id"] == f"sub-{sub}" and report["phase_units"]["units"]
+        for rule in ("ingest_swi_phase", "ingest_t1w"):
+            status = out / "status" / rule / f"sub-{sub}" / f"sub-{sub}_status.json"
+            assert json.loads(status.read_text())["status"] == "ok"
+            assert (out / "logs" / rule / f"sub-{sub}" / f"sub-{sub}_log.txt").is_file()
+            assert (out / "benchmarks" / rule / f"sub-{sub}" / f"sub-{sub}_benchmark.tsv").is_file()
+
+
+def expected_subject_files(sub: str, phase: bool, t1w: bool) -> list[str]:
+    """Files every completed subject has in its anat/ folder."""
+    p = f"sub-{sub}"
+    files = ([f"{p}_part-mag_desc-ingested_swi.nii.gz", f"{p}_part-phase_desc-ingested_swi.nii.gz",
+              f"{p}_part-mag_desc-ingested_swi.json"] if phase else
+             [f"{p}_desc-ingested_swi.nii.gz", f"{p}_desc-ingested_swi.json"])
+    if t1w:
+        files += [f"{p}_desc-ingested_T1w.nii.gz"]
+    return files
+
+
+@pytest.mark.slow
+def test_corrupt_subject_is_reported_and_the_others_finish(cohort_run):
+    proc, out = cohort_run["proc"], cohort_run["out"]
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    with open(out / "failures.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and {r["participant_id"] for r in rows} == {"sub-03"}
+    first = next(r for r in rows if r["stage"] == "ingest")
+    assert cohort_run["corrupt"].name in first["message"] and "truncated" in first["message"]
+    assert first["error_class"] == "InputDataError" and Path(first["log"]).is_file()
+    assert all(r["message"].startswith("skipped: upstream stage ingest failed") for r in rows
+               if r is not first and r["stage"] != "ingest")
+
+
+@pytest.mark.slow
+def test_second_run_has_nothing_to_do(cohort_run):
+    proc = run_snakemake(cohort_run["base"], "-n", "--config", f"bids_dir={cohort_run['bids']}",
+                         f"output_dir={cohort_run['out']}")
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "Nothing to be done" in text, text[-3000:]
