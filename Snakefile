@@ -24,6 +24,7 @@ rule all:
     """Every subject's outputs, the dataset description and the failures table."""
     input:
         subject_targets(),
+        MNI_MARS,
         f"{OUT}/dataset_description.json",
         f"{OUT}/failures.csv",
     default_target: True

@@ -77,6 +77,7 @@ def expected_jobs(plain: int = 0, phase: int = 0, t1w: int = 0) -> Counter:
         "ingest_swi": plain,
         "ingest_swi_phase": phase,
         "ingest_t1w": t1w,
+        "build_mars_map": 1,
         "write_dataset_description": 1,
         "collect_failures": 1,
         "all": 1,
