@@ -55,7 +55,7 @@ def extract_patches(volume: np.ndarray, zooms, centres_ijk: np.ndarray, size: in
     --------
     >>> vol = np.arange(4 * 4 * 4, dtype=np.float32).reshape(1, 4, 4, 4)
     >>> p = extract_patches(vol, (2, 2, 2), np.array([[1.0, 2.0, 1.0]]), size=3, spacing_mm=2.0)
-    >>> round(float(p[0, 0, 1, 1, 1]), 4) == vol[0, 1, 2, 1]
+    >>> bool(round(float(p[0, 0, 1, 1, 1]), 4) == vol[0, 1, 2, 1])
     True
     >>> [round(float(v), 4) for v in p[0, 0, :, 1, 1]]  # along i, one voxel (2 mm) apart
     [9.0, 25.0, 41.0]
