@@ -10,6 +10,7 @@
 """
 
 import os
+import textwrap
 
 import jsonschema
 import yaml
@@ -242,9 +243,62 @@ def subject_status_records():
     return out
 
 
+# ------------------------------------------------------------------ soft failures
+
+# Stages whose CLI does not write status records itself (unlike `cmb.ingest run
+# --failure-record`) run under this wrapper: cmb.failures.run_stage with the stage's
+# command as its work. A failed command leaves a "failed" record whose message is the
+# last line it logged; a failed/skipped upstream stage gives a "skipped" record. Either
+# way the declared outputs become empty placeholders and the job succeeds, so the rest
+# of the cohort goes on. The program text is fixed; every value is an argument:
+#   python -c "$CMB_SOFT_STAGE" STAGE --subject S [--session X] --record R --log L
+#       --outputs O... [--upstream U...] -- COMMAND...
+os.environ["CMB_SOFT_STAGE"] = textwrap.dedent(
+    """
+    import argparse, re, subprocess, sys
+    from cmb.failures import run_stage
+    p = argparse.ArgumentParser(prog="cmb-soft-stage")
+    p.add_argument("stage")
+    p.add_argument("--subject", required=True)
+    p.add_argument("--session")
+    p.add_argument("--record", required=True)
+    p.add_argument("--log", required=True)
+    p.add_argument("--outputs", nargs="*", default=[])
+    p.add_argument("--upstream", nargs="*", default=[])
+    sep = sys.argv.index("--")
+    a, cmd = p.parse_args(sys.argv[1:sep]), sys.argv[sep + 1:]
+    def work():
+        with open(a.log, "a") as log:
+            rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        if rc:
+            with open(a.log, errors="replace") as log:
+                lines = [line.strip() for line in log if line.strip()]
+            last = lines[-1] if lines else f"{cmd[:3]} exited with status {rc}"
+            m = re.match(r"^(?:[\\w.]+\\.)?(\\w+(?:Error|Exception)): (.+)$", last)
+            raise type(m.group(1), (RuntimeError,), {})(m.group(2)) if m else RuntimeError(last)
+    run_stage(a.stage, a.subject, a.session, a.outputs, a.record, a.log, work, upstream=a.upstream)
+    """
+)
+
+
+def soft_args(stage, rule, wildcards, output, upstream=()):
+    """Wrapper arguments (before ``--``) for one subject's stage run by ``rule``: its
+    status record is ``output.status``; every other declared output gets a placeholder
+    on failure."""
+    args = [stage, "--subject", wildcards.subject]
+    if session_label(wildcards):
+        args += ["--session", session_label(wildcards)]
+    args += ["--record", output.status, "--log", fill(log_path(rule), wildcards)]
+    args += ["--outputs", *(o for o in output if o != output.status)]
+    if upstream:
+        args += ["--upstream", *upstream]
+    return args
+
+
 def job_tmpdir(name):
-    """Shell snippet: a private TMPDIR for this job, removed when the job ends."""
+    """Shell snippet (for a rule's shell template): a private TMPDIR for this job,
+    removed when the job ends."""
     return (
-        f'export TMPDIR="$(mktemp -d "${{TMPDIR:-/tmp}}/cmb-{name}.XXXXXX")"; '
-        "trap 'rm -rf \"$TMPDIR\"' EXIT; "
+        'export TMPDIR="$(mktemp -d "${{TMPDIR:-/tmp}}/cmb-%s.XXXXXX")"; '
+        "trap 'rm -rf \"$TMPDIR\"' EXIT; " % name
     )

@@ -1,12 +1,79 @@
 """Registration to MNI and the MARS region map in each subject's native space.
 
 - build_mars_map: the MNI-space MARS map (dseg + label table), once per run.
+- register_to_mni: per subject, subject->MNI affine + SyN at a coarse resolution
+  (through the T1w when there is one: SWI->T1w rigid, T1w->MNI), transforms in ANTs
+  formats for both directions, a quality JSON, and the MARS map warped to the
+  native preprocessed grid (nearest neighbour, labels preserved).
+
+Transform files (``antsApplyTransforms -t`` lists, see cmb.register.XfmPaths)::
+
+    sub-X_from-SWI_to-MNI152NLin2009cAsym_mode-image_xfm.{mat,nii.gz}   subject -> MNI
+    sub-X_from-MNI152NLin2009cAsym_to-SWI_mode-image_xfm.{mat,nii.gz}   MNI -> subject
+    sub-X_from-SWI_to-T1w_mode-image_xfm.mat                            with a T1w
 """
 
 MARS_RES = config["mars"]["resolution_mm"]
 MNI_MARS = bids(root=f"{OUT}/tpl-{MNI}", prefix=f"tpl-{MNI}", res=str(MARS_RES), desc="mars",
                 suffix="dseg.nii.gz")
 MNI_MARS_TSV = MNI_MARS.replace(".nii.gz", ".tsv")
+
+SOURCE_SPACE = "SWI"
+XFM_PREFIX = f"{OUT}/{SUBJ_DIR}/anat/{SUBJ_PREFIX}"
+
+
+def xfm(source, target, ext):
+    return out_path(**{"from": source, "to": target, "mode": "image"}, suffix=f"xfm.{ext}")
+
+
+REGISTERED = {
+    "fwd_affine": xfm(SOURCE_SPACE, MNI, "mat"),
+    "fwd_warp": xfm(SOURCE_SPACE, MNI, "nii.gz"),
+    "inv_affine": xfm(MNI, SOURCE_SPACE, "mat"),
+    "inv_warp": xfm(MNI, SOURCE_SPACE, "nii.gz"),
+    "mars": out_path(desc="mars", suffix="dseg.nii.gz"),
+    "mars_tsv": out_path(desc="mars", suffix="dseg.tsv"),
+    "quality": xfm(SOURCE_SPACE, MNI, "json"),  # sidecar: registration quality, timings
+}
+
+
+def register_targets(wildcards):
+    return [fill(p, wildcards) for p in REGISTERED.values()]
+
+
+def register_status(wildcards):
+    return [fill(status_path("register_to_mni"), wildcards)]
+
+
+SUBJECT_TARGETS.append(register_targets)
+SUBJECT_STATUS.append(register_status)
+
+
+def register_inputs(wildcards):
+    files = preprocessed(wildcards)
+    inputs = {"image": files["image"], "mask": files["mask"], "preprocess_status": files["preprocess_status"]}
+    if has_t1w(wildcards):
+        t1w = ingested(wildcards)
+        inputs.update(t1w=t1w["t1w"], t1w_status=t1w["t1w_status"])
+    return inputs
+
+
+def register_args(wildcards, input, output):
+    upstream = [input.preprocess_status] + ([input.t1w_status] if "t1w" in input.keys() else [])
+    soft = soft_args("register", "register_to_mni", wildcards, output, upstream)
+    t1w = ["--t1w", input.t1w] if "t1w" in input.keys() else []
+    return {"soft": soft, "t1w": t1w, "prefix": fill(XFM_PREFIX, wildcards)}
+
+
+def _register_options():
+    c = config["register"]
+    args = ["--source-space", SOURCE_SPACE, "--step-mm", str(c["step_mm"]),
+            "--syn-iterations", ",".join(str(int(i)) for i in c["syn_iterations"]),
+            "--interpolation", c["label_interpolation"]]
+    return args + ([] if c["syn"] else ["--no-syn"])
+
+
+REGISTER_OPTIONS = _register_options()
 
 
 rule build_mars_map:
@@ -32,3 +99,34 @@ rule build_mars_map:
         "python -m cmb.mars_map --out-dseg {output.dseg:q} --out-tsv {output.tsv:q}"
         " --juxtacortical-mm {params.juxtacortical_mm} --capsule-mm {params.capsule_mm}"
         " --resolution-mm {params.resolution_mm} &> {log:q}"
+
+
+rule register_to_mni:
+    """Subject->MNI affine + SyN (via the T1w if any), both directions, quality; native MARS map."""
+    input:
+        unpack(register_inputs),
+        mars=MNI_MARS,
+    output:
+        **REGISTERED,
+        status=status_path("register_to_mni"),
+    params:
+        args=register_args,
+        options=REGISTER_OPTIONS,
+    log:
+        log_path("register_to_mni"),
+    benchmark:
+        benchmark_path("register_to_mni")
+    threads: 2
+    resources:
+        mem_mb=lambda wc, attempt: 8000 * attempt,
+        runtime=lambda wc, attempt: 30 * attempt,
+    conda:
+        "../envs/ants.yaml"
+    shell:
+        # ANTsPy leaves ~185 MB per registration in $TMPDIR: each job gets its own, removed at exit
+        ": > {log:q}; " + job_tmpdir("register") +
+        "python -c \"$CMB_SOFT_STAGE\" {params.args[soft]:q} --"
+        " python -m cmb.register --image {input.image:q} --mask {input.mask:q} {params.args[t1w]:q}"
+        " --out-prefix {params.args[prefix]:q} --out-quality {output.quality:q}"
+        " --mars-mni {input.mars:q} --out-mars {output.mars:q} --out-mars-tsv {output.mars_tsv:q}"
+        " {params.options:q} --threads {threads} &>> {log:q}"

@@ -77,6 +77,9 @@ def expected_jobs(plain: int = 0, phase: int = 0, t1w: int = 0) -> Counter:
         "ingest_swi": plain,
         "ingest_swi_phase": phase,
         "ingest_t1w": t1w,
+        "preprocess_swi": plain,
+        "preprocess_swi_phase": phase,
+        "register_to_mni": n,
         "build_mars_map": 1,
         "write_dataset_description": 1,
         "collect_failures": 1,
@@ -258,7 +261,19 @@ def test_end_to_end_outputs(cohort_run):
                 assert np.isfinite(np.asanyarray(nib.load(path).dataobj)).all(), path
         report = json.loads((anat / f"sub-{sub}_part-mag_desc-ingested_swi.json").read_text())
         assert report["participant_id"] == f"sub-{sub}" and report["phase_units"]["units"]
-        for rule in ("ingest_swi_phase", "ingest_t1w"):
+        mars = nib.load(anat / f"sub-{sub}_desc-mars_dseg.nii.gz")
+        image = nib.load(anat / f"sub-{sub}_part-mag_desc-preproc_swi.nii.gz")
+        assert mars.shape == image.shape and np.allclose(mars.affine, image.affine, atol=1e-4)
+        labels = set(np.unique(np.asanyarray(mars.dataobj)).tolist())
+        with open(anat / f"sub-{sub}_desc-mars_dseg.tsv", newline="") as f:
+            table = {int(r["index"]): r for r in csv.DictReader(f, delimiter="\t")}
+        assert labels <= set(table)
+        categories = {table[v]["mars_category"] for v in labels}
+        assert {"lobar", "deep", "infratentorial"} <= categories
+        assert {table[v]["hemisphere"] for v in labels} >= {"L", "R"}
+        quality = json.loads((anat / f"sub-{sub}_from-SWI_to-MNI152NLin2009cAsym_mode-image_xfm.json").read_text())
+        assert quality["quality"]["nmi"] > 1.0
+        for rule in ("ingest_swi_phase", "ingest_t1w", "preprocess_swi_phase", "register_to_mni"):
             status = out / "status" / rule / f"sub-{sub}" / f"sub-{sub}_status.json"
             assert json.loads(status.read_text())["status"] == "ok"
             assert (out / "logs" / rule / f"sub-{sub}" / f"sub-{sub}_log.txt").is_file()
@@ -271,8 +286,16 @@ def expected_subject_files(sub: str, phase: bool, t1w: bool) -> list[str]:
     files = ([f"{p}_part-mag_desc-ingested_swi.nii.gz", f"{p}_part-phase_desc-ingested_swi.nii.gz",
               f"{p}_part-mag_desc-ingested_swi.json"] if phase else
              [f"{p}_desc-ingested_swi.nii.gz", f"{p}_desc-ingested_swi.json"])
+    files += ([f"{p}_part-mag_desc-preproc_swi.nii.gz", f"{p}_part-mag_desc-brain_mask.nii.gz",
+               f"{p}_part-phase_desc-preproc_swi.nii.gz", f"{p}_part-mag_desc-preproc_swi.json"] if phase else
+              [f"{p}_desc-preproc_swi.nii.gz", f"{p}_desc-brain_mask.nii.gz", f"{p}_desc-preproc_swi.json"])
+    mni = "MNI152NLin2009cAsym"
+    files += [f"{p}_from-SWI_to-{mni}_mode-image_xfm.mat", f"{p}_from-SWI_to-{mni}_mode-image_xfm.nii.gz",
+              f"{p}_from-{mni}_to-SWI_mode-image_xfm.mat", f"{p}_from-{mni}_to-SWI_mode-image_xfm.nii.gz",
+              f"{p}_from-SWI_to-{mni}_mode-image_xfm.json", f"{p}_desc-mars_dseg.nii.gz",
+              f"{p}_desc-mars_dseg.tsv"]
     if t1w:
-        files += [f"{p}_desc-ingested_T1w.nii.gz"]
+        files += [f"{p}_desc-ingested_T1w.nii.gz", f"{p}_from-SWI_to-T1w_mode-image_xfm.mat"]
     return files
 
 
