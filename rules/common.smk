@@ -219,19 +219,10 @@ def record_wildcards(rec):
     )
 
 
-# Each rule file registers functions (wildcards -> list of paths) here: the files a
-# subject should end up with, and the status records its jobs write.
-SUBJECT_TARGETS = []
+# Each rule file registers a function (wildcards -> list of paths) returning the status
+# records its jobs write for a subject. failures.csv depends on all of them, which
+# pulls every subject job into the DAG.
 SUBJECT_STATUS = []
-
-
-def subject_targets():
-    """Every per-subject output the workflow should produce, for all planned subjects."""
-    out = []
-    for rec in RECORDS.values():
-        wc = record_wildcards(rec)
-        out += [p for f in SUBJECT_TARGETS for p in f(wc)]
-    return out
 
 
 def subject_status_records():

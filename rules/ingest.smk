@@ -38,10 +38,15 @@ def ingested(wildcards):
 
 
 def ingest_status(wildcards):
-    return [v for k, v in ingested(wildcards).items() if k.endswith("status")]
+    """Status records of the subject's magnitude/phase ingestion (not the T1w's)."""
+    return [ingested(wildcards)["ingest_status"]]
 
 
-SUBJECT_STATUS.append(ingest_status)
+def ingest_t1w_status(wildcards):
+    return [ingested(wildcards)["t1w_status"]] if has_t1w(wildcards) else []
+
+
+SUBJECT_STATUS.extend([ingest_status, ingest_t1w_status])
 
 
 def ingest_record_args(wildcards):

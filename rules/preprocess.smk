@@ -37,12 +37,7 @@ def preprocess_status(wildcards):
     return [preprocessed(wildcards)["preprocess_status"]]
 
 
-def preprocess_targets(wildcards):
-    return [v for k, v in preprocessed(wildcards).items() if not k.endswith("status")]
-
-
 SUBJECT_STATUS.append(preprocess_status)
-SUBJECT_TARGETS.append(preprocess_targets)
 
 
 def _preprocess_options():
@@ -65,15 +60,14 @@ rule preprocess_swi:
     """Reorient, bias-correct, mask and normalize a magnitude without phase."""
     input:
         mag=INGESTED_SWI,
-        ingest_status=status_path("ingest_swi"),
     output:
         image=PREPROC_SWI,
         mask=PREPROC_MASK,
         report=out_path(desc="preproc", suffix="swi.json"),
         status=status_path("preprocess_swi"),
     params:
-        soft=lambda wc, input, output: soft_args("preprocess", "preprocess_swi", wc, output,
-                                                 [input.ingest_status]),
+        soft=lambda wc, output: soft_args("preprocess", "preprocess_swi", wc, output,
+                                          upstream=ingest_status(wc)),
         options=PREPROCESS_OPTIONS,
     log:
         log_path("preprocess_swi"),
@@ -97,7 +91,6 @@ rule preprocess_swi_phase:
     input:
         mag=INGESTED_MAG,
         phase=INGESTED_PHASE,
-        ingest_status=status_path("ingest_swi_phase"),
     output:
         image=PREPROC_MAG,
         mask=PREPROC_MAG_MASK,
@@ -106,8 +99,8 @@ rule preprocess_swi_phase:
         report=out_path(part="mag", desc="preproc", suffix="swi.json"),
         status=status_path("preprocess_swi_phase"),
     params:
-        soft=lambda wc, input, output: soft_args("preprocess", "preprocess_swi_phase", wc, output,
-                                                 [input.ingest_status]),
+        soft=lambda wc, output: soft_args("preprocess", "preprocess_swi_phase", wc, output,
+                                          upstream=ingest_status(wc)),
         options=PREPROCESS_OPTIONS,
     log:
         log_path("preprocess_swi_phase"),

@@ -37,29 +37,23 @@ REGISTERED = {
 }
 
 
-def register_targets(wildcards):
-    return [fill(p, wildcards) for p in REGISTERED.values()]
-
-
 def register_status(wildcards):
     return [fill(status_path("register_to_mni"), wildcards)]
 
 
-SUBJECT_TARGETS.append(register_targets)
 SUBJECT_STATUS.append(register_status)
 
 
 def register_inputs(wildcards):
     files = preprocessed(wildcards)
-    inputs = {"image": files["image"], "mask": files["mask"], "preprocess_status": files["preprocess_status"]}
+    inputs = {"image": files["image"], "mask": files["mask"]}
     if has_t1w(wildcards):
-        t1w = ingested(wildcards)
-        inputs.update(t1w=t1w["t1w"], t1w_status=t1w["t1w_status"])
+        inputs["t1w"] = ingested(wildcards)["t1w"]
     return inputs
 
 
 def register_args(wildcards, input, output):
-    upstream = [input.preprocess_status] + ([input.t1w_status] if "t1w" in input.keys() else [])
+    upstream = preprocess_status(wildcards) + ingest_t1w_status(wildcards)
     soft = soft_args("register", "register_to_mni", wildcards, output, upstream)
     t1w = ["--t1w", input.t1w] if "t1w" in input.keys() else []
     return {"soft": soft, "t1w": t1w, "prefix": fill(XFM_PREFIX, wildcards)}
