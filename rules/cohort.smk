@@ -15,8 +15,8 @@ rule write_dataset_description:
         f"{OUT}/benchmarks/write_dataset_description/benchmark.tsv"
     threads: 1
     resources:
-        mem_mb=500,
-        runtime=5,
+        mem_mb=lambda wc, attempt: 500 * attempt,
+        runtime=lambda wc, attempt: 5 * attempt,
     localrule: True
     run:
         from cmb.atomic import write_json, write_text
@@ -55,8 +55,8 @@ rule collect_failures:
         f"{OUT}/benchmarks/collect_failures/benchmark.tsv"
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=10,
+        mem_mb=lambda wc, attempt: 1000 * attempt,
+        runtime=lambda wc, attempt: 10 * attempt,
     localrule: True
     run:
         from cmb.failures import write_failures_csv

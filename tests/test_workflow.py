@@ -173,6 +173,19 @@ def test_participant_label_02_from_config_file_stays_a_string(tmp_path):
     assert job_counts(text)["ingest_swi"] == 1
 
 
+def test_schema_fills_in_defaults(tmp_path):
+    # only the two required keys; the workflow's own config file is left out
+    cfg = tmp_path / "minimal.yaml"
+    cfg.write_text(f"bids_dir: {DATA / 'bids_swi_gre'}\noutput_dir: {tmp_path / 'out'}\n")
+    proc = run_snakemake(tmp_path, "-n", "-p", "--configfile", str(cfg), "--replace-workflow-config")
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text[-3000:]
+    for default in ("--phase-units auto", "--n4-spacing-mm 4.0", "--paramagnetic-phase positive",
+                    "--step-mm 2", "--juxtacortical-mm 5.0"):
+        assert default in text, default
+    assert (tmp_path / "out-work" / "pybids").is_dir()  # default pybids_db_dir
+
+
 def test_participant_label_02_on_the_command_line(tmp_path):
     counts, text = dry_run(DATA / "bids_t2starw", tmp_path, "participant_label=02")
     assert counts["ingest_swi"] == 1 and "subject=02" in text and "subject=01" not in text
