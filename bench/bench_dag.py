@@ -64,12 +64,12 @@ def dry_run(bids: Path, out: Path, work: Path, *extra: str) -> tuple[float, int,
     cmd = [sys.executable, "-m", "snakemake", "-n", *extra, "-s", str(REPO / "Snakefile"),
            "-d", str(work), "--config", f"bids_dir={bids}", f"output_dir={out}"]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         sys.exit(f"snakemake -n failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     text = proc.stdout + proc.stderr
-    m = re.search(r"^total\s+(\d+)", text, re.M)
+    m = re.search(r"^total\s+(\d+)", text, re.MULTILINE)
     table = text[text.find("Job stats:"):] if "Job stats:" in text else ""
     return seconds, int(m.group(1)) if m else -1, table.split("\n\n")[0]
 

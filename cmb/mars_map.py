@@ -83,7 +83,7 @@ def write_mars_map(
     save_nifti(img, out_dseg)
     if out_tsv is not None:
         write_label_table(out_tsv)
-    labels, counts = np.unique(mars.labels, return_counts=True)
+    labels = np.unique(mars.labels)
     _log.info("MARS map %s at %d mm: %d labels, built in %.1f s (juxtacortical %.1f mm, capsule %.1f mm)",
               mars.labels.shape, resolution_mm, len(labels), time.perf_counter() - t0,
               juxtacortical_mm, capsule_mm)

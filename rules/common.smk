@@ -1,4 +1,4 @@
-"""Shared by every rule file: config validation, input planning, paths, targets.
+"""Shared by every rule file: config validation, input planning, paths, soft failures.
 
 - The config is validated against config/config.schema.yaml (defaults filled in).
   Participant labels are strings: a YAML ``02`` (read as the integer 2) is turned
@@ -63,7 +63,7 @@ def _match_subject(number, key):
         labels = [d[4:] for d in os.listdir(config["bids_dir"]) if d.startswith("sub-")]
     except OSError:
         labels = []
-    matches = sorted(l for l in labels if l.isdigit() and int(l) == number)
+    matches = sorted(lab for lab in labels if lab.isdigit() and int(lab) == number)
     if len(matches) > 1:
         raise WorkflowError(
             f"{key}: {number} matches several subjects ({', '.join('sub-' + m for m in matches)}); "

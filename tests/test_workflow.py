@@ -8,7 +8,6 @@ names and JSON sidecars). The real runs generate a ``tiny`` synthetic cohort wit
 from __future__ import annotations
 
 import csv
-import gzip
 import json
 import os
 import re
@@ -34,7 +33,7 @@ def run_snakemake(workdir: Path, *args: str, timeout: float = 600) -> subprocess
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL,
+    return subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL,
                           timeout=timeout)
 
 
