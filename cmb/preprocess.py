@@ -80,7 +80,7 @@ def n4_bias_correct(
     *,
     spacing_mm: float = 4.0,
     shrink_factor: int = 2,
-    iterations: Sequence[int] = (50,),
+    iterations: Sequence[int] = (50, 50),
     tolerance: float = 1e-4,
     spline_distance_mm: float = 100.0,
 ) -> tuple[nib.Nifti1Image, np.ndarray]:
@@ -101,9 +101,10 @@ def n4_bias_correct(
         N4's own extra shrinking of that copy (N4's cost grows with the number of
         voxels it fits: 2 here means an 8 mm fitting grid, ~2 s).
     iterations : sequence of int
-        Iterations per fitting level. One level with 100 mm control-point spacing
-        removed a synthetic bias best (residual log-intensity SD 0.036 against
-        0.040-0.047 for 2-3 levels) and fastest.
+        Iterations per fitting level (each level halves the control-point
+        spacing). Measured on synthetic SWI with a known smooth bias added, as the
+        log-intensity SD left of that bias: 1 level 0.30-0.40, 2 levels 0.09-0.11,
+        3-4 levels at 200 mm 0.06-0.09 in 1.5-2x the time.
     tolerance : float
         Convergence threshold.
     spline_distance_mm : float
@@ -265,7 +266,7 @@ def preprocess_subject(
     paramagnetic_phase: str = "positive",
     highpass_sigma_mm: float = 4.0,
     n4_spacing_mm: float = 4.0,
-    n4_iterations: Sequence[int] = (50,),
+    n4_iterations: Sequence[int] = (50, 50),
     mask_work_mm: float = 2.0,
     mask_grow_mm: float = 6.0,
     normalize: str = "median",
@@ -317,6 +318,12 @@ def preprocess_subject(
     img = nib.load(mag)
     if len(img.shape) != 3:
         raise ValueError(f"{mag}: expected a 3-D magnitude, got shape {img.shape}")
+    ph_img = None
+    if phase is not None:
+        ph_img = nib.load(phase)
+        if ph_img.shape != img.shape or not np.allclose(ph_img.affine, img.affine, atol=1e-3):
+            raise ValueError(f"{phase}: phase grid {ph_img.shape} differs from the magnitude grid {img.shape} "
+                             f"of {mag}")
     ras = reorient_to_ras(img)
     data = np.asanyarray(ras.dataobj).astype(np.float32)
     ras = nib.Nifti1Image(np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0), ras.affine, ras.header.copy())
@@ -355,9 +362,6 @@ def preprocess_subject(
     }
     if phase is not None:
         t0 = time.perf_counter()
-        ph_img = nib.load(phase)
-        if ph_img.shape != img.shape or not np.allclose(ph_img.affine, img.affine, atol=1e-3):
-            raise ValueError(f"{phase}: phase grid {ph_img.shape} differs from the magnitude grid {img.shape}")
         ph = np.asanyarray(reorient_to_ras(ph_img).dataobj).astype(np.float32)
         hp = highpass_phase(np.nan_to_num(ph), np.asanyarray(ras.dataobj), zooms, sigma_mm=highpass_sigma_mm,
                             paramagnetic_phase=paramagnetic_phase, mask=mask)
@@ -410,7 +414,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="sign of a paramagnetic shift in the input phase (vendor dependent)")
     p.add_argument("--highpass-sigma-mm", type=float, default=4.0, help="homodyne Gaussian low-pass width")
     p.add_argument("--n4-spacing-mm", type=float, default=4.0, help="voxel size N4 runs at")
-    p.add_argument("--n4-iterations", default="50", help="N4 iterations per level, comma-separated")
+    p.add_argument("--n4-iterations", default="50,50", help="N4 iterations per level, comma-separated")
     p.add_argument("--mask-work-mm", type=float, default=2.0, help="voxel size of the brain-mask morphology")
     p.add_argument("--mask-grow-mm", type=float, default=6.0, help="how far the mask may grow past the template")
     p.add_argument("--normalize", choices=["median", "p99"], default="median")
