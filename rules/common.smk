@@ -272,15 +272,19 @@ os.environ["CMB_SOFT_STAGE"] = textwrap.dedent(
 )
 
 
-def soft_args(stage, rule, wildcards, output, upstream=()):
-    """Wrapper arguments (before ``--``) for one subject's stage run by ``rule``: its
-    status record is ``output.status``; every other declared output gets a placeholder
-    on failure."""
+def non_status(output):
+    """A job's declared outputs without its status record."""
+    return [o for o in output if o != output.status]
+
+
+def soft_args(stage, rule, wildcards, outputs, record, upstream=()):
+    """Wrapper arguments (before ``--``) for one subject's stage run by ``rule``: the
+    stage writes ``outputs`` (placeholders on failure) and its status ``record``."""
     args = [stage, "--subject", wildcards.subject]
     if session_label(wildcards):
         args += ["--session", session_label(wildcards)]
-    args += ["--record", output.status, "--log", fill(log_path(rule), wildcards)]
-    args += ["--outputs", *(o for o in output if o != output.status)]
+    args += ["--record", record, "--log", fill(log_path(rule), wildcards)]
+    args += ["--outputs", *([outputs] if isinstance(outputs, str) else outputs)]
     if upstream:
         args += ["--upstream", *upstream]
     return args

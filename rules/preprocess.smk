@@ -66,8 +66,8 @@ rule preprocess_swi:
         report=out_path(desc="preproc", suffix="swi.json"),
         status=status_path("preprocess_swi"),
     params:
-        soft=lambda wc, output: soft_args("preprocess", "preprocess_swi", wc, output,
-                                          upstream=ingest_status(wc)),
+        soft=lambda wc, output: soft_args("preprocess", "preprocess_swi", wc, non_status(output),
+                                          output.status, upstream=ingest_status(wc)),
         options=PREPROCESS_OPTIONS,
     log:
         log_path("preprocess_swi"),
@@ -99,8 +99,8 @@ rule preprocess_swi_phase:
         report=out_path(part="mag", desc="preproc", suffix="swi.json"),
         status=status_path("preprocess_swi_phase"),
     params:
-        soft=lambda wc, output: soft_args("preprocess", "preprocess_swi_phase", wc, output,
-                                          upstream=ingest_status(wc)),
+        soft=lambda wc, output: soft_args("preprocess", "preprocess_swi_phase", wc, non_status(output),
+                                          output.status, upstream=ingest_status(wc)),
         options=PREPROCESS_OPTIONS,
     log:
         log_path("preprocess_swi_phase"),

@@ -5,6 +5,8 @@
   (through the T1w when there is one: SWI->T1w rigid, T1w->MNI), transforms in ANTs
   formats for both directions, a quality JSON, and the MARS map warped to the
   native preprocessed grid (nearest neighbour, labels preserved).
+- plot_qc: per subject, two QC figures in ``figures/``: the brain mask over the
+  preprocessed image, and the native MARS region edges over it (registration).
 
 Transform files (``antsApplyTransforms -t`` lists, see cmb.register.XfmPaths)::
 
@@ -41,7 +43,17 @@ def register_status(wildcards):
     return [fill(status_path("register_to_mni"), wildcards)]
 
 
-SUBJECT_STATUS.append(register_status)
+QC_FIGURES = {
+    "brain_mask": out_path(datatype="figures", desc="brainmask", suffix="swi.svg"),
+    "registration": out_path(datatype="figures", desc="registration", suffix="swi.svg"),
+}
+
+
+def qc_status(wildcards):
+    return [fill(status_path(f"plot_{name}"), wildcards) for name in QC_FIGURES]
+
+
+SUBJECT_STATUS.extend([register_status, qc_status])
 
 
 def register_inputs(wildcards):
@@ -54,7 +66,8 @@ def register_inputs(wildcards):
 
 def register_args(wildcards, input, output):
     upstream = preprocess_status(wildcards) + ingest_t1w_status(wildcards)
-    soft = soft_args("register", "register_to_mni", wildcards, output, upstream)
+    soft = soft_args("register", "register_to_mni", wildcards, non_status(output), output.status,
+                     upstream)
     t1w = ["--t1w", input.t1w] if "t1w" in input.keys() else []
     return {"soft": soft, "t1w": t1w, "prefix": fill(XFM_PREFIX, wildcards)}
 
@@ -124,3 +137,37 @@ rule register_to_mni:
         " --out-prefix {params.args[prefix]:q} --out-quality {output.quality:q}"
         " --mars-mni {input.mars:q} --out-mars {output.mars:q} --out-mars-tsv {output.mars_tsv:q}"
         " {params.options:q} --threads {threads} &>> {log:q}"
+
+
+rule plot_qc:
+    """QC figures: brain mask over the preprocessed image; MARS region edges over it."""
+    input:
+        unpack(lambda wc: {k: preprocessed(wc)[k] for k in ("image", "mask")}),
+        mars=REGISTERED["mars"],
+    output:
+        brain_mask=report(QC_FIGURES["brain_mask"], category="QC: brain mask"),
+        registration=report(QC_FIGURES["registration"], category="QC: registration"),
+        brain_mask_status=status_path("plot_brain_mask"),
+        registration_status=status_path("plot_registration"),
+    params:
+        soft=lambda wc, output: {
+            name: soft_args(f"plot_{name}", "plot_qc", wc, output[name], output[f"{name}_status"], upstream)
+            for name, upstream in (("brain_mask", preprocess_status(wc)), ("registration", register_status(wc)))
+        },
+    log:
+        log_path("plot_qc"),
+    benchmark:
+        benchmark_path("plot_qc")
+    threads: 1
+    resources:
+        mem_mb=lambda wc, attempt: 3000 * attempt,
+        runtime=lambda wc, attempt: 10 * attempt,
+    conda:
+        "../envs/report.yaml"
+    shell:
+        ": > {log:q}; python -c \"$CMB_SOFT_STAGE\" {params.soft[brain_mask]:q} --"
+        " python -m cmb.qc_figures mask --image {input.image:q} --mask {input.mask:q}"
+        " --out {output.brain_mask:q} &>> {log:q};"
+        " python -c \"$CMB_SOFT_STAGE\" {params.soft[registration]:q} --"
+        " python -m cmb.qc_figures registration --image {input.image:q} --dseg {input.mars:q}"
+        " --out {output.registration:q} &>> {log:q}"

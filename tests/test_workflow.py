@@ -79,6 +79,7 @@ def expected_jobs(plain: int = 0, phase: int = 0, t1w: int = 0) -> Counter:
         "preprocess_swi": plain,
         "preprocess_swi_phase": phase,
         "register_to_mni": n,
+        "plot_qc": n,
         "build_mars_map": 1,
         "write_dataset_description": 1,
         "collect_failures": 1,
@@ -285,6 +286,12 @@ def test_end_to_end_outputs(cohort_run):
         assert {table[v]["hemisphere"] for v in labels} >= {"L", "R"}
         quality = json.loads((anat / f"sub-{sub}_from-SWI_to-MNI152NLin2009cAsym_mode-image_xfm.json").read_text())
         assert quality["quality"]["nmi"] > 1.0
+        for name in ("brainmask", "registration"):
+            figure = out / f"sub-{sub}" / "figures" / f"sub-{sub}_desc-{name}_swi.svg"
+            assert figure.read_text().lstrip().startswith(("<?xml", "<svg")), figure
+        for stage in ("plot_brain_mask", "plot_registration"):
+            status = out / "status" / stage / f"sub-{sub}" / f"sub-{sub}_status.json"
+            assert json.loads(status.read_text())["status"] == "ok"
         for rule in ("ingest_swi_phase", "ingest_t1w", "preprocess_swi_phase", "register_to_mni"):
             status = out / "status" / rule / f"sub-{sub}" / f"sub-{sub}_status.json"
             assert json.loads(status.read_text())["status"] == "ok"
