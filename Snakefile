@@ -14,6 +14,16 @@ configfile: f"{workflow.basedir}/config/config.yaml"
 
 
 include: "rules/common.smk"
+
+
+# BIDS labels are alphanumeric; {sesdir}/{sesfile} are "/ses-<label>"/"_ses-<label>" or
+# both empty (rules/common.smk).
+wildcard_constraints:
+    subject="[a-zA-Z0-9]+",
+    sesdir="(/ses-[a-zA-Z0-9]+)?",
+    sesfile="(_ses-[a-zA-Z0-9]+)?",
+
+
 include: "rules/ingest.smk"
 include: "rules/preprocess.smk"
 include: "rules/register.smk"

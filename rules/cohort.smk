@@ -7,8 +7,8 @@ rule write_dataset_description:
         description=f"{OUT}/dataset_description.json",
         bidsignore=f"{OUT}/.bidsignore",
     params:
-        version=CMB_VERSION,
-        source=os.path.abspath(config["bids_dir"]),
+        description=DATASET_DESCRIPTION,
+        bidsignore="logs/\nbenchmarks/\nstatus/\nfailures.csv\n",
     log:
         f"{OUT}/logs/write_dataset_description/log.txt",
     benchmark:
@@ -21,26 +21,9 @@ rule write_dataset_description:
     run:
         from cmb.atomic import write_json, write_text
 
-        write_json(
-            output.description,
-            {
-                "Name": "cmb: cerebral microbleed detection",
-                "BIDSVersion": "1.10.0",
-                "DatasetType": "derivative",
-                "GeneratedBy": [
-                    {
-                        "Name": "cmb",
-                        "Version": params.version,
-                        "Description": "Snakemake workflow: ingestion, preprocessing, registration to "
-                        f"{MNI}, MARS regions in native space",
-                    }
-                ],
-                "SourceDatasets": [{"URL": f"file://{params.source}"}],
-            },
-        )
-        write_text(output.bidsignore, "logs/\nbenchmarks/\nstatus/\nfailures.csv\n")
-        with open(log[0], "w") as f:
-            print(f"wrote {output.description} (cmb {params.version})", file=f)
+        write_json(output.description, params.description)
+        write_text(output.bidsignore, params.bidsignore)
+        write_text(log[0], f"wrote {output.description}\n")
 
 
 rule collect_failures:
@@ -59,9 +42,8 @@ rule collect_failures:
         runtime=lambda wc, attempt: 10 * attempt,
     localrule: True
     run:
+        from cmb.atomic import write_text
         from cmb.failures import write_failures_csv
 
         table = write_failures_csv(input, output[0])
-        with open(log[0], "w") as f:
-            print(f"{len(table)} failed or skipped stage(s) in {len(input)} records", file=f)
-            print(table.to_string(index=False), file=f)
+        write_text(log[0], f"{len(table)} failed or skipped stage(s) in {len(input)} records\n")

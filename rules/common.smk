@@ -111,7 +111,7 @@ def validate_config(cfg):
 validate_config(config)
 
 OUT = os.path.normpath(config["output_dir"])
-WORK = os.path.normpath(config["work_dir"] or OUT + "-work")
+WORK = os.path.normpath(config["work_dir"] or f"{OUT}-work")
 PYBIDS_DB = config["pybids_db_dir"] or os.path.join(WORK, "pybids")
 MNI = TEMPLATE_NAME  # MNI152NLin2009cAsym
 
@@ -139,14 +139,9 @@ if not RECORDS:
 # Subject/session wildcards. A dataset may mix subjects with and without sessions,
 # so the session level is two wildcards that are both empty for a scan without
 # session: {sesdir} is "/ses-<label>" (folder) and {sesfile} "_ses-<label>" (file names).
+# Their wildcard_constraints are in the Snakefile.
 SUBJ_DIR = "sub-{subject}{sesdir}"
 SUBJ_PREFIX = "sub-{subject}{sesfile}"
-
-
-wildcard_constraints:
-    subject="[a-zA-Z0-9]+",
-    sesdir="(/ses-[a-zA-Z0-9]+)?",
-    sesfile="(_ses-[a-zA-Z0-9]+)?",
 
 
 def session_label(wildcards):
@@ -219,19 +214,219 @@ def record_wildcards(rec):
     )
 
 
-# Each rule file registers a function (wildcards -> list of paths) returning the status
-# records its jobs write for a subject. failures.csv depends on all of them, which
-# pulls every subject job into the DAG.
-SUBJECT_STATUS = []
+# ------------------------------------------------------------------ files of each stage
+
+# ingest (rules/ingest.smk). A subject with phase gets part-mag/part-phase names;
+# "swi" names the susceptibility-weighted magnitude whatever the input kind.
+INGESTED_SWI = out_path(desc="ingested", suffix="swi.nii.gz")
+INGESTED_MAG = out_path(part="mag", desc="ingested", suffix="swi.nii.gz")
+INGESTED_PHASE = out_path(part="phase", desc="ingested", suffix="swi.nii.gz")
+INGESTED_T1W = out_path(desc="ingested", suffix="T1w.nii.gz")
+
+# preprocess (rules/preprocess.smk)
+PREPROC_SWI = out_path(desc="preproc", suffix="swi.nii.gz")
+PREPROC_MASK = out_path(desc="brain", suffix="mask.nii.gz")
+PREPROC_MAG = out_path(part="mag", desc="preproc", suffix="swi.nii.gz")
+PREPROC_MAG_MASK = out_path(part="mag", desc="brain", suffix="mask.nii.gz")
+PREPROC_PHASE = out_path(part="phase", desc="preproc", suffix="swi.nii.gz")
+
+# register (rules/register.smk)
+MNI_MARS = bids(root=f"{OUT}/tpl-{MNI}", prefix=f"tpl-{MNI}", res=str(config["mars"]["resolution_mm"]),
+                desc="mars", suffix="dseg.nii.gz")
+MNI_MARS_TSV = MNI_MARS.replace(".nii.gz", ".tsv")
+SOURCE_SPACE = "SWI"  # space label of the subject's image in transform names
+XFM_PREFIX = f"{OUT}/{SUBJ_DIR}/anat/{SUBJ_PREFIX}"  # cmb.register names its transforms from it
+
+
+def xfm_path(source, target, ext):
+    return out_path(**{"from": source, "to": target, "mode": "image"}, suffix=f"xfm.{ext}")
+
+
+REGISTERED = {
+    "fwd_affine": xfm_path(SOURCE_SPACE, MNI, "mat"),
+    "fwd_warp": xfm_path(SOURCE_SPACE, MNI, "nii.gz"),
+    "inv_affine": xfm_path(MNI, SOURCE_SPACE, "mat"),
+    "inv_warp": xfm_path(MNI, SOURCE_SPACE, "nii.gz"),
+    "mars": out_path(desc="mars", suffix="dseg.nii.gz"),
+    "mars_tsv": out_path(desc="mars", suffix="dseg.tsv"),
+    "quality": xfm_path(SOURCE_SPACE, MNI, "json"),  # sidecar: registration quality, timings
+}
+QC_FIGURES = {
+    "brain_mask": out_path(datatype="figures", desc="brainmask", suffix="swi.svg"),
+    "registration": out_path(datatype="figures", desc="registration", suffix="swi.svg"),
+}
+
+
+# ------------------------------------------------------------------ input functions
+
+
+def ingested(wildcards):
+    """A subject's ingested files: ``mag``, ``phase`` and ``t1w`` (when it has them)."""
+    if has_phase(wildcards):
+        files = {"mag": fill(INGESTED_MAG, wildcards), "phase": fill(INGESTED_PHASE, wildcards)}
+    else:
+        files = {"mag": fill(INGESTED_SWI, wildcards)}
+    if has_t1w(wildcards):
+        files["t1w"] = fill(INGESTED_T1W, wildcards)
+    return files
+
+
+def preprocessed(wildcards):
+    """A subject's preprocessed files: ``image``, ``mask`` and ``phase`` (when it has one)."""
+    if has_phase(wildcards):
+        return {
+            "image": fill(PREPROC_MAG, wildcards),
+            "mask": fill(PREPROC_MAG_MASK, wildcards),
+            "phase": fill(PREPROC_PHASE, wildcards),
+        }
+    return {"image": fill(PREPROC_SWI, wildcards), "mask": fill(PREPROC_MASK, wildcards)}
+
+
+def register_inputs(wildcards):
+    files = {k: v for k, v in preprocessed(wildcards).items() if k in ("image", "mask")}
+    if has_t1w(wildcards):
+        files["t1w"] = ingested(wildcards)["t1w"]
+    return files
+
+
+def qc_inputs(wildcards):
+    files = {k: v for k, v in preprocessed(wildcards).items() if k in ("image", "mask")}
+    files["mars"] = fill(REGISTERED["mars"], wildcards)
+    return files
+
+
+# ------------------------------------------------------------------ status records
+
+# Every subject job writes a status record (cmb.failures) per stage. failures.csv
+# depends on all of them, which pulls every subject job into the DAG; the downstream
+# stages read their upstream records to skip a subject whose input failed.
+
+
+def ingest_status(wildcards):
+    """Status record of the subject's magnitude/phase ingestion."""
+    return [fill(status_path("ingest_swi_phase" if has_phase(wildcards) else "ingest_swi"), wildcards)]
+
+
+def ingest_t1w_status(wildcards):
+    return [fill(status_path("ingest_t1w"), wildcards)] if has_t1w(wildcards) else []
+
+
+def preprocess_status(wildcards):
+    return [fill(status_path("preprocess_swi_phase" if has_phase(wildcards) else "preprocess_swi"), wildcards)]
+
+
+def register_status(wildcards):
+    return [fill(status_path("register_to_mni"), wildcards)]
+
+
+def qc_status(wildcards):
+    return [fill(status_path(f"plot_{name}"), wildcards) for name in QC_FIGURES]
 
 
 def subject_status_records():
-    """Every status record of every subject job (inputs of failures.csv)."""
+    """Every status record of every subject job (the inputs of failures.csv)."""
+    stages = (ingest_status, ingest_t1w_status, preprocess_status, register_status, qc_status)
     out = []
     for rec in RECORDS.values():
         wc = record_wildcards(rec)
-        out += [p for f in SUBJECT_STATUS for p in f(wc)]
+        out += [p for stage in stages for p in stage(wc)]
     return out
+
+
+# ------------------------------------------------------------------ command-line arguments
+
+
+def ingest_record_args(wildcards):
+    """``cmb.ingest run`` arguments that come from the input record."""
+    rec = record(wildcards)
+    args = session_args(wildcards) + ["--kind", rec.kind or "none", "--reason", rec.reason]
+    args += ["--bids-dir", rec.bids_dir]
+    if rec.echo_times:
+        args += ["--echo-times", *(repr(t) for t in rec.echo_times)]
+    return args
+
+
+def ingest_t1w_args(wildcards):
+    """``cmb.ingest run`` arguments for the T1w: it is checked as a single-echo magnitude
+    (the "t2starw" kind); the reason names it as the T1w."""
+    rec = record(wildcards)
+    reason = f"T1w of {rec.participant_id}: {rec.reason.split('; ')[-1]}"
+    return session_args(wildcards) + ["--kind", "t2starw", "--reason", reason, "--bids-dir", rec.bids_dir]
+
+
+def register_args(wildcards, input, output):
+    upstream = preprocess_status(wildcards) + ingest_t1w_status(wildcards)
+    return {
+        "soft": soft_args("register", "register_to_mni", wildcards, non_status(output), output.status, upstream),
+        "t1w": ["--t1w", input.t1w] if "t1w" in input.keys() else [],
+        "prefix": fill(XFM_PREFIX, wildcards),
+    }
+
+
+def qc_args(wildcards, output):
+    return {
+        "brain_mask": soft_args("plot_brain_mask", "plot_qc", wildcards, output.brain_mask,
+                                output.brain_mask_status, preprocess_status(wildcards)),
+        "registration": soft_args("plot_registration", "plot_qc", wildcards, output.registration,
+                                  output.registration_status, register_status(wildcards)),
+    }
+
+
+def _ingest_options():
+    c = config["ingest"]
+    args = [
+        "--phase-units", c["phase_units"],
+        "--echo-method", c["echo_method"],
+        "--min-fov-mm", repr(float(c["min_fov_mm"] or 0)),
+        "--max-voxel-mm", repr(float(c["max_voxel_mm"])),
+        "--max-nonfinite-fraction", repr(float(c["max_nonfinite_fraction"])),
+    ]
+    if c["phase_echo"] is not None:
+        args += ["--phase-echo", str(c["phase_echo"])]
+    return args
+
+
+def _preprocess_options():
+    c = config["preprocess"]
+    return [
+        "--paramagnetic-phase", c["paramagnetic_phase"],
+        "--highpass-sigma-mm", repr(float(c["highpass_sigma_mm"])),
+        "--n4-spacing-mm", repr(float(c["n4_spacing_mm"])),
+        "--n4-iterations", ",".join(str(int(i)) for i in c["n4_iterations"]),
+        "--mask-work-mm", repr(float(c["mask_work_mm"])),
+        "--mask-grow-mm", repr(float(c["mask_grow_mm"])),
+        "--normalize", c["normalize"],
+    ]
+
+
+def _register_options():
+    c = config["register"]
+    args = [
+        "--source-space", SOURCE_SPACE,
+        "--step-mm", str(c["step_mm"]),
+        "--syn-iterations", ",".join(str(int(i)) for i in c["syn_iterations"]),
+        "--interpolation", c["label_interpolation"],
+    ]
+    return args + ([] if c["syn"] else ["--no-syn"])
+
+
+DATASET_DESCRIPTION = {
+    "Name": "cmb: cerebral microbleed detection",
+    "BIDSVersion": "1.10.0",
+    "DatasetType": "derivative",
+    "GeneratedBy": [
+        {
+            "Name": "cmb",
+            "Version": CMB_VERSION,
+            "Description": f"Snakemake workflow: ingestion, preprocessing, registration to {MNI}, "
+            "MARS regions in native space",
+        }
+    ],
+    "SourceDatasets": [{"URL": f"file://{os.path.abspath(config['bids_dir'])}"}],
+}
+INGEST_OPTIONS = _ingest_options()
+PREPROCESS_OPTIONS = _preprocess_options()
+REGISTER_OPTIONS = _register_options()
 
 
 # ------------------------------------------------------------------ soft failures
@@ -288,12 +483,3 @@ def soft_args(stage, rule, wildcards, outputs, record, upstream=()):
     if upstream:
         args += ["--upstream", *upstream]
     return args
-
-
-def job_tmpdir(name):
-    """Shell snippet (for a rule's shell template): a private TMPDIR for this job,
-    removed when the job ends."""
-    return (
-        'export TMPDIR="$(mktemp -d "${{TMPDIR:-/tmp}}/cmb-%s.XXXXXX")"; '
-        "trap 'rm -rf \"$TMPDIR\"' EXIT; " % name
-    )

@@ -1,6 +1,7 @@
 """Ingestion: one checked input per subject/session, written as ``desc-ingested``.
 
-Which files a subject gets depends on its input record (rules/common.smk):
+Which files a subject gets depends on its input record (rules/common.smk has the
+paths and input functions):
 
 - without phase: ``desc-ingested_swi.nii.gz`` (rule ingest_swi);
 - with phase: ``part-mag_desc-ingested_swi.nii.gz`` and
@@ -11,79 +12,6 @@ Each image gets a JSON report next to it (the chosen files, why, their SHA-256,
 fixes applied). "swi" names the susceptibility-weighted magnitude whatever the
 input kind (SWI, GRE, echo-combined MEGRE or T2starw); the report says which.
 """
-
-INGESTED_SWI = out_path(desc="ingested", suffix="swi.nii.gz")
-INGESTED_MAG = out_path(part="mag", desc="ingested", suffix="swi.nii.gz")
-INGESTED_PHASE = out_path(part="phase", desc="ingested", suffix="swi.nii.gz")
-INGESTED_T1W = out_path(desc="ingested", suffix="T1w.nii.gz")
-
-
-def ingested(wildcards):
-    """The ingested files of a subject: ``mag``, ``phase`` (if any) and their status records."""
-    if has_phase(wildcards):
-        files = {
-            "mag": fill(INGESTED_MAG, wildcards),
-            "phase": fill(INGESTED_PHASE, wildcards),
-            "ingest_status": fill(status_path("ingest_swi_phase"), wildcards),
-        }
-    else:
-        files = {
-            "mag": fill(INGESTED_SWI, wildcards),
-            "ingest_status": fill(status_path("ingest_swi"), wildcards),
-        }
-    if has_t1w(wildcards):
-        files["t1w"] = fill(INGESTED_T1W, wildcards)
-        files["t1w_status"] = fill(status_path("ingest_t1w"), wildcards)
-    return files
-
-
-def ingest_status(wildcards):
-    """Status records of the subject's magnitude/phase ingestion (not the T1w's)."""
-    return [ingested(wildcards)["ingest_status"]]
-
-
-def ingest_t1w_status(wildcards):
-    return [ingested(wildcards)["t1w_status"]] if has_t1w(wildcards) else []
-
-
-SUBJECT_STATUS.extend([ingest_status, ingest_t1w_status])
-
-
-def ingest_record_args(wildcards):
-    """``cmb.ingest run`` arguments that come from the input record."""
-    rec = record(wildcards)
-    args = session_args(wildcards) + ["--kind", rec.kind or "none", "--reason", rec.reason]
-    args += ["--bids-dir", rec.bids_dir]
-    if rec.echo_times:
-        args += ["--echo-times", *(repr(t) for t in rec.echo_times)]
-    return args
-
-
-def ingest_t1w_args(wildcards):
-    # cmb.ingest checks a lone image as a single-echo magnitude ("t2starw" kind);
-    # the reason names it as the T1w.
-    rec = record(wildcards)
-    return session_args(wildcards) + [
-        "--kind", "t2starw", "--reason", f"T1w of {rec.participant_id}: {rec.reason.split('; ')[-1]}",
-        "--bids-dir", rec.bids_dir,
-    ]
-
-
-def _ingest_options():
-    c = config["ingest"]
-    args = [
-        "--phase-units", c["phase_units"],
-        "--echo-method", c["echo_method"],
-        "--min-fov-mm", repr(float(c["min_fov_mm"] or 0)),
-        "--max-voxel-mm", repr(float(c["max_voxel_mm"])),
-        "--max-nonfinite-fraction", repr(float(c["max_nonfinite_fraction"])),
-    ]
-    if c["phase_echo"] is not None:
-        args += ["--phase-echo", str(c["phase_echo"])]
-    return args
-
-
-INGEST_OPTIONS = _ingest_options()
 
 
 rule ingest_swi:

@@ -10,51 +10,6 @@ Like ingestion, a subject with phase gets part-mag/part-phase names:
   paramagnetic positive; its .json says so) and ``part-mag_desc-preproc_swi.json``.
 """
 
-PREPROC_SWI = out_path(desc="preproc", suffix="swi.nii.gz")
-PREPROC_MASK = out_path(desc="brain", suffix="mask.nii.gz")
-PREPROC_MAG = out_path(part="mag", desc="preproc", suffix="swi.nii.gz")
-PREPROC_MAG_MASK = out_path(part="mag", desc="brain", suffix="mask.nii.gz")
-PREPROC_PHASE = out_path(part="phase", desc="preproc", suffix="swi.nii.gz")
-
-
-def preprocessed(wildcards):
-    """The preprocessed files of a subject: ``image``, ``mask``, ``phase`` (if any), status."""
-    if has_phase(wildcards):
-        return {
-            "image": fill(PREPROC_MAG, wildcards),
-            "mask": fill(PREPROC_MAG_MASK, wildcards),
-            "phase": fill(PREPROC_PHASE, wildcards),
-            "preprocess_status": fill(status_path("preprocess_swi_phase"), wildcards),
-        }
-    return {
-        "image": fill(PREPROC_SWI, wildcards),
-        "mask": fill(PREPROC_MASK, wildcards),
-        "preprocess_status": fill(status_path("preprocess_swi"), wildcards),
-    }
-
-
-def preprocess_status(wildcards):
-    return [preprocessed(wildcards)["preprocess_status"]]
-
-
-SUBJECT_STATUS.append(preprocess_status)
-
-
-def _preprocess_options():
-    c = config["preprocess"]
-    return [
-        "--paramagnetic-phase", c["paramagnetic_phase"],
-        "--highpass-sigma-mm", repr(float(c["highpass_sigma_mm"])),
-        "--n4-spacing-mm", repr(float(c["n4_spacing_mm"])),
-        "--n4-iterations", ",".join(str(int(i)) for i in c["n4_iterations"]),
-        "--mask-work-mm", repr(float(c["mask_work_mm"])),
-        "--mask-grow-mm", repr(float(c["mask_grow_mm"])),
-        "--normalize", c["normalize"],
-    ]
-
-
-PREPROCESS_OPTIONS = _preprocess_options()
-
 
 rule preprocess_swi:
     """Reorient, bias-correct, mask and normalize a magnitude without phase."""
