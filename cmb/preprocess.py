@@ -6,7 +6,8 @@ Steps (one function each, chained by :func:`preprocess_subject`):
    flips only: voxel values are not resampled and every voxel keeps its world
    coordinates (an oblique grid stays oblique);
 2. :func:`n4_bias_correct`: N4 on a block-averaged copy (about 4 mm), the smooth
-   bias field interpolated back to the full grid; full-resolution N4 is ~30x slower;
+   bias field interpolated back to the full grid (2-3 s on a 512 x 448 x 72 SWI,
+   against 45 s for ANTs N4 on the full grid with shrink factor 4);
 3. :func:`cmb.brain_mask.compute_brain_mask`: registered template mask refined by
    intensity;
 4. :func:`normalize_intensity`: median of the brain = 1;

@@ -209,7 +209,15 @@ def test_affine_only_writes_identity_warps(case, tmp_path):
 
 
 def test_t1w_route(case, tmp_path):
-    rep = register_subject(case["image"], case["mask"], tmp_path / "sub-01", t1w=case["t1w"],
+    # the T1w of another session: the head moved by 8 degrees and 6 mm
+    t1 = nib.load(case["t1w"])
+    motion = np.eye(4)
+    a = np.deg2rad(8.0)
+    motion[1:3, 1:3] = [[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]
+    motion[:3, 3] = [6.0, -4.0, 3.0]
+    moved = tmp_path / "T1w_moved.nii.gz"
+    nib.save(nib.Nifti1Image(np.asanyarray(t1.dataobj), motion @ t1.affine), moved)
+    rep = register_subject(case["image"], case["mask"], tmp_path / "sub-01", t1w=moved,
                            out_quality=tmp_path / "q.json")
     assert (tmp_path / "sub-01_from-T2starw_to-T1w_mode-image_xfm.mat").is_file()
     assert rep["quality"]["contrast"] == "t1"
