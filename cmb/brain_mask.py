@@ -75,6 +75,16 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
     return out
 
 
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice overlap of two masks (1.0 for two empty masks).
+
+    >>> _dice(np.array([1, 1, 0], bool), np.array([1, 0, 0], bool))
+    0.6666666666666666
+    """
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * float((a & b).sum()) / total
+
+
 def _erode(mask: np.ndarray, mm: float, zooms) -> np.ndarray:
     if mm <= 0:
         return mask
@@ -209,8 +219,23 @@ def refine_brain_mask(data: np.ndarray, prior: np.ndarray, zooms=(1.0, 1.0, 1.0)
 
 
 def compute_brain_mask(img: nib.Nifti1Image, *, work_mm: float = 2.0, register_step_mm: int = 4,
-                       core_mm: float = 4.0, grow_mm: float = 6.0, dark_fraction: float = 0.35) -> tuple[np.ndarray, dict]:
+                       core_mm: float = 4.0, grow_mm: float = 6.0, dark_fraction: float = 0.35,
+                       min_agreement: float = 0.7) -> tuple[np.ndarray, dict]:
     """Brain mask of a bias-corrected SWI/T2* magnitude image (RAS, any voxel size).
+
+    Parameters
+    ----------
+    img : nibabel image
+    work_mm : float
+        Voxel size of the morphology (block average of ``img``).
+    register_step_mm : int
+        Resolution of the template registration (:func:`template_brain_prior`).
+    core_mm, grow_mm, dark_fraction : float
+        See :func:`refine_brain_mask`.
+    min_agreement : float
+        If the registered template mask and the intensity-based rough mask have a
+        Dice below this, the registration is taken as failed and the rough mask
+        is refined instead (recorded in ``info``).
 
     Returns
     -------
@@ -225,6 +250,12 @@ def compute_brain_mask(img: nib.Nifti1Image, *, work_mm: float = 2.0, register_s
     rough = rough_brain_mask(small, head, zooms)
     work = nib.Nifti1Image(small, aff)
     prior, matrix = template_brain_prior(work, rough, register_step_mm)
+    agreement = _dice(prior > 0.5, rough)
+    if agreement < min_agreement:
+        # a failed template registration must not cut the brain: fall back to the rough mask
+        _log.warning("registered template mask disagrees with the intensity mask (Dice %.2f < %.2f): "
+                     "using the intensity mask", agreement, min_agreement)
+        prior = rough.astype(np.float32)
     mask = refine_brain_mask(small, prior, zooms, core_mm=core_mm, grow_mm=grow_mm, dark_fraction=dark_fraction)
     # back to the input grid: linear interpolation of the (slightly smoothed) mask
     up = upsample_blocks(ndi.gaussian_filter(mask.astype(np.float32), 0.5), data.shape, factors)
@@ -235,6 +266,8 @@ def compute_brain_mask(img: nib.Nifti1Image, *, work_mm: float = 2.0, register_s
         "head_ml": round(float(head.sum()) * vox_ml, 1),
         "rough_brain_ml": round(float(rough.sum()) * vox_ml, 1),
         "template_prior_ml": round(float((prior > 0.5).sum()) * vox_ml, 1),
+        "template_rough_dice": round(agreement, 4),
+        "template_prior_used": bool(agreement >= min_agreement),
         "brain_ml": round(float(full.sum()) * float(np.prod(_zooms(img.affine))) / 1000.0, 1),
         "subject_to_mni_affine": np.round(matrix, 6).tolist(),
     }

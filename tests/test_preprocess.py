@@ -197,3 +197,13 @@ def test_phase_on_another_grid_is_rejected_before_any_work(subject, tmp_path):
     with pytest.raises(ValueError, match="phase_bad"):
         preprocess_subject(subject["mag"], bad, tmp_path / "m.nii.gz", tmp_path / "k.nii.gz", tmp_path / "p.nii.gz")
     assert not (tmp_path / "m.nii.gz").exists()
+
+
+def test_brain_mask_falls_back_to_intensity_when_the_template_disagrees(subject, preprocessed):
+    from cmb.brain_mask import compute_brain_mask
+
+    img = nib.load(preprocessed["mag"])  # bias-corrected already
+    truth = np.asanyarray(reorient_to_ras(nib.load(subject["brain"])).dataobj) > 0
+    mask, info = compute_brain_mask(img, min_agreement=1.01)  # no registration can pass this
+    assert info["template_prior_used"] is False and info["template_rough_dice"] > 0.8
+    assert (mask & truth).sum() / truth.sum() >= 0.95 and (mask & ~truth).sum() / mask.sum() <= 0.15
