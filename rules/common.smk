@@ -10,6 +10,7 @@
 """
 
 import os
+import shlex
 import textwrap
 
 import jsonschema
@@ -335,6 +336,10 @@ def subject_status_records():
 
 # ------------------------------------------------------------------ command-line arguments
 
+# These return argument strings already quoted for the shell (shlex.join), so rules
+# insert them as {params.x} (no :q). Quoting once here, not in every formatting of a
+# job's command, keeps `snakemake -n` fast on large cohorts.
+
 
 def ingest_record_args(wildcards):
     """``cmb.ingest run`` arguments that come from the input record."""
@@ -343,7 +348,12 @@ def ingest_record_args(wildcards):
     args += ["--bids-dir", rec.bids_dir]
     if rec.echo_times:
         args += ["--echo-times", *(repr(t) for t in rec.echo_times)]
-    return args
+    return shlex.join(args)
+
+
+def ingest_mag_args(wildcards, input):
+    """``--mag FILE...`` (echoes in order), or nothing for a subject without usable input."""
+    return shlex.join(["--mag", *input.mag]) if input.mag else ""
 
 
 def ingest_t1w_args(wildcards):
@@ -351,15 +361,16 @@ def ingest_t1w_args(wildcards):
     (the "t2starw" kind); the reason names it as the T1w."""
     rec = record(wildcards)
     reason = f"T1w of {rec.participant_id}: {rec.reason.split('; ')[-1]}"
-    return session_args(wildcards) + ["--kind", "t2starw", "--reason", reason, "--bids-dir", rec.bids_dir]
+    return shlex.join(session_args(wildcards) + ["--kind", "t2starw", "--reason", reason,
+                                                 "--bids-dir", rec.bids_dir])
 
 
 def register_args(wildcards, input, output):
     upstream = preprocess_status(wildcards) + ingest_t1w_status(wildcards)
     return {
         "soft": soft_args("register", "register_to_mni", wildcards, non_status(output), output.status, upstream),
-        "t1w": ["--t1w", input.t1w] if "t1w" in input.keys() else [],
-        "prefix": fill(XFM_PREFIX, wildcards),
+        "t1w": shlex.join(["--t1w", input.t1w]) if "t1w" in input.keys() else "",
+        "prefix": shlex.quote(fill(XFM_PREFIX, wildcards)),
     }
 
 
@@ -424,9 +435,9 @@ DATASET_DESCRIPTION = {
     ],
     "SourceDatasets": [{"URL": f"file://{os.path.abspath(config['bids_dir'])}"}],
 }
-INGEST_OPTIONS = _ingest_options()
-PREPROCESS_OPTIONS = _preprocess_options()
-REGISTER_OPTIONS = _register_options()
+INGEST_OPTIONS = shlex.join(_ingest_options())
+PREPROCESS_OPTIONS = shlex.join(_preprocess_options())
+REGISTER_OPTIONS = shlex.join(_register_options())
 
 
 # ------------------------------------------------------------------ soft failures
@@ -473,8 +484,9 @@ def non_status(output):
 
 
 def soft_args(stage, rule, wildcards, outputs, record, upstream=()):
-    """Wrapper arguments (before ``--``) for one subject's stage run by ``rule``: the
-    stage writes ``outputs`` (placeholders on failure) and its status ``record``."""
+    """Wrapper arguments (before ``--``, shell-quoted) for one subject's stage run by
+    ``rule``: the stage writes ``outputs`` (placeholders on failure) and its status
+    ``record``."""
     args = [stage, "--subject", wildcards.subject]
     if session_label(wildcards):
         args += ["--session", session_label(wildcards)]
@@ -482,4 +494,4 @@ def soft_args(stage, rule, wildcards, outputs, record, upstream=()):
     args += ["--outputs", *([outputs] if isinstance(outputs, str) else outputs)]
     if upstream:
         args += ["--upstream", *upstream]
-    return args
+    return shlex.join(args)

@@ -24,7 +24,7 @@ rule ingest_swi:
         status=status_path("ingest_swi"),
     params:
         record=ingest_record_args,
-        mag=lambda wc, input: ["--mag", *input.mag] if input.mag else [],
+        mag=ingest_mag_args,
         options=INGEST_OPTIONS,
     log:
         log_path("ingest_swi"),
@@ -37,8 +37,8 @@ rule ingest_swi:
     conda:
         "../envs/ants.yaml"
     shell:
-        "python -m cmb.ingest run {params.record:q} {params.mag:q}"
-        " --out-mag {output.mag:q} --out-json {output.report:q} {params.options:q}"
+        "python -m cmb.ingest run {params.record} {params.mag}"
+        " --out-mag {output.mag:q} --out-json {output.report:q} {params.options}"
         " --failure-record {output.status:q} --log {log:q} &> {log:q}"
 
 
@@ -66,9 +66,9 @@ rule ingest_swi_phase:
     conda:
         "../envs/ants.yaml"
     shell:
-        "python -m cmb.ingest run {params.record:q} --mag {input.mag:q} --phase {input.phase:q}"
+        "python -m cmb.ingest run {params.record} --mag {input.mag:q} --phase {input.phase:q}"
         " --out-mag {output.mag:q} --out-phase {output.phase:q} --out-json {output.report:q}"
-        " {params.options:q} --failure-record {output.status:q} --log {log:q} &> {log:q}"
+        " {params.options} --failure-record {output.status:q} --log {log:q} &> {log:q}"
 
 
 rule ingest_t1w:
@@ -93,6 +93,6 @@ rule ingest_t1w:
     conda:
         "../envs/ants.yaml"
     shell:
-        "python -m cmb.ingest run {params.record:q} --mag {input.t1w:q}"
-        " --out-mag {output.t1w:q} --out-json {output.report:q} {params.options:q}"
+        "python -m cmb.ingest run {params.record} --mag {input.t1w:q}"
+        " --out-mag {output.t1w:q} --out-json {output.report:q} {params.options}"
         " --failure-record {output.status:q} --log {log:q} &> {log:q}"

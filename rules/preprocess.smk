@@ -35,10 +35,10 @@ rule preprocess_swi:
     conda:
         "../envs/ants.yaml"
     shell:
-        ": > {log:q}; python -c \"$CMB_SOFT_STAGE\" {params.soft:q} --"
+        ": > {log:q}; python -c \"$CMB_SOFT_STAGE\" {params.soft} --"
         " python -m cmb.preprocess --mag {input.mag:q}"
         " --out-mag {output.image:q} --out-mask {output.mask:q} --out-json {output.report:q}"
-        " {params.options:q} --threads {threads} &>> {log:q}"
+        " {params.options} --threads {threads} &>> {log:q}"
 
 
 rule preprocess_swi_phase:
@@ -68,7 +68,7 @@ rule preprocess_swi_phase:
     conda:
         "../envs/ants.yaml"
     shell:
-        ": > {log:q}; python -c \"$CMB_SOFT_STAGE\" {params.soft:q} --"
+        ": > {log:q}; python -c \"$CMB_SOFT_STAGE\" {params.soft} --"
         " python -m cmb.preprocess --mag {input.mag:q} --phase {input.phase:q}"
         " --out-mag {output.image:q} --out-mask {output.mask:q} --out-phase {output.phase:q}"
-        " --out-json {output.report:q} {params.options:q} --threads {threads} &>> {log:q}"
+        " --out-json {output.report:q} {params.options} --threads {threads} &>> {log:q}"

@@ -67,11 +67,11 @@ rule register_to_mni:
         ": > {log:q}; "
         'export TMPDIR="$(mktemp -d "${{TMPDIR:-/tmp}}/cmb-register.XXXXXX")"; '
         "trap 'rm -rf \"$TMPDIR\"' EXIT; "
-        "python -c \"$CMB_SOFT_STAGE\" {params.args[soft]:q} --"
-        " python -m cmb.register --image {input.image:q} --mask {input.mask:q} {params.args[t1w]:q}"
-        " --out-prefix {params.args[prefix]:q} --out-quality {output.quality:q}"
+        "python -c \"$CMB_SOFT_STAGE\" {params.args[soft]} --"
+        " python -m cmb.register --image {input.image:q} --mask {input.mask:q} {params.args[t1w]}"
+        " --out-prefix {params.args[prefix]} --out-quality {output.quality:q}"
         " --mars-mni {input.mars:q} --out-mars {output.mars:q} --out-mars-tsv {output.mars_tsv:q}"
-        " {params.options:q} --threads {threads} &>> {log:q}"
+        " {params.options} --threads {threads} &>> {log:q}"
 
 
 rule plot_qc:
@@ -96,9 +96,9 @@ rule plot_qc:
     conda:
         "../envs/report.yaml"
     shell:
-        ": > {log:q}; python -c \"$CMB_SOFT_STAGE\" {params.soft[brain_mask]:q} --"
+        ": > {log:q}; python -c \"$CMB_SOFT_STAGE\" {params.soft[brain_mask]} --"
         " python -m cmb.qc_figures mask --image {input.image:q} --mask {input.mask:q}"
         " --out {output.brain_mask:q} &>> {log:q};"
-        " python -c \"$CMB_SOFT_STAGE\" {params.soft[registration]:q} --"
+        " python -c \"$CMB_SOFT_STAGE\" {params.soft[registration]} --"
         " python -m cmb.qc_figures registration --image {input.image:q} --dseg {input.mars:q}"
         " --out {output.registration:q} &>> {log:q}"
