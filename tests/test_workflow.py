@@ -243,13 +243,17 @@ def _truncate(path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def cohort_run(tmp_path_factory):
-    """One real run on a tiny cohort: sub-01 and sub-02 intact, sub-03's magnitude truncated."""
+    """One real run on a tiny cohort: sub-01 and sub-02 intact, sub-03's magnitude truncated.
+
+    The folders have spaces and shell metacharacters in their names: every path must
+    reach the stage CLIs quoted (nothing here may run as a command).
+    """
     base = tmp_path_factory.mktemp("cohort")
-    bids = _synth(base / "bids", 3, seed=7)
+    bids = _synth(base / "raw data; $(touch PWNED) (v1)", 3, seed=7)
     mags = [p for p in sorted((bids / "sub-03").rglob("*.nii.gz"))
             if "T1w" not in p.name and "phase" not in p.name]
     _truncate(mags[0])
-    out = base / "derivatives" / "cmb"
+    out = base / "deriv atives" / "cmb"
     proc = run_snakemake(base, "--profile", str(REPO / "profiles" / "local"), "--cores", "2",
                          "--config", f"bids_dir={bids}", f"output_dir={out}", timeout=1200)
     return {"base": base, "bids": bids, "out": out, "proc": proc, "corrupt": mags[0]}
@@ -263,6 +267,7 @@ def _anat(out: Path, sub: str) -> Path:
 def test_end_to_end_outputs(cohort_run):
     proc, out = cohort_run["proc"], cohort_run["out"]
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    assert not list(cohort_run["base"].rglob("PWNED")) and not (REPO / "PWNED").exists()
     desc = json.loads((out / "dataset_description.json").read_text())
     assert desc["DatasetType"] == "derivative" and desc["GeneratedBy"][0]["Name"] == "cmb"
     for sub in ("01", "02"):
