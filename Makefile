@@ -5,6 +5,8 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 
 PYTHON ?= python3
+# the interpreter that creates the venv, found before .venv/bin is put first on PATH
+BASE_PYTHON := $(shell command -v $(PYTHON))
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.cmb-installed
@@ -22,7 +24,7 @@ PYTEST_ARGS ?=
 env: $(STAMP)
 
 $(STAMP): requirements-cpu.txt pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	$(BASE_PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -r requirements-cpu.txt -e .
 	touch $@
 
