@@ -74,7 +74,7 @@ def grid_affine(step: int = 1) -> tuple[np.ndarray, tuple[int, int, int]]:
     """Affine and shape of the reference grid, subsampled by ``step``.
 
     >>> aff, shape = grid_affine(2)
-    >>> shape, aff[0, 0]
+    >>> shape, float(aff[0, 0])
     ((97, 115, 97), 2.0)
     """
     img = nib.load(template_t1_path())
