@@ -27,6 +27,7 @@ wildcard_constraints:
 include: "rules/ingest.smk"
 include: "rules/preprocess.smk"
 include: "rules/register.smk"
+include: "rules/detect.smk"
 include: "rules/cohort.smk"
 
 

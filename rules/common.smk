@@ -252,6 +252,14 @@ REGISTERED = {
     "mars_tsv": out_path(desc="mars", suffix="dseg.tsv"),
     "quality": xfm_path(SOURCE_SPACE, MNI, "json"),  # sidecar: registration quality, timings
 }
+# detect (rules/detect.smk): every candidate of the screen with its calibrated
+# confidence, on the preprocessed grid (cmb.detect).
+DETECTED = {
+    "table": out_path(desc="candidates", suffix="cmb.tsv"),
+    "sidecar": out_path(desc="candidates", suffix="cmb.json"),
+    "dseg": out_path(desc="candidates", suffix="dseg.nii.gz"),
+    "prob": out_path(desc="cmb", suffix="probseg.nii.gz"),
+}
 QC_FIGURES = {
     "brain_mask": out_path(datatype="figures", desc="brainmask", suffix="swi.svg"),
     "registration": out_path(datatype="figures", desc="registration", suffix="swi.svg"),
@@ -320,13 +328,17 @@ def register_status(wildcards):
     return [fill(status_path("register_to_mni"), wildcards)]
 
 
+def detect_status(wildcards):
+    return [fill(status_path("detect_cmb"), wildcards)]
+
+
 def qc_status(wildcards):
     return [fill(status_path(f"plot_{name}"), wildcards) for name in QC_FIGURES]
 
 
 def subject_status_records():
     """Every status record of every subject job (the inputs of failures.csv)."""
-    stages = (ingest_status, ingest_t1w_status, preprocess_status, register_status, qc_status)
+    stages = (ingest_status, ingest_t1w_status, preprocess_status, register_status, detect_status, qc_status)
     out = []
     for rec in RECORDS.values():
         wc = record_wildcards(rec)
@@ -383,6 +395,14 @@ def qc_args(wildcards, output):
     }
 
 
+def detect_args(wildcards, input, output):
+    return {
+        "soft": soft_args("detect", "detect_cmb", wildcards, non_status(output), output.status,
+                          preprocess_status(wildcards)),
+        "phase": shlex.join(["--phase", input.phase]) if "phase" in input.keys() else "",
+    }
+
+
 def _ingest_options():
     c = config["ingest"]
     args = [
@@ -421,6 +441,19 @@ def _register_options():
     return args + ([] if c["syn"] else ["--no-syn"])
 
 
+def _detect_options():
+    c = config["detection"]
+    args = ["--model", MODEL_DIR, "--batch-size", str(c["batch_size"])]
+    if c["threshold"] is not None:
+        args += ["--threshold", repr(float(c["threshold"]))]
+    args += [] if c["use_gpu"] else ["--cpu"]
+    return args + ([] if c["use_phase"] else ["--no-phase"])
+
+
+MODEL_DIR = config["detection"]["model_dir"] or os.path.join(workflow.basedir, "cmb", "detect", "weights", "default")
+MODEL_FILES = [os.path.join(MODEL_DIR, "model.safetensors"), os.path.join(MODEL_DIR, "model_card.json")]
+
+
 DATASET_DESCRIPTION = {
     "Name": "cmb: cerebral microbleed detection",
     "BIDSVersion": "1.10.0",
@@ -438,6 +471,7 @@ DATASET_DESCRIPTION = {
 INGEST_OPTIONS = shlex.join(_ingest_options())
 PREPROCESS_OPTIONS = shlex.join(_preprocess_options())
 REGISTER_OPTIONS = shlex.join(_register_options())
+DETECT_OPTIONS = shlex.join(_detect_options())
 
 
 # ------------------------------------------------------------------ soft failures

@@ -1,1 +1,31 @@
-"""CMB detection: networks, weights and inference (issue 4; in progress)."""
+"""CMB detection: candidate screen, CNN scoring, calibrated confidences.
+
+The detect stage writes, on the subject's preprocessed grid (RAS-reoriented
+native voxels, same scanner coordinates as the input image), a table with one row
+per candidate and these columns (:data:`CANDIDATE_COLUMNS`):
+
+``candidate_id``
+    1..n, strongest first; the value of the candidate's voxels in the ``dseg`` image.
+``i, j, k``
+    Centre voxel on the preprocessed grid (integers).
+``x_mm, y_mm, z_mm``
+    Centre in scanner RAS millimetres.
+``volume_mm3, diameter_mm``
+    Extent of the dark blob (sphere-equivalent diameter).
+``screen_score``
+    Relative darkness from the classical screen (0-1).
+``sphericity``
+    1 for a ball, lower for tubes (veins) and sheets.
+``phase_mean, phase_sign``
+    Mean high-pass phase (radians, paramagnetic positive) over the blob and its
+    sign (``paramagnetic``, ``diamagnetic``, or ``n/a`` without phase).
+``confidence``
+    Calibrated probability that the candidate is a CMB.
+``above_threshold``
+    ``confidence >= threshold`` (the operating threshold of the model card, or config).
+"""
+
+CANDIDATE_COLUMNS = [
+    "candidate_id", "i", "j", "k", "x_mm", "y_mm", "z_mm", "volume_mm3", "diameter_mm",
+    "screen_score", "sphericity", "phase_mean", "phase_sign", "confidence", "above_threshold",
+]

@@ -1,0 +1,43 @@
+"""CMB detection on each subject's preprocessed magnitude (and phase, when present).
+
+detect_cmb (cmb.detect): the dark-blob screen proposes candidates over the brain
+mask; the CNN scores a multi-scale patch around each; every candidate is kept with
+its calibrated confidence and ``above_threshold``. Outputs, on the preprocessed grid::
+
+    sub-X_desc-candidates_cmb.tsv       one row per candidate (cmb.detect.CANDIDATE_COLUMNS)
+    sub-X_desc-candidates_cmb.json      model card SHA-256, threshold, device, timings
+    sub-X_desc-candidates_dseg.nii.gz   each candidate's voxels labelled with its candidate_id
+    sub-X_desc-cmb_probseg.nii.gz       confidence painted over each candidate's voxels
+
+The rule asks SLURM for a GPU (``resources: gpu=1``) unless detection.use_gpu is
+false; without a visible GPU it runs on the CPU with the same results.
+"""
+
+
+rule detect_cmb:
+    """Candidates and their calibrated confidences (CUDA when visible, else CPU)."""
+    input:
+        unpack(lambda wc: {k: v for k, v in preprocessed(wc).items()}),
+        model=MODEL_FILES,
+    output:
+        **DETECTED,
+        status=status_path("detect_cmb"),
+    params:
+        args=detect_args,
+        options=DETECT_OPTIONS,
+    log:
+        log_path("detect_cmb"),
+    benchmark:
+        benchmark_path("detect_cmb")
+    threads: 2
+    resources:
+        mem_mb=lambda wc, attempt: 6000 * attempt,
+        runtime=lambda wc, attempt: 15 * attempt,
+        gpu=1 if config["detection"]["use_gpu"] else 0,
+    conda:
+        "../envs/torch.yaml"
+    shell:
+        ": > {log:q}; python -c \"$CMB_SOFT_STAGE\" {params.args[soft]} --"
+        " python -m cmb.detect --image {input.image:q} --mask {input.mask:q} {params.args[phase]}"
+        " --out-table {output.table:q} --out-sidecar {output.sidecar:q} --out-dseg {output.dseg:q}"
+        " --out-prob {output.prob:q} {params.options} --threads {threads} &>> {log:q}"
