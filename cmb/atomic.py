@@ -3,6 +3,11 @@
 Each writer writes to a hidden temporary file in the destination folder, flushes
 it to disk, then renames it over the target with :func:`os.replace`, which is
 atomic on POSIX filesystems.
+
+A process killed with SIGKILL (or a power cut) cannot remove its temporary file:
+the next write of the same target removes such leftovers
+(``.<name>.<random>.tmp<suffix>``). This assumes one writer per target at a time,
+which Snakemake guarantees (one job per output, and a lock per working directory).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None):
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix is None:
         suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
+    _remove_stale_temporaries(path, suffix)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
@@ -56,6 +62,21 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None):
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _remove_stale_temporaries(path: Path, suffix: str) -> None:
+    """Remove temporary files an earlier, killed writer of ``path`` left behind."""
+    prefix, end = f".{path.name}.", f".tmp{suffix}"
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return
+    for name in names:
+        # mkstemp's random part has no dots: ".a.nii.gz.x1y2.tmp.nii.gz", not ".a.nii.gz.b.x1y2..."
+        middle = name[len(prefix):len(name) - len(end)] if name.startswith(prefix) and name.endswith(end) else ""
+        if middle and "." not in middle:
+            with contextlib.suppress(OSError):
+                (path.parent / name).unlink()
 
 
 def write_text(path, text: str) -> None:

@@ -15,6 +15,14 @@ Every workflow stage runs inside :func:`run_stage`. The stage writes a small
   not run at all, its record says ``"skipped"`` with the message
   ``"skipped: upstream stage X failed: reason"``, and placeholders are written.
 
+Faults of the machine rather than of the subject's data are *not* soft
+failures: a full disk or quota (``ENOSPC``, ``EDQUOT``), a read-only output
+filesystem (``EROFS``) and ``MemoryError`` raise :class:`ResourceError` instead
+(no record, no placeholders), so the job fails, Snakemake removes its outputs
+and a rerun after the fix computes it again. Recording them as the subject's
+failure would leave placeholder outputs that look complete and are never
+recomputed.
+
 Records are written atomically (:func:`cmb.atomic.write_json`), so a record is
 either complete or absent. At the end, :func:`collect_failures` gathers every
 record that is not ``ok`` into the cohort ``failures.csv`` (one row per failed or
@@ -31,6 +39,7 @@ labels are prefixed.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
 import logging
 import os
@@ -45,6 +54,7 @@ from cmb.atomic import atomic_path, write_json
 __all__ = [
     "FAILURE_COLUMNS",
     "InputDataError",
+    "ResourceError",
     "collect_failures",
     "one_line",
     "read_record",
@@ -69,6 +79,39 @@ class InputDataError(ValueError):
     >>> str(InputDataError("/data/sub-01_swi.nii.gz: all voxels are zero"))
     '/data/sub-01_swi.nii.gz: all voxels are zero'
     """
+
+
+class ResourceError(RuntimeError):
+    """The machine, not the subject's data, failed (disk full, read-only output, out of memory).
+
+    Raised by :func:`run_stage` so that the job fails hard and is recomputed by a rerun.
+    """
+
+
+_RESOURCE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+# the same errors as a subprocess prints them (the soft-stage wrapper sees only its last line)
+_RESOURCE_TEXT = ("[Errno 28]", "No space left on device", "[Errno 122]", "Disk quota exceeded",
+                  "[Errno 30]", "Read-only file system", "MemoryError")
+
+
+def is_resource_error(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) is a machine fault.
+
+    >>> is_resource_error(OSError(28, "No space left on device"))
+    True
+    >>> is_resource_error(InputDataError("sub-01_swi.nii.gz: all voxels are zero"))
+    False
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno in _RESOURCE_ERRNOS):
+            return True
+        if not isinstance(exc, InputDataError) and any(t in str(exc) or t == type(exc).__name__
+                                                       for t in _RESOURCE_TEXT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def one_line(text: str, limit: int = _MAX_MESSAGE) -> str:
@@ -181,6 +224,12 @@ def run_stage(
         The record written to ``failure_path``; ``record["status"]`` is
         ``"ok"``, ``"failed"`` or ``"skipped"``.
 
+    Raises
+    ------
+    ResourceError
+        ``func`` failed because of the machine (see :func:`is_resource_error`):
+        nothing is recorded, so the job fails and a rerun computes it again.
+
     Examples
     --------
     >>> import tempfile, pathlib
@@ -219,6 +268,12 @@ def run_stage(
     try:
         func()
     except Exception as exc:  # noqa: BLE001 - the point is to catch everything
+        if is_resource_error(exc):
+            message = one_line(f"{type(exc).__name__}: {exc}")
+            _log.error("stage %s for %s %s stopped by a machine fault, not by the subject's data "
+                       "(no failure recorded; fix it and rerun): %s", stage, base["participant_id"],
+                       base["session_id"] or "", message)
+            raise ResourceError(f"{stage} {base['participant_id']}: {message}") from exc
         _log.error("stage %s failed for %s %s", stage, base["participant_id"],
                   base["session_id"] or "", exc_info=True)
         record = {**base, "status": "failed", "error_class": type(exc).__name__,

@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 
 from cmb.atomic import save_nifti, write_json
-from cmb.failures import InputDataError, run_stage
+from cmb.failures import InputDataError, ResourceError, run_stage
 
 __all__ = [
     "DEFAULT_PREFERENCE",
@@ -757,7 +757,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         return 0
     outputs = [o for o in (args.out_mag, args.out_phase, args.out_t1w, args.out_json) if o]
-    rec = run_stage("ingest", args.subject, args.session, outputs, args.failure_record, args.log, work)
+    try:
+        rec = run_stage("ingest", args.subject, args.session, outputs, args.failure_record, args.log, work)
+    except ResourceError as exc:  # disk full etc.: a hard failure, so that a rerun redoes it
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     if rec["status"] != "ok":
         print(f"ingest {rec['status']}: {rec['message']}", file=sys.stderr)
     return 0

@@ -272,6 +272,7 @@ def preprocess_subject(
     mask_grow_mm: float = 6.0,
     normalize: str = "median",
     out_bias: str | os.PathLike | None = None,
+    ingest_report: str | os.PathLike | None = None,
 ) -> dict:
     """Preprocess one ingested scan and write its outputs (atomically).
 
@@ -290,8 +291,10 @@ def preprocess_subject(
         when ``phase`` is given. A JSON sidecar records the convention.
     out_json : path, optional
         Report: parameters, volumes, timings.
-    paramagnetic_phase : {"positive", "negative"}
-        Sign of a paramagnetic shift in the input phase (vendor dependent).
+    paramagnetic_phase : {"positive", "negative", "auto"}
+        Sign of a paramagnetic shift in the input phase (vendor dependent);
+        ``"auto"`` takes it from the Manufacturer in ``ingest_report``
+        (:mod:`cmb.phase_convention`; an unknown vendor is an error).
     highpass_sigma_mm : float
         Homodyne low-pass width (:func:`highpass_phase`).
     n4_spacing_mm, n4_iterations : optional
@@ -302,6 +305,8 @@ def preprocess_subject(
         See :func:`normalize_intensity`.
     out_bias : path, optional
         The bias field (float32), for QC.
+    ingest_report : path, optional
+        The ingest report (``cmb.ingest``) of the input, read by ``"auto"``.
 
     Returns
     -------
@@ -309,11 +314,18 @@ def preprocess_subject(
         The report.
     """
     from cmb.brain_mask import compute_brain_mask
+    from cmb.phase_convention import manufacturer_from_report, resolve_paramagnetic_phase
 
-    if paramagnetic_phase not in PHASE_CONVENTIONS:
-        raise ValueError(f"paramagnetic_phase must be one of {PHASE_CONVENTIONS}, not {paramagnetic_phase!r}")
     if phase is not None and out_phase is None:
         raise ValueError("a phase image was given: out_phase is required")
+    phase_setting, phase_sign_reason = paramagnetic_phase, None
+    if phase is not None or paramagnetic_phase != "auto":  # checked before any work
+        manufacturer = None
+        if paramagnetic_phase == "auto" and ingest_report is not None:
+            manufacturer = manufacturer_from_report(ingest_report)
+        paramagnetic_phase, phase_sign_reason = resolve_paramagnetic_phase(
+            paramagnetic_phase, manufacturer, ingest_report or phase)
+        _log.info("phase sign: %s", phase_sign_reason)
     timings = {}
     t_all = t0 = time.perf_counter()
     _ants()  # the first import of ANTsPy takes seconds: timed on its own
@@ -375,6 +387,8 @@ def preprocess_subject(
             "HighPassFilter": "homodyne (complex / Gaussian low-pass, k-space)",
             "HighPassSigmaMM": highpass_sigma_mm,
             "InputParamagneticPhase": paramagnetic_phase,
+            "InputParamagneticPhaseSetting": phase_setting,
+            "InputParamagneticPhaseReason": phase_sign_reason,
             "ParamagneticPhase": "positive",
             "Description": "high-pass filtered phase; a paramagnetic source (CMB, vein) is positive",
         }
@@ -414,8 +428,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out-phase", help="high-pass phase (required with --phase)")
     p.add_argument("--out-json", help="preprocessing report")
     p.add_argument("--out-bias", help="bias field (optional, QC)")
-    p.add_argument("--paramagnetic-phase", choices=PHASE_CONVENTIONS, default="positive",
-                   help="sign of a paramagnetic shift in the input phase (vendor dependent)")
+    p.add_argument("--paramagnetic-phase", choices=("auto", *PHASE_CONVENTIONS), default="positive",
+                   help="sign of a paramagnetic shift in the input phase (vendor dependent); auto: "
+                        "by the Manufacturer in --ingest-report (Siemens/Philips negative, GE positive)")
+    p.add_argument("--ingest-report", help="the input's ingest report (JSON), read by --paramagnetic-phase auto")
     p.add_argument("--highpass-sigma-mm", type=float, default=4.0, help="homodyne Gaussian low-pass width")
     p.add_argument("--n4-spacing-mm", type=float, default=4.0, help="voxel size N4 runs at")
     p.add_argument("--n4-iterations", default="50,50", help="N4 iterations per level, comma-separated")
@@ -435,7 +451,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         paramagnetic_phase=args.paramagnetic_phase, highpass_sigma_mm=args.highpass_sigma_mm,
         n4_spacing_mm=args.n4_spacing_mm, n4_iterations=tuple(int(i) for i in args.n4_iterations.split(",")),
         mask_work_mm=args.mask_work_mm, mask_grow_mm=args.mask_grow_mm, normalize=args.normalize,
-        out_bias=args.out_bias,
+        out_bias=args.out_bias, ingest_report=args.ingest_report,
     )
     _log.info("timings: %s", json.dumps(report["timings"]))
     return 0

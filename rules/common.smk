@@ -481,13 +481,15 @@ DETECT_OPTIONS = shlex.join(_detect_options())
 # command as its work. A failed command leaves a "failed" record whose message is the
 # last line it logged; a failed/skipped upstream stage gives a "skipped" record. Either
 # way the declared outputs become empty placeholders and the job succeeds, so the rest
-# of the cohort goes on. The program text is fixed; every value is an argument:
+# of the cohort goes on. A machine fault (disk full, read-only output, out of memory;
+# cmb.failures.ResourceError) instead fails the job, so that a rerun redoes it. The
+# program text is fixed; every value is an argument:
 #   python -c "$CMB_SOFT_STAGE" STAGE --subject S [--session X] --record R --log L
 #       --outputs O... [--upstream U...] -- COMMAND...
 os.environ["CMB_SOFT_STAGE"] = textwrap.dedent(
     """
     import argparse, re, subprocess, sys
-    from cmb.failures import run_stage
+    from cmb.failures import ResourceError, run_stage
     p = argparse.ArgumentParser(prog="cmb-soft-stage")
     p.add_argument("stage")
     p.add_argument("--subject", required=True)
@@ -507,7 +509,10 @@ os.environ["CMB_SOFT_STAGE"] = textwrap.dedent(
             last = lines[-1] if lines else f"{cmd[:3]} exited with status {rc}"
             m = re.match(r"^(?:[\\w.]+\\.)?(\\w+(?:Error|Exception)): (.+)$", last)
             raise type(m.group(1), (RuntimeError,), {})(m.group(2)) if m else RuntimeError(last)
-    run_stage(a.stage, a.subject, a.session, a.outputs, a.record, a.log, work, upstream=a.upstream)
+    try:
+        run_stage(a.stage, a.subject, a.session, a.outputs, a.record, a.log, work, upstream=a.upstream)
+    except ResourceError as e:  # disk full etc.: the job fails, so that a rerun redoes it
+        sys.exit(f"error: {e}")
     """
 )
 

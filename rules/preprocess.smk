@@ -46,6 +46,7 @@ rule preprocess_swi_phase:
     input:
         mag=INGESTED_MAG,
         phase=INGESTED_PHASE,
+        ingest_report=out_path(part="mag", desc="ingested", suffix="swi.json"),  # Manufacturer: phase sign
     output:
         image=PREPROC_MAG,
         mask=PREPROC_MAG_MASK,
@@ -70,5 +71,6 @@ rule preprocess_swi_phase:
     shell:
         ": > {log:q}; python -c \"$CMB_SOFT_STAGE\" {params.soft} --"
         " python -m cmb.preprocess --mag {input.mag:q} --phase {input.phase:q}"
+        " --ingest-report {input.ingest_report:q}"
         " --out-mag {output.image:q} --out-mask {output.mask:q} --out-phase {output.phase:q}"
         " --out-json {output.report:q} {params.options} --threads {threads} &>> {log:q}"

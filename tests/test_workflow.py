@@ -180,7 +180,7 @@ def test_schema_fills_in_defaults(tmp_path):
     proc = run_snakemake(tmp_path, "-n", "-p", "--configfile", str(cfg), "--replace-workflow-config")
     text = proc.stdout + proc.stderr
     assert proc.returncode == 0, text[-3000:]
-    for default in ("--phase-units auto", "--n4-spacing-mm 4.0", "--paramagnetic-phase positive",
+    for default in ("--phase-units auto", "--n4-spacing-mm 4.0", "--paramagnetic-phase auto",
                     "--step-mm 2", "--juxtacortical-mm 5.0"):
         assert default in text, default
     assert (tmp_path / "out-work" / "pybids").is_dir()  # default pybids_db_dir
