@@ -28,6 +28,8 @@ include: "rules/ingest.smk"
 include: "rules/preprocess.smk"
 include: "rules/register.smk"
 include: "rules/detect.smk"
+include: "rules/localize.smk"
+include: "rules/report.smk"
 include: "rules/cohort.smk"
 
 
@@ -38,4 +40,7 @@ rule all:
         f"{OUT}/failures.csv",
         MNI_MARS,
         f"{OUT}/dataset_description.json",
+        COHORT["counts"],
+        COHORT["detections"],
+        COHORT_REPORT["html"],
     default_target: True

@@ -47,3 +47,61 @@ rule collect_failures:
 
         table = write_failures_csv(input, output[0])
         write_text(log[0], f"{len(table)} failed or skipped stage(s) in {len(input)} records\n")
+
+
+rule collect_cohort_tables:
+    """cohort/cmb_counts.csv (one row per subject/session) and cohort/cmb_detections.csv
+    (every candidate), with their data dictionaries and a ratings template."""
+    input:
+        cohort_table_inputs(),
+    output:
+        **COHORT,
+    params:
+        qc=LOCALIZE_QC,
+    log:
+        f"{OUT}/logs/collect_cohort_tables/log.txt",
+    benchmark:
+        f"{OUT}/benchmarks/collect_cohort_tables/benchmark.tsv"
+    threads: 1
+    resources:
+        mem_mb=lambda wc, attempt: 2000 * attempt,
+        runtime=lambda wc, attempt: 10 * attempt,
+    localrule: True
+    run:
+        from cmb.atomic import write_text
+        from cmb.cohort_tables import write_cohort_tables
+
+        counts, det = write_cohort_tables(cohort_subjects(), output.counts, output.detections,
+                                          qc=dict(params.qc), out_ratings=output.ratings)
+        failed = int((counts["status"] != "ok").sum())
+        write_text(log[0], f"{len(counts)} scans ({failed} failed), {len(det)} candidates\n")
+
+
+rule report_cohort:
+    """Self-contained cohort QC HTML: count distribution, regions, sites, outliers,
+    failures, links to every subject page, reviewer ratings."""
+    input:
+        counts=COHORT["counts"],
+        detections=COHORT["detections"],
+        failures=f"{OUT}/failures.csv",
+        reports=subject_reports(),
+    output:
+        html=report(COHORT_REPORT["html"], caption="../cmb/report/captions/cohort.rst", category="Cohort"),
+        counts_figure=report(COHORT_REPORT["counts_figure"], caption="../cmb/report/captions/counts.rst",
+                             category="Cohort"),
+        regions_figure=report(COHORT_REPORT["regions_figure"], caption="../cmb/report/captions/regions.rst",
+                              category="Cohort"),
+    log:
+        f"{OUT}/logs/report_cohort/log.txt",
+    benchmark:
+        f"{OUT}/benchmarks/report_cohort/benchmark.tsv"
+    threads: 1
+    resources:
+        mem_mb=lambda wc, attempt: 3000 * attempt,
+        runtime=lambda wc, attempt: 15 * attempt,
+    conda:
+        "../envs/report.yaml"
+    shell:
+        "python -m cmb.report cohort --counts {input.counts:q} --detections {input.detections:q}"
+        " --failures {input.failures:q} --out {output.html:q} --out-counts-figure {output.counts_figure:q}"
+        " --out-regions-figure {output.regions_figure:q} &> {log:q}"

@@ -338,7 +338,8 @@ def qc_status(wildcards):
 
 def subject_status_records():
     """Every status record of every subject job (the inputs of failures.csv)."""
-    stages = (ingest_status, ingest_t1w_status, preprocess_status, register_status, detect_status, qc_status)
+    stages = (ingest_status, ingest_t1w_status, preprocess_status, register_status, detect_status, qc_status,
+              localize_status, report_status)
     out = []
     for rec in RECORDS.values():
         wc = record_wildcards(rec)
@@ -534,3 +535,149 @@ def soft_args(stage, rule, wildcards, outputs, record, upstream=()):
     if upstream:
         args += ["--upstream", *upstream]
     return shlex.join(args)
+
+
+# ------------------------------------------------------------------ localize, reports, cohort tables
+
+# localize (rules/localize.smk): the detections table (one row per candidate, MARS
+# anatomy, anatomical FP filter), the CMB label map and likelihood map on the input
+# image's grid, and the provenance sidecar (cmb.localize).
+LOCALIZED = {
+    "table": out_path(desc="cmb", suffix="detections.tsv"),
+    "sidecar": out_path(desc="cmb", suffix="detections.json"),
+    "dseg": out_path(label="CMB", suffix="dseg.nii.gz"),
+    "dseg_tsv": out_path(label="CMB", suffix="dseg.tsv"),
+    "prob": out_path(label="CMB", suffix="probseg.nii.gz"),
+}
+# reports (rules/report.smk): one self-contained HTML per subject/session, one per cohort
+SUBJECT_REPORT = f"{OUT}/{SUBJ_DIR}/{SUBJ_PREFIX}_report.html"
+COHORT = {
+    "counts": f"{OUT}/cohort/cmb_counts.csv",
+    "counts_json": f"{OUT}/cohort/cmb_counts.json",
+    "detections": f"{OUT}/cohort/cmb_detections.csv",
+    "detections_json": f"{OUT}/cohort/cmb_detections.json",
+    "ratings": f"{OUT}/cohort/cmb_ratings_template.tsv",
+}
+COHORT_REPORT = {
+    "html": f"{OUT}/cohort/cmb_report.html",
+    "counts_figure": f"{OUT}/cohort/figures/cmb_count_distribution.svg",
+    "regions_figure": f"{OUT}/cohort/figures/cmb_region_counts.svg",
+}
+
+
+def _config_sha256():
+    import hashlib
+    import json
+
+    text = json.dumps(config, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+CONFIG_SHA256 = _config_sha256()
+
+
+def localize_status(wildcards):
+    return [fill(status_path("localize_cmb"), wildcards)]
+
+
+def report_status(wildcards):
+    return [fill(status_path("report_subject"), wildcards)]
+
+
+def ingest_report(wildcards):
+    """The ingest JSON report of the subject's magnitude (input checksums, acquisition metadata)."""
+    part = {"part": "mag"} if has_phase(wildcards) else {}
+    return fill(out_path(**part, desc="ingested", suffix="swi.json"), wildcards)
+
+
+def localize_inputs(wildcards):
+    return {
+        **{k: fill(v, wildcards) for k, v in DETECTED.items()},
+        "detect_status": detect_status(wildcards)[0],
+        "input_image": ingested(wildcards)["mag"],
+        "ingest_report": ingest_report(wildcards),
+        "mask": preprocessed(wildcards)["mask"],
+        **{k: fill(REGISTERED[k], wildcards) for k in ("mars", "inv_affine", "inv_warp", "quality")},
+        "register_status": register_status(wildcards)[0],
+        "model_card": MODEL_FILES[1],
+    }
+
+
+def localize_args(wildcards, input, output):
+    return {
+        "soft": soft_args("localize", "localize_cmb", wildcards, non_status(output), output.status,
+                          detect_status(wildcards)),
+        "subject": shlex.join(session_args(wildcards)),
+    }
+
+
+def _localize_options():
+    c = config["localize"]
+    args = ["--min-parenchyma-fraction", repr(float(c["min_parenchyma_fraction"])),
+            "--config-sha256", CONFIG_SHA256]
+    args += [] if c["reject_csf"] else ["--keep-csf"]
+    return args + ([] if c["reject_outside_brain"] else ["--keep-outside-brain"])
+
+
+LOCALIZE_OPTIONS = shlex.join(_localize_options())
+
+
+def subject_stage_records(wildcards):
+    """A subject's status records in pipeline order (what its report and counts row show)."""
+    return (ingest_status(wildcards) + ingest_t1w_status(wildcards) + preprocess_status(wildcards)
+            + register_status(wildcards) + detect_status(wildcards) + localize_status(wildcards)
+            + qc_status(wildcards))
+
+
+def report_inputs(wildcards):
+    files = {k: v for k, v in preprocessed(wildcards).items()}
+    files.update({
+        "detections": fill(LOCALIZED["table"], wildcards),
+        "sidecar": fill(LOCALIZED["sidecar"], wildcards),
+        "candidates_dseg": fill(DETECTED["dseg"], wildcards),
+        "mars": fill(REGISTERED["mars"], wildcards),
+        "records": subject_stage_records(wildcards),
+    })
+    files.update({f"figure_{k}": fill(v, wildcards) for k, v in QC_FIGURES.items()})
+    return files
+
+
+def report_args(wildcards, input, output):
+    args = session_args(wildcards) + ["--records", *input.records]
+    if "phase" in input.keys():
+        args += ["--phase", input.phase]
+    return {
+        "soft": soft_args("report", "report_subject", wildcards, output.html, output.status),
+        "args": shlex.join(args),
+    }
+
+
+def subject_reports():
+    return [fill(SUBJECT_REPORT, record_wildcards(rec)) for rec in RECORDS.values()]
+
+
+def cohort_table_inputs():
+    out = []
+    for rec in RECORDS.values():
+        wc = record_wildcards(rec)
+        out += [fill(LOCALIZED["table"], wc), fill(LOCALIZED["sidecar"], wc)]
+    return out + subject_status_records()
+
+
+def cohort_subjects():
+    """cmb.cohort_tables.SubjectFiles of every subject/session, in a fixed order."""
+    from cmb.cohort_tables import SubjectFiles, read_sites
+
+    sites = read_sites(os.path.join(config["bids_dir"], "participants.tsv"))
+    out = []
+    for key in sorted(RECORDS, key=lambda k: (k[0], k[1] or "")):
+        rec, wc = RECORDS[key], record_wildcards(RECORDS[key])
+        out.append(SubjectFiles(
+            participant_id=rec.subject, session_id=rec.session,
+            detections=fill(LOCALIZED["table"], wc), sidecar=fill(LOCALIZED["sidecar"], wc),
+            records=subject_stage_records(wc), site=sites.get(f"sub-{rec.subject}"),
+        ))
+    return out
+
+
+LOCALIZE_QC = config["localize"]["qc"]

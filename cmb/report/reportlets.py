@@ -69,11 +69,16 @@ def _to_uint8(a: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     return (np.clip((a - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
 
 
+def _slice(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
+    """A 2-D view (no copy, unlike ``np.take``) of ``volume`` at ``index`` along ``axis``."""
+    return volume[tuple(index if a == axis else slice(None) for a in range(3))]
+
+
 def _panel(volume: np.ndarray, zooms: np.ndarray, centre: Sequence[int], plane: str, half_mm: float):
     """2-D crop around ``centre`` (rows superior/anterior first) and its pixel sizes (mm)."""
     axis = _AXIS[plane]
     rest = [a for a in range(3) if a != axis]
-    sl = np.take(volume, int(np.clip(centre[axis], 0, volume.shape[axis] - 1)), axis=axis)
+    sl = _slice(volume, axis, int(np.clip(centre[axis], 0, volume.shape[axis] - 1)))
     # columns: first remaining axis; rows: second, flipped so that superior/anterior is up
     spans = []
     for a in rest:
@@ -129,7 +134,7 @@ def triplet_png(volumes: Sequence[np.ndarray], windows: Sequence[tuple[float, fl
             x += t.width + gap
         y += max(t.height for t in r) + gap
     buf = io.BytesIO()
-    canvas.save(buf, format="PNG", optimize=False)
+    canvas.save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
 
 
@@ -146,7 +151,7 @@ def _mid_panels(volume, zooms, centre, is_label=False):
     for p in _PLANES:
         axis = _AXIS[p]
         rest = [a for a in range(3) if a != axis]
-        sl = np.take(volume, int(centre[axis]), axis=axis).T[::-1]
+        sl = _slice(volume, axis, int(centre[axis])).T[::-1]
         out.append((sl, (float(zooms[rest[0]]), float(zooms[rest[1]]))))
     return out
 
@@ -179,7 +184,7 @@ def flicker_frames(image: np.ndarray, labels: np.ndarray, affine: np.ndarray, wi
             canvas.paste(t, (x, 0))
             x += t.width + 4
         buf = io.BytesIO()
-        canvas.save(buf, format="PNG")
+        canvas.save(buf, format="PNG", compress_level=3)
         frames.append(buf.getvalue())
     return frames[0], frames[1]
 
@@ -197,8 +202,8 @@ def overlay_png(image: np.ndarray, mask: np.ndarray, affine: np.ndarray, window,
     tiles = []
     for axis, k in views:
         rest = [a for a in range(3) if a != axis]
-        sl = np.take(image, int(k), axis=axis).T[::-1]
-        ed = np.take(edge, int(k), axis=axis).T[::-1]
+        sl = _slice(image, axis, int(k)).T[::-1]
+        ed = _slice(edge, axis, int(k)).T[::-1]
         rgb = np.repeat(_to_uint8(sl, window)[..., None], 3, axis=2)
         rgb[ed] = (255, 48, 48)
         img = Image.fromarray(rgb, mode="RGB")
@@ -212,7 +217,7 @@ def overlay_png(image: np.ndarray, mask: np.ndarray, affine: np.ndarray, window,
         canvas.paste(t, (x, 0))
         x += t.width + 4
     buf = io.BytesIO()
-    canvas.save(buf, format="PNG")
+    canvas.save(buf, format="PNG", compress_level=3)
     return buf.getvalue()
 
 
