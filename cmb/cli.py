@@ -60,10 +60,22 @@ def _run_synth(args) -> int:
     return 0
 
 
+def _add_profile(sub) -> None:
+    from cmb import cluster_profile
+
+    p = sub.add_parser("profile", help="install a cluster (SLURM) profile where 'snakemake --profile NAME' finds it",
+                       description="Install one of the workflow's Snakemake profiles into the user's Snakemake "
+                                   "profile folder, with the cluster's partition and account filled in "
+                                   "(docs/cluster.md).")
+    cluster_profile.build_parser(p)
+    p.set_defaults(func=cluster_profile.run)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="cmb", description="Cohort-scale cerebral microbleed detection.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_synth(sub)
+    _add_profile(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 
