@@ -60,6 +60,16 @@ def _run_synth(args) -> int:
     return 0
 
 
+def _add_module(sub, name: str, module: str, help: str) -> None:
+    """A subcommand whose parser and runner live in ``module`` (``build_parser``, ``run``)."""
+    import importlib
+
+    mod = importlib.import_module(module)
+    p = sub.add_parser(name, help=help, description=help)
+    mod.build_parser(p)
+    p.set_defaults(func=mod.run)
+
+
 def _add_profile(sub) -> None:
     from cmb import cluster_profile
 
@@ -76,6 +86,13 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_synth(sub)
     _add_profile(sub)
+    commands = {"detect": ("cmb.detect.__main__", "detect CMBs in one preprocessed scan"),
+                "train": ("cmb.detect.training", "train or fine-tune the detector on annotated scans"),
+                "evaluate": ("cmb.evaluation", "score detections against ground truth (sensitivity, FPavg, FROC)")}
+    wanted = argv[0] if argv else (sys.argv[1] if len(sys.argv) > 1 else None)
+    for name, (module, text) in commands.items():
+        if wanted in (None, name, "-h", "--help"):  # import torch only for the command that needs it
+            _add_module(sub, name, module, text)
     args = parser.parse_args(argv)
     return args.func(args)
 

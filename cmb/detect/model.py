@@ -35,21 +35,23 @@ class ModelError(RuntimeError):
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
+    # Batch norm, not instance norm: in eval mode a candidate's score does not depend
+    # on the other patches of its batch nor on the batch size.
     return nn.Sequential(
-        nn.Conv3d(cin, cout, 3, padding=1, bias=False), nn.InstanceNorm3d(cout, affine=True), nn.LeakyReLU(0.1),
-        nn.Conv3d(cout, cout, 3, padding=1, bias=False), nn.InstanceNorm3d(cout, affine=True), nn.LeakyReLU(0.1),
+        nn.Conv3d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm3d(cout), nn.LeakyReLU(0.1),
+        nn.Conv3d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm3d(cout), nn.LeakyReLU(0.1),
     )
 
 
 class CandidateNet(nn.Module):
-    """A small 3D classifier of patches centred on candidates.
+    """A small 3D classifier of patches centred on candidates (false-positive reduction).
 
-    Input ``(N, C, D, H, W)`` patches (magnitude, phase, phase-present mask), output
-    one logit per patch. Two resolutions of context are seen through the pooling
-    pyramid; global average pooling makes the head independent of the patch size.
+    Input ``(N, C, D, H, W)`` multi-scale patches (:data:`cmb.detect.patches.PATCH_CHANNELS`)
+    and optionally ``(N, F)`` hand features of the candidate; output one logit per
+    patch. Global average pooling makes the head independent of the patch size.
     """
 
-    def __init__(self, in_channels: int = 3, width: int = 16, n_features: int = 0):
+    def __init__(self, in_channels: int = 6, width: int = 16, n_features: int = 0):
         super().__init__()
         self.in_channels, self.width, self.n_features = in_channels, width, n_features
         self.enc1 = _block(in_channels, width)

@@ -12,23 +12,44 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["extract_patches", "input_channels"]
+__all__ = ["extract_patches", "candidate_patches", "SCALES", "PATCH_CHANNELS"]
+
+#: (samples per edge, mm per sample) of the fine and the coarse patch.
+SCALES = ((12, 1.0), (12, 2.0))
+#: Network input channels, in order.
+PATCH_CHANNELS = ("magnitude_fine", "phase_fine", "magnitude_coarse", "phase_coarse", "brain_coarse", "phase_present")
 
 
-def input_channels(magnitude: np.ndarray, phase: np.ndarray | None) -> np.ndarray:
-    """Stack network inputs: magnitude, phase / pi (0 when absent), phase-present flag.
+def candidate_patches(magnitude: np.ndarray, mask: np.ndarray, phase: np.ndarray | None, zooms,
+                      centres_ijk: np.ndarray, scales=SCALES) -> torch.Tensor:
+    """Multi-scale network input around each candidate: ``(N, 6, S, S, S)`` float32.
 
-    >>> input_channels(np.ones((2, 2, 2)), None).shape
-    (3, 2, 2, 2)
+    Default scales: 12 mm at 1 mm and 24 mm at 2 mm (:data:`SCALES`).
+
+    Channels (:data:`PATCH_CHANNELS`): magnitude and phase / pi at the fine scale
+    (lesion shape), magnitude, phase / pi and the brain mask at the coarse scale
+    (context: vein continuity, brain edge, deep nuclei), and a constant 1 when the
+    phase is present (0 when absent: its channels are then 0).
+
+    >>> mag = np.ones((20, 20, 10), np.float32)
+    >>> candidate_patches(mag, mag > 0, None, (1, 1, 2), np.array([[10, 10, 5]])).shape
+    torch.Size([1, 6, 12, 12, 12])
     """
-    mag = magnitude.astype(np.float32)
-    if phase is None:
-        ph = np.zeros_like(mag)
-        present = np.zeros_like(mag)
-    else:
-        ph = (phase / np.pi).astype(np.float32)
-        present = np.ones_like(mag)
-    return np.stack([mag, ph, present])
+    (n_fine, mm_fine), (n_coarse, mm_coarse) = scales
+    if n_fine != n_coarse:
+        raise ValueError("both scales must have the same number of samples per edge")
+    has_phase = phase is not None
+    chans = [magnitude.astype(np.float32)]
+    if has_phase:
+        chans.append((phase / np.pi).astype(np.float32))
+    fine = extract_patches(np.stack(chans), zooms, centres_ijk, n_fine, mm_fine)
+    coarse = extract_patches(np.stack(chans + [mask.astype(np.float32)]), zooms, centres_ijk, n_coarse, mm_coarse)
+    n = fine.shape[0]
+    zeros = torch.zeros((n, 1, n_fine, n_fine, n_fine))
+    ph_f = fine[:, 1:2] if has_phase else zeros
+    ph_c = coarse[:, 1:2] if has_phase else zeros
+    present = torch.full((n, 1, n_fine, n_fine, n_fine), float(has_phase))
+    return torch.cat([fine[:, :1], ph_f, coarse[:, :1], ph_c, coarse[:, -1:], present], dim=1)
 
 
 def extract_patches(volume: np.ndarray, zooms, centres_ijk: np.ndarray, size: int = 24,
@@ -38,7 +59,7 @@ def extract_patches(volume: np.ndarray, zooms, centres_ijk: np.ndarray, size: in
     Parameters
     ----------
     volume : (C, X, Y, Z) ndarray
-        Channels on the image grid (:func:`input_channels`).
+        Channels on the image grid.
     zooms : sequence of 3 float
         Voxel size of the image (mm).
     centres_ijk : (N, 3) ndarray

@@ -1,0 +1,187 @@
+"""Detection of one scan: screen, delineate, score each candidate, calibrate.
+
+:func:`find_candidates` is shared with training, so that the network is trained on
+exactly the candidates it scores at inference. :func:`score_candidates` runs the
+network in batches on CUDA (mixed precision) or the CPU (float32), lowering the
+batch size when GPU memory is short.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import torch
+
+from cmb.candidates import dark_blob_response, delineate_candidates, find_peaks
+from cmb.detect import CANDIDATE_COLUMNS
+from cmb.detect.model import LoadedModel
+from cmb.detect.patches import SCALES, candidate_patches
+
+__all__ = ["DEFAULT_SCREEN", "Candidates", "find_candidates", "hand_features", "score_candidates",
+           "calibrate", "Detection", "detect"]
+
+_log = logging.getLogger(__name__)
+
+#: Screen settings; a model card's "screen" entry overrides them.
+DEFAULT_SCREEN = {"threshold": 0.1, "min_distance_mm": 2.5, "radii_mm": [1.0, 1.75, 3.0],
+                  "max_candidates": 3000, "level": 0.5, "min_edge_mm": 1.5}
+
+#: Hand features given to the network's head, in order.
+FEATURES = ("screen_score", "log_diameter", "sphericity", "phase_mean", "phase_present")
+
+
+@dataclass
+class Candidates:
+    """Candidates of one scan on its (preprocessed) grid."""
+
+    table: pd.DataFrame  # i, j, k, score, radius_mm, volume_mm3, diameter_mm, sphericity, phase_mean
+    labels: np.ndarray  # candidate n (row n - 1) labelled n
+    seconds: dict = field(default_factory=dict)
+
+
+def find_candidates(magnitude: np.ndarray, mask: np.ndarray, zooms, phase: np.ndarray | None = None,
+                    screen: dict | None = None) -> Candidates:
+    """Dark-blob screen over the brain mask, then each candidate's blob (:mod:`cmb.candidates`)."""
+    s = {**DEFAULT_SCREEN, **(screen or {})}
+    t0 = time.perf_counter()
+    response, radius = dark_blob_response(magnitude, mask, zooms, s["radii_mm"])
+    # The outer shell of the mask is dark partial volume with skull and dura: no peaks there.
+    inner = _inner_mask(mask, zooms, s["min_edge_mm"])
+    t1 = time.perf_counter()
+    peaks = find_peaks(np.where(inner, response, 0), radius, zooms, s["threshold"], s["min_distance_mm"],
+                       s["max_candidates"])
+    labels, table = delineate_candidates(response, peaks, zooms, phase, s["level"])
+    t2 = time.perf_counter()
+    return Candidates(table, labels, {"screen": t1 - t0, "delineate": t2 - t1})
+
+
+def _inner_mask(mask: np.ndarray, zooms, min_edge_mm: float) -> np.ndarray:
+    """Voxels of ``mask`` farther than ``min_edge_mm`` from its outside (computed in its bounding box)."""
+    from scipy import ndimage as ndi
+
+    if min_edge_mm <= 0 or not mask.any():
+        return mask
+    nz = np.nonzero(mask)
+    box = tuple(slice(max(int(a.min()) - 1, 0), int(a.max()) + 2) for a in nz)
+    inner = np.zeros(mask.shape, bool)
+    inner[box] = ndi.distance_transform_edt(mask[box], sampling=zooms) > min_edge_mm
+    return inner
+
+
+def hand_features(table: pd.DataFrame, has_phase: bool) -> np.ndarray:
+    """``(N, 5)`` float32 :data:`FEATURES` of candidates."""
+    phase = table["phase_mean"].to_numpy(float) if has_phase else np.zeros(len(table))
+    return np.stack([
+        table["score"].to_numpy(float),
+        np.log(np.maximum(table["diameter_mm"].to_numpy(float), 0.5)),
+        table["sphericity"].to_numpy(float),
+        np.nan_to_num(phase),
+        np.full(len(table), float(has_phase)),
+    ], 1).astype(np.float32)
+
+
+def _batches(n: int, size: int):
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+def score_candidates(net: torch.nn.Module, magnitude, mask, phase, zooms, table: pd.DataFrame,
+                     device: torch.device, batch_size: int = 256, scales=SCALES) -> np.ndarray:
+    """Network logits of every candidate (float64, one per row of ``table``)."""
+    n = len(table)
+    logits = np.zeros(n, np.float64)
+    if n == 0:
+        return logits
+    centres = table[["i", "j", "k"]].to_numpy(float)
+    feats = hand_features(table, phase is not None)
+    cuda = device.type == "cuda"
+    size = batch_size
+    if cuda:  # stay well inside free memory: about 6 MB of activations per 16^3 patch in fp16
+        free, _ = torch.cuda.mem_get_info(device)
+        size = max(1, min(size, int(0.5 * free / 6e6)))
+    start = 0
+    with torch.inference_mode():
+        while start < n:
+            sl = slice(start, min(start + size, n))
+            x = candidate_patches(magnitude, mask, phase, zooms, centres[sl], scales)
+            f = torch.from_numpy(feats[sl])
+            try:
+                x, f = x.to(device), f.to(device)
+                with torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
+                    out = net(x, f)
+            except torch.OutOfMemoryError:
+                if size == 1:
+                    raise
+                size = max(1, size // 2)
+                torch.cuda.empty_cache()
+                _log.warning("GPU memory short: batch size lowered to %d", size)
+                continue
+            logits[sl] = out.float().cpu().numpy()
+            start = sl.stop
+    return logits
+
+
+def calibrate(logits: np.ndarray, calibration: dict | None) -> np.ndarray:
+    """Platt scaling ``sigmoid(a * logit + b)`` fitted on validation data (identity without a card entry)."""
+    a, b = (calibration or {}).get("a", 1.0), (calibration or {}).get("b", 0.0)
+    return 1.0 / (1.0 + np.exp(-(a * np.asarray(logits, float) + b)))
+
+
+@dataclass
+class Detection:
+    """Result of :func:`detect`: the candidate table (:data:`CANDIDATE_COLUMNS`) and images."""
+
+    table: pd.DataFrame
+    labels: np.ndarray  # int32, candidate_id per voxel
+    probability: np.ndarray  # float32, confidence per voxel
+    threshold: float
+    seconds: dict
+
+
+def detect(image: nib.Nifti1Image, mask: np.ndarray, phase: np.ndarray | None, model: LoadedModel,
+           threshold: float | None = None, batch_size: int = 256) -> Detection:
+    """Detect CMBs in one preprocessed magnitude (``image``) with its brain ``mask`` and optional phase.
+
+    Returns every candidate, strongest screen response first, with its calibrated
+    ``confidence`` and ``above_threshold`` (``threshold``, else the model card's).
+    """
+    card = model.card
+    magnitude = np.asarray(image.dataobj, dtype=np.float32)
+    mask = np.asarray(mask, bool)
+    zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
+    device = next(model.net.parameters()).device
+    cands = find_candidates(magnitude, mask, zooms, phase, card.get("screen"))
+    t0 = time.perf_counter()
+    scales = tuple(tuple(s) for s in card.get("scales", SCALES))
+    logits = score_candidates(model.net, magnitude, mask, phase, zooms, cands.table, device, batch_size, scales)
+    t1 = time.perf_counter()
+    conf = calibrate(logits, card.get("calibration"))
+    thr = float(card["threshold"] if threshold is None else threshold)
+
+    tab = cands.table
+    n = len(tab)
+    ijk = tab[["i", "j", "k"]].to_numpy(int).reshape(-1, 3)
+    xyz = nib.affines.apply_affine(image.affine, ijk) if n else np.zeros((0, 3))
+    phase_mean = tab["phase_mean"].to_numpy(float)
+    sign = np.where(np.isnan(phase_mean), "n/a", np.where(phase_mean >= 0, "paramagnetic", "diamagnetic"))
+    out = pd.DataFrame({
+        "candidate_id": np.arange(1, n + 1),
+        "i": ijk[:, 0], "j": ijk[:, 1], "k": ijk[:, 2],
+        "x_mm": xyz[:, 0], "y_mm": xyz[:, 1], "z_mm": xyz[:, 2],
+        "volume_mm3": tab["volume_mm3"].to_numpy(float),
+        "diameter_mm": tab["diameter_mm"].to_numpy(float),
+        "screen_score": tab["score"].to_numpy(float),
+        "sphericity": tab["sphericity"].to_numpy(float),
+        "phase_mean": phase_mean,
+        "phase_sign": sign,
+        "confidence": conf,
+        "above_threshold": conf >= thr,
+    })[CANDIDATE_COLUMNS]
+    lut = np.concatenate([[0.0], conf]).astype(np.float32)
+    prob = lut[cands.labels]
+    return Detection(out, cands.labels, prob, thr, {**cands.seconds, "network": t1 - t0})

@@ -1,0 +1,494 @@
+"""Training the candidate classifier: ``cmb train``.
+
+Training reads the workflow's own preprocessed outputs, so that the network sees
+exactly what the detect stage gives it, and ground truth in a derivatives folder:
+
+- ``*_label-CMB_dseg.nii.gz`` label maps (one value per CMB, as in VALDO and the
+  synthetic generator's ``cmb-truth``), optionally with a sibling ``.tsv``;
+- or ``*_label-CMB_dseg.tsv`` point tables (``x_mm, y_mm, z_mm`` scanner RAS and an
+  optional ``radius_mm``), for annotations made as points.
+
+Each scan's ground truth is found by the ``sub``/``ses``/``run`` entities of the
+raw input that the ingest stage chose (its JSON report names it).
+
+Method
+------
+1. Every scan is screened exactly as at inference (:func:`cmb.detect.inference.find_candidates`).
+   A candidate is positive when it would match a ground-truth CMB under the
+   project's matching rule (:mod:`cmb.evaluation`).
+2. Training scans keep every positive, the ``n_hard`` darkest negatives (mimics:
+   veins, calcifications, deep nuclei, noise) and ``n_random`` random ones.
+   Validation scans (split by subject) keep every candidate, so that the
+   validation FROC is the real one.
+3. Each epoch draws positives and negatives 1:``neg_ratio``; negatives are drawn
+   in proportion to their current predicted probability (hard-negative mining),
+   mixed with uniform draws. Augmentation: flips of every axis and in-plane
+   transposition (the dipole pattern stays along B0), magnitude gain and gamma,
+   noise, a linear bias ramp, slice-thickness blur, and phase dropout (one model
+   for magnitude-only and magnitude+phase inputs).
+4. Early stopping on the validation partial FROC area (mean sensitivity at 0.25,
+   0.5, 1 and 2 FP per scan). Platt scaling on validation logits calibrates the
+   confidence; the operating threshold maximizes validation F1.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from cmb.atomic import write_text
+from cmb.detect.inference import DEFAULT_SCREEN, calibrate, find_candidates, hand_features
+from cmb.detect.model import CandidateNet, load_model, save_model
+from cmb.detect.patches import PATCH_CHANNELS, SCALES, candidate_patches
+from cmb.evaluation import (MARGIN_MM, MIN_POINT_RADIUS_MM, _hits, _scan_key, choose_threshold, froc_curve,
+                            load_truth, match_cohort, sensitivity_at_fp)
+
+__all__ = ["Scan", "paired_scans", "ScanSamples", "sample_scan", "TrainConfig", "train_model"]
+
+_log = logging.getLogger(__name__)
+
+PFROC_LEVELS = (0.25, 0.5, 1.0, 2.0)
+
+
+@dataclass(frozen=True)
+class Scan:
+    """One preprocessed scan with its ground truth."""
+
+    key: str  # sub-X[_ses-Y][_run-N] of the raw input
+    acquisition: str
+    image: Path
+    mask: Path
+    phase: Path | None
+    truth: Path
+
+    @property
+    def subject(self) -> str:
+        return self.key.split("_")[0]
+
+
+def truth_files(truth_dir) -> dict[str, Path]:
+    """Ground-truth file of each scan key under ``truth_dir`` (label image preferred over a point table)."""
+    found: dict[str, Path] = {}
+    for path in sorted(Path(truth_dir).rglob("*_label-CMB_dseg.*")):
+        if not re.search(r"\.(nii|nii\.gz|tsv)$", path.name):
+            continue
+        key = _scan_key(path.name)
+        if key in found and not path.name.endswith(".tsv"):
+            found[key] = path
+        found.setdefault(key, path)
+    return found
+
+
+def _acquisition(truth: Path) -> str:
+    from cmb.evaluation import _acquisition as acq
+
+    return acq(truth)
+
+
+def paired_scans(derivatives_dir, truth_dir) -> list[Scan]:
+    """Preprocessed scans of a workflow output folder paired with their ground truth.
+
+    Scans whose preprocessing failed (placeholders) or that have no ground truth
+    are left out, with a warning.
+    """
+    truths = truth_files(truth_dir)
+    scans = []
+    for report in sorted(Path(derivatives_dir).rglob("*_desc-ingested_swi.json")):
+        if report.stat().st_size == 0:
+            continue
+        rep = json.loads(report.read_text())
+        source = Path(rep["inputs"]["magnitude"][0]["path"]).name
+        key = _scan_key(source)
+        stem = report.name[: -len("_desc-ingested_swi.json")]
+        folder = report.parent
+        image = folder / f"{stem}_desc-preproc_swi.nii.gz"
+        mask = folder / f"{stem}_desc-brain_mask.nii.gz"
+        phase = folder / f"{stem.replace('_part-mag', '_part-phase')}_desc-preproc_swi.nii.gz"
+        phase = phase if "_part-mag" in stem else None
+        needed = [image, mask] + ([phase] if phase else [])
+        if not all(p.exists() and p.stat().st_size > 0 for p in needed):
+            _log.warning("%s: preprocessed files missing or failed, left out", key)
+            continue
+        if key not in truths:
+            _log.warning("%s: no ground truth under %s, left out", key, truth_dir)
+            continue
+        scans.append(Scan(key, _acquisition(truths[key]), image, mask, phase, truths[key]))
+    return scans
+
+
+@dataclass
+class ScanSamples:
+    """Patches of one scan's candidates with their labels."""
+
+    scan: Scan
+    patches: torch.Tensor  # (N, 6, S, S, S) float16
+    features: torch.Tensor  # (N, 5) float32
+    labels: torch.Tensor  # (N,) float32, 1 = matches a CMB
+    candidates: pd.DataFrame  # x_mm, y_mm, z_mm of the kept rows (for the validation FROC)
+    n_truth: int
+    n_truth_found: int  # CMBs hit by at least one screen candidate (stage-1 sensitivity)
+
+
+def _read(path) -> np.ndarray:
+    return np.asarray(nib.load(path).dataobj, dtype=np.float32)
+
+
+def sample_scan(scan: Scan, screen: dict | None = None, n_hard: int = 300, n_random: int = 200,
+                keep_all: bool = False, seed: int = 0, scales=SCALES) -> ScanSamples:
+    """Screen one scan, label its candidates against the truth, and cut their patches."""
+    img = nib.load(scan.image)
+    mag = np.asarray(img.dataobj, dtype=np.float32)
+    mask = _read(scan.mask) > 0
+    phase = _read(scan.phase) if scan.phase else None
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    cands = find_candidates(mag, mask, zooms, phase, screen)
+    tab = cands.table
+    ijk = tab[["i", "j", "k"]].to_numpy(float)
+    xyz = nib.affines.apply_affine(img.affine, ijk) if len(tab) else np.zeros((0, 3))
+    truth = load_truth(scan.truth)
+    if truth.n and len(tab):
+        hits, _ = _hits(xyz, truth, MARGIN_MM, MIN_POINT_RADIUS_MM)
+    else:
+        hits = np.zeros((len(tab), truth.n), bool)
+    positive = hits.any(1)
+    if keep_all:
+        rows = np.arange(len(tab))
+    else:
+        rng = np.random.default_rng(seed)
+        neg = np.flatnonzero(~positive)  # tab is sorted by screen score, strongest first
+        hard = neg[:n_hard]
+        rest = neg[n_hard:]
+        rand = rng.choice(rest, size=min(n_random, rest.size), replace=False) if rest.size else rest
+        rows = np.sort(np.concatenate([np.flatnonzero(positive), hard, rand]))
+    sub = tab.iloc[rows].reset_index(drop=True)
+    chunks = [candidate_patches(mag, mask, phase, zooms, ijk[rows[s:s + 512]], scales).half()
+              for s in range(0, len(rows), 512)]
+    patches = torch.cat(chunks) if chunks else torch.zeros((0, len(PATCH_CHANNELS), *(scales[0][0],) * 3),
+                                                            dtype=torch.float16)
+    feats = torch.from_numpy(hand_features(sub, phase is not None))
+    cand_xyz = pd.DataFrame(xyz[rows], columns=["x_mm", "y_mm", "z_mm"])
+    return ScanSamples(scan, patches, feats, torch.from_numpy(positive[rows].astype(np.float32)), cand_xyz,
+                       truth.n, int(hits.any(0).sum()))
+
+
+@dataclass
+class TrainConfig:
+    width: int = 12
+    epochs: int = 30
+    steps_per_epoch: int = 60
+    batch_size: int = 64
+    neg_ratio: int = 3
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    patience: int = 6
+    phase_dropout: float = 0.3
+    mining_fraction: float = 0.5
+    seed: int = 0
+
+
+def augment(x: torch.Tensor, f: torch.Tensor, gen: torch.Generator, phase_dropout: float) -> tuple:
+    """Random augmentation of a batch (in place on copies); see the module docstring."""
+    x = x.float().clone()
+    f = f.clone()
+    n = x.shape[0]
+
+    def coin(p=0.5):
+        return torch.rand(n, generator=gen) < p
+
+    for axis in (2, 3, 4):
+        flip = coin()
+        if flip.any():
+            x[flip] = x[flip].flip(axis)
+    swap = coin()
+    if swap.any():
+        x[swap] = x[swap].transpose(2, 3)
+    mag = [0, 2]
+    gain = torch.exp(0.25 * torch.randn(n, generator=gen)).view(n, 1, 1, 1, 1)
+    gamma = torch.exp(0.2 * torch.randn(n, generator=gen)).view(n, 1, 1, 1, 1)
+    m = x[:, mag].clamp_min(0)
+    m = (m ** gamma) * gain
+    # linear bias ramp along a random direction, +-15%
+    g = torch.linspace(-1, 1, x.shape[-1])
+    direction = torch.randn(n, 3, generator=gen)
+    direction = direction / direction.norm(dim=1, keepdim=True)
+    ramp = (direction[:, 0].view(n, 1, 1, 1) * g.view(1, -1, 1, 1) + direction[:, 1].view(n, 1, 1, 1) * g.view(1, 1, -1, 1)
+            + direction[:, 2].view(n, 1, 1, 1) * g.view(1, 1, 1, -1))
+    m = m * (1 + 0.15 * torch.rand(n, generator=gen).view(n, 1, 1, 1) * ramp).unsqueeze(1)
+    noise = 0.05 * torch.rand(n, generator=gen).view(n, 1, 1, 1, 1)
+    m = m + noise * torch.randn(m.shape, generator=gen)
+    x[:, mag] = m
+    # slice-thickness blur along the last axis (through-plane), on a third of the samples
+    blur = coin(0.33)
+    if blur.any():
+        k = torch.tensor([0.25, 0.5, 0.25]).view(1, 1, 3)
+        xb = x[blur]
+        s = xb.shape
+        flat = xb.reshape(-1, 1, s[-1])
+        flat = F.conv1d(F.pad(flat, (1, 1), mode="replicate"), k)
+        x[blur] = flat.reshape(s)
+    drop = coin(phase_dropout) & (x[:, 5, 0, 0, 0] > 0)
+    if drop.any():
+        x[drop.nonzero()[:, 0][:, None], torch.tensor([1, 3, 5])[None, :]] = 0
+        f[drop, 3] = 0
+        f[drop, 4] = 0
+    return x, f
+
+
+def _logits(net, samples: list[ScanSamples], device, batch: int = 512) -> list[np.ndarray]:
+    net.eval()
+    out = []
+    with torch.inference_mode():
+        for s in samples:
+            res = [net(s.patches[i:i + batch].float().to(device), s.features[i:i + batch].to(device)).float().cpu()
+                   for i in range(0, len(s.labels), batch)]
+            out.append(torch.cat(res).numpy().astype(np.float64) if res else np.zeros(0))
+    return out
+
+
+def validation_froc(samples: list[ScanSamples], scores: list[np.ndarray]) -> pd.DataFrame:
+    """FROC of the validation scans (every candidate kept) with the given scores as confidences."""
+    pairs = [(s.scan.key, s.scan.acquisition, s.candidates.assign(confidence=sc), load_truth(s.scan.truth))
+             for s, sc in zip(samples, scores)]
+    return froc_curve(match_cohort(pairs))
+
+
+def partial_froc(froc: pd.DataFrame) -> float:
+    return float(np.nanmean(sensitivity_at_fp(froc, PFROC_LEVELS)["sensitivity"]))
+
+
+def fit_platt(logits: np.ndarray, labels: np.ndarray) -> dict:
+    """Platt scaling ``sigmoid(a * logit + b)`` by maximum likelihood."""
+    z = torch.tensor(logits, dtype=torch.float64)
+    y = torch.tensor(labels, dtype=torch.float64)
+    ab = torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([ab], lr=0.5, max_iter=200)
+
+    def closure():
+        opt.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(ab[0] * z + ab[1], y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return {"a": float(ab[0]), "b": float(ab[1])}
+
+
+def train_model(train: list[ScanSamples], val: list[ScanSamples], out_dir, cfg: TrainConfig, card: dict,
+                init_dir=None, log_path=None, progress: bool = True) -> dict:
+    """Train (or fine-tune from ``init_dir``), calibrate, choose the threshold, save; returns the model card."""
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    device = torch.device("cpu")
+    if init_dir:
+        net = load_model(init_dir).net.train()
+    else:
+        net = CandidateNet(len(PATCH_CHANNELS), cfg.width, n_features=5)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+
+    x_all = torch.cat([s.patches for s in train])
+    f_all = torch.cat([s.features for s in train])
+    y_all = torch.cat([s.labels for s in train])
+    pos = torch.nonzero(y_all > 0)[:, 0]
+    neg = torch.nonzero(y_all == 0)[:, 0]
+    if pos.numel() == 0:
+        raise ValueError("no positive candidates in the training scans: nothing to learn")
+    neg_weight = torch.ones(neg.numel(), dtype=torch.float64)
+    per_pos = max(1, cfg.batch_size // (1 + cfg.neg_ratio))
+    per_neg = cfg.batch_size - per_pos
+
+    log_rows = []
+    best = (-1.0, None, -1)
+    t0 = time.perf_counter()
+    for epoch in range(cfg.epochs):
+        net.train()
+        losses = []
+        bar = tqdm(range(cfg.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
+                   leave=False)
+        for _ in bar:
+            pi = pos[torch.randint(pos.numel(), (per_pos,), generator=gen)]
+            n_mined = int(round(per_neg * cfg.mining_fraction)) if epoch else 0
+            ni = torch.cat([
+                neg[torch.multinomial(neg_weight, n_mined, replacement=True, generator=gen)] if n_mined else
+                torch.zeros(0, dtype=torch.long),
+                neg[torch.randint(neg.numel(), (per_neg - n_mined,), generator=gen)],
+            ])
+            idx = torch.cat([pi, ni])
+            x, f = augment(x_all[idx], f_all[idx], gen, cfg.phase_dropout)
+            y = y_all[idx]
+            loss = F.binary_cross_entropy_with_logits(net(x.to(device), f.to(device)), y.to(device))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss))
+            bar.set_postfix(loss=f"{np.mean(losses):.4f}")
+        sched.step()
+        # hard-negative mining: draw negatives by their current probability
+        with torch.inference_mode():
+            net.eval()
+            probs = torch.cat([torch.sigmoid(net(x_all[neg[i:i + 512]].float(), f_all[neg[i:i + 512]]))
+                               for i in range(0, neg.numel(), 512)])
+        neg_weight = probs.double() + 1e-3
+        val_scores = _logits(net, val, device)
+        froc = validation_froc(val, val_scores)
+        score = partial_froc(froc)
+        val_y = np.concatenate([s.labels.numpy() for s in val]) if val else np.zeros(0)
+        val_z = np.concatenate(val_scores) if val else np.zeros(0)
+        val_loss = float(F.binary_cross_entropy_with_logits(torch.tensor(val_z), torch.tensor(val_y, dtype=torch.float64)))
+        row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": val_loss,
+               "val_partial_froc": score, "lr": sched.get_last_lr()[0], "seconds": round(time.perf_counter() - t0, 1)}
+        log_rows.append(row)
+        _log.info("epoch %d: train loss %.4f, val loss %.4f, val partial FROC %.4f", epoch + 1,
+                  row["train_loss"], val_loss, score)
+        if log_path:
+            write_text(log_path, pd.DataFrame(log_rows).to_csv(index=False, float_format="%.6g"))
+        if score > best[0]:
+            best = (score, {k: v.detach().clone() for k, v in net.state_dict().items()}, epoch + 1)
+        elif epoch + 1 - best[2] >= cfg.patience:
+            _log.info("early stop: no improvement for %d epochs", cfg.patience)
+            break
+
+    net.load_state_dict(best[1])
+    net.eval()
+    val_scores = _logits(net, val, device)
+    val_z = np.concatenate(val_scores)
+    val_y = np.concatenate([s.labels.numpy() for s in val])
+    platt = fit_platt(val_z, val_y)
+    conf = [calibrate(z, platt) for z in val_scores]
+    froc = validation_froc(val, conf)
+    threshold = choose_threshold(froc)
+    at = froc[froc["threshold"] == threshold].iloc[0]
+    n_truth = sum(s.n_truth for s in val)
+    found = sum(s.n_truth_found for s in val)
+    full = {
+        **card,
+        "input_channels": list(PATCH_CHANNELS),
+        "features": ["screen_score", "log_diameter", "sphericity", "phase_mean", "phase_present"],
+        "scales": [list(s) for s in SCALES],
+        "voxel_spacing_mm": {"fine": SCALES[0][1], "coarse": SCALES[1][1]},
+        "normalization": "preprocessed magnitude (N4, divided by the brain median); phase in radians / pi, paramagnetic positive",
+        "screen": {**DEFAULT_SCREEN, **card.get("screen", {})},
+        "calibration": {"method": "platt", **platt},
+        "threshold": float(threshold),
+        "validation": {
+            "n_scans": len(val), "n_cmb": int(n_truth),
+            "screen_sensitivity": found / n_truth if n_truth else None,
+            "sensitivity": float(at["sensitivity"]), "fp_avg": float(at["fp_avg"]),
+            "precision": float(at["precision"]), "f1": float(at["f1"]),
+            "partial_froc": partial_froc(froc), "best_epoch": best[2],
+        },
+        "training": {**card.get("training", {}), "epochs_run": len(log_rows), "config": cfg.__dict__,
+                     "n_train_scans": len(train), "n_train_patches": int(y_all.numel()),
+                     "n_train_positive": int(pos.numel()), "seconds": round(time.perf_counter() - t0, 1),
+                     "log": log_rows},
+    }
+    save_model(net, out_dir, full)
+    return json.loads((Path(out_dir) / "model_card.json").read_text())
+
+
+def split_by_subject(scans: list[Scan], val_fraction: float, seed: int) -> tuple[list[Scan], list[Scan]]:
+    """Train/validation split by subject (all sessions and runs of a subject on one side)."""
+    subjects = sorted({s.subject for s in scans})
+    rng = np.random.default_rng(seed)
+    rng.shuffle(subjects)
+    n_val = max(1, int(math.ceil(val_fraction * len(subjects)))) if len(subjects) > 1 else 0
+    val_subjects = set(subjects[:n_val])
+    return ([s for s in scans if s.subject not in val_subjects], [s for s in scans if s.subject in val_subjects])
+
+
+def _data_description(scans: list[Scan]) -> dict:
+    """Acquisitions and, for synthetic data, the generator seeds of the scans used."""
+    seeds = set()
+    for s in scans:
+        params = s.truth.with_name(re.sub(r"_label-CMB_dseg\..*$", "_synth.json", s.truth.name))
+        if params.exists():
+            try:
+                seeds.add(int(json.loads(params.read_text())["seed"]))
+            except (ValueError, KeyError, TypeError):
+                pass
+    return {"n_scans": len(scans), "n_subjects": len({s.subject for s in scans}),
+            "acquisitions": dict(pd.Series([s.acquisition for s in scans]).value_counts().sort_index()),
+            "synthetic_cohort_seeds": sorted(seeds)}
+
+
+def build_parser(parser=None):
+    import argparse
+
+    p = parser or argparse.ArgumentParser(prog="cmb train")
+    p.add_argument("--derivatives", required=True, type=Path,
+                   help="workflow output folder with the preprocessed scans (run the workflow up to preprocessing)")
+    p.add_argument("--truth", required=True, type=Path, help="folder of *_label-CMB_dseg.nii.gz / .tsv annotations")
+    p.add_argument("--out", required=True, type=Path, help="model folder to write")
+    p.add_argument("--init", type=Path, help="fine-tune from this model folder (e.g. the shipped default)")
+    p.add_argument("--name", default="cmb-candidate-net")
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    p.add_argument("--steps-per-epoch", type=int, default=TrainConfig.steps_per_epoch)
+    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    p.add_argument("--width", type=int, default=TrainConfig.width)
+    p.add_argument("--lr", type=float, default=TrainConfig.lr)
+    p.add_argument("--patience", type=int, default=TrainConfig.patience)
+    p.add_argument("--n-hard", type=int, default=300, help="darkest negatives kept per training scan")
+    p.add_argument("--n-random", type=int, default=200, help="random negatives kept per training scan")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def run(args) -> int:
+    import shlex
+    import sys
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    scans = paired_scans(args.derivatives, args.truth)
+    if len({s.subject for s in scans}) < 2:
+        print(f"cmb train: error: need scans of at least 2 subjects with ground truth, found {len(scans)} "
+              f"(derivatives {args.derivatives}, truth {args.truth})", file=sys.stderr)
+        return 2
+    train_scans, val_scans = split_by_subject(scans, args.val_fraction, args.seed)
+    _log.info("%d training scans, %d validation scans", len(train_scans), len(val_scans))
+    screen = load_model(args.init).card.get("screen") if args.init else None
+    train = [sample_scan(s, screen, args.n_hard, args.n_random, seed=args.seed + i)
+             for i, s in enumerate(tqdm(train_scans, desc="training scans", disable=args.no_progress))]
+    val = [sample_scan(s, screen, keep_all=True)
+           for s in tqdm(val_scans, desc="validation scans", disable=args.no_progress)]
+    t_data = time.perf_counter() - t0
+    cfg = TrainConfig(width=args.width, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
+                      batch_size=args.batch_size, lr=args.lr, patience=args.patience, seed=args.seed)
+    card = {
+        "name": args.name,
+        "training": {
+            "command": "cmb train " + shlex.join(sys.argv[1:] if sys.argv[0].endswith("cmb") else sys.argv[2:]),
+            "derivatives": str(args.derivatives), "truth": str(args.truth),
+            "init": str(args.init) if args.init else None, "seed": args.seed,
+            "data": {"train": _data_description(train_scans), "validation": _data_description(val_scans)},
+            "data_seconds": round(t_data, 1), "threads": torch.get_num_threads(),
+        },
+    }
+    if screen:
+        card["screen"] = screen
+    args.out.mkdir(parents=True, exist_ok=True)
+    result = train_model(train, val, args.out, cfg, card, init_dir=args.init,
+                         log_path=args.out / "training_log.csv", progress=not args.no_progress)
+    v = result["validation"]
+    print(f"model: {args.out} (sha256 {result['weights_sha256'][:12]})\n"
+          f"validation ({v['n_scans']} scans, {v['n_cmb']} CMBs): screen sensitivity {v['screen_sensitivity']:.3f}, "
+          f"sensitivity {v['sensitivity']:.3f}, FPavg {v['fp_avg']:.2f}, F1 {v['f1']:.3f} "
+          f"at threshold {result['threshold']:.3f}; {time.perf_counter() - t0:.0f} s in all")
+    return 0
