@@ -286,7 +286,7 @@ def build_counts(subjects: Iterable[SubjectFiles], qc: dict | None = None) -> tu
     rows, dets = [], []
     for s in subjects:
         row, det = _subject_row(s, qc)
-        rows.append(row)
+        rows.append({k: _NA if v is None else str(v) for k, v in row.items()})  # ints stay ints
         if det is not None and len(det):
             dets.append(det)
     counts = pd.DataFrame(rows, columns=COUNT_COLUMNS).fillna(_NA).astype(str)
