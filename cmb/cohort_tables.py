@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cmb.atomic import atomic_path, write_json
+from cmb.atomic import atomic_path, write_text
 from cmb.failures import read_record
 from cmb.mars_region import REGIONS
 
@@ -329,8 +329,8 @@ def write_cohort_tables(subjects: Iterable[SubjectFiles], out_counts, out_detect
     counts, det = build_counts(subjects, qc)
     _write_csv(counts, out_counts)
     _write_csv(det, out_detections)
-    write_json(Path(out_counts).with_suffix(".json"), data_dictionary("counts"))
-    write_json(Path(out_detections).with_suffix(".json"), data_dictionary("detections"))
+    for path, name in ((out_counts, "counts"), (out_detections, "detections")):  # keys in column order
+        write_text(Path(path).with_suffix(".json"), json.dumps(data_dictionary(name), indent=2) + "\n")
     if out_ratings is not None:
         ratings = counts[["participant_id", "session_id"]].assign(rating="", reviewer="", comment="")
         with atomic_path(out_ratings) as tmp:

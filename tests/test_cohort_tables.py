@@ -1,0 +1,139 @@
+"""cmb.cohort_tables: counts equal the detections tables, MARS pattern, status, QC flags,
+determinism, data dictionary."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cmb.cohort_tables import (COUNT_COLUMNS, SubjectFiles, count_detections, data_dictionary, mars_pattern,
+                               read_sites, stage_status, write_cohort_tables)
+from cmb.localize import DETECTION_COLUMNS
+from cmb.mars_region import REGIONS
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from bench_report import synthetic_cohort  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cohort")
+    subjects = synthetic_cohort(root / "subjects", 60, seed=4)
+    counts, det = write_cohort_tables(subjects, root / "cohort" / "cmb_counts.csv",
+                                      root / "cohort" / "cmb_detections.csv",
+                                      out_ratings=root / "cohort" / "cmb_ratings_template.tsv")
+    return {"root": root, "subjects": subjects, "counts": counts, "det": det}
+
+
+def _read(path):
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def test_counts_equal_the_detections_table(cohort):
+    counts = _read(cohort["root"] / "cohort" / "cmb_counts.csv")
+    det = _read(cohort["root"] / "cohort" / "cmb_detections.csv")
+    cmb = det[det["is_cmb"] == "true"]
+    have = counts[counts["n_cmb"] != "n/a"]
+    assert len(have) > 50
+    for row in have.to_dict("records"):
+        mine = cmb[cmb["participant_id"] == row["participant_id"]]
+        assert int(row["n_cmb"]) == len(mine)
+        assert int(row["n_candidates"]) == (det["participant_id"] == row["participant_id"]).sum()
+        if row["n_lobar"] == "n/a":  # registration failed: no anatomy
+            continue
+        for cat in ("lobar", "deep", "infratentorial"):
+            assert int(row[f"n_{cat}"]) == (mine["mars_category"] == cat).sum()
+        for region in REGIONS:
+            for h in ("L", "R"):
+                assert int(row[f"n_{region}_{h}"]) == ((mine["mars_region"] == region) & (mine["hemisphere"] == h)).sum()
+    assert int(pd.to_numeric(have["n_cmb"]).sum()) == len(cmb)
+
+
+def test_detections_csv_has_the_tsv_columns_and_every_row(cohort):
+    det = _read(cohort["root"] / "cohort" / "cmb_detections.csv")
+    assert list(det.columns) == DETECTION_COLUMNS
+    n = sum(len(pd.read_csv(s.detections, sep="\t")) for s in cohort["subjects"] if s.detections)
+    assert len(det) == n
+    key = list(zip(det["participant_id"], det["cmb_id"].astype(int)))
+    assert key == sorted(key)
+
+
+def test_failed_scans_have_status_stage_and_na_counts(cohort):
+    counts = cohort["counts"]
+    failed = counts[counts["status"] == "failed"]
+    assert len(failed) >= 1
+    assert (failed["failing_stage"] != "n/a").all() and (failed["failure_message"] != "n/a").all()
+    no_table = failed[failed["failing_stage"].isin(["ingest", "preprocess", "detect", "localize"])]
+    assert (no_table["n_cmb"] == "n/a").all() and (no_table["mars_pattern"] == "n/a").all()
+    assert (counts.loc[counts["status"] == "ok", "failing_stage"] == "n/a").all()
+    assert failed["qc_flags"].str.contains("failed").all()
+
+
+def test_one_row_per_scan_sorted(cohort):
+    counts = cohort["counts"]
+    assert len(counts) == 60 and list(counts.columns) == COUNT_COLUMNS
+    assert counts["participant_id"].tolist() == sorted(counts["participant_id"])
+
+
+def test_extreme_count_is_flagged(cohort):
+    row = cohort["counts"].set_index("participant_id").loc["sub-0007"]
+    assert row["qc_extreme_count"] == "warn" and "extreme_count" in row["qc_flags"]
+
+
+def test_rerun_is_byte_identical(cohort, tmp_path):
+    write_cohort_tables(cohort["subjects"], tmp_path / "c.csv", tmp_path / "d.csv")
+    assert (tmp_path / "c.csv").read_bytes() == (cohort["root"] / "cohort" / "cmb_counts.csv").read_bytes()
+    assert (tmp_path / "d.csv").read_bytes() == (cohort["root"] / "cohort" / "cmb_detections.csv").read_bytes()
+
+
+def test_data_dictionary_describes_every_column(cohort):
+    for name, columns in (("cmb_counts", COUNT_COLUMNS), ("cmb_detections", DETECTION_COLUMNS)):
+        meta = json.loads((cohort["root"] / "cohort" / f"{name}.json").read_text())
+        assert list(meta) == list(columns)
+        assert all(meta[c]["Description"] for c in columns)
+    assert set(data_dictionary("detections")["rejected_reason"]["Levels"]) == {"csf", "outside_brain", "n/a"}
+
+
+def test_ratings_template_lists_every_scan(cohort):
+    t = pd.read_csv(cohort["root"] / "cohort" / "cmb_ratings_template.tsv", sep="\t", dtype=str, keep_default_na=False)
+    assert list(t.columns) == ["participant_id", "session_id", "rating", "reviewer", "comment"] and len(t) == 60
+
+
+def test_counts_for_a_scan_without_anatomy():
+    det = pd.DataFrame({"is_cmb": ["true"], "above_threshold": ["true"], "rejected": ["false"],
+                        "rejected_reason": ["n/a"], "mars_category": ["n/a"], "mars_region": ["n/a"],
+                        "hemisphere": ["n/a"]})
+    c = count_detections(det, anatomy=False)
+    assert c["n_cmb"] == 1 and c["n_unlocalized"] == 1 and c["n_lobar"] == "n/a" and c["mars_pattern"] == "n/a"
+
+
+@pytest.mark.parametrize(("lobar", "deep", "infra", "pattern"), [
+    (1, 0, 0, "strictly_lobar"), (0, 1, 0, "deep_or_mixed"), (2, 1, 0, "deep_or_mixed"),
+    (1, 0, 1, "deep_or_mixed"), (0, 0, 3, "infratentorial_only"), (0, 0, 0, "none")])
+def test_mars_pattern(lobar, deep, infra, pattern):
+    assert mars_pattern(lobar, deep, infra) == pattern
+
+
+def test_stage_status_names_the_root_cause():
+    recs = [{"status": "ok", "stage": "ingest"},
+            {"status": "skipped", "stage": "detect", "upstream_stage": "preprocess", "message": "skipped: ..."}]
+    assert stage_status(recs)["failing_stage"] == "preprocess"
+    assert stage_status([])["status"] == "ok"
+
+
+def test_read_sites(tmp_path):
+    p = tmp_path / "participants.tsv"
+    p.write_text("participant_id\tage\tsite\nsub-01\t70\tA\nsub-02\t71\tn/a\n")
+    assert read_sites(p) == {"sub-01": "A"}
+    assert read_sites(tmp_path / "missing.tsv") == {}
+
+
+def test_subject_files_with_sessions(tmp_path):
+    s = SubjectFiles(participant_id="01", session_id="2", records=[{"status": "ok", "stage": "ingest"}])
+    counts, det = write_cohort_tables([s], tmp_path / "c.csv", tmp_path / "d.csv")
+    assert counts.loc[0, ["participant_id", "session_id"]].tolist() == ["sub-01", "ses-2"]
+    assert counts.loc[0, "n_cmb"] == "n/a" and len(det) == 0
