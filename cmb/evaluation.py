@@ -344,7 +344,10 @@ def read_detections(path) -> pd.DataFrame:
     path = Path(path)
     if path.stat().st_size == 0:
         raise ValueError(f"{path}: empty file (placeholder of a failed stage?), not a detections table")
-    return _as_detections(pd.read_csv(path, sep=_table_sep(path)))
+    table = pd.read_csv(path, sep=_table_sep(path))
+    if "rejected" in table.columns:  # the anatomical filter's rejections are not detections
+        table = table[~table["rejected"].astype(str).str.lower().isin(["true", "1"])]
+    return _as_detections(table)
 
 
 # ------------------------------------------------------------------------ matching
@@ -1077,12 +1080,30 @@ def find_scans(detections_dir, truth_dir, pattern: str = "*detections.tsv") -> t
     return scans, [str(dets[k]) for k in sorted(set(dets) - set(truth))]
 
 
+def derivative_scans(derivatives_dir, truth_dir, table_suffix: str) -> tuple[list, list[str]]:
+    """As :func:`find_scans`, for the per-scan tables of a cmb workflow output folder (:mod:`cmb.annotations`)."""
+    from cmb.annotations import derivative_table, paired_scans
+
+    scans = []
+    for scan in paired_scans(derivatives_dir, truth_dir):
+        table = derivative_table(scan, table_suffix)
+        scans.append((scan.key, scan.acquisition, table if table.exists() else None, scan.truth))
+    return scans, []
+
+
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     """Arguments of the evaluation command (also usable as a ``cmb evaluate`` subparser)."""
     p = parser or argparse.ArgumentParser(
         prog="python -m cmb.evaluation",
         description="Lesion-level evaluation of CMB detections against ground truth (docs/evaluation.md).")
-    p.add_argument("--detections", required=True, type=Path, help="folder of per-scan detection TSVs")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--detections", type=Path, help="folder of per-scan detection TSVs (named by sub/ses/run)")
+    src.add_argument("--derivatives", type=Path,
+                     help="a cmb workflow output folder: each scan's table (--table-suffix) is paired with the truth "
+                          "of the raw input its ingest report names")
+    p.add_argument("--table-suffix", default="desc-candidates_cmb.tsv",
+                   help="with --derivatives: the per-scan table to score (default: %(default)s); "
+                        "rows with rejected=true are left out")
     p.add_argument("--truth", required=True, type=Path,
                    help="ground-truth derivatives folder (e.g. <bids>/derivatives/cmb-truth)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
@@ -1107,7 +1128,10 @@ def run(args: argparse.Namespace) -> int:
     """Run the evaluation command; returns the exit code (2: bad input, one line on stderr)."""
     prog = "cmb evaluate"
     try:
-        scans, unmatched = find_scans(args.detections, args.truth, args.pattern)
+        if args.derivatives is not None:
+            scans, unmatched = derivative_scans(args.derivatives, args.truth, args.table_suffix)
+        else:
+            scans, unmatched = find_scans(args.detections, args.truth, args.pattern)
         if not scans:
             raise ValueError(f"no *_label-CMB_dseg.* ground truth under {args.truth}")
         missing = [s for s, _, d, _ in scans if d is None]

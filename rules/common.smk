@@ -455,6 +455,30 @@ MODEL_DIR = config["detection"]["model_dir"] or os.path.join(workflow.basedir, "
 MODEL_FILES = [os.path.join(MODEL_DIR, "model.safetensors"), os.path.join(MODEL_DIR, "model_card.json")]
 
 
+# train_model / evaluate_detections (rules/train.smk)
+TRUTH_DIR = config["training"]["truth_dir"] or os.path.join(config["bids_dir"], "derivatives", "cmb-truth")
+MODEL_OUT = config["training"]["model_out"] or f"{OUT}/model"
+EVALUATION = {name: f"{OUT}/evaluation/{name}" for name in
+              ("subjects.csv", "cohort.csv", "cohort.json", "froc.csv", "froc.png", "detections.csv")}
+
+
+def _train_args():
+    c = config["training"]
+    args = ["--truth", TRUTH_DIR, "--epochs", str(c["epochs"]), "--steps-per-epoch", str(c["steps_per_epoch"]),
+            "--val-fraction", repr(float(c["val_fraction"])), "--seed", str(c["seed"])]
+    return args + (["--init", c["init_model"]] if c["init_model"] else [])
+
+
+def operating_threshold(wildcards):
+    """The detection threshold in use: config detection.threshold, else the model card's."""
+    if config["detection"]["threshold"] is not None:
+        return repr(float(config["detection"]["threshold"]))
+    import json
+
+    with open(MODEL_FILES[1], encoding="utf-8") as f:
+        return repr(float(json.load(f)["threshold"]))
+
+
 DATASET_DESCRIPTION = {
     "Name": "cmb: cerebral microbleed detection",
     "BIDSVersion": "1.10.0",
@@ -473,6 +497,7 @@ INGEST_OPTIONS = shlex.join(_ingest_options())
 PREPROCESS_OPTIONS = shlex.join(_preprocess_options())
 REGISTER_OPTIONS = shlex.join(_register_options())
 DETECT_OPTIONS = shlex.join(_detect_options())
+TRAIN_ARGS = shlex.join(_train_args())
 
 
 # ------------------------------------------------------------------ soft failures

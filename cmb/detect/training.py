@@ -52,80 +52,15 @@ from cmb.atomic import write_text
 from cmb.detect.inference import DEFAULT_SCREEN, calibrate, find_candidates, hand_features
 from cmb.detect.model import CandidateNet, load_model, save_model
 from cmb.detect.patches import PATCH_CHANNELS, SCALES, candidate_patches
-from cmb.evaluation import (MARGIN_MM, MIN_POINT_RADIUS_MM, _hits, _scan_key, choose_threshold, froc_curve,
-                            load_truth, match_cohort, sensitivity_at_fp)
+from cmb.annotations import Scan, paired_scans
+from cmb.evaluation import (MARGIN_MM, MIN_POINT_RADIUS_MM, _hits, choose_threshold, froc_curve, load_truth,
+                            match_cohort, sensitivity_at_fp)
 
-__all__ = ["Scan", "paired_scans", "ScanSamples", "sample_scan", "TrainConfig", "train_model"]
+__all__ = ["ScanSamples", "sample_scan", "TrainConfig", "train_model"]
 
 _log = logging.getLogger(__name__)
 
 PFROC_LEVELS = (0.25, 0.5, 1.0, 2.0)
-
-
-@dataclass(frozen=True)
-class Scan:
-    """One preprocessed scan with its ground truth."""
-
-    key: str  # sub-X[_ses-Y][_run-N] of the raw input
-    acquisition: str
-    image: Path
-    mask: Path
-    phase: Path | None
-    truth: Path
-
-    @property
-    def subject(self) -> str:
-        return self.key.split("_")[0]
-
-
-def truth_files(truth_dir) -> dict[str, Path]:
-    """Ground-truth file of each scan key under ``truth_dir`` (label image preferred over a point table)."""
-    found: dict[str, Path] = {}
-    for path in sorted(Path(truth_dir).rglob("*_label-CMB_dseg.*")):
-        if not re.search(r"\.(nii|nii\.gz|tsv)$", path.name):
-            continue
-        key = _scan_key(path.name)
-        if key in found and not path.name.endswith(".tsv"):
-            found[key] = path
-        found.setdefault(key, path)
-    return found
-
-
-def _acquisition(truth: Path) -> str:
-    from cmb.evaluation import _acquisition as acq
-
-    return acq(truth)
-
-
-def paired_scans(derivatives_dir, truth_dir) -> list[Scan]:
-    """Preprocessed scans of a workflow output folder paired with their ground truth.
-
-    Scans whose preprocessing failed (placeholders) or that have no ground truth
-    are left out, with a warning.
-    """
-    truths = truth_files(truth_dir)
-    scans = []
-    for report in sorted(Path(derivatives_dir).rglob("*_desc-ingested_swi.json")):
-        if report.stat().st_size == 0:
-            continue
-        rep = json.loads(report.read_text())
-        source = Path(rep["inputs"]["magnitude"][0]["path"]).name
-        key = _scan_key(source)
-        stem = report.name[: -len("_desc-ingested_swi.json")]
-        folder = report.parent
-        image = folder / f"{stem}_desc-preproc_swi.nii.gz"
-        mask = folder / f"{stem}_desc-brain_mask.nii.gz"
-        phase = folder / f"{stem.replace('_part-mag', '_part-phase')}_desc-preproc_swi.nii.gz"
-        phase = phase if "_part-mag" in stem else None
-        needed = [image, mask] + ([phase] if phase else [])
-        if not all(p.exists() and p.stat().st_size > 0 for p in needed):
-            _log.warning("%s: preprocessed files missing or failed, left out", key)
-            continue
-        if key not in truths:
-            _log.warning("%s: no ground truth under %s, left out", key, truth_dir)
-            continue
-        scans.append(Scan(key, _acquisition(truths[key]), image, mask, phase, truths[key]))
-    return scans
 
 
 @dataclass
@@ -492,3 +427,14 @@ def run(args) -> int:
           f"sensitivity {v['sensitivity']:.3f}, FPavg {v['fp_avg']:.2f}, F1 {v['f1']:.3f} "
           f"at threshold {result['threshold']:.3f}; {time.perf_counter() - t0:.0f} s in all")
     return 0
+
+
+def main(argv=None) -> int:
+    """``python -m cmb.detect.training``: as ``cmb train``."""
+    return run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

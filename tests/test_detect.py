@@ -1,0 +1,180 @@
+"""The detector on a real synthetic scan: shipped weights, CLI, training, bad input.
+
+One `cmb synth` tiny subject (1.5 x 1.5 x 2.5 mm, 8 CMBs, veins, calcifications)
+is preprocessed once by the real preprocessing; the ground truth comes from the
+generator.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cmb.detect import CANDIDATE_COLUMNS
+from cmb.detect.__main__ import DEFAULT_MODEL, main as detect_main, run_detect
+from cmb.detect.inference import calibrate, find_candidates
+from cmb.detect.model import load_model
+from cmb.annotations import Scan
+from cmb.detect.training import TrainConfig, sample_scan, train_model
+from cmb.evaluation import evaluate_cohort, load_truth
+from cmb.preprocess import preprocess_subject
+from cmb.synth import SynthOptions, synthesize
+
+
+@pytest.fixture(scope="module")
+def scan(tmp_path_factory) -> Scan:
+    root = tmp_path_factory.mktemp("detect")
+    synthesize(SynthOptions(out=root / "bids", n_subjects=1, seed=21, preset="tiny", n_cmb=8, phase_units="rad",
+                            paramagnetic_phase="negative"), log=lambda m: None)
+    mag_src = next((root / "bids").rglob("*part-mag*.nii.gz"))
+    ph_src = next((root / "bids").rglob("*part-phase*.nii.gz"))
+    ing = root / "ingested"
+    ing.mkdir()
+    for src, name in ((mag_src, "mag.nii.gz"), (ph_src, "phase.nii.gz")):
+        img = nib.load(src)
+        nib.save(nib.Nifti1Image(img.get_fdata(dtype=np.float32), img.affine), ing / name)
+    out = root / "preproc"
+    preprocess_subject(ing / "mag.nii.gz", ing / "phase.nii.gz", out / "sub-01_desc-preproc_swi.nii.gz",
+                       out / "sub-01_desc-brain_mask.nii.gz", out / "sub-01_part-phase_desc-preproc_swi.nii.gz",
+                       paramagnetic_phase="negative")
+    truth = next((root / "bids" / "derivatives" / "cmb-truth").rglob("*_label-CMB_dseg.nii.gz"))
+    return Scan("sub-01", "tiny", out / "sub-01_desc-preproc_swi.nii.gz", out / "sub-01_desc-brain_mask.nii.gz",
+                out / "sub-01_part-phase_desc-preproc_swi.nii.gz", truth)
+
+
+def _outputs(tmp_path: Path) -> dict:
+    return {k: str(tmp_path / f"sub-01_{k}") for k in ("cmb.tsv", "cmb.json", "dseg.nii.gz", "probseg.nii.gz")}
+
+
+def _detect(scan: Scan, tmp_path: Path, **kwargs) -> tuple[pd.DataFrame, dict, dict]:
+    out = _outputs(tmp_path)
+    sidecar = run_detect(str(scan.image), str(scan.mask), out["cmb.tsv"], out["cmb.json"], out["dseg.nii.gz"],
+                         out["probseg.nii.gz"], **kwargs)
+    return pd.read_csv(out["cmb.tsv"], sep="\t"), sidecar, out
+
+
+def test_shipped_weights_find_the_microbleeds(scan, tmp_path):
+    table, sidecar, out = _detect(scan, tmp_path, phase=str(scan.phase), use_gpu=False)
+    assert list(table.columns) == CANDIDATE_COLUMNS
+    assert sidecar["model_sha256"] == load_model(DEFAULT_MODEL).card["weights_sha256"]
+    assert sidecar["device"] == "cpu" and sidecar["phase_used"]
+    kept = table[table["above_threshold"]]
+    _, metrics = evaluate_cohort([("sub-01", "tiny", kept, load_truth(scan.truth))])
+    assert metrics["sensitivity"] >= 0.75, metrics
+    assert metrics["fp_avg"] <= 3, metrics
+    # the images agree with the table
+    labels = np.asarray(nib.load(out["dseg.nii.gz"]).dataobj)
+    prob = nib.load(out["probseg.nii.gz"]).get_fdata()
+    for row in table.head(20).itertuples():
+        assert labels[row.i, row.j, row.k] == row.candidate_id
+        assert prob[row.i, row.j, row.k] == pytest.approx(row.confidence, abs=1e-5)
+    assert kept["phase_sign"].isin(["paramagnetic", "diamagnetic"]).all()
+
+
+def test_magnitude_only_path_also_detects(scan, tmp_path):
+    table, sidecar, _ = _detect(scan, tmp_path, use_gpu=False)
+    assert not sidecar["phase_used"] and (table["phase_sign"] == "n/a").all()
+    _, metrics = evaluate_cohort([("sub-01", "tiny", table[table["above_threshold"]], load_truth(scan.truth))])
+    assert metrics["sensitivity"] >= 0.6, metrics
+
+
+def test_detection_is_deterministic_and_batch_size_independent(scan, tmp_path):
+    _, _, a = _detect(scan, tmp_path / "a", phase=str(scan.phase), use_gpu=False, batch_size=256)
+    _, _, b = _detect(scan, tmp_path / "b", phase=str(scan.phase), use_gpu=False, batch_size=37)
+    ta, tb = pd.read_csv(a["cmb.tsv"], sep="\t"), pd.read_csv(b["cmb.tsv"], sep="\t")
+    pd.testing.assert_frame_equal(ta.drop(columns="confidence"), tb.drop(columns="confidence"))
+    np.testing.assert_allclose(ta["confidence"], tb["confidence"], atol=1e-4)
+    _, _, c = _detect(scan, tmp_path / "c", phase=str(scan.phase), use_gpu=False, batch_size=256)
+    assert Path(a["cmb.tsv"]).read_bytes() == Path(c["cmb.tsv"]).read_bytes()
+
+
+def test_screen_finds_every_microbleed_of_the_subject(scan):
+    s = sample_scan(scan, keep_all=True)
+    assert s.n_truth == 8
+    assert s.n_truth_found >= 7  # stage-1 sensitivity
+    assert s.labels.sum() >= s.n_truth_found
+
+
+def test_threshold_override_and_calibration(scan, tmp_path):
+    table, sidecar, _ = _detect(scan, tmp_path, phase=str(scan.phase), use_gpu=False, threshold=0.0)
+    assert sidecar["threshold"] == 0.0 and table["above_threshold"].all()
+    assert calibrate(np.array([0.0]), {"a": 2.0, "b": 0.0})[0] == pytest.approx(0.5)
+    assert calibrate(np.array([1.0]), {"a": 2.0, "b": -2.0})[0] == pytest.approx(0.5)
+
+
+def test_cli_names_the_broken_file(scan, tmp_path, capsys):
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(Path(scan.image).read_bytes()[:2000])
+    out = _outputs(tmp_path)
+    argv = ["--image", str(broken), "--mask", str(scan.mask), "--out-table", out["cmb.tsv"],
+            "--out-sidecar", out["cmb.json"], "--out-dseg", out["dseg.nii.gz"], "--out-prob", out["probseg.nii.gz"],
+            "--cpu"]
+    assert detect_main(argv) == 1
+    err = capsys.readouterr().err
+    assert str(broken) in err and "cannot read" in err
+    assert not Path(out["cmb.tsv"]).exists()
+
+
+def test_cli_rejects_a_corrupt_model(scan, tmp_path, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(DEFAULT_MODEL, model)
+    w = model / "model.safetensors"
+    data = bytearray(w.read_bytes())
+    data[len(data) // 2] ^= 0x55
+    w.write_bytes(bytes(data))
+    out = _outputs(tmp_path)
+    argv = ["--image", str(scan.image), "--mask", str(scan.mask), "--model", str(model), "--out-table", out["cmb.tsv"],
+            "--out-sidecar", out["cmb.json"], "--out-dseg", out["dseg.nii.gz"], "--out-prob", out["probseg.nii.gz"]]
+    assert detect_main(argv) == 1
+    assert "model.safetensors: SHA-256" in capsys.readouterr().err
+
+
+def test_phase_on_another_grid_is_refused(scan, tmp_path):
+    img = nib.load(scan.phase)
+    other = tmp_path / "phase.nii.gz"
+    nib.save(nib.Nifti1Image(img.get_fdata(dtype=np.float32)[:-2], img.affine), other)
+    with pytest.raises(ValueError, match="phase grid"):
+        _detect(scan, tmp_path, phase=str(other), use_gpu=False)
+
+
+def test_training_reduces_the_loss(scan, tmp_path):
+    torch.set_num_threads(2)
+    samples = sample_scan(scan, n_hard=60, n_random=40)
+    val = sample_scan(scan, keep_all=True)
+    cfg = TrainConfig(width=4, epochs=4, steps_per_epoch=6, batch_size=16, lr=3e-3, patience=10, seed=1)
+    card = train_model([samples], [val], tmp_path / "m", cfg, {"name": "test"}, log_path=tmp_path / "log.csv",
+                       progress=False)
+    log = pd.read_csv(tmp_path / "log.csv")
+    assert len(log) == 4
+    assert log["train_loss"].iloc[-1] < log["train_loss"].iloc[0]
+    assert set(card["calibration"]) >= {"a", "b"} and 0 <= card["threshold"] <= 1
+    loaded = load_model(tmp_path / "m")
+    assert loaded.card["weights_sha256"] == card["weights_sha256"]
+
+
+def test_fine_tuning_starts_from_the_given_weights(scan, tmp_path):
+    samples = sample_scan(scan, n_hard=30, n_random=10)
+    cfg = TrainConfig(width=12, epochs=1, steps_per_epoch=1, batch_size=8, lr=1e-9, seed=0)
+    card = train_model([samples], [samples], tmp_path / "ft", cfg, {"name": "ft"}, init_dir=DEFAULT_MODEL,
+                       progress=False)
+    base = load_model(DEFAULT_MODEL).net.state_dict()
+    tuned = load_model(tmp_path / "ft").net.state_dict()
+    key = next(k for k in base if k.endswith("weight") and base[k].ndim == 5)
+    torch.testing.assert_close(base[key], tuned[key], atol=1e-5, rtol=0)
+    assert card["hyper_parameters"] == load_model(DEFAULT_MODEL).card["hyper_parameters"]
+
+
+def test_candidates_of_an_empty_mask_region_are_none():
+    mag = np.ones((30, 30, 20), np.float32)
+    mask = np.zeros(mag.shape, bool)
+    mask[5:25, 5:25, 5:15] = True
+    cands = find_candidates(mag, mask, (1.0, 1.0, 2.0))
+    assert len(cands.table) == 0 and not cands.labels.any()
+    assert json.dumps(cands.seconds)
