@@ -36,7 +36,7 @@ SCANNERS = ({"Manufacturer": "Siemens", "ManufacturersModelName": "Prisma", "Mag
             {"Manufacturer": "GE", "ManufacturersModelName": "Discovery MR750", "MagneticFieldStrength": 1.5})
 
 
-def synthetic_cohort(root: Path, n: int, seed: int = 0) -> list[SubjectFiles]:
+def synthetic_cohort(root: Path, n: int, seed: int = 0, fail_fraction: float = 0.02) -> list[SubjectFiles]:
     """Write ``n`` subjects' detections tables, sidecars and status records under ``root``."""
     rng = np.random.default_rng(seed)
     weights = {"lobar": 0.5, "deep": 0.35, "infratentorial": 0.15}
@@ -52,7 +52,7 @@ def synthetic_cohort(root: Path, n: int, seed: int = 0) -> list[SubjectFiles]:
         if s == 7:
             n_cmb = 80  # an extreme count
         n_cand = n_cmb + int(rng.integers(2 * n_cmb + 2, 9 * n_cmb + 6))
-        failed_stage = STAGES[int(rng.integers(len(STAGES)))] if rng.random() < 0.02 else None
+        failed_stage = STAGES[int(rng.integers(len(STAGES)))] if rng.random() < fail_fraction else None
         records = []
         for st in STAGES:
             rec = d / f"{st}_status.json"

@@ -124,7 +124,7 @@ def render_subject_report(
     Returns timings (s) of the parts.
     """
     from cmb.cohort_tables import count_detections, stage_status
-    from cmb.report.reportlets import (data_uri, flicker_frames, intensity_window, overlay_png,
+    from cmb.report.reportlets import (data_uri, flicker_frames, image_size, intensity_window, overlay_png,
                                        triplet_png)
 
     t0 = time.perf_counter()
@@ -178,7 +178,7 @@ def render_subject_report(
         windows.append(intensity_window(vol, msk))
         if ph is not None:
             volumes.append(ph)
-            lim = float(np.percentile(np.abs(ph[msk] if msk is not None and msk.any() else ph), 99)) or 1.0
+            lim = intensity_window(np.abs(ph), msk, pct=(0.0, 99.0))[1] or 1.0
             windows.append((-lim, lim))
     timings["load_s"] = time.perf_counter() - t1
 
@@ -202,12 +202,12 @@ def render_subject_report(
                 radius = 3.0
             if not math.isfinite(radius):
                 radius = 3.0
-            png = triplet_png(volumes, windows, img.affine, c, marker_mm=radius, half_mm=TRIPLET_HALF_MM)
-            w, h = _png_size(png)
+            jpg = triplet_png(volumes, windows, img.affine, c, marker_mm=radius, half_mm=TRIPLET_HALF_MM, fmt="JPEG")
+            w, h = image_size(jpg)
             where = ", ".join(v for v in (r.get("mars_region", _NA).replace("_", " "), r.get("hemisphere", _NA),
                                            r.get("atlas_label", _NA)) if v and v != _NA) or "location n/a"
             out.append({"cmb_id": r["cmb_id"], "confidence": r["confidence"], "where": where,
-                        "reason": r.get("rejected_reason", _NA), "png": data_uri(png, "image/png"),
+                        "reason": r.get("rejected_reason", _NA), "png": data_uri(jpg, "image/jpeg"),
                         "width": w, "height": h})
         return out
 
@@ -232,8 +232,8 @@ def render_subject_report(
     flicker = None
     mars_img = _load(mars)
     if mars_img is not None and vol is not None and mars_img.shape[:3] == vol.shape:
-        labels = np.asanyarray(mars_img.dataobj).astype(np.int32)
-        labels = np.where(labels == 200, 0, labels)  # regions only: CSF would hide the ventricles
+        labels = np.asanyarray(mars_img.dataobj).astype(np.int16)
+        labels[labels == 200] = 0  # regions only: CSF would hide the ventricles
         base, top = flicker_frames(vol, labels, img.affine, windows[0])
         w, h = _png_size(base)
         flicker = {"base": data_uri(base, "image/png"), "top": data_uri(top, "image/png"), "width": w, "height": h}

@@ -24,6 +24,7 @@ __all__ = [
     "data_uri",
     "intensity_window",
     "triplet_png",
+    "image_size",
     "flicker_frames",
     "overlay_png",
     "count_histogram_svg",
@@ -51,9 +52,11 @@ def intensity_window(data: np.ndarray, mask: np.ndarray | None = None, pct=(1.0,
     >>> intensity_window(np.arange(100.0), pct=(0, 100))
     (1.0, 99.0)
     """
+    if data.size > 2_000_000:  # a fixed subsample of the grid: same window on every run, 10x faster
+        step = (2, 2, 1) if data.ndim == 3 else 2
+        data = data[tuple(slice(None, None, k) for k in step)] if data.ndim == 3 else data.ravel()[::step]
+        mask = None if mask is None else (mask[::2, ::2, :] if mask.ndim == 3 else mask.ravel()[::2])
     values = data[mask] if mask is not None and mask.any() else data[data > 0]
-    if values.size > 2_000_000:  # a fixed subsample: same window on every run
-        values = values[:: values.size // 1_000_000]
     if values.size == 0:
         return 0.0, 1.0
     lo, hi = np.percentile(values, pct)
@@ -108,14 +111,15 @@ def _render(crop: np.ndarray, pix_mm: tuple[float, float], window, px_per_mm: fl
 
 def triplet_png(volumes: Sequence[np.ndarray], windows: Sequence[tuple[float, float]], affine: np.ndarray,
                 centre: Sequence[int], *, marker_mm: float = 4.0, half_mm: float = 16.0,
-                px_per_mm: float = 4.0) -> bytes:
-    """PNG of axial, coronal and sagittal crops around ``centre``, one row per volume
-    (magnitude, then phase), with a circle of radius ``marker_mm`` on the centre.
+                px_per_mm: float = 4.0, fmt: str = "PNG") -> bytes:
+    """Image (PNG, or JPEG with ``fmt="JPEG"``: 8x faster to encode) of axial, coronal
+    and sagittal crops around ``centre``, one row per volume (magnitude, then phase),
+    with a circle of radius ``marker_mm`` on the centre.
 
     >>> vol = np.random.default_rng(0).random((40, 40, 20)).astype(np.float32)
     >>> png = triplet_png([vol], [(0, 1)], np.diag([1.0, 1.0, 2.0, 1.0]), (20, 20, 10))
-    >>> png[:8] == b"\\x89PNG\\r\\n\\x1a\\n"
-    True
+    >>> png[:8] == b"\\x89PNG\\r\\n\\x1a\\n", image_size(png)
+    (True, (404, 136))
     """
     zooms = _zooms(affine)
     rows = []
@@ -134,8 +138,17 @@ def triplet_png(volumes: Sequence[np.ndarray], windows: Sequence[tuple[float, fl
             x += t.width + gap
         y += max(t.height for t in r) + gap
     buf = io.BytesIO()
-    canvas.save(buf, format="PNG", compress_level=1)
+    if fmt.upper() == "JPEG":
+        canvas.save(buf, format="JPEG", quality=90)
+    else:
+        canvas.save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
+
+
+def image_size(payload: bytes) -> tuple[int, int]:
+    """(width, height) of an encoded image (reads the header only)."""
+    with Image.open(io.BytesIO(payload)) as im:
+        return im.size
 
 
 def _label_colours(labels: np.ndarray) -> np.ndarray:
@@ -163,7 +176,7 @@ def flicker_frames(image: np.ndarray, labels: np.ndarray, affine: np.ndarray, wi
     """
     zooms = _zooms(affine)
     if centre is None:
-        nz = np.argwhere(labels > 0)
+        nz = np.argwhere(labels[::4, ::4, ::2] > 0) * [4, 4, 2]  # subsampled: the centre need not be exact
         centre = (np.rint(nz.mean(0)).astype(int) if len(nz) else np.array(image.shape) // 2)
     frames = []
     for overlay in (False, True):
@@ -194,16 +207,17 @@ def overlay_png(image: np.ndarray, mask: np.ndarray, affine: np.ndarray, window,
     from scipy import ndimage as ndi
 
     zooms = _zooms(affine)
-    edge = mask & ~ndi.binary_erosion(mask)
     zs = np.flatnonzero(mask.any(axis=(0, 1)))
     ks = np.linspace(zs[0], zs[-1], 7)[1:-1].round().astype(int) if zs.size else [image.shape[2] // 2]
-    c = np.rint(np.argwhere(mask).mean(0)).astype(int) if mask.any() else np.array(image.shape) // 2
+    nz = np.argwhere(mask[::4, ::4, ::2]) * [4, 4, 2]
+    c = np.rint(nz.mean(0)).astype(int) if len(nz) else np.array(image.shape) // 2
     views = [(2, k) for k in ks] + [(1, c[1]), (0, c[0])]
     tiles = []
     for axis, k in views:
         rest = [a for a in range(3) if a != axis]
         sl = _slice(image, axis, int(k)).T[::-1]
-        ed = _slice(edge, axis, int(k)).T[::-1]
+        mk = _slice(mask, axis, int(k)).T[::-1]
+        ed = mk & ~ndi.binary_erosion(mk)  # outline of this plane only
         rgb = np.repeat(_to_uint8(sl, window)[..., None], 3, axis=2)
         rgb[ed] = (255, 48, 48)
         img = Image.fromarray(rgb, mode="RGB")
@@ -286,7 +300,7 @@ def site_boxplot_svg(groups: dict[str, Sequence[float]], title: str) -> str:
     names = list(groups)
     fig = _figure(6.4, 0.35 * len(names) + 1.3)
     ax = fig.subplots()
-    ax.boxplot([np.asarray(groups[n], float) for n in names], vert=False, tick_labels=names, widths=0.6)
+    ax.boxplot([np.asarray(groups[n], float) for n in names], orientation="horizontal", tick_labels=names, widths=0.6)
     ax.set_xlabel("CMBs per scan")
     ax.set_title(title, fontsize=10)
     ax.spines[["top", "right"]].set_visible(False)
