@@ -41,9 +41,10 @@ def test_slurm_profile_settings():
     assert detect["cpus_per_gpu"] >= 1 and "cpus_per_task" not in detect
     # cheap per-subject CPU stages grouped; detection (GPU, maybe another partition) never
     groups = cfg["groups"]
-    assert {"preprocess_swi_phase", "register_to_mni", "plot_qc"} <= set(groups)
-    assert len(set(groups.values())) == 1 and "detect_cmb" not in groups
-    assert cfg["group-components"] == {next(iter(groups.values())): 1}
+    assert {groups[r] for r in ("ingest_swi_phase", "preprocess_swi_phase", "register_to_mni", "plot_qc")} == {"subject"}
+    assert {groups[r] for r in ("localize_cmb", "report_subject")} == {"subject_post"}
+    assert "detect_cmb" not in groups
+    assert cfg["group-components"] == {"subject": 1, "subject_post": 1}
 
 
 @pytest.mark.parametrize("profile", ["slurm", "slurm-gres"])
