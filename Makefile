@@ -40,7 +40,7 @@ demo-data: $(DEMO_BIDS)/dataset_description.json
 
 demo: $(STAMP) demo-data
 	$(BIN)/snakemake --profile profiles/local --config bids_dir=$(DEMO_BIDS) output_dir=$(DEMO_OUT)
-	@echo "Outputs: $(DEMO_OUT) (failures: $(DEMO_OUT)/failures.csv)"
+	@echo "Outputs: $(DEMO_OUT) (cohort tables and QC page: $(DEMO_OUT)/cohort/cmb_counts.csv, cmb_detections.csv, cmb_report.html; failures: $(DEMO_OUT)/failures.csv)"
 
 # pytest's exit code 5 (no tests collected) fails this target like any other failure.
 test: $(STAMP)

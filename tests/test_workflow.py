@@ -80,6 +80,10 @@ def expected_jobs(plain: int = 0, phase: int = 0, t1w: int = 0) -> Counter:
         "preprocess_swi_phase": phase,
         "register_to_mni": n,
         "plot_qc": n,
+        "localize_cmb": n,
+        "report_subject": n,
+        "collect_cohort_tables": 1,
+        "report_cohort": 1,
         "build_mars_map": 1,
         "write_dataset_description": 1,
         "collect_failures": 1,
@@ -343,3 +347,55 @@ def test_second_run_has_nothing_to_do(cohort_run):
                          f"output_dir={cohort_run['out']}")
     text = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "Nothing to be done" in text, text[-3000:]
+
+
+@pytest.mark.slow
+def test_end_to_end_detections_cohort_tables_and_reports(cohort_run):
+    """Localization, per-subject detections and maps, cohort CSVs and the QC pages (issue 5)."""
+    import pandas as pd
+
+    from cmb.cohort_tables import COUNT_COLUMNS
+    from cmb.localize import DETECTION_COLUMNS
+
+    proc, out = cohort_run["proc"], cohort_run["out"]
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    rows = 0
+    for sub in ("01", "02"):
+        anat = _anat(out, sub)
+        det = pd.read_csv(anat / f"sub-{sub}_desc-cmb_detections.tsv", sep="\t", dtype=str, keep_default_na=False)
+        assert list(det.columns) == DETECTION_COLUMNS
+        rows += len(det)
+        ingested = nib.load(anat / f"sub-{sub}_part-mag_desc-ingested_swi.nii.gz")
+        for name in ("label-CMB_dseg", "label-CMB_probseg"):
+            img = nib.load(anat / f"sub-{sub}_{name}.nii.gz")
+            assert img.shape == ingested.shape and np.allclose(img.affine, ingested.affine, atol=1e-4)
+        counted = set(det.loc[det["is_cmb"] == "true", "cmb_id"].astype(int))
+        labels = set(np.unique(np.asanyarray(nib.load(anat / f"sub-{sub}_label-CMB_dseg.nii.gz").dataobj)).tolist())
+        assert labels - {0} == counted
+        meta = json.loads((anat / f"sub-{sub}_desc-cmb_detections.json").read_text())
+        prov = meta["Provenance"]
+        assert prov["config_sha256"] and prov["model_card_sha256"] and prov["inputs"]["magnitude"][0]["sha256"]
+        assert set(prov["software"]) >= {"ants", "torch", "snakemake"}
+        page = (out / f"sub-{sub}" / f"sub-{sub}_report.html").read_text()
+        assert "http://" not in page and "https://" not in page and 'id="detections"' in page
+        for rule in ("localize_cmb", "report_subject"):
+            status = out / "status" / rule / f"sub-{sub}" / f"sub-{sub}_status.json"
+            assert json.loads(status.read_text())["status"] == "ok"
+    counts = pd.read_csv(out / "cohort" / "cmb_counts.csv", dtype=str, keep_default_na=False)
+    assert list(counts.columns) == COUNT_COLUMNS
+    assert counts["participant_id"].tolist() == ["sub-01", "sub-02", "sub-03"]
+    bad = counts.set_index("participant_id").loc["sub-03"]
+    assert bad["status"] == "failed" and bad["failing_stage"] == "ingest" and bad["n_cmb"] == "n/a"
+    detections = pd.read_csv(out / "cohort" / "cmb_detections.csv", dtype=str, keep_default_na=False)
+    assert len(detections) == rows
+    for pid in ("sub-01", "sub-02"):
+        row = counts.set_index("participant_id").loc[pid]
+        mine = detections[(detections["participant_id"] == pid) & (detections["is_cmb"] == "true")]
+        assert row["status"] == "ok" and int(row["n_cmb"]) == len(mine)
+    for name in ("cmb_counts.json", "cmb_detections.json", "cmb_ratings_template.tsv",
+                 "figures/cmb_count_distribution.svg", "figures/cmb_region_counts.svg"):
+        assert (out / "cohort" / name).stat().st_size > 0, name
+    html = (out / "cohort" / "cmb_report.html").read_text()
+    for pid in ("sub-01", "sub-02", "sub-03"):
+        assert f'href="../{pid}/{pid}_report.html"' in html
+    assert "Failed scans (1)" in html and "truncated" in html
