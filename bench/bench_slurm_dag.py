@@ -5,7 +5,8 @@ On the empty-file BIDS layout of bench_dag.py (default 2,000 subjects), runs
 index, the second reuses it (the time a user waits before the first sbatch), the third
 uses a copy of the profile without ``groups``. From the job listings it counts what
 the SLURM executor would submit: one sbatch per group job, one per ungrouped rule job;
-local rules run on the submit host.
+local rules run on the submit host. It also times ``snakemake --list-rules``, the
+Snakefile read with input planning that every SLURM job repeats when it starts.
 
     python bench/bench_slurm_dag.py [--subjects 2000] [--layout gre|megre|swi] [--profile profiles/slurm]
 
@@ -56,6 +57,22 @@ def local_rules() -> set[str]:
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod.declared_local_rules(REPO)
+
+
+def parse_time(bids: Path, out: Path, work: Path, extra: list[str]) -> float:
+    """Seconds of ``snakemake --list-rules``: reading the Snakefile, input planning included.
+
+    Every SLURM job starts a Snakemake that reads the Snakefile again before it runs its
+    rule, so this is a floor on the start-up cost of each job.
+    """
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    cmd = [sys.executable, "-m", "snakemake", "--list-rules", "-s", str(REPO / "Snakefile"), "-d", str(work),
+           "--config", f"bids_dir={bids}", f"output_dir={out}", *extra]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        sys.exit(f"snakemake --list-rules failed:\n{proc.stderr[-3000:]}")
+    return time.perf_counter() - t0
 
 
 def submissions(text: str, local_names: set[str]) -> dict:
@@ -115,6 +132,7 @@ def main(argv=None) -> int:
         first, _ = dry_run(bids, out, work, args.profile, extra)
         grouped_s, grouped_text = dry_run(bids, out, work, args.profile, extra)
         ungrouped_s, ungrouped_text = dry_run(bids, out, work, ungrouped_profile, extra)
+        startup = parse_time(bids, out, work, extra)
         local_names = local_rules()
         g, u = submissions(grouped_text, local_names), submissions(ungrouped_text, local_names)
         n = args.subjects
@@ -129,6 +147,7 @@ def main(argv=None) -> int:
             ("sbatch calls without groups", f"{u['sbatch']} ({u['sbatch'] / n:.2f} per subject)"),
             ("jobs on the submit host (local rules)", f"{sum(g['local'].values())} "
                                                        f"({', '.join(sorted(g['local'])) or 'none'})"),
+            ("snakemake --list-rules (Snakefile read, inputs planned: each job's start-up)", f"{startup:.1f} s"),
             ("load average (1 min) at the end", f"{load:.1f} on {os.cpu_count()} cores"),
         ]
         width = max(len(k) for k, _ in rows)
