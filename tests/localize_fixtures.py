@@ -39,15 +39,58 @@ def _blob(shape, centre, radius=1):
     return out
 
 
-def truth_candidates(bids: Path, out: Path, sub: str, dest: Path) -> dict:
-    """Write candidates (TSV, JSON, dseg, probseg) for ``sub`` into ``dest``; return paths and truth."""
-    truth_dir = bids / "derivatives" / "cmb-truth" / f"sub-{sub}"
-    truth_img = nib.load(next(truth_dir.rglob(f"sub-{sub}*_label-CMB_dseg.nii.gz")))
-    truth = pd.read_csv(next(truth_dir.rglob(f"sub-{sub}*_label-CMB_dseg.tsv")), sep="\t")
-    anat = out / f"sub-{sub}" / "anat"
-    pre = nib.load(_one(anat, f"sub-{sub}*desc-preproc_swi.nii.gz"))
-    mask = np.asanyarray(nib.load(_one(anat, f"sub-{sub}*desc-brain_mask.nii.gz")).dataobj) > 0
-    mars = np.asanyarray(nib.load(anat / f"sub-{sub}_desc-mars_dseg.nii.gz").dataobj).astype(int)
+def truth_dir(bids: Path, sub: str) -> Path:
+    return bids / "derivatives" / "cmb-truth" / f"sub-{sub}"
+
+
+def true_grid(bids: Path, sub: str) -> tuple[nib.Nifti1Image, np.ndarray, np.ndarray]:
+    """The RAS-reoriented input grid of ``sub`` (as preprocessing makes it), the true brain
+    mask on it, and the true native MARS map: every voxel mapped to MNI with the
+    simulator's own transform and looked up in the MARS map the truth labels come from
+    (built on the synthetic head model's grid, ``model_step`` mm)."""
+    from cmb.mars_region import build_mars_map
+    from cmb.synth.presets import PRESETS
+    from cmb.template import load_mni
+    from scipy import ndimage
+
+    tdir = truth_dir(bids, sub)
+    raw = nib.load(_one(bids / f"sub-{sub}", "*/*_part-mag_*.nii.gz") if list((bids / f"sub-{sub}").glob("*/*_part-mag_*"))
+                   else next(p for p in sorted((bids / f"sub-{sub}").glob("*/*.nii.gz")) if "T1w" not in p.name))
+    grid = nib.as_closest_canonical(raw)
+    shape, aff = grid.shape[:3], grid.affine
+    mask_img = nib.load(next(tdir.rglob("*_desc-brain_mask.nii.gz")))
+    mask = to_input_grid(np.asanyarray(mask_img.dataobj) > 0, mask_img.affine, aff, shape).astype(bool)
+    xfm = nib.load(next(tdir.rglob("*_mode-points_xfm.nii.gz")))
+    params = json.loads(next(tdir.rglob("*_synth.json")).read_text())
+    mni = load_mni(PRESETS[params["preset"]].model_step)
+    mars_mni = build_mars_map(mni)
+    vox = np.indices(shape).reshape(3, -1).T
+    pts = nib.affines.apply_affine(np.linalg.inv(xfm.affine) @ aff, vox).T  # voxel -> xfm grid voxel
+    field = np.asanyarray(xfm.dataobj)
+    mni_pts = np.stack([ndimage.map_coordinates(field[..., c], pts, order=1, mode="nearest") for c in range(3)], 1)
+    idx = np.rint(nib.affines.apply_affine(np.linalg.inv(mars_mni.affine), mni_pts)).astype(int)
+    idx = np.clip(idx, 0, np.array(mars_mni.labels.shape) - 1)
+    mars = mars_mni.labels[tuple(idx.T)].reshape(shape).astype(int)
+    return grid, mask, mars
+
+
+def truth_candidates(bids: Path, out: Path | None, sub: str, dest: Path, *, truth_grid: bool = False) -> dict:
+    """Write candidates (TSV, JSON, dseg, probseg) for ``sub`` into ``dest``; return paths and truth.
+
+    The grid, brain mask and MARS map are the workflow's outputs under ``out``, or with
+    ``truth_grid`` the simulator's own (:func:`true_grid`).
+    """
+    tdir = truth_dir(bids, sub)
+    truth_img = nib.load(next(tdir.rglob(f"sub-{sub}*_label-CMB_dseg.nii.gz")))
+    truth = pd.read_csv(next(tdir.rglob(f"sub-{sub}*_label-CMB_dseg.tsv")), sep="\t")
+    if truth_grid:
+        pre, mask, mars = true_grid(bids, sub)
+        anat = None
+    else:
+        anat = out / f"sub-{sub}" / "anat"
+        pre = nib.load(_one(anat, f"sub-{sub}*desc-preproc_swi.nii.gz"))
+        mask = np.asanyarray(nib.load(_one(anat, f"sub-{sub}*desc-brain_mask.nii.gz")).dataobj) > 0
+        mars = np.asanyarray(nib.load(anat / f"sub-{sub}_desc-mars_dseg.nii.gz").dataobj).astype(int)
     shape, aff = pre.shape[:3], pre.affine
     zooms = np.sqrt((aff[:3, :3] ** 2).sum(0))
     tlab = to_input_grid(np.asanyarray(truth_img.dataobj).astype(np.int32), truth_img.affine, aff, shape)
@@ -98,8 +141,8 @@ def truth_candidates(bids: Path, out: Path, sub: str, dest: Path) -> dict:
     save_nifti(nib.Nifti1Image(dseg, aff), paths["dseg"])
     conf = np.r_[0.0, table["confidence"].to_numpy(np.float32)]
     save_nifti(nib.Nifti1Image(conf[dseg].astype(np.float32), aff), paths["prob"])
-    return {"paths": paths, "truth": truth_of, "false": false_of, "table": table,
-            "anat": anat, "truth_image": truth_img}
+    return {"paths": paths, "truth": truth_of, "false": false_of, "table": table, "anat": anat,
+            "truth_image": truth_img, "grid": pre, "mask": mask, "mars": mars, "dseg": dseg}
 
 
 def subject_inputs(out: Path, sub: str) -> dict:
