@@ -8,7 +8,7 @@ rule write_dataset_description:
         bidsignore=f"{OUT}/.bidsignore",
     params:
         description=DATASET_DESCRIPTION,
-        bidsignore="logs/\nbenchmarks/\nstatus/\nfailures.csv\n",
+        bidsignore="logs/\nbenchmarks/\nstatus/\nfailures.csv\ncohort/\n*_report.html\n",
     log:
         f"{OUT}/logs/write_dataset_description/log.txt",
     benchmark:
