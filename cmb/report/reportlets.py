@@ -269,6 +269,9 @@ def count_histogram_svg(counts: Sequence[int], title: str = "CMBs per scan") -> 
         for x, v in enumerate(hist):
             if v:
                 ax.text(x, v, str(v), ha="center", va="bottom", fontsize=7)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("CMBs per scan")
     ax.set_ylabel("scans")
     ax.set_title(title, fontsize=10)
@@ -288,6 +291,9 @@ def region_bars_svg(left: dict[str, int], right: dict[str, int], categories: dic
     ax.barh(y + 0.2, lv, height=0.4, color="#3b6ea8", label="left")
     ax.barh(y - 0.2, rv, height=0.4, color="#d0743c", label="right")
     ax.set_yticks(y, [f"{r.replace('_', ' ')} ({categories[r][:5]})" for r in regions], fontsize=8)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("CMBs (cohort total)")
     ax.legend(fontsize=8, frameon=False, loc="lower right")
     ax.spines[["top", "right"]].set_visible(False)
