@@ -323,9 +323,9 @@ def _write_csv(table: pd.DataFrame, path) -> None:
 
 
 def write_cohort_tables(subjects: Iterable[SubjectFiles], out_counts, out_detections, *,
-                        qc: dict | None = None, out_ratings=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                        qc: dict | None = None, out_ratings=None, log=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Write ``cmb_counts.csv`` and ``cmb_detections.csv``, each with its data dictionary
-    (same name, ``.json``), and optionally a reviewer ratings template (TSV)."""
+    (same name, ``.json``), optionally a reviewer ratings template (TSV) and a one-line log."""
     counts, det = build_counts(subjects, qc)
     _write_csv(counts, out_counts)
     _write_csv(det, out_detections)
@@ -335,4 +335,7 @@ def write_cohort_tables(subjects: Iterable[SubjectFiles], out_counts, out_detect
         ratings = counts[["participant_id", "session_id"]].assign(rating="", reviewer="", comment="")
         with atomic_path(out_ratings) as tmp:
             ratings.to_csv(tmp, sep="\t", index=False, lineterminator="\n")
+    if log is not None:
+        failed = int((counts["status"] != "ok").sum())
+        write_text(log, f"{len(counts)} scans ({failed} failed), {len(det)} candidates\n")
     return counts, det

@@ -68,13 +68,10 @@ rule collect_cohort_tables:
         runtime=lambda wc, attempt: 10 * attempt,
     localrule: True
     run:
-        from cmb.atomic import write_text
         from cmb.cohort_tables import write_cohort_tables
 
-        counts, det = write_cohort_tables(cohort_subjects(), output.counts, output.detections,
-                                          qc=dict(params.qc), out_ratings=output.ratings)
-        failed = int((counts["status"] != "ok").sum())
-        write_text(log[0], f"{len(counts)} scans ({failed} failed), {len(det)} candidates\n")
+        write_cohort_tables(cohort_subjects(), output.counts, output.detections, qc=dict(params.qc),
+                            out_ratings=output.ratings, log=log[0])
 
 
 rule report_cohort:
