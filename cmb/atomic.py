@@ -102,7 +102,8 @@ def save_nifti(img: nib.Nifti1Image, path) -> None:
     """Save atomically; ``.nii.gz`` is compressed with ISA-L (python-isal) when available.
 
     ISA-L at level 1 is about 20x faster than zlib for noisy image data, and
-    the result is a standard gzip stream that every NIfTI reader opens.
+    the result is a standard gzip stream that every NIfTI reader opens. The gzip
+    header holds no file name or time, so equal images give byte-identical files.
     """
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -111,7 +112,9 @@ def save_nifti(img: nib.Nifti1Image, path) -> None:
             if data.flags.c_contiguous and data.ndim > 1:  # NIfTI is column-major on disk
                 img = img.__class__(np.asfortranarray(data), img.affine, img.header)
             payload = img.to_bytes()
-            with _igzip.open(tmp, "wb", compresslevel=1) as f:
+            # no file name and a zero time in the gzip header: the same image gives the same bytes
+            with open(tmp, "wb") as raw, _igzip.IGzipFile(filename="", mode="wb", compresslevel=1,
+                                                          fileobj=raw, mtime=0) as f:
                 f.write(payload)
         else:
             nib.save(img, tmp)

@@ -146,9 +146,16 @@ def set_threads(n: int | None) -> None:
         os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(int(n))
 
 
+#: Seed of ANTs' random metric sampling: the same inputs give the same registration.
+ANTS_RANDOM_SEED = 20240917
+
+
 def _ants():
     import ants  # imported lazily: slow, and threads must be set first
 
+    if ants.config._random_seed is None:
+        # the public setter; on=False leaves the thread count alone (cmb sets it per job)
+        ants.config.set_ants_deterministic(on=False, seed_value=ANTS_RANDOM_SEED)
     return ants
 
 

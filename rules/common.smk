@@ -114,6 +114,8 @@ validate_config(config)
 OUT = os.path.normpath(config["output_dir"])
 WORK = os.path.normpath(config["work_dir"] or f"{OUT}-work")
 PYBIDS_DB = config["pybids_db_dir"] or os.path.join(WORK, "pybids")
+# Threads of an ANTs job (N4, registrations): multi-threaded ITK sums are not bit-reproducible.
+ANTS_THREADS = 1 if config["reproducible"] else 2
 MNI = TEMPLATE_NAME  # MNI152NLin2009cAsym
 
 

@@ -28,7 +28,7 @@ rule preprocess_swi:
         log_path("preprocess_swi"),
     benchmark:
         benchmark_path("preprocess_swi")
-    threads: 2
+    threads: ANTS_THREADS
     resources:
         mem_mb=lambda wc, attempt: 6000 * attempt,
         runtime=lambda wc, attempt: 20 * attempt,
@@ -62,7 +62,7 @@ rule preprocess_swi_phase:
         log_path("preprocess_swi_phase"),
     benchmark:
         benchmark_path("preprocess_swi_phase")
-    threads: 2
+    threads: ANTS_THREADS
     resources:
         mem_mb=lambda wc, attempt: 8000 * attempt,
         runtime=lambda wc, attempt: 20 * attempt,

@@ -56,7 +56,7 @@ rule register_to_mni:
         log_path("register_to_mni"),
     benchmark:
         benchmark_path("register_to_mni")
-    threads: 2
+    threads: ANTS_THREADS
     resources:
         mem_mb=lambda wc, attempt: 8000 * attempt,
         runtime=lambda wc, attempt: 30 * attempt,
