@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -157,6 +158,9 @@ def faults(tmp_path_factory):
     bids = _synth(base / "raw; $(touch PWNED) `touch PWNED` 'q\" ü")
     cfg = base / "fast.yaml"
     cfg.write_text(FAST)
+    if WEIGHTS.is_file():  # a copy of the model, so that the test can change it
+        shutil.copytree(WEIGHTS.parent, base / "model")
+        cfg.write_text(FAST + f"detection:\n  model_dir: {json.dumps(str(base / 'model'))}\n  use_gpu: false\n")
     ctx = {"base": base, "bids": bids, "cfg": cfg, "wd": base / "wd",
            "out": base / "deriv $(touch PWNED)" / "cmb"}
     before_input = _checksums(bids)
@@ -173,7 +177,7 @@ def faults(tmp_path_factory):
         ctx["unlock"] = _snakemake(ctx, "--unlock")  # a killed run leaves its lock, as after a power cut
         _run(ctx)  # B, rerun
     ctx["input_unchanged"] = _checksums(bids) == before_input
-    allowed = (ctx["out"].parent, ctx["wd"], base / "tmp", cfg)
+    allowed = (ctx["out"].parent, ctx["wd"], base / "tmp", cfg, base / "model")
     ctx["written_outside"] = sorted(str(p) for p in set(base.rglob("*")) - before_base
                                     if not any(p == a or a in p.parents for a in allowed))
     return ctx
@@ -257,3 +261,20 @@ def test_hostile_file_names_reach_the_stage_as_one_argument(tmp_path):
     record = json.loads(status.read_text())
     assert record["status"] == "failed" and record["message"] == f"{bids / 'sub-01' / 'anat' / hostile}: empty file (0 bytes)"
     assert not list(tmp_path.rglob("PWNED")) and not (REPO / "PWNED").exists()
+
+
+def test_changed_model_reruns_detection(faults):
+    if not WEIGHTS.is_file():
+        pytest.skip("the detector's weights (cmb/detect/weights/default) are not there yet")
+    card = faults["base"] / "model" / "model_card.json"
+    old, stat = card.read_bytes(), card.stat()
+    try:
+        card.write_bytes(old + b"\n")  # a new model: its files are inputs of detect_cmb
+        proc = _snakemake(faults, "-n", "--", *_targets(faults))
+    finally:
+        card.write_bytes(old)
+        os.utime(card, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text[-3000:]
+    counts = job_counts(text)
+    assert counts["detect_cmb"] == 1 and "preprocess_swi_phase" not in counts, text[-3000:]

@@ -537,3 +537,17 @@ def test_preprocess_auto_sign_flips_a_siemens_phase(tmp_path):
         assert vendor in rep["phase"]["InputParamagneticPhaseReason"]
         values[vendor] = float(nib.load(out / "p.nii.gz").get_fdata()[24, 30, 16])
     assert values["GE MEDICAL SYSTEMS"] > 0.1 and values["SIEMENS"] == pytest.approx(-values["GE MEDICAL SYSTEMS"])
+
+
+# --------------------------------------------------------------------------- failure isolation
+
+
+def test_every_profile_keeps_going_and_reruns_incomplete_jobs():
+    import yaml
+
+    profiles = sorted((Path(__file__).resolve().parents[1] / "profiles").glob("*/config.yaml"))
+    assert profiles
+    for path in profiles:
+        cfg = yaml.safe_load(path.read_text())
+        assert cfg.get("keep-going") is True, path
+        assert cfg.get("rerun-incomplete") is True, path
