@@ -89,11 +89,10 @@ def check(args) -> int:
     for m in re.finditer(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: ([^)]*)\)", log_text):
         submitted[m.group(1)] = (m.group(2), m.group(3))
     ctld_ids = set(re.findall(r"_slurm_rpc_submit_batch_job: JobId=(\d+)", ctld))
-    # A group job is announced with the group's own job id, its member rules listed under it.
-    group_ids = set(re.findall(r"Group job \w+ \(jobs in lexicogr\. order\):", log_text))
-    print(f"  {len(remote)} rule job(s) planned for SLURM ({len(set(r for r, _ in remote))} rules), "
-          f"{len(local)} local job(s) ({', '.join(sorted(set(local))) or 'none'}), "
-          f"{len(group_ids) and log_text.count('Group job ')} group job(s), {len(submitted)} sbatch submission(s)")
+    n_groups = len(re.findall(r"Group job \w+ \(jobs in lexicogr\. order\):", log_text))
+    print(f"  {len(remote)} rule job(s) for SLURM ({', '.join(sorted(set(r for r, _ in remote)))}), "
+          f"{n_groups} group job(s); {len(submitted)} sbatch submission(s); "
+          f"{len(local)} local job(s) ({', '.join(sorted(set(local))) or 'none'})")
 
     # 1. every submission reached slurmctld as a batch job
     problems = []
