@@ -305,12 +305,15 @@ def atlas_labels(table: pd.DataFrame, vox: np.ndarray, own: np.ndarray, mars: np
     ids = table["candidate_id"].to_numpy(dtype=np.int64)
     if len(ids) == 0:
         return [], np.zeros((0, 3))
-    label_of = dict(zip(ids.tolist(), table["mars_label"].tolist()))
+    label_of = np.full(int(ids.max()) + 1, -2, np.int64)
+    label_of[ids] = table["mars_label"].to_numpy(np.int64)
+    rejected = np.zeros(len(label_of), bool)
+    rejected[ids] = table["rejected"].to_numpy(bool)
     vox_lab = mars[tuple(vox.T)].astype(np.int64)
-    keep = np.array([vox_lab[n] == label_of[int(o)] for n, o in enumerate(own)], bool)
-    has = set(own[keep].tolist())
-    rejected = dict(zip(ids.tolist(), table["rejected"].tolist()))
-    use = keep | np.array([(int(o) not in has) or rejected[int(o)] for o in own], bool)
+    keep = vox_lab == label_of[own]
+    has = np.zeros(len(label_of), bool)
+    has[own[keep]] = True
+    use = keep | ~has[own] | rejected[own]
     v, o = vox[use], own[use]
     xyz_vox = nib.affines.apply_affine(affine, v)
     centres_xyz = table[["x_mm", "y_mm", "z_mm"]].to_numpy(dtype=float)
@@ -457,8 +460,12 @@ def git_commit(path=None) -> dict:
         return {"commit": None, "dirty": None}
 
 
-def software_versions() -> dict:
-    """Versions of the software that produced the outputs (no package is imported)."""
+def software_versions(known: dict | None = None) -> dict:
+    """Versions of the software that produced the outputs (no package is imported).
+
+    ``known`` versions (e.g. torch's as the detect stage recorded it, snakemake's as the
+    workflow passed it) win over what this environment has installed.
+    """
     out = {}
     for name, dist in (("ants", "antspyx"), ("torch", "torch"), ("snakemake", "snakemake"), ("numpy", "numpy"),
                        ("nibabel", "nibabel"), ("pandas", "pandas"), ("scipy", "scipy")):
@@ -470,6 +477,7 @@ def software_versions() -> dict:
 
     out["python"] = platform.python_version()
     out["cmb"] = __version__
+    out.update({k: v for k, v in (known or {}).items() if v})
     return out
 
 
@@ -516,6 +524,7 @@ def localize_subject(
     reject_outside_brain: bool = True,
     min_parenchyma_fraction: float = 0.5,
     source_dir: str | os.PathLike | None = None,
+    snakemake_version: str | None = None,
 ) -> pd.DataFrame:
     """Localize one subject's candidates and write its detections TSV, maps and sidecar.
 
@@ -639,15 +648,16 @@ def localize_subject(
             "min_parenchyma_fraction": float(min_parenchyma_fraction),
         },
         "Detection": None if cand_meta is None else {k: cand_meta.get(k) for k in
-                                                      ("threshold", "model_sha256", "device", "model")
-                                                      if k in cand_meta},
+                                                      ("threshold", "model_sha256", "model_name", "device",
+                                                       "phase_used") if k in cand_meta},
         "Provenance": {
             "cmb_version": __version__,
             "git": git_commit(source_dir),
             "model_card_sha256": sha256_file(model_card) if model_card else None,
             "model_sha256": (cand_meta or {}).get("model_sha256"),
             "config_sha256": config_sha256,
-            "software": software_versions(),
+            "software": software_versions({"torch": (cand_meta or {}).get("torch_version"),
+                                           "snakemake": snakemake_version}),
             "inputs": (ingest or {}).get("inputs"),
             "derived_inputs": {Path(p).name: sha256_file(p) for p in
                                (candidates, candidates_dseg, prob, brain_mask, mars, input_image) if p},
@@ -688,6 +698,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ingest-report", help="ingest JSON report (input checksums, acquisition metadata)")
     p.add_argument("--model-card", help="model_card.json (its SHA-256 goes to the sidecar)")
     p.add_argument("--config-sha256", help="hash of the resolved workflow config")
+    p.add_argument("--snakemake-version", help="version of the Snakemake that runs the workflow")
     p.add_argument("--keep-csf", action="store_true", help="do not reject candidates centred in CSF/ventricles")
     p.add_argument("--keep-outside-brain", action="store_true", help="do not reject candidates outside the brain")
     p.add_argument("--min-parenchyma-fraction", type=float, default=0.5)
@@ -709,6 +720,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         model_card=args.model_card, config_sha256=args.config_sha256, reject_csf=not args.keep_csf,
         reject_outside_brain=not args.keep_outside_brain, min_parenchyma_fraction=args.min_parenchyma_fraction,
         out_table=args.out_table, out_json=args.out_json, out_dseg=args.out_dseg, out_prob=args.out_prob,
+        snakemake_version=args.snakemake_version,
     )
     return 0
 

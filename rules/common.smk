@@ -640,8 +640,10 @@ def localize_args(wildcards, input, output):
 
 def _localize_options():
     c = config["localize"]
+    from snakemake import __version__ as snakemake_version
+
     args = ["--min-parenchyma-fraction", repr(float(c["min_parenchyma_fraction"])),
-            "--config-sha256", CONFIG_SHA256]
+            "--config-sha256", CONFIG_SHA256, "--snakemake-version", snakemake_version]
     args += [] if c["reject_csf"] else ["--keep-csf"]
     return args + ([] if c["reject_outside_brain"] else ["--keep-outside-brain"])
 
