@@ -37,7 +37,7 @@ import pandas as pd
 
 from cmb.atomic import atomic_path, write_text
 from cmb.failures import read_record
-from cmb.mars_region import REGIONS
+from cmb.mars_region import CATEGORY, REGIONS
 
 __all__ = [
     "COUNT_COLUMNS",
@@ -50,6 +50,7 @@ __all__ = [
     "qc_checks",
     "build_counts",
     "build_detections",
+    "counts_long",
     "read_sites",
     "write_cohort_tables",
 ]
@@ -82,7 +83,7 @@ def data_dictionary(table: str) -> dict:
     try:
         return dict(_dictionaries()[table])
     except KeyError:
-        raise ValueError(f"no data dictionary for table {table!r} (detections, counts)") from None
+        raise ValueError(f"no data dictionary for table {table!r} (detections, counts, counts_long)") from None
 
 
 #: Columns of ``cmb_counts.csv``, in order.
@@ -306,6 +307,24 @@ def build_detections(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
     return det.drop(columns="_k").reset_index(drop=True)
 
 
+def counts_long(counts: pd.DataFrame) -> pd.DataFrame:
+    """The per-region counts of ``counts`` in long form: one row per scan, region and hemisphere.
+
+    >>> wide = pd.DataFrame({"participant_id": ["sub-01"], "session_id": ["n/a"],
+    ...                      **{f"n_{r}_{h}": ["0"] for r in REGIONS for h in "LR"}})
+    >>> long = counts_long(wide)
+    >>> len(long), list(long.columns)
+    (26, ['participant_id', 'session_id', 'mars_category', 'mars_region', 'hemisphere', 'n_cmb'])
+    """
+    rows = []
+    for rec in counts.to_dict("records"):
+        for r in REGIONS:
+            for h in ("L", "R"):
+                rows.append((rec["participant_id"], rec["session_id"], CATEGORY[r], r, h, rec[f"n_{r}_{h}"]))
+    return pd.DataFrame(rows, columns=["participant_id", "session_id", "mars_category", "mars_region",
+                                       "hemisphere", "n_cmb"])
+
+
 def read_sites(participants_tsv: str | os.PathLike | None) -> dict[str, str]:
     """participant_id -> site from a BIDS participants.tsv (columns site, Site, center or centre)."""
     if participants_tsv is None or not Path(participants_tsv).is_file():
@@ -323,13 +342,19 @@ def _write_csv(table: pd.DataFrame, path) -> None:
 
 
 def write_cohort_tables(subjects: Iterable[SubjectFiles], out_counts, out_detections, *,
-                        qc: dict | None = None, out_ratings=None, log=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                        qc: dict | None = None, out_ratings=None, out_counts_long=None,
+                        log=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Write ``cmb_counts.csv`` and ``cmb_detections.csv``, each with its data dictionary
-    (same name, ``.json``), optionally a reviewer ratings template (TSV) and a one-line log."""
+    (same name, ``.json``), optionally the long-form region counts (with its dictionary),
+    a reviewer ratings template (TSV) and a one-line log."""
     counts, det = build_counts(subjects, qc)
     _write_csv(counts, out_counts)
     _write_csv(det, out_detections)
-    for path, name in ((out_counts, "counts"), (out_detections, "detections")):  # keys in column order
+    tables = [(out_counts, "counts"), (out_detections, "detections")]
+    if out_counts_long is not None:
+        _write_csv(counts_long(counts), out_counts_long)
+        tables.append((out_counts_long, "counts_long"))
+    for path, name in tables:  # keys in column order
         write_text(Path(path).with_suffix(".json"), json.dumps(data_dictionary(name), indent=2) + "\n")
     if out_ratings is not None:
         ratings = counts[["participant_id", "session_id"]].assign(rating="", reviewer="", comment="")

@@ -50,8 +50,9 @@ rule collect_failures:
 
 
 rule collect_cohort_tables:
-    """cohort/cmb_counts.csv (one row per subject/session) and cohort/cmb_detections.csv
-    (every candidate), with their data dictionaries and a ratings template."""
+    """cohort/cmb_counts.csv (one row per subject/session), cmb_counts_long.csv (one row per
+    scan, region and hemisphere) and cmb_detections.csv (every candidate), with their data
+    dictionaries and a ratings template."""
     input:
         cohort_table_inputs(),
     output:
@@ -71,7 +72,7 @@ rule collect_cohort_tables:
         from cmb.cohort_tables import write_cohort_tables
 
         write_cohort_tables(cohort_subjects(), output.counts, output.detections, qc=dict(params.qc),
-                            out_ratings=output.ratings, log=log[0])
+                            out_ratings=output.ratings, out_counts_long=output.counts_long, log=log[0])
 
 
 rule report_cohort:

@@ -583,6 +583,8 @@ COHORT = {
     "counts_json": f"{OUT}/cohort/cmb_counts.json",
     "detections": f"{OUT}/cohort/cmb_detections.csv",
     "detections_json": f"{OUT}/cohort/cmb_detections.json",
+    "counts_long": f"{OUT}/cohort/cmb_counts_long.csv",
+    "counts_long_json": f"{OUT}/cohort/cmb_counts_long.json",
     "ratings": f"{OUT}/cohort/cmb_ratings_template.tsv",
 }
 COHORT_REPORT = {

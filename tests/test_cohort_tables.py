@@ -25,7 +25,8 @@ def cohort(tmp_path_factory):
     subjects = synthetic_cohort(root / "subjects", 60, seed=4)
     counts, det = write_cohort_tables(subjects, root / "cohort" / "cmb_counts.csv",
                                       root / "cohort" / "cmb_detections.csv",
-                                      out_ratings=root / "cohort" / "cmb_ratings_template.tsv")
+                                      out_ratings=root / "cohort" / "cmb_ratings_template.tsv",
+                                      out_counts_long=root / "cohort" / "cmb_counts_long.csv")
     return {"root": root, "subjects": subjects, "counts": counts, "det": det}
 
 
@@ -137,3 +138,13 @@ def test_subject_files_with_sessions(tmp_path):
     counts, det = write_cohort_tables([s], tmp_path / "c.csv", tmp_path / "d.csv")
     assert counts.loc[0, ["participant_id", "session_id"]].tolist() == ["sub-01", "ses-2"]
     assert counts.loc[0, "n_cmb"] == "n/a" and len(det) == 0
+
+
+def test_long_counts_match_the_wide_table(cohort):
+    wide = _read(cohort["root"] / "cohort" / "cmb_counts.csv").set_index("participant_id")
+    long = _read(cohort["root"] / "cohort" / "cmb_counts_long.csv")
+    assert len(long) == 26 * len(wide)
+    for r in long.sample(200, random_state=0).to_dict("records"):
+        assert r["n_cmb"] == wide.loc[r["participant_id"], f"n_{r['mars_region']}_{r['hemisphere']}"]
+    meta = json.loads((cohort["root"] / "cohort" / "cmb_counts_long.json").read_text())
+    assert list(meta) == list(long.columns)
