@@ -392,7 +392,7 @@ def test_end_to_end_detections_cohort_tables_and_reports(cohort_run):
         row = counts.set_index("participant_id").loc[pid]
         mine = detections[(detections["participant_id"] == pid) & (detections["is_cmb"] == "true")]
         assert row["status"] == "ok" and int(row["n_cmb"]) == len(mine)
-    for name in ("cmb_counts.json", "cmb_detections.json", "cmb_ratings_template.tsv",
+    for name in ("cmb_counts.json", "cmb_detections.json", "cmb_ratings_template.tsv", "cmb_counts_long.csv",
                  "figures/cmb_count_distribution.svg", "figures/cmb_region_counts.svg"):
         assert (out / "cohort" / name).stat().st_size > 0, name
     html = (out / "cohort" / "cmb_report.html").read_text()
