@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from collections import Counter
 from pathlib import Path
 
 
@@ -49,26 +50,35 @@ def declared_local_rules(repo: Path) -> set[str]:
 JOB_HEADER = re.compile(r"^\s*(?:\[[^\]]*\]\s*)?(localrule|rule)\s+(\w+):\s*$")
 
 
-def planned_jobs(log_text: str) -> tuple[list[tuple[str, str]], list[str]]:
-    """(rule, jobid) of every job the head printed as a rule job, and local rule names."""
-    remote: list[tuple[str, str]] = []
-    local: list[str] = []
-    lines = log_text.splitlines()
+def job_stats(log_text: str) -> Counter:
+    """The head's "Job stats" table: jobs per rule in the DAG of the run."""
+    stats: Counter = Counter()
+    m = re.search(r"^Job stats:\n.*?\n-+\s+-+\n(.*?)^total\s+\d+", log_text, re.MULTILINE | re.DOTALL)
+    for line in (m.group(1).splitlines() if m else []):
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            stats[parts[0]] += int(parts[1])
+    return stats
+
+
+def rule_blocks(text: str) -> list[tuple[str, str, str]]:
+    """(kind, rule, wildcards) of every job block Snakemake printed ("rule X:" + details)."""
+    out = []
+    lines = text.splitlines()
     for i, line in enumerate(lines):
         m = JOB_HEADER.match(line)
         if not m:
             continue
-        jobid = ""
-        for nxt in lines[i + 1:i + 12]:
-            j = re.match(r"^\s*jobid:\s*(\d+)", nxt)
-            if j:
-                jobid = j.group(1)
+        wildcards = ""
+        for nxt in lines[i + 1:i + 15]:
+            if JOB_HEADER.match(nxt) or not nxt.strip():
                 break
-        if m.group(1) == "localrule":
-            local.append(m.group(2))
-        else:
-            remote.append((m.group(2), jobid))
-    return remote, local
+            w = re.match(r"^\s*wildcards:\s*(.*)$", nxt)
+            if w:
+                wildcards = w.group(1).strip()
+                break
+        out.append((m.group(1), m.group(2), wildcards))
+    return out
 
 
 def check(args) -> int:
@@ -84,15 +94,21 @@ def check(args) -> int:
             print(f"         {p}")
         failures.extend(problems)
 
-    remote, local = planned_jobs(log_text)
+    stats = job_stats(log_text)
+    local = Counter(rule for kind, rule, _ in rule_blocks(log_text) if kind == "localrule")
+    remote = stats - local  # jobs the head handed to the SLURM executor
     submitted = {}  # snakemake jobid -> (slurm jobid, log path)
-    for m in re.finditer(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: ([^)]*)\)", log_text):
+    for m in re.finditer(r"Job (\S+) has been submitted with SLURM jobid (\d+) \(log: ([^)]*)\)", log_text):
         submitted[m.group(1)] = (m.group(2), m.group(3))
     ctld_ids = set(re.findall(r"_slurm_rpc_submit_batch_job: JobId=(\d+)", ctld))
-    n_groups = len(re.findall(r"Group job \w+ \(jobs in lexicogr\. order\):", log_text))
-    print(f"  {len(remote)} rule job(s) for SLURM ({', '.join(sorted(set(r for r, _ in remote)))}), "
-          f"{n_groups} group job(s); {len(submitted)} sbatch submission(s); "
-          f"{len(local)} local job(s) ({', '.join(sorted(set(local))) or 'none'})")
+    n_groups = sum(1 for _, path in submitted.values() if "/group_" in path)  # plugin's log folder names
+    print(f"  DAG: {sum(stats.values())} jobs; {sum(remote.values())} for SLURM "
+          f"({', '.join(f'{r} x{n}' for r, n in sorted(remote.items()))}) in {len(submitted)} sbatch "
+          f"submission(s), {n_groups} of them group jobs; {sum(local.values())} local "
+          f"({', '.join(sorted(local)) or 'none'})")
+    if not stats:
+        print("  [FAIL] no 'Job stats' table in the Snakemake log")
+        return 1
 
     # 1. every submission reached slurmctld as a batch job
     problems = []
@@ -103,23 +119,26 @@ def check(args) -> int:
             problems.append(f"snakemake job {sm_id}: SLURM job {slurm_id} not in the slurmctld log")
     verdict("every sbatch submission of the run is a batch job in the slurmctld log", problems)
 
-    # 2. every rule job ran inside a SLURM job: its own, or its group's
+    # 2. every rule job ran inside a SLURM job: its own, or its group's. Each job's
+    # Snakemake prints its rules (the group level and the srun level both): count
+    # distinct (rule, wildcards) over the logs of the submitted jobs.
     problems = []
-    executed_in_slurm: list[str] = []
+    ran: set[tuple[str, str]] = set()
     for path in sorted({p for _, p in submitted.values()}):
         try:
             text = Path(path).read_text(encoding="utf-8", errors="replace")
         except OSError as e:
             problems.append(f"SLURM job log missing: {path} ({e})")
             continue
-        executed_in_slurm += [m.group(2) for line in text.splitlines() if (m := JOB_HEADER.match(line))]
-        if not re.search(r"Finished jobid: \d+|steps \(100%\) done", text):
+        ran.update((rule, wc) for _, rule, wc in rule_blocks(text))
+        if "Finished jobid" not in text:
             problems.append(f"SLURM job log shows no finished job: {path}")
-    want = sorted(r for r, _ in remote)
-    got = sorted(executed_in_slurm)
-    if want != got:
-        problems.append(f"rule jobs planned for SLURM {want} != rule jobs run in SLURM job logs {got}")
-    verdict("every non-local rule job ran inside a SLURM job (per-job SLURM logs)", problems)
+    in_slurm = Counter(rule for rule, _ in ran)
+    if in_slurm != remote:
+        problems.append(f"jobs per rule for SLURM {dict(sorted(remote.items()))} != "
+                        f"jobs per rule in the SLURM job logs {dict(sorted(in_slurm.items()))}")
+    verdict(f"each of the {sum(remote.values())} non-local jobs ran inside a SLURM job "
+            f"(its own or its group's, per-job SLURM logs)", problems)
 
     # 3. only rules declared local ran on the submit host
     allowed = declared_local_rules(repo)
@@ -134,7 +153,7 @@ def check(args) -> int:
         if m:
             jobs[m.group(1)] = line
     gpu_rule = args.expect_gpu_rule
-    in_dag = any(r == gpu_rule for r, _ in remote)
+    in_dag = remote.get(gpu_rule, 0) > 0
     problems = []
     n_gpu = 0
     for sm_id, (slurm_id, path) in sorted(submitted.items()):

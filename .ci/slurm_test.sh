@@ -237,10 +237,12 @@ fi
 
 # The documented route: an installed profile, found by its bare name.
 XDG_CONFIG_HOME=$T/xdg "$BIN/cmb" profile install slurm --partition "$PARTITION" >"$T/log/install.txt" 2>&1 || true
-(cd "$T/slurm" && XDG_CONFIG_HOME=$T/xdg "$BIN/snakemake" -n --profile slurm -s "$REPO/Snakefile" -F \
+# Only the installed copy has the partition: it shows in the dry run's job resources.
+mkdir -p "$T/dry"
+(cd "$T/dry" && XDG_CONFIG_HOME=$T/xdg "$BIN/snakemake" -n --profile slurm -s "$REPO/Snakefile" \
     --config bids_dir="$T/bids" output_dir="$T/dry/out" >"$T/log/dry.txt" 2>&1) || true
-if grep -q "Using profile $T/xdg/snakemake/slurm" "$T/log/dry.txt" &&
-    grep -q "slurm_partition=$PARTITION" "$T/log/dry.txt"; then
+if grep -q "^Using profile slurm for" "$T/log/dry.txt" && grep -q "slurm_partition=$PARTITION" "$T/log/dry.txt" &&
+    grep -q "slurm_partition: '$PARTITION'" "$T/xdg/snakemake/slurm/config.yaml"; then
     echo "  [PASS] 'cmb profile install slurm --partition $PARTITION' is found by 'snakemake --profile slurm'" >>"$CHECKS"
 else
     { echo "  [FAIL] the installed profile was not used by 'snakemake --profile slurm':"
