@@ -60,8 +60,14 @@ def _detect(scan: Scan, tmp_path: Path, **kwargs) -> tuple[pd.DataFrame, dict, d
     return pd.read_csv(out["cmb.tsv"], sep="\t"), sidecar, out
 
 
-def test_shipped_weights_find_the_microbleeds(scan, tmp_path):
-    table, sidecar, out = _detect(scan, tmp_path, phase=str(scan.phase), use_gpu=False)
+@pytest.fixture(scope="module")
+def detected(scan, tmp_path_factory):
+    """Detection with the shipped weights, magnitude + phase, on the CPU."""
+    return _detect(scan, tmp_path_factory.mktemp("detected"), phase=str(scan.phase), use_gpu=False)
+
+
+def test_shipped_weights_find_the_microbleeds(scan, detected):
+    table, sidecar, out = detected
     assert list(table.columns) == CANDIDATE_COLUMNS
     assert sidecar["model_sha256"] == load_model(DEFAULT_MODEL).card["weights_sha256"]
     assert sidecar["device"] == "cpu" and sidecar["phase_used"]
@@ -85,8 +91,8 @@ def test_magnitude_only_path_also_detects(scan, tmp_path):
     assert metrics["sensitivity"] >= 0.6, metrics
 
 
-def test_detection_is_deterministic_and_batch_size_independent(scan, tmp_path):
-    _, _, a = _detect(scan, tmp_path / "a", phase=str(scan.phase), use_gpu=False, batch_size=256)
+def test_detection_is_deterministic_and_batch_size_independent(scan, detected, tmp_path):
+    a = detected[2]
     _, _, b = _detect(scan, tmp_path / "b", phase=str(scan.phase), use_gpu=False, batch_size=37)
     ta, tb = pd.read_csv(a["cmb.tsv"], sep="\t"), pd.read_csv(b["cmb.tsv"], sep="\t")
     pd.testing.assert_frame_equal(ta.drop(columns="confidence"), tb.drop(columns="confidence"))

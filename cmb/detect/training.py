@@ -267,7 +267,7 @@ def train_model(train: list[ScanSamples], val: list[ScanSamples], out_dir, cfg: 
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{np.mean(losses):.4f}")
         sched.step()
         # hard-negative mining: draw negatives by their current probability
