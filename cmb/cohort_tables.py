@@ -14,7 +14,7 @@ so the tables of a 1,000-subject cohort take seconds.
   ``mars_pattern`` (strictly_lobar, deep_or_mixed, infratentorial_only, none), and
   ``n_<region>_<L|R>`` for the 13 MARS regions: the names are regular, so a long
   table is one ``pivot_longer``/``melt`` with the pattern ``n_(.*)_(L|R)`` away;
-- candidate bookkeeping (``n_candidates``, ``n_below_threshold``, ``n_rejected...``);
+- candidate bookkeeping (``n_candidates``, ``n_above_threshold``, ``n_below_threshold``, ``n_rejected...``);
 - QC: registration NMI and mask Dice, brain-mask volume, and the flags
   ``qc_registration``, ``qc_brain_mask``, ``qc_extreme_count``, ``qc_flags``.
 
@@ -64,7 +64,7 @@ DEFAULT_QC = {
     "min_brain_volume_ml": 800.0,
     "max_brain_volume_ml": 2500.0,
     "max_cmb": 50,
-    "max_candidates": 1000,
+    "max_above_threshold": 100,
 }
 
 
@@ -179,7 +179,7 @@ def count_detections(det: pd.DataFrame, anatomy: bool = True) -> dict:
         out.update({f"n_{r}_{h}": _NA for r in REGIONS for h in ("L", "R")})
     above = det["above_threshold"].astype(str).str.lower() == "true"
     reason = det["rejected_reason"].astype(str)
-    out.update(n_candidates=len(det), n_below_threshold=int((~above).sum()),
+    out.update(n_candidates=len(det), n_above_threshold=int(above.sum()), n_below_threshold=int((~above).sum()),
                n_rejected=int((det["rejected"].astype(str).str.lower() == "true").sum()),
                n_rejected_csf=int((reason == "csf").sum()),
                n_rejected_outside_brain=int((reason == "outside_brain").sum()))
@@ -198,7 +198,7 @@ def qc_checks(row: dict, qc: dict | None = None) -> dict:
     """QC flags of one counts row (values: pass / warn / fail / n/a).
 
     >>> r = qc_checks({"status": "ok", "registration_mask_dice": 0.95, "registration_nmi": 1.2,
-    ...                "brain_mask_volume_ml": 300.0, "n_cmb": 2, "n_candidates": 10})
+    ...                "brain_mask_volume_ml": 300.0, "n_cmb": 2, "n_above_threshold": 10})
     >>> r["qc_registration"], r["qc_brain_mask"], r["qc_extreme_count"], r["qc_flags"]
     ('pass', 'warn', 'pass', 'brain_mask')
     """
@@ -216,11 +216,11 @@ def qc_checks(row: dict, qc: dict | None = None) -> dict:
     vol = _num(row.get("brain_mask_volume_ml"))
     out["qc_brain_mask"] = (_NA if vol is None else
                             "pass" if qc["min_brain_volume_ml"] <= vol <= qc["max_brain_volume_ml"] else "warn")
-    n_cmb, n_cand = _num(row.get("n_cmb")), _num(row.get("n_candidates"))
-    if n_cmb is None and n_cand is None:
+    n_cmb, n_above = _num(row.get("n_cmb")), _num(row.get("n_above_threshold"))
+    if n_cmb is None and n_above is None:
         out["qc_extreme_count"] = _NA
     else:
-        extreme = (n_cmb or 0) >= qc["max_cmb"] or (n_cand or 0) >= qc["max_candidates"]
+        extreme = (n_cmb or 0) >= qc["max_cmb"] or (n_above or 0) >= qc["max_above_threshold"]
         out["qc_extreme_count"] = "warn" if extreme else "pass"
     flags = [name for name, key in (("failed", None), ("registration", "qc_registration"),
                                     ("brain_mask", "qc_brain_mask"), ("extreme_count", "qc_extreme_count"))

@@ -35,6 +35,8 @@ NUMERIC = {"cmb_id", "confidence", "x_mm", "y_mm", "z_mm", "i", "j", "k", "mni_x
            "diameter_mm", "volume_mm3", "sphericity"}
 TRIPLET_HALF_MM = 16.0
 MAX_FIGURES = {"detections": 100, "rejected": 30, "below": 20}
+#: Most rows shown per table (the most confident first); every row is in the TSV.
+MAX_ROWS = {"detections": 500, "rejected": 200, "below": 100}
 
 
 def environment():
@@ -91,6 +93,18 @@ def _png_size(png: bytes) -> tuple[int, int]:
     return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
 
 
+def _threshold(value) -> str | None:
+    """The operating threshold for display (4 significant digits).
+
+    >>> _threshold(0.0045436799), _threshold(None), _threshold(0.5)
+    ('0.004544', None, '0.5')
+    """
+    try:
+        return f"{float(value):.4g}"
+    except (TypeError, ValueError):
+        return None
+
+
 def _flat(prefix: str, obj, out: list) -> None:
     if isinstance(obj, dict):
         for k in sorted(obj):
@@ -130,6 +144,7 @@ def render_subject_report(
     t0 = time.perf_counter()
     timings = {}
     caps = {**MAX_FIGURES, **(max_figures or {})}
+    caps_rows = dict(MAX_ROWS)
     pid = participant_id if participant_id.startswith("sub-") else f"sub-{participant_id}"
     sid = None if not session_id else (session_id if session_id.startswith("ses-") else f"ses-{session_id}")
     title = f"{pid}{'_' + sid if sid else ''}"
@@ -217,7 +232,8 @@ def render_subject_report(
         rejected = det["rejected"] == "true"
         below = ~rejected & (det["above_threshold"] != "true")
         conf = pd.to_numeric(det["confidence"], errors="coerce")
-        det_sel, rej_sel = det[is_cmb], det[rejected]
+        det_sel = det[is_cmb]
+        rej_sel = det[rejected].assign(_c=conf[rejected]).sort_values("_c", ascending=False, kind="stable")
         below_sel = det[below].assign(_c=conf[below]).sort_values("_c", ascending=False, kind="stable")
     else:
         det_sel = rej_sel = below_sel = pd.DataFrame(columns=TABLE_COLUMNS)
@@ -252,8 +268,11 @@ def render_subject_report(
         "title": title, "status": status["status"], "cmb_version": __version__, "errors": errors,
         "counts": counts, "regions": regions, "note": (meta or {}).get("AnatomyNote"),
         "table_columns": TABLE_COLUMNS, "numeric": NUMERIC,
-        "detections": rows_of(det_sel), "rejected": rows_of(rej_sel), "below": rows_of(below_sel),
-        "threshold": detection.get("threshold"), "has_phase": ph is not None,
+        "detections": rows_of(det_sel.head(caps_rows["detections"])),
+        "rejected": rows_of(rej_sel.head(caps_rows["rejected"])),
+        "below": rows_of(below_sel.head(caps_rows["below"])),
+        "n_detections": len(det_sel), "n_rejected": len(rej_sel), "n_below": len(below_sel),
+        "threshold": _threshold(detection.get("threshold")), "has_phase": ph is not None,
         "triplet_mm": int(2 * TRIPLET_HALF_MM), **context_figs,
         "flicker": flicker, "registration_figure": _figure_uri(figure_registration),
         "registration": {k: v for k, v in reg.items() if v is not None},
@@ -339,7 +358,7 @@ def render_cohort_report(counts_csv, detections_csv, out, *, failures_csv=None, 
             flags.append("count_outlier")
         if flags:
             outliers.append({"scan": scan(r), "link": link, "flags": ", ".join(flags), "n_cmb": r["n_cmb"],
-                             "n_candidates": r["n_candidates"], "dice": r["registration_mask_dice"],
+                             "n_above": r["n_above_threshold"], "dice": r["registration_mask_dice"],
                              "nmi": r["registration_nmi"], "volume": r["brain_mask_volume_ml"]})
         if r["status"] != "ok":
             failed.append({"scan": scan(r), "link": link, "stage": r["failing_stage"], "message": r["failure_message"]})
