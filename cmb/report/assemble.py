@@ -324,7 +324,10 @@ def render_cohort_report(counts_csv, detections_csv, out, *, failures_csv=None, 
     from cmb.report.reportlets import count_histogram_svg, data_uri, region_bars_svg
 
     t0 = time.perf_counter()
+    from cmb.cohort_tables import COUNT_COLUMNS
+
     counts = pd.read_csv(counts_csv, dtype=str, keep_default_na=False)
+    counts = counts.reindex(columns=COUNT_COLUMNS, fill_value=_NA)  # a table of an older version: n/a
     failures = (pd.read_csv(failures_csv, dtype=str, keep_default_na=False)
                 if failures_csv and Path(failures_csv).is_file() and Path(failures_csv).stat().st_size else None)
     n_cmb = pd.to_numeric(counts["n_cmb"], errors="coerce")
