@@ -166,7 +166,7 @@ def main(argv=None) -> int:
     print()
     print(f"machine: {platform.machine()}, {psutil.cpu_count()} CPUs, "
           f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}, "
-          f"load average before/after: {os.getloadavg()[0]:.1f}")
+          f"load average (1 min) at the end: {os.getloadavg()[0]:.1f}")
     print(f"targets: {'all (failures.csv)' if not targets else 'up to register_to_mni and plot_qc'}")
     print()
     print("| measure | value |")
