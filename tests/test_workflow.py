@@ -80,6 +80,7 @@ def expected_jobs(plain: int = 0, phase: int = 0, t1w: int = 0) -> Counter:
         "preprocess_swi_phase": phase,
         "register_to_mni": n,
         "plot_qc": n,
+        "detect_cmb": n,
         "localize_cmb": n,
         "report_subject": n,
         "collect_cohort_tables": 1,
