@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -194,10 +195,11 @@ def test_cohort_page_sections_and_figures(cohort_page):
 # --------------------------------------------------------------------------- browser
 
 
-def chromium(url: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+def chromium(url: Path, *args: str, timeout: float = 120, fragment: str = "") -> subprocess.CompletedProcess:
     cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions",
            "--host-resolver-rules=MAP * ~NOTFOUND", "--enable-logging=stderr", "--v=0",
-           f"--user-data-dir={url.parent / '.chromium-profile'}", *args, url.resolve().as_uri()]
+           f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-', dir=url.parent)}", *args,
+           url.resolve().as_uri() + fragment]  # a fresh profile: no ratings left in localStorage
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
@@ -234,3 +236,17 @@ def test_browser_cohort_page_runs_its_script(cohort_page):
     assert not _console(proc.stderr), _console(proc.stderr)
     n = len(cohort_page["counts"])
     assert f"0 of {n} rated" in proc.stdout  # the rating script ran to its end
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
+def test_browser_rating_export(cohort_page):
+    proc = chromium(cohort_page["path"], "--dump-dom", fragment="#cmb-selftest")
+    assert not _console(proc.stderr), _console(proc.stderr)
+    m = re.search(r'<pre id="cmb-selftest">(.*?)</pre>', proc.stdout, re.S)
+    assert m, proc.stdout[-2000:]
+    lines = m.group(1).strip("\n").split("\n")
+    counts = cohort_page["counts"]
+    assert lines[0] == "participant_id\tsession_id\trating\treviewer\tcomment" and len(lines) == len(counts) + 1
+    first = counts.iloc[0]
+    assert lines[1] == f"{first['participant_id']}\t{first['session_id']}\tfail\tselftest\tmotion artefact"
+    assert lines[2].endswith("\tn/a\tselftest\tn/a")
