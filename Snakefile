@@ -36,7 +36,8 @@ include: "rules/cohort.smk"
 
 rule all:
     """The failures table (it needs every subject job's status record, so every subject
-    job runs), the MNI MARS map and the dataset description."""
+    job runs), the MNI MARS map, the dataset description, and the cohort tables
+    (cohort/cmb_counts.csv, cmb_detections.csv) and QC page (cohort/cmb_report.html)."""
     input:
         f"{OUT}/failures.csv",
         MNI_MARS,
