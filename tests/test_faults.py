@@ -124,7 +124,7 @@ def _synth(out: Path) -> Path:
 def _strip_times(obj):
     if isinstance(obj, dict):
         return {k: _strip_times(v) for k, v in obj.items()
-                if k not in ("time", "timings") and not k.endswith("_s")}
+                if k not in ("time", "timings", "seconds") and not k.endswith("_s")}
     if isinstance(obj, list):
         return [_strip_times(v) for v in obj]
     return obj
