@@ -262,7 +262,7 @@ def count_histogram_svg(counts: Sequence[int], title: str = "CMBs per scan") -> 
     ax = fig.subplots()
     if counts.size:
         edges = list(range(0, 11)) + [11, 21, 51, max(52, counts.max() + 2)]
-        labels = [str(i) for i in range(0, 11)] + ["11-20", "21-50", f"51+"]
+        labels = [str(i) for i in range(0, 11)] + ["11-20", "21-50", "51+"]
         hist = [int(((counts >= lo) & (counts < hi)).sum()) for lo, hi in zip(edges[:-1], edges[1:])]
         ax.bar(range(len(hist)), hist, color="#3b6ea8")
         ax.set_xticks(range(len(hist)), labels, rotation=45, fontsize=8)
