@@ -122,9 +122,10 @@ def _synth(out: Path) -> Path:
 
 
 def _strip_times(obj):
+    """JSON without timings, and without the git commit (other work may land between runs)."""
     if isinstance(obj, dict):
         return {k: _strip_times(v) for k, v in obj.items()
-                if k not in ("time", "timings", "seconds") and not k.endswith("_s")}
+                if k not in ("time", "timings", "seconds", "commit") and not k.endswith("_s")}
     if isinstance(obj, list):
         return [_strip_times(v) for v in obj]
     return obj
