@@ -409,7 +409,7 @@ def run(args) -> int:
     card = {
         "name": args.name,
         "training": {
-            "command": "cmb train " + shlex.join(sys.argv[1:] if sys.argv[0].endswith("cmb") else sys.argv[2:]),
+            "command": "cmb train " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["train"] else sys.argv[1:]),
             "derivatives": str(args.derivatives), "truth": str(args.truth),
             "init": str(args.init) if args.init else None, "seed": args.seed,
             "data": {"train": _data_description(train_scans), "validation": _data_description(val_scans)},
