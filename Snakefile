@@ -16,6 +16,10 @@ configfile: f"{workflow.basedir}/config/config.yaml"
 include: "rules/common.smk"
 
 
+# With --sdm apptainer every job runs in this image (containers/cmb.def; docs/cluster.md).
+container: config["container"] or None
+
+
 # BIDS labels are alphanumeric; {sesdir}/{sesfile} are "/ses-<label>"/"_ses-<label>" or
 # both empty (rules/common.smk).
 wildcard_constraints:
