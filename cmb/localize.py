@@ -481,7 +481,8 @@ def software_versions(known: dict | None = None) -> dict:
     return out
 
 
-def _read_json(path) -> dict | None:
+def read_json_or_none(path) -> dict | None:
+    """A JSON file's object, or None when it is missing, empty (a failed stage's placeholder) or broken."""
     try:
         text = Path(path).read_text(encoding="utf-8")
         return json.loads(text) if text.strip() else None
@@ -553,7 +554,7 @@ def localize_subject(
         if mars_arr.shape != dseg.shape or not np.allclose(mars_img.affine, grid, atol=1e-3):
             raise ValueError(f"{mars}: MARS map grid {mars_arr.shape} differs from candidates grid {dseg.shape}")
     else:
-        rec = _read_json(register_status) if register_status else None
+        rec = read_json_or_none(register_status) if register_status else None
         why = (rec or {}).get("message") or "no native MARS map"
         anatomy_note = f"anatomy not available: {why}"
         _log.warning("%s: %s", pid, anatomy_note)
@@ -618,9 +619,9 @@ def localize_subject(
         out.header.set_xyzt_units("mm")
         save_nifti(out, out_prob)
 
-    cand_meta = _read_json(candidates_json) if candidates_json else None
-    qual = _read_json(quality) if quality else None
-    ingest = _read_json(ingest_report) if ingest_report else None
+    cand_meta = read_json_or_none(candidates_json) if candidates_json else None
+    qual = read_json_or_none(quality) if quality else None
+    ingest = read_json_or_none(ingest_report) if ingest_report else None
     zooms = np.sqrt((grid[:3, :3] ** 2).sum(0))
     summary = {
         "n_candidates": n,

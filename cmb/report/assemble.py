@@ -21,6 +21,7 @@ import pandas as pd
 
 from cmb import __version__
 from cmb.atomic import write_text
+from cmb.localize import read_json_or_none
 from cmb.failures import read_record
 from cmb.mars_region import CATEGORY, REGIONS
 
@@ -68,14 +69,6 @@ def _load(path):
     try:
         return nib.load(path)
     except Exception:  # noqa: BLE001 - a broken upstream file is shown as missing
-        return None
-
-
-def _read_json(path) -> dict | None:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-        return json.loads(text) if text.strip() else None
-    except (OSError, ValueError, TypeError):
         return None
 
 
@@ -164,7 +157,7 @@ def render_subject_report(
     det = None
     if detections is not None and Path(detections).is_file() and Path(detections).stat().st_size > 0:
         det = pd.read_csv(detections, sep="\t", dtype=str, keep_default_na=False)
-    meta = _read_json(sidecar) if sidecar else None
+    meta = read_json_or_none(sidecar) if sidecar else None
     summary = (meta or {}).get("Summary") or {}
     anatomy = bool(summary.get("anatomy_available", True))
     counts = count_detections(det, anatomy=anatomy) if det is not None else None
