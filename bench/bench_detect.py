@@ -10,8 +10,8 @@ Conditions (one table row each):
 
 - ``full``: the shipped model, magnitude + phase where present, at the model card's threshold;
 - ``no-phase``: the same model given the magnitude only;
-- ``screen-only`` (no stage 2): every screen candidate kept, and the screen score as
-  confidence at the score giving at most 1 FP per scan (tuned on this cohort: optimistic);
+- ``screen-only`` (no stage 2): every screen candidate kept as a detection (its
+  sensitivity is stage 1's; ``sens_at_1fp`` ranks the candidates by screen score);
 
 plus stage-1 sensitivity (CMBs hit by any candidate), time per scan and peak RSS.
 Each condition's full evaluation (per-subject CSV, cohort JSON, FROC CSV/PNG) goes to
@@ -88,10 +88,7 @@ def main(argv=None) -> int:
     for name in ("full", "no-phase", "screen-only"):
         match = match_cohort(pairs[name])
         froc = froc_curve(match)
-        if name == "screen-only":
-            t = sensitivity_at_fp(froc, [1.0])["threshold"].iloc[0]
-        else:
-            t = thr
+        t = 0.0 if name == "screen-only" else thr
         write_evaluation(args.out / name, match, t)
         _, cohort = evaluate_cohort(pairs[name], t)
         rows.append(_row(name, cohort, froc, float(np.median(seconds.get(name, [np.nan])))))
