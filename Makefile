@@ -17,6 +17,8 @@ DEMO_BIDS ?= demo/bids
 DEMO_OUT ?= demo/derivatives/cmb
 DEMO_SUBJECTS ?= 3
 DEMO_SEED ?= 42
+# CMBs per demo subject (the population profile leaves 40% of subjects without any)
+DEMO_CMB ?= 6
 PYTEST_ARGS ?=
 
 .PHONY: env demo demo-data test clean-demo
@@ -32,7 +34,7 @@ $(STAMP): requirements-cpu.txt pyproject.toml
 $(DEMO_BIDS)/dataset_description.json: | $(STAMP)
 	rm -rf $(DEMO_BIDS).partial
 	$(BIN)/cmb synth --out $(DEMO_BIDS).partial --preset tiny --n-subjects $(DEMO_SUBJECTS) \
-		--seed $(DEMO_SEED) --t1w
+		--seed $(DEMO_SEED) --t1w --n-cmb $(DEMO_CMB)
 	rm -rf $(DEMO_BIDS)
 	mv $(DEMO_BIDS).partial $(DEMO_BIDS)
 
