@@ -191,15 +191,20 @@ def flicker_frames(image: np.ndarray, labels: np.ndarray, affine: np.ndarray, wi
             scale = height_px / (sl.shape[0] * pix[1])
             img = img.resize((max(int(round(sl.shape[1] * pix[0] * scale)), 1), height_px), Image.Resampling.NEAREST)
             tiles.append(img)
-        canvas = Image.new("RGB", (sum(t.width for t in tiles) + 8, height_px), (0, 0, 0))
-        x = 0
-        for t in tiles:
-            canvas.paste(t, (x, 0))
-            x += t.width + 4
-        buf = io.BytesIO()
-        canvas.save(buf, format="PNG", compress_level=3)
-        frames.append(buf.getvalue())
+        frames.append(_tiles_png(tiles, height_px, extra=8))
     return frames[0], frames[1]
+
+
+def _tiles_png(tiles, height_px: int, extra: int) -> bytes:
+    """PNG of image tiles side by side, 4 px apart, on black (``extra`` px of canvas beyond the tiles)."""
+    canvas = Image.new("RGB", (sum(t.width for t in tiles) + extra, height_px), (0, 0, 0))
+    x = 0
+    for t in tiles:
+        canvas.paste(t, (x, 0))
+        x += t.width + 4
+    buf = io.BytesIO()
+    canvas.save(buf, format="PNG", compress_level=3)
+    return buf.getvalue()
 
 
 def overlay_png(image: np.ndarray, mask: np.ndarray, affine: np.ndarray, window, *, height_px: int = 200) -> bytes:
@@ -225,14 +230,7 @@ def overlay_png(image: np.ndarray, mask: np.ndarray, affine: np.ndarray, window,
         scale = height_px / (sl.shape[0] * pix[1])
         tiles.append(img.resize((max(int(round(sl.shape[1] * pix[0] * scale)), 1), height_px),
                                 Image.Resampling.NEAREST))
-    canvas = Image.new("RGB", (sum(t.width for t in tiles) + 4 * len(tiles), height_px), (0, 0, 0))
-    x = 0
-    for t in tiles:
-        canvas.paste(t, (x, 0))
-        x += t.width + 4
-    buf = io.BytesIO()
-    canvas.save(buf, format="PNG", compress_level=3)
-    return buf.getvalue()
+    return _tiles_png(tiles, height_px, extra=4 * len(tiles))
 
 
 # --------------------------------------------------------------------------- cohort charts
