@@ -74,6 +74,15 @@ def dry_run(bids: Path, out: Path, work: Path, *extra: str) -> tuple[float, int,
     return seconds, int(m.group(1)) if m else -1, table.split("\n\n")[0]
 
 
+def print_measures(rows) -> None:
+    """A two-column markdown table (measure, value)."""
+    width = max(len(k) for k, _ in rows)
+    print(f"| {'measure'.ljust(width)} | value |")
+    print(f"|{'-' * (width + 2)}|-------|")
+    for k, v in rows:
+        print(f"| {k.ljust(width)} | {v} |")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--subjects", type=int, default=2000)
@@ -109,11 +118,7 @@ def main(argv=None) -> int:
             ("target", "<= 60 s"),
             ("load average (1 min) at the end", f"{load:.1f} on {os.cpu_count()} cores"),
         ]
-        width = max(len(k) for k, _ in rows)
-        print(f"| {'measure'.ljust(width)} | value |")
-        print(f"|{'-' * (width + 2)}|-------|")
-        for k, v in rows:
-            print(f"| {k.ljust(width)} | {v} |")
+        print_measures(rows)
         print()
         print(table)
         return 0 if second <= 60 else 1

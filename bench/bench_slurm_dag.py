@@ -31,7 +31,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_dag import make_layout  # noqa: E402
+from bench_dag import make_layout, print_measures  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 HEADER = re.compile(r"^(?P<indent>\s*)(?:\[[^\]]*\]\s*)?(?:(?P<kind>localrule|rule)\s+(?P<rule>\w+):|Group job)")
@@ -150,11 +150,7 @@ def main(argv=None) -> int:
             ("snakemake --list-rules (Snakefile read, inputs planned: each job's start-up)", f"{startup:.1f} s"),
             ("load average (1 min) at the end", f"{load:.1f} on {os.cpu_count()} cores"),
         ]
-        width = max(len(k) for k, _ in rows)
-        print(f"| {'measure'.ljust(width)} | value |")
-        print(f"|{'-' * (width + 2)}|-------|")
-        for k, v in rows:
-            print(f"| {k.ljust(width)} | {v} |")
+        print_measures(rows)
         print()
         print("single SLURM jobs with groups, by rule:", dict(sorted(g["ungrouped"].items())))
         print("rule jobs inside group jobs, by rule:", dict(sorted(g["grouped"].items())))

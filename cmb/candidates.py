@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
-__all__ = ["dark_blob_response", "screen_candidates", "find_peaks", "delineate_candidates", "extract_candidates"]
+__all__ = ["dark_blob_response", "screen_candidates", "find_peaks", "delineate_candidates"]
 
 
 def _block_mean(a: np.ndarray, f) -> np.ndarray:
@@ -239,40 +239,3 @@ def delineate_candidates(response: np.ndarray, peaks: pd.DataFrame, spacing, pha
     table["sphericity"] = spher
     table["phase_mean"] = phase_mean
     return labels, table
-
-
-def extract_candidates(prob: np.ndarray, threshold: float = 0.5, voxel_size=(1.0, 1.0, 1.0),
-                       max_diameter_mm: float = 10.0) -> tuple[np.ndarray, int]:
-    """Label connected CMB candidates of a likelihood map and drop oversized ones.
-
-    Parameters
-    ----------
-    prob : (X, Y, Z) ndarray of float
-        Voxelwise CMB likelihood in [0, 1].
-    threshold : float, optional
-        Foreground is ``prob >= threshold``.
-    voxel_size : sequence of 3 float, optional
-        Spacing in mm.
-    max_diameter_mm : float, optional
-        Larger components (sphere-equivalent) are removed.
-
-    Returns
-    -------
-    labels : (X, Y, Z) ndarray of int32
-        0 is background; 1..n are kept candidates.
-    n : int
-        Number of kept candidates.
-
-    Examples
-    --------
-    >>> prob = np.zeros((8, 8, 8))
-    >>> prob[2, 2, 2] = prob[6, 6, 6] = 0.9
-    >>> extract_candidates(prob)[1]
-    2
-    """
-    labels, n = cc3d.connected_components(prob >= threshold, connectivity=26, return_N=True)
-    volume = np.bincount(labels.ravel(), minlength=n + 1)[1:] * np.prod(voxel_size)
-    keep = np.flatnonzero(np.cbrt(6 * volume / np.pi) <= max_diameter_mm) + 1
-    lut = np.zeros(n + 1, dtype=np.int32)
-    lut[keep] = np.arange(1, keep.size + 1)
-    return lut[labels], int(keep.size)

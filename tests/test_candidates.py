@@ -1,6 +1,6 @@
 import numpy as np
 
-from cmb.candidates import dark_blob_response, extract_candidates, screen_candidates
+from cmb.candidates import dark_blob_response, screen_candidates
 from cmb.synth.physics import Source, simulate_sources
 
 
@@ -9,13 +9,7 @@ def ball(center, r, shape=(40, 40, 40)):
     return (d2 <= r**2).astype(float)
 
 
-def test_large_component_is_dropped():
-    labels, n = extract_candidates(ball((10,) * 3, 2) + ball((28,) * 3, 8))
-    assert n == 1 and labels[10, 10, 10] == 1 and labels[28, 28, 28] == 0
-
-
 def test_empty_map():
-    assert extract_candidates(np.zeros((5, 5, 5)))[1] == 0
     assert screen_candidates(np.ones((20, 20, 10), np.float32), np.ones((20, 20, 10), bool), (1, 1, 2)).empty
 
 
