@@ -144,13 +144,17 @@ def find_peaks(response: np.ndarray, radius: np.ndarray, spacing, threshold: flo
     spacing = np.asarray(spacing, float)
     size = np.maximum(np.round(2 * min_distance_mm / spacing).astype(int) | 1, 1)
     peaks = (response == ndi.maximum_filter(response, size=tuple(size))) & (response >= threshold)
-    # A plateau of equal maxima is one candidate: keep its first voxel.
+    # Touching maxima are one candidate, at their strongest voxel. They are a plateau of
+    # equal values, or, where the window is one slice thick (thick slices), maxima of
+    # neighbouring slices: there the strongest one is the blob's centre, not the first.
     labels, n = cc3d.connected_components(peaks, connectivity=26, return_N=True)
     if n == 0:
         return pd.DataFrame({"i": [], "j": [], "k": [], "score": [], "radius_mm": []})
     nz = np.flatnonzero(labels)  # peaks are sparse: never sort the whole volume
-    _, first = np.unique(labels.ravel()[nz], return_index=True)
-    ijk = np.stack(np.unravel_index(nz[first], labels.shape), 1).astype(int).reshape(-1, 3)
+    lab = labels.ravel()[nz]
+    order = np.lexsort((-response.ravel()[nz], lab))  # by label, strongest first, ties in raster order
+    _, first = np.unique(lab[order], return_index=True)
+    ijk = np.stack(np.unravel_index(nz[order[first]], labels.shape), 1).astype(int).reshape(-1, 3)
     scores = response[tuple(ijk.T)]
     order = np.argsort(-scores, kind="stable")[:max_candidates]
     ijk, scores = ijk[order], scores[order]
