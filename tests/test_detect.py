@@ -22,7 +22,7 @@ from cmb.detect.__main__ import DEFAULT_MODEL, main as detect_main, run_detect
 from cmb.detect.inference import calibrate, find_candidates
 from cmb.detect.model import load_model
 from cmb.annotations import Scan
-from cmb.detect.training import TrainConfig, sample_scan, train_model
+from cmb.detect.training import TrainConfig, annotated_datasets, sample_scan, split_by_subject, train_model
 from cmb.evaluation import evaluate_cohort, load_truth
 from cmb.preprocess import preprocess_subject
 from cmb.synth import SynthOptions, synthesize
@@ -186,3 +186,17 @@ def test_candidates_of_an_empty_mask_region_are_none():
     cands = find_candidates(mag, mask, (1.0, 1.0, 2.0))
     assert len(cands.table) == 0 and not cands.labels.any()
     assert json.dumps(cands.seconds)
+
+
+def test_validation_subjects_come_from_the_chosen_datasets():
+    scans = [Scan(f"d{d}/sub-{n:02d}{ses}", "swi-3t", Path("i"), Path("m"), None, Path("t"))
+             for d in (1, 2) for n in range(1, 6) for ses in ("_ses-01", "_ses-02")]
+    pool = {s.subject for s in scans if s.key.startswith("d2/")}
+    train, val = split_by_subject(scans, 0.4, seed=3, val_pool=pool)
+    assert {s.subject for s in val} <= pool and len({s.subject for s in val}) == 2
+    assert not {s.subject for s in train} & {s.subject for s in val}  # both sessions on one side
+    assert len(train) + len(val) == len(scans)
+    _, val_any = split_by_subject(scans, 0.4, seed=3)
+    assert len({s.subject for s in val_any}) == 4
+    with pytest.raises(ValueError, match="one --truth per --derivatives"):
+        annotated_datasets([Path("a"), Path("b")], [Path("t")])

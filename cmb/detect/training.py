@@ -38,7 +38,7 @@ import logging
 import math
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import nibabel as nib
@@ -333,14 +333,36 @@ def train_model(train: list[ScanSamples], val: list[ScanSamples], out_dir, cfg: 
     return json.loads((Path(out_dir) / "model_card.json").read_text())
 
 
-def split_by_subject(scans: list[Scan], val_fraction: float, seed: int) -> tuple[list[Scan], list[Scan]]:
-    """Train/validation split by subject (all sessions and runs of a subject on one side)."""
+def split_by_subject(scans: list[Scan], val_fraction: float, seed: int,
+                     val_pool: set[str] | None = None) -> tuple[list[Scan], list[Scan]]:
+    """Train/validation split by subject (all sessions and runs of a subject on one side).
+
+    Validation subjects are drawn from ``val_pool`` (subject ids) when given, else from all
+    subjects; ``val_fraction`` is a fraction of the pool.
+    """
     subjects = sorted({s.subject for s in scans})
+    pool = [s for s in subjects if val_pool is None or s in val_pool]
     rng = np.random.default_rng(seed)
-    rng.shuffle(subjects)
-    n_val = max(1, int(math.ceil(val_fraction * len(subjects)))) if len(subjects) > 1 else 0
-    val_subjects = set(subjects[:n_val])
+    rng.shuffle(pool)
+    n_val = max(1, int(math.ceil(val_fraction * len(pool)))) if len(subjects) > 1 and pool else 0
+    val_subjects = set(pool[:n_val])
     return ([s for s in scans if s.subject not in val_subjects], [s for s in scans if s.subject in val_subjects])
+
+
+def annotated_datasets(derivatives: list[Path], truths: list[Path]) -> list[list[Scan]]:
+    """The annotated scans of each (derivatives, truth) pair; with several pairs, keys get a ``dN/`` prefix.
+
+    The prefix keeps ``sub-01`` of two datasets two subjects.
+    """
+    if len(derivatives) != len(truths):
+        raise ValueError(f"give one --truth per --derivatives (got {len(derivatives)} and {len(truths)})")
+    out = []
+    for n, (der, truth) in enumerate(zip(derivatives, truths), start=1):
+        scans = paired_scans(der, truth)
+        if len(derivatives) > 1:
+            scans = [replace(s, key=f"d{n}/{s.key}") for s in scans]
+        out.append(scans)
+    return out
 
 
 def _data_description(scans: list[Scan]) -> dict:
@@ -362,13 +384,18 @@ def build_parser(parser=None):
     import argparse
 
     p = parser or argparse.ArgumentParser(prog="cmb train")
-    p.add_argument("--derivatives", required=True, type=Path,
-                   help="workflow output folder with the preprocessed scans (run the workflow up to preprocessing)")
-    p.add_argument("--truth", required=True, type=Path, help="folder of *_label-CMB_dseg.nii.gz / .tsv annotations")
+    p.add_argument("--derivatives", required=True, type=Path, action="append",
+                   help="workflow output folder with the preprocessed scans (run the workflow up to preprocessing); "
+                        "repeat, with one --truth each, to train on several datasets")
+    p.add_argument("--truth", required=True, type=Path, action="append",
+                   help="folder of *_label-CMB_dseg.nii.gz / .tsv annotations")
     p.add_argument("--out", required=True, type=Path, help="model folder to write")
     p.add_argument("--init", type=Path, help="fine-tune from this model folder (e.g. the shipped default)")
     p.add_argument("--name", default="cmb-candidate-net")
     p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--val-from", type=int, action="append",
+                   help="draw validation subjects only from the N-th --derivatives/--truth pair (1-based; repeatable), "
+                        "e.g. your own annotated scans when fine-tuning on them plus synthetic ones")
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     p.add_argument("--steps-per-epoch", type=int, default=TrainConfig.steps_per_epoch)
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
@@ -391,12 +418,24 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    scans = paired_scans(args.derivatives, args.truth)
+    try:
+        datasets = annotated_datasets(args.derivatives, args.truth)
+    except ValueError as err:
+        print(f"cmb train: error: {err}", file=sys.stderr)
+        return 2
+    scans = [s for d in datasets for s in d]
     if len({s.subject for s in scans}) < 2:
         print(f"cmb train: error: need scans of at least 2 subjects with ground truth, found {len(scans)} "
-              f"(derivatives {args.derivatives}, truth {args.truth})", file=sys.stderr)
+              f"(derivatives {', '.join(map(str, args.derivatives))}; truth {', '.join(map(str, args.truth))})",
+              file=sys.stderr)
         return 2
-    train_scans, val_scans = split_by_subject(scans, args.val_fraction, args.seed)
+    val_pool = None
+    if args.val_from:
+        if not all(1 <= n <= len(datasets) for n in args.val_from):
+            print(f"cmb train: error: --val-from must be between 1 and {len(datasets)}", file=sys.stderr)
+            return 2
+        val_pool = {s.subject for n in args.val_from for s in datasets[n - 1]}
+    train_scans, val_scans = split_by_subject(scans, args.val_fraction, args.seed, val_pool)
     _log.info("%d training scans, %d validation scans", len(train_scans), len(val_scans))
     screen = load_model(args.init).card.get("screen") if args.init else None
     train = [sample_scan(s, screen, args.n_hard, args.n_random, seed=args.seed + i)
@@ -410,7 +449,7 @@ def run(args) -> int:
         "name": args.name,
         "training": {
             "command": "cmb train " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["train"] else sys.argv[1:]),
-            "derivatives": str(args.derivatives), "truth": str(args.truth),
+            "derivatives": [str(p) for p in args.derivatives], "truth": [str(p) for p in args.truth],
             "init": str(args.init) if args.init else None, "seed": args.seed,
             "data": {"train": _data_description(train_scans), "validation": _data_description(val_scans)},
             "data_seconds": round(t_data, 1), "threads": torch.get_num_threads(),
