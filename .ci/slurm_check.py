@@ -10,6 +10,10 @@
         declared local ran on the submit host, and that the jobs of the GPU rule (when it
         is in the DAG) asked SLURM for a GPU while the others did not. Prints each
         assertion that ran; exit 1 on the first failed group of assertions.
+
+    python .ci/slurm_check.py array --scontrol SCONTROL_DUMP --rule detect_cmb --expect N
+        assert that the N jobs of RULE ran as the tasks of one SLURM array job, each
+        asking for a GPU (a rerun with --slurm-array-jobs RULE).
 """
 
 from __future__ import annotations
@@ -182,6 +186,22 @@ def check(args) -> int:
     return 1 if failures else 0
 
 
+def check_array(args) -> int:
+    """The jobs of ``args.rule`` in the dump are ``args.expect`` tasks of one array job, each with a GPU."""
+    tasks = [line for line in Path(args.scontrol).read_text().splitlines()
+             if re.search(rf"\bComment=rule_{re.escape(args.rule)}(_wildcards_\S*)?(\s|$)", line) and "ArrayJobId=" in line]
+    arrays = Counter(re.search(r"\bArrayJobId=(\d+)", line).group(1) for line in tasks)
+    no_gpu = [line[:200] for line in tasks
+              if not re.search(r"TresPerJob=\S*gpu|TresPerNode=\S*gpu|AllocTRES=\S*gres/gpu", line)]
+    ok = len(arrays) == 1 and next(iter(arrays.values())) == args.expect and not no_gpu
+    tag = "PASS" if ok else "FAIL"
+    print(f"  [{tag}] with --slurm-array-jobs {args.rule}, its {args.expect} jobs ran as one SLURM array "
+          f"with a GPU each (array tasks per array job: {dict(arrays)})")
+    for line in no_gpu:
+        print(f"         no GPU asked: {line}")
+    return 0 if ok else 1
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -193,7 +213,13 @@ def main(argv=None) -> int:
     c.add_argument("--slurmctld-log", required=True)
     c.add_argument("--scontrol", required=True)
     c.add_argument("--expect-gpu-rule", default="detect_cmb")
+    a = sub.add_parser("array")
+    a.add_argument("--scontrol", required=True)
+    a.add_argument("--rule", default="detect_cmb")
+    a.add_argument("--expect", type=int, required=True)
     args = p.parse_args(argv)
+    if args.cmd == "array":
+        return check_array(args)
     if args.cmd == "default-resources":
         print(" ".join(default_resources(args.profile)))
         return 0

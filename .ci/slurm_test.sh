@@ -6,6 +6,7 @@
 #     job ran inside a SLURM job, only rules declared local ran on the submit host;
 #   - the detect_cmb jobs asked for a GPU (when detect_cmb is in the DAG) and no other job did;
 #   - the SLURM run's tables and images equal the local run's;
+#   - a rerun of the GPU rule with --slurm-array-jobs runs as one array job, same outputs;
 #   - a profile installed with `cmb profile install slurm` is found by a bare `--profile slurm`.
 # Called by .ci/run after `make test` (needs .venv). Runs as root; state lives in a fresh
 # temporary folder; the daemons are stopped by PID at exit.
@@ -229,6 +230,28 @@ if "$BIN/python" "$REPO/.ci/compare_outputs.py" "$T/local/out" "$T/slurm/out" >"
     echo "  [PASS] the SLURM run's outputs equal the local run's: $(head -n 1 "$T/log/compare.txt")" >>"$CHECKS"
 else
     { echo "  [FAIL] the SLURM run's outputs differ from the local run's:"; sed 's/^/         /' "$T/log/compare.txt"; } >>"$CHECKS"
+fi
+
+# Optional array jobs: the GPU rule's jobs again, as one SLURM array (plugin
+# --slurm-array-jobs); the outputs must not change.
+log "array rerun (--slurm-array-jobs $GPU_RULE)"
+t=$SECONDS
+(cd "$T/slurm" && timeout "$RUN_TIMEOUT" "$BIN/snakemake" -s "$REPO/Snakefile" --profile "$REPO/profiles/slurm" \
+    --default-resources "${RESOURCES[@]}" slurm_partition="$PARTITION" \
+    --slurm-keep-successful-logs --slurm-init-seconds-before-status-checks 5 \
+    --slurm-array-jobs "$GPU_RULE" --forcerun "$GPU_RULE" \
+    "${EXTRA[@]}" --config bids_dir="$T/bids" output_dir="$T/slurm/out" >"$T/slurm/snakemake-array.log" 2>&1) ||
+    echo "  [FAIL] the array rerun failed: $(tail -n 5 "$T/slurm/snakemake-array.log" | tr '\n' ' ')" >>"$CHECKS"
+log "array rerun done in $((SECONDS - t)) s"
+scontrol show job -o >"$T/log/scontrol_array.txt"
+N_GPU_JOBS=$(grep -cE "Comment=rule_${GPU_RULE}(_wildcards_[^ ]*)?( |$)" "$T/log/scontrol_jobs.txt" || true)
+"$BIN/python" "$REPO/.ci/slurm_check.py" array --scontrol "$T/log/scontrol_array.txt" --rule "$GPU_RULE" \
+    --expect "$N_GPU_JOBS" >>"$CHECKS" 2>&1 || true
+if "$BIN/python" "$REPO/.ci/compare_outputs.py" "$T/local/out" "$T/slurm/out" >"$T/log/compare_array.txt" 2>&1; then
+    echo "  [PASS] after the array rerun the outputs still equal the local run's" >>"$CHECKS"
+else
+    { echo "  [FAIL] after the array rerun the outputs differ from the local run's:"
+      sed 's/^/         /' "$T/log/compare_array.txt"; } >>"$CHECKS"
 fi
 
 # The documented route: an installed profile, found by its bare name.
