@@ -1,6 +1,6 @@
 import numpy as np
 
-from cmb.candidates import dark_blob_response, screen_candidates
+from cmb.candidates import dark_blob_response, find_peaks, screen_candidates
 from cmb.synth.physics import Source, simulate_sources
 
 
@@ -35,3 +35,14 @@ def test_response_ignores_the_mask_edge():
     img[~mask] = 0  # dark outside the brain must not make the border look like a blob
     r, _ = dark_blob_response(img, mask, (1, 1, 1))
     assert r.max() < 0.01
+
+
+def test_touching_maxima_of_thick_slices_are_one_candidate_at_the_strongest():
+    # With 5 mm slices the 2.5 mm suppression window is one slice thick, so a CMB and a
+    # faint maximum in the next slice are both maxima, and they touch diagonally.
+    response = np.zeros((20, 20, 8), np.float32)
+    response[9, 9, 3] = 0.2   # first in raster order
+    response[10, 10, 4] = 0.6
+    found = find_peaks(response, np.ones_like(response), (1.0, 1.0, 5.0), threshold=0.1)
+    assert len(found) == 1
+    assert found[["i", "j", "k"]].iloc[0].tolist() == [10, 10, 4] and found["score"].iloc[0] == np.float32(0.6)
