@@ -217,7 +217,8 @@ def fit_platt(logits: np.ndarray, labels: np.ndarray) -> dict:
         return loss
 
     opt.step(closure)
-    return {"a": float(ab[0]), "b": float(ab[1])}
+    a, b = ab.detach().tolist()
+    return {"a": a, "b": b}
 
 
 def train_model(train: list[ScanSamples], val: list[ScanSamples], out_dir, cfg: TrainConfig, card: dict,
@@ -245,7 +246,7 @@ def train_model(train: list[ScanSamples], val: list[ScanSamples], out_dir, cfg: 
     per_neg = cfg.batch_size - per_pos
 
     log_rows = []
-    best = (-1.0, None, -1)
+    best = (-1.0, None, -1, np.inf)  # partial FROC, weights, epoch, validation loss
     t0 = time.perf_counter()
     for epoch in range(cfg.epochs):
         net.train()
@@ -289,8 +290,10 @@ def train_model(train: list[ScanSamples], val: list[ScanSamples], out_dir, cfg: 
                   row["train_loss"], val_loss, score)
         if log_path:
             write_text(log_path, pd.DataFrame(log_rows).to_csv(index=False, float_format="%.6g"))
-        if score > best[0]:
-            best = (score, {k: v.detach().clone() for k, v in net.state_dict().items()}, epoch + 1)
+        # With few validation CMBs the partial FROC moves in coarse steps and ties are
+        # common: a tie goes to the lower validation loss.
+        if (score, -val_loss) > (best[0], -best[3]):
+            best = (score, {k: v.detach().clone() for k, v in net.state_dict().items()}, epoch + 1, val_loss)
         elif epoch + 1 - best[2] >= cfg.patience:
             _log.info("early stop: no improvement for %d epochs", cfg.patience)
             break
