@@ -12,6 +12,7 @@ sampled every 0.2 s with psutil), Snakemake's own overhead and leaked temporary 
   and atomic-write leftovers (``.*.tmp*``) or empty placeholders under the output.
 
     python bench/bench_load.py --n-subjects 8 [--cores 2] [--work /tmp/cmb-bench-load] [--t1w]
+        [--config register='{syn: false}']
 
 Until the detector's weights ship (cmb/detect/weights/default/model.safetensors) the
 run stops after registration and the QC figures; afterwards it runs ``all``.
@@ -115,6 +116,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--t1w", action="store_true", help="subjects with a T1w (registration through it)")
     p.add_argument("--keep", action="store_true", help="keep the outputs of an earlier run (default: rerun all)")
+    p.add_argument("--config", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="more workflow settings, as snakemake --config, e.g. register='{syn: false}'")
     args = p.parse_args(argv)
 
     work = args.work.absolute()
@@ -131,7 +134,7 @@ def main(argv=None) -> int:
     env = dict(os.environ, TMPDIR=str(tmpdir))
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     base = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work),
-            "--config", f"bids_dir={bids}", f"output_dir={out}"]
+            "--config", f"bids_dir={bids}", f"output_dir={out}", *args.config]
     targets = _targets(bids, out)
     cmd = [*base, "--profile", str(REPO / "profiles" / "local"), "--cores", str(args.cores), "--", *targets]
     print(f"running {args.n_subjects} subjects on {args.cores} cores ...", flush=True)
@@ -167,7 +170,8 @@ def main(argv=None) -> int:
     print(f"machine: {platform.machine()}, {psutil.cpu_count()} CPUs, "
           f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}, "
           f"load average (1 min) at the end: {os.getloadavg()[0]:.1f}")
-    print(f"targets: {'all (failures.csv)' if not targets else 'up to register_to_mni and plot_qc'}")
+    print(f"targets: {'all (failures.csv)' if not targets else 'up to register_to_mni and plot_qc'}"
+          + (f"; settings: {' '.join(args.config)}" if args.config else ""))
     print()
     print("| measure | value |")
     print("|---|---|")
