@@ -2,7 +2,8 @@
 
 - The config is validated against config/config.schema.yaml (defaults filled in).
   Participant labels are strings: a YAML ``02`` (read as the integer 2) is turned
-  back into "02".
+  back into "02". Nested ``--config`` values arrive as strings and are typed by the
+  schema (cmb.config_values).
 - ``plan_inputs`` (cmb.ingest) chooses one input per subject/session when the DAG
   is built; the records decide which optional files (phase, T1w) each subject gets.
 - Paths are BIDS names from snakebids ``bids()`` under ``sub-{subject}{sesdir}/``
@@ -21,6 +22,7 @@ from snakemake.logging import logger
 from snakemake.utils import validate
 
 from cmb import __version__ as CMB_VERSION
+from cmb.config_values import coerce_to_schema
 from cmb.ingest import plan_inputs
 from cmb.template import TEMPLATE_NAME
 
@@ -96,6 +98,8 @@ def coerce_labels(cfg):
 def validate_config(cfg):
     """Validate ``cfg`` in place (defaults filled); one clear line on error."""
     coerce_labels(cfg)
+    with open(os.path.join(workflow.basedir, "config", "config.schema.yaml"), encoding="utf-8") as f:
+        cfg.update(coerce_to_schema(dict(cfg), yaml.safe_load(f)))  # --config a='{b: false}' gives "false"
     try:
         validate(cfg, "../config/config.schema.yaml")
     except WorkflowError as e:

@@ -209,6 +209,16 @@ def test_exclude_participant_label(tmp_path):
     assert counts["ingest_swi"] == 1 and "subject=01" not in text
 
 
+def test_nested_config_on_the_command_line_is_typed_by_the_schema(tmp_path):
+    # Snakemake hands nested --config values over as strings ("false", "3")
+    _, text = dry_run(DATA / "bids_swi_gre", tmp_path, "register={syn: false, step_mm: 3}",
+                      "detection={use_gpu: false}")
+    assert "--step-mm 3" in text and "--no-syn" in text
+    assert "gpu=1" not in text
+    bad = wrong_config(tmp_path, "register={syn: maybe}")
+    assert "invalid configuration (register.syn)" in bad and "'maybe' is not of type 'boolean'" in bad
+
+
 def test_bad_config_value_gives_a_clear_error(tmp_path):
     text = wrong_config(tmp_path, "ingest={preference: [swi, foo]}")
     assert "invalid configuration (ingest.preference.1)" in text and "'foo' is not one of" in text
