@@ -132,9 +132,15 @@ def _strip_times(obj):
 
 
 def _unreadable(out: Path) -> list[str]:
-    """Non-empty result files under their final names that do not read in full."""
+    """Non-empty result files under their final names that do not read in full.
+
+    An atomic write's temporary file (``.<name>.<random>.tmp<suffix>``) is not under a
+    final name: a kill mid-write leaves it behind, and the rerun removes it.
+    """
     bad = []
     for rel, p in _results(out).items():
+        if p.name.startswith(".") and ".tmp" in p.name:
+            continue
         if not p.stat().st_size:
             continue  # a placeholder of a failed stage (none here) or a marker
         try:
