@@ -85,6 +85,11 @@ def rule_blocks(text: str) -> list[tuple[str, str, str]]:
     return out
 
 
+def asks_for_gpu(scontrol_line: str) -> bool:
+    """Whether a ``scontrol show job -o`` line requests or holds a GPU."""
+    return bool(re.search(r"TresPerJob=\S*gpu|TresPerNode=\S*gpu|AllocTRES=\S*gres/gpu", scontrol_line))
+
+
 def check(args) -> int:
     repo = Path(args.repo)
     log_text = Path(args.log).read_text(encoding="utf-8", errors="replace")
@@ -165,7 +170,7 @@ def check(args) -> int:
         if line is None:
             problems.append(f"SLURM job {slurm_id} missing from scontrol show job")
             continue
-        asks_gpu = bool(re.search(r"TresPerJob=\S*gpu|TresPerNode=\S*gpu|AllocTRES=\S*gres/gpu", line))
+        asks_gpu = asks_for_gpu(line)
         comment = re.search(r"\bComment=(\S+)", line)
         comment = comment.group(1) if comment else ""
         is_gpu_rule = comment.startswith(f"rule_{gpu_rule}")
@@ -192,7 +197,7 @@ def check_array(args) -> int:
              if re.search(rf"\bComment=rule_{re.escape(args.rule)}(_wildcards_\S*)?(\s|$)", line) and "ArrayJobId=" in line]
     arrays = Counter(re.search(r"\bArrayJobId=(\d+)", line).group(1) for line in tasks)
     no_gpu = [line[:200] for line in tasks
-              if not re.search(r"TresPerJob=\S*gpu|TresPerNode=\S*gpu|AllocTRES=\S*gres/gpu", line)]
+              if not asks_for_gpu(line)]
     ok = len(arrays) == 1 and next(iter(arrays.values())) == args.expect and not no_gpu
     tag = "PASS" if ok else "FAIL"
     print(f"  [{tag}] with --slurm-array-jobs {args.rule}, its {args.expect} jobs ran as one SLURM array "
