@@ -51,8 +51,8 @@ rule collect_failures:
 
 rule collect_cohort_tables:
     """cohort/cmb_counts.csv (one row per subject/session), cmb_counts_long.csv (one row per
-    scan, region and hemisphere) and cmb_detections.csv (every candidate), with their data
-    dictionaries and a ratings template."""
+    scan, region and hemisphere) and cmb_detections.csv (every above-threshold detection,
+    counted or rejected), with their data dictionaries and a ratings template."""
     input:
         cohort_table_inputs(),
     output:

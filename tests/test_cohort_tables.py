@@ -34,6 +34,10 @@ def _read(path):
     return pd.read_csv(path, dtype=str, keep_default_na=False)
 
 
+def _read_tsv(path):
+    return pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+
+
 def test_counts_equal_the_detections_table(cohort):
     counts = _read(cohort["root"] / "cohort" / "cmb_counts.csv")
     det = _read(cohort["root"] / "cohort" / "cmb_detections.csv")
@@ -43,7 +47,7 @@ def test_counts_equal_the_detections_table(cohort):
     for row in have.to_dict("records"):
         mine = cmb[cmb["participant_id"] == row["participant_id"]]
         assert int(row["n_cmb"]) == len(mine)
-        assert int(row["n_candidates"]) == (det["participant_id"] == row["participant_id"]).sum()
+        assert int(row["n_above_threshold"]) == (det["participant_id"] == row["participant_id"]).sum()
         if row["n_lobar"] == "n/a":  # registration failed: no anatomy
             continue
         for cat in ("lobar", "deep", "infratentorial"):
@@ -54,11 +58,15 @@ def test_counts_equal_the_detections_table(cohort):
     assert int(pd.to_numeric(have["n_cmb"]).sum()) == len(cmb)
 
 
-def test_detections_csv_has_the_tsv_columns_and_every_row(cohort):
+def test_detections_csv_has_the_tsv_columns_and_every_above_threshold_row(cohort):
     det = _read(cohort["root"] / "cohort" / "cmb_detections.csv")
     assert list(det.columns) == DETECTION_COLUMNS
-    n = sum(len(pd.read_csv(s.detections, sep="\t")) for s in cohort["subjects"] if s.detections)
-    assert len(det) == n
+    tsvs = [_read_tsv(s.detections) for s in cohort["subjects"] if s.detections]
+    above = pd.concat([t[t["above_threshold"] == "true"] for t in tsvs])
+    assert sum(map(len, tsvs)) > len(above) > 0  # the fixture has below-threshold candidates
+    assert len(det) == len(above)
+    assert (det["above_threshold"] == "true").all()
+    assert (det["rejected"] == "true").any() and (det["is_cmb"] == "true").any()
     key = list(zip(det["participant_id"], det["cmb_id"].astype(int)))
     assert key == sorted(key)
 

@@ -375,7 +375,7 @@ def test_end_to_end_detections_cohort_tables_and_reports(cohort_run):
         anat = _anat(out, sub)
         det = pd.read_csv(anat / f"sub-{sub}_desc-cmb_detections.tsv", sep="\t", dtype=str, keep_default_na=False)
         assert list(det.columns) == DETECTION_COLUMNS
-        rows += len(det)
+        rows += int((det["above_threshold"] == "true").sum())
         ingested = nib.load(anat / f"sub-{sub}_part-mag_desc-ingested_swi.nii.gz")
         for name in ("label-CMB_dseg", "label-CMB_probseg"):
             img = nib.load(anat / f"sub-{sub}_{name}.nii.gz")
