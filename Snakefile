@@ -16,6 +16,17 @@ configfile: f"{workflow.basedir}/config/config.yaml"
 include: "rules/common.smk"
 
 
+# Snakemake's job-rate limiter (--max-jobs-per-timespan, default 100/1s) re-arms a timer
+# on every scheduler pass, and every finished job adds one more such chain of passes,
+# each of which stats the inputs of every ready job: in a 200-subject local run the
+# scheduler alone took 0.65 of a core (docs/benchmarks.md; snakemake PR #3744). A local
+# run has nothing to rate-limit, and the scheduler still runs whenever a job finishes.
+# Cluster runs keep the limiter (it paces sbatch).
+onstart:
+    if workflow.local_exec and getattr(workflow, "scheduler", None) is not None:
+        workflow.scheduler.job_rate_limiter = None
+
+
 # With --sdm apptainer every job runs in this image (containers/cmb.def; docs/cluster.md).
 container: config["container"] or None
 
@@ -28,6 +39,9 @@ wildcard_constraints:
     sesfile="(_ses-[a-zA-Z0-9]+)?",
 
 
+# Per-subject rules carry rising `priority:` down the pipeline (preprocess 1 ... report 5):
+# among ready jobs the most downstream runs first, so subjects finish one after another
+# instead of every registration running before the first detection.
 include: "rules/ingest.smk"
 include: "rules/preprocess.smk"
 include: "rules/register.smk"

@@ -30,6 +30,7 @@ rule detect_cmb:
     benchmark:
         benchmark_path("detect_cmb")
     threads: 2
+    priority: 3
     resources:
         mem_mb=lambda wc, attempt: 6000 * attempt,
         runtime=lambda wc, attempt: 15 * attempt,

@@ -34,6 +34,7 @@ rule localize_cmb:
     benchmark:
         benchmark_path("localize_cmb")
     threads: 1
+    priority: 4
     resources:
         mem_mb=lambda wc, attempt: 4000 * attempt,
         runtime=lambda wc, attempt: 10 * attempt,

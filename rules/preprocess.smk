@@ -29,6 +29,7 @@ rule preprocess_swi:
     benchmark:
         benchmark_path("preprocess_swi")
     threads: ANTS_THREADS
+    priority: 1
     resources:
         mem_mb=lambda wc, attempt: 6000 * attempt,
         runtime=lambda wc, attempt: 20 * attempt,
@@ -63,6 +64,7 @@ rule preprocess_swi_phase:
     benchmark:
         benchmark_path("preprocess_swi_phase")
     threads: ANTS_THREADS
+    priority: 1
     resources:
         mem_mb=lambda wc, attempt: 8000 * attempt,
         runtime=lambda wc, attempt: 20 * attempt,

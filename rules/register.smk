@@ -57,6 +57,7 @@ rule register_to_mni:
     benchmark:
         benchmark_path("register_to_mni")
     threads: ANTS_THREADS
+    priority: 2
     resources:
         mem_mb=lambda wc, attempt: 8000 * attempt,
         runtime=lambda wc, attempt: 30 * attempt,
@@ -90,6 +91,7 @@ rule plot_qc:
     benchmark:
         benchmark_path("plot_qc")
     threads: 1
+    priority: 3
     resources:
         mem_mb=lambda wc, attempt: 3000 * attempt,
         runtime=lambda wc, attempt: 10 * attempt,

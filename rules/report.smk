@@ -25,6 +25,7 @@ rule report_subject:
     benchmark:
         benchmark_path("report_subject")
     threads: 1
+    priority: 5
     resources:
         mem_mb=lambda wc, attempt: 3000 * attempt,
         runtime=lambda wc, attempt: 10 * attempt,
