@@ -39,9 +39,10 @@ wildcard_constraints:
     sesfile="(_ses-[a-zA-Z0-9]+)?",
 
 
-# Per-subject rules carry rising `priority:` down the pipeline (preprocess 1 ... report 5):
-# among ready jobs the most downstream runs first, so subjects finish one after another
-# instead of every registration running before the first detection.
+# Per-subject rules carry rising `priority:` down the pipeline (preprocess 1 ... report 5),
+# and build_mars_map, which every registration waits for, the highest: among ready jobs
+# the most downstream runs first, so subjects finish one after another instead of every
+# registration running before the first detection.
 include: "rules/ingest.smk"
 include: "rules/preprocess.smk"
 include: "rules/register.smk"

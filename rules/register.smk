@@ -30,6 +30,7 @@ rule build_mars_map:
     benchmark:
         f"{OUT}/benchmarks/build_mars_map/benchmark.tsv"
     threads: 1
+    priority: 10  # every registration waits for it; at 0 it queued behind all the ingests
     resources:
         mem_mb=lambda wc, attempt: 6000 * attempt,
         runtime=lambda wc, attempt: 15 * attempt,
