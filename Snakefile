@@ -5,6 +5,8 @@
 Configuration: config/config.yaml (validated against config/config.schema.yaml).
 """
 
+import sys
+
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -23,8 +25,9 @@ include: "rules/common.smk"
 # run has nothing to rate-limit, and the scheduler still runs whenever a job finishes.
 # Cluster runs keep the limiter (it paces sbatch).
 onstart:
-    if workflow.local_exec and getattr(workflow, "scheduler", None) is not None:
+    if workflow.local_exec and getattr(getattr(workflow, "scheduler", None), "job_rate_limiter", None):
         workflow.scheduler.job_rate_limiter = None
+        print("cmb: local run, Snakemake's job-rate limiter is off", file=sys.stderr)
 
 
 # With --sdm apptainer every job runs in this image (containers/cmb.def; docs/cluster.md).

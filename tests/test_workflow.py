@@ -283,6 +283,9 @@ def test_end_to_end_outputs(cohort_run):
     proc, out = cohort_run["proc"], cohort_run["out"]
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
     assert not list(cohort_run["base"].rglob("PWNED")) and not (REPO / "PWNED").exists()
+    # The Snakefile's onstart hook found Snakemake's rate limiter (a Snakemake upgrade
+    # that renames it would silently bring back the scheduler's CPU cost).
+    assert "job-rate limiter is off" in proc.stdout + proc.stderr
     desc = json.loads((out / "dataset_description.json").read_text())
     assert desc["DatasetType"] == "derivative" and desc["GeneratedBy"][0]["Name"] == "cmb"
     for sub in ("01", "02"):
