@@ -1,5 +1,6 @@
 """Cohort tables: ``cmb_counts.csv`` (one row per subject/session), ``cmb_detections.csv``
-(every above-threshold detection of every scan, counted or rejected) and their BIDS-style data dictionaries.
+(every above-threshold detection of every scan, counted or rejected) and their
+BIDS-style data dictionaries.
 
 Inputs are the per-subject outputs of :mod:`cmb.localize` (detections TSV and its JSON
 sidecar) and every stage's status record (:mod:`cmb.failures`); nothing else is read,
