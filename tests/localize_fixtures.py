@@ -47,10 +47,9 @@ def true_grid(bids: Path, sub: str) -> tuple[nib.Nifti1Image, np.ndarray, np.nda
     """The RAS-reoriented input grid of ``sub`` (as preprocessing makes it), the true brain
     mask on it, and the true native MARS map: every voxel mapped to MNI with the
     simulator's own transform and looked up in the MARS map the truth labels come from
-    (built on the synthetic head model's grid, ``model_step`` mm)."""
-    from cmb.mars_region import build_mars_map
-    from cmb.synth.presets import PRESETS
-    from cmb.template import load_mni
+    (the 1 mm map, whatever the head model's resolution)."""
+    from cmb.mars_region import MarsMap
+    from cmb.synth.lesions import _reference_mars
     from scipy import ndimage
 
     tdir = truth_dir(bids, sub)
@@ -61,9 +60,7 @@ def true_grid(bids: Path, sub: str) -> tuple[nib.Nifti1Image, np.ndarray, np.nda
     mask_img = nib.load(next(tdir.rglob("*_desc-brain_mask.nii.gz")))
     mask = to_input_grid(np.asanyarray(mask_img.dataobj) > 0, mask_img.affine, aff, shape).astype(bool)
     xfm = nib.load(next(tdir.rglob("*_mode-points_xfm.nii.gz")))
-    params = json.loads(next(tdir.rglob("*_synth.json")).read_text())
-    mni = load_mni(PRESETS[params["preset"]].model_step)
-    mars_mni = build_mars_map(mni)
+    mars_mni = MarsMap(*_reference_mars())
     vox = np.indices(shape).reshape(3, -1).T
     pts = nib.affines.apply_affine(np.linalg.inv(xfm.affine) @ aff, vox).T  # voxel -> xfm grid voxel
     field = np.asanyarray(xfm.dataobj)

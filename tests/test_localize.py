@@ -262,11 +262,11 @@ def true_geometry(tmp_path_factory):
 
 def test_localization_matches_the_truth_given_the_true_transform(true_geometry):
     # Voting and labels alone (the registration replaced by the simulator's transform):
-    # measured 97% category, 95% region, 100% hemisphere on 110 tiny-preset CMBs.
+    # measured 98.3% category, 96.7% region, 100% hemisphere on these 60 CMBs.
     rows = [(loc.loc[cid], t) for fx, loc in true_geometry.values() for cid, t in fx["truth"].items()]
     acc = _agreement(rows)
     assert acc["n"] == 60
-    assert acc["mars_category"] >= 0.95 and acc["mars_region"] >= 0.85 and acc["hemisphere"] >= 0.95, acc
+    assert acc["mars_category"] >= 0.95 and acc["mars_region"] >= 0.9 and acc["hemisphere"] >= 0.95, acc
 
 
 def test_false_candidates_are_rejected_given_the_true_transform(true_geometry):
@@ -278,14 +278,14 @@ def test_false_candidates_are_rejected_given_the_true_transform(true_geometry):
 
 @pytest.mark.slow
 def test_localization_after_real_registration(localized):
-    # End to end, through the workflow's registration (median MNI error ~2.1 mm on the tiny
-    # preset): measured 92% category, 87% region, 100% hemisphere on 110 CMBs; the misses sit
-    # at the juxtacortical/deep white-matter border. Guards against regressions.
+    # End to end, through the workflow's registration (median MNI error ~1.8 mm on the tiny
+    # preset). bench/bench_localize.py measured 97.5% category, 95.4% region, 100% hemisphere
+    # on 239 CMBs; on these 30 it measured 93.3% / 90.0% / 100% (two border cases).
     rows = [(r["text"].set_index("cmb_id").loc[str(cid)], t) for r in localized.values()
             for cid, t in r["fx"]["truth"].items()]
     acc = _agreement(rows)
     assert acc["n"] == 30
-    assert acc["mars_category"] >= 0.85 and acc["mars_region"] >= 0.75 and acc["hemisphere"] >= 0.95, acc
+    assert acc["mars_category"] >= 0.9 and acc["mars_region"] >= 0.85 and acc["hemisphere"] >= 0.95, acc
 
 
 @pytest.mark.slow

@@ -106,9 +106,32 @@ def _parenchyma_sites(model: HeadModel) -> dict[str, np.ndarray]:
     return sites
 
 
+@functools.lru_cache(maxsize=1)
+def _reference_mars() -> tuple[np.ndarray, np.ndarray]:
+    """The 1 mm MARS map with default settings, the map the workflow uses by default.
+
+    Truth labels come from it whatever the head model's resolution, so that a coarse
+    (2 mm) head model does not move a CMB across a region border on the truth side.
+    """
+    from cmb.cache import load_arrays, save_arrays
+    from cmb.mars_region import build_mars_map
+    from cmb.template import load_mni
+
+    key = "mars-res1"
+    cached = load_arrays(key)
+    if cached is not None:
+        return cached[0]["labels"], cached[0]["affine"]
+    mars = build_mars_map(load_mni(1))
+    save_arrays(key, {"labels": mars.labels, "affine": mars.affine}, {})
+    return mars.labels, mars.affine
+
+
 def _labels_at(model: HeadModel, mni: np.ndarray) -> tuple[str, str, str, str]:
     ijk = tuple(np.round(model.mni_to_index(mni)).astype(int))
-    cat, region, hemi = decode_label(int(model.mars[ijk]))
+    labels, affine = (model.mars, model.affine) if model.step == 1 else _reference_mars()
+    ref = np.round(np.linalg.solve(affine, np.append(mni, 1.0))[:3]).astype(int)
+    ref = tuple(np.clip(ref, 0, np.array(labels.shape) - 1))
+    cat, region, hemi = decode_label(int(labels[ref]))
     return cat, region, hemi, model.dk_names.get(int(model.dk[ijk]), "Unknown")
 
 
