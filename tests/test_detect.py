@@ -22,7 +22,8 @@ from cmb.detect.__main__ import DEFAULT_MODEL, main as detect_main, run_detect
 from cmb.detect.inference import calibrate, find_candidates
 from cmb.detect.model import load_model
 from cmb.annotations import Scan
-from cmb.detect.training import TrainConfig, annotated_datasets, sample_scan, split_by_subject, train_model
+from cmb.detect.training import (ScanSamples, TrainConfig, _slice_balanced_weights, annotated_datasets, sample_scan,
+                                 split_by_subject, train_model)
 from cmb.evaluation import evaluate_cohort, load_truth
 from cmb.preprocess import preprocess_subject
 from cmb.synth import SynthOptions, synthesize
@@ -200,3 +201,20 @@ def test_validation_subjects_come_from_the_chosen_datasets():
     assert len({s.subject for s in val_any}) == 4
     with pytest.raises(ValueError, match="one --truth per --derivatives"):
         annotated_datasets([Path("a"), Path("b")], [Path("t")])
+
+
+def test_positive_balancing_weights_each_slice_thickness_by_the_root_of_its_count(make_nifti, tmp_path):
+    def samples(name, zooms, labels):
+        img = make_nifti(tmp_path / f"{name}.nii.gz", shape=(8, 8, 4), zooms=zooms)
+        lab = torch.tensor(labels, dtype=torch.float32)
+        return ScanSamples(Scan(name, "x", img, img, None, img), torch.zeros(len(lab), 1), torch.zeros(len(lab), 5),
+                           lab, pd.DataFrame(), 0, 0)
+
+    thin = [samples("thin1", (0.5, 0.5, 2.0), [1] * 5 + [0] * 3), samples("thin2", (0.5, 0.5, 2.0), [1] * 4)]
+    thick = [samples("thick", (1.0, 1.0, 5.0), [1, 0, 0])]
+    w = _slice_balanced_weights(thin + thick)
+    labels = torch.cat([s.labels for s in thin + thick])
+    pos = labels > 0
+    share_thin = float(w[:12][pos[:12]].sum() / w[pos].sum())
+    assert share_thin == pytest.approx(3 / 4)  # sqrt(9) : sqrt(1), against 9 : 1 drawn uniformly
+    assert torch.all(w[:12] == w[0]) and float(w[-1]) == pytest.approx(1.0)

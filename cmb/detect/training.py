@@ -130,6 +130,7 @@ class TrainConfig:
     patience: int = 6
     phase_dropout: float = 0.3
     mining_fraction: float = 0.5
+    balance_positives: bool = False
     seed: int = 0
 
 
@@ -221,6 +222,21 @@ def fit_platt(logits: np.ndarray, labels: np.ndarray) -> dict:
     return {"a": a, "b": b}
 
 
+def _slice_balanced_weights(samples: list[ScanSamples]) -> torch.Tensor:
+    """Per-patch sampling weights that give each slice thickness a share of the positives
+    proportional to the square root of its positive count, not to the count itself.
+
+    Thin-slice SWI supplies most CMBs of a mixed cohort; drawn uniformly, the CMBs of
+    thick-slice GRE (3-5 mm) are a small minority of what the network sees.
+    """
+    thickness = [round(2 * max(nib.load(s.scan.image).header.get_zooms()[:3])) / 2 for s in samples]
+    n_pos: dict[float, float] = {}
+    for t, s in zip(thickness, samples):
+        n_pos[t] = n_pos.get(t, 0.0) + float(s.labels.sum())
+    return torch.cat([torch.full((len(s.labels),), 1.0 / math.sqrt(max(n_pos[t], 1.0)), dtype=torch.float64)
+                      for t, s in zip(thickness, samples)])
+
+
 def train_model(train: list[ScanSamples], val: list[ScanSamples], out_dir, cfg: TrainConfig, card: dict,
                 init_dir=None, log_path=None, progress: bool = True) -> dict:
     """Train (or fine-tune from ``init_dir``), calibrate, choose the threshold, save; returns the model card."""
@@ -242,6 +258,7 @@ def train_model(train: list[ScanSamples], val: list[ScanSamples], out_dir, cfg: 
     if pos.numel() == 0:
         raise ValueError("no positive candidates in the training scans: nothing to learn")
     neg_weight = torch.ones(neg.numel(), dtype=torch.float64)
+    pos_weight = _slice_balanced_weights(train)[pos] if cfg.balance_positives else None
     per_pos = max(1, cfg.batch_size // (1 + cfg.neg_ratio))
     per_neg = cfg.batch_size - per_pos
 
@@ -254,7 +271,8 @@ def train_model(train: list[ScanSamples], val: list[ScanSamples], out_dir, cfg: 
         bar = tqdm(range(cfg.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
                    leave=False)
         for _ in bar:
-            pi = pos[torch.randint(pos.numel(), (per_pos,), generator=gen)]
+            pi = (pos[torch.multinomial(pos_weight, per_pos, replacement=True, generator=gen)] if pos_weight is not None
+                  else pos[torch.randint(pos.numel(), (per_pos,), generator=gen)])
             n_mined = int(round(per_neg * cfg.mining_fraction)) if epoch else 0
             ni = torch.cat([
                 neg[torch.multinomial(neg_weight, n_mined, replacement=True, generator=gen)] if n_mined else
@@ -407,6 +425,8 @@ def build_parser(parser=None):
     p.add_argument("--patience", type=int, default=TrainConfig.patience)
     p.add_argument("--n-hard", type=int, default=300, help="darkest negatives kept per training scan")
     p.add_argument("--n-random", type=int, default=200, help="random negatives kept per training scan")
+    p.add_argument("--balance-positives", action="store_true",
+                   help="draw positives with each slice thickness weighted by the square root of its CMB count")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
@@ -447,7 +467,8 @@ def run(args) -> int:
            for s in tqdm(val_scans, desc="validation scans", disable=args.no_progress)]
     t_data = time.perf_counter() - t0
     cfg = TrainConfig(width=args.width, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
-                      batch_size=args.batch_size, lr=args.lr, patience=args.patience, seed=args.seed)
+                      batch_size=args.batch_size, lr=args.lr, patience=args.patience,
+                      balance_positives=args.balance_positives, seed=args.seed)
     card = {
         "name": args.name,
         "training": {
