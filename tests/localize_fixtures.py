@@ -48,8 +48,7 @@ def true_grid(bids: Path, sub: str) -> tuple[nib.Nifti1Image, np.ndarray, np.nda
     mask on it, and the true native MARS map: every voxel mapped to MNI with the
     simulator's own transform and looked up in the MARS map the truth labels come from
     (the 1 mm map, whatever the head model's resolution)."""
-    from cmb.mars_region import MarsMap
-    from cmb.synth.lesions import _reference_mars
+    from cmb.synth.lesions import truth_mars_map
     from scipy import ndimage
 
     tdir = truth_dir(bids, sub)
@@ -60,7 +59,7 @@ def true_grid(bids: Path, sub: str) -> tuple[nib.Nifti1Image, np.ndarray, np.nda
     mask_img = nib.load(next(tdir.rglob("*_desc-brain_mask.nii.gz")))
     mask = to_input_grid(np.asanyarray(mask_img.dataobj) > 0, mask_img.affine, aff, shape).astype(bool)
     xfm = nib.load(next(tdir.rglob("*_mode-points_xfm.nii.gz")))
-    mars_mni = MarsMap(*_reference_mars())
+    mars_mni = truth_mars_map()
     vox = np.indices(shape).reshape(3, -1).T
     pts = nib.affines.apply_affine(np.linalg.inv(xfm.affine) @ aff, vox).T  # voxel -> xfm grid voxel
     field = np.asanyarray(xfm.dataobj)

@@ -15,13 +15,13 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
-from cmb.mars_region import CSF_LABEL, decode_label, label_table
+from cmb.mars_region import CSF_LABEL, MarsMap, build_mars_map, decode_label, label_table
 from cmb.synth.anatomy import HeadModel
 from cmb.synth.geometry import SubjectWarp
 from cmb.synth.physics import Source, rad_per_ppm
 
 __all__ = ["LOCATION_PRIORS", "COUNT_PROFILES", "Lesion", "draw_cmb_count", "place_cmbs", "place_veins",
-           "place_calcifications", "to_subject_space", "parse_location_prior", "blooming_factor"]
+           "place_calcifications", "to_subject_space", "parse_location_prior", "blooming_factor", "truth_mars_map"]
 
 LOCATION_PRIORS = {
     "mixed": {"lobar": 0.5, "deep": 0.35, "infratentorial": 0.15},
@@ -107,31 +107,29 @@ def _parenchyma_sites(model: HeadModel) -> dict[str, np.ndarray]:
 
 
 @functools.lru_cache(maxsize=1)
-def _reference_mars() -> tuple[np.ndarray, np.ndarray]:
-    """The 1 mm MARS map with default settings, the map the workflow uses by default.
+def truth_mars_map() -> MarsMap:
+    """The MARS map truth labels come from: 1 mm, default settings, as the workflow's default.
 
-    Truth labels come from it whatever the head model's resolution, so that a coarse
-    (2 mm) head model does not move a CMB across a region border on the truth side.
+    Used whatever the head model's resolution, so that a coarse (2 mm) head model does
+    not move a CMB across a region border on the truth side.
     """
     from cmb.cache import load_arrays, save_arrays
-    from cmb.mars_region import build_mars_map
     from cmb.template import load_mni
 
-    key = "mars-res1"
-    cached = load_arrays(key)
+    cached = load_arrays("mars-res1")
     if cached is not None:
-        return cached[0]["labels"], cached[0]["affine"]
+        return MarsMap(cached[0]["labels"], cached[0]["affine"])
     mars = build_mars_map(load_mni(1))
-    save_arrays(key, {"labels": mars.labels, "affine": mars.affine}, {})
-    return mars.labels, mars.affine
+    save_arrays("mars-res1", {"labels": mars.labels, "affine": mars.affine}, {})
+    return mars
 
 
 def _labels_at(model: HeadModel, mni: np.ndarray) -> tuple[str, str, str, str]:
     ijk = tuple(np.round(model.mni_to_index(mni)).astype(int))
-    labels, affine = (model.mars, model.affine) if model.step == 1 else _reference_mars()
-    ref = np.round(np.linalg.solve(affine, np.append(mni, 1.0))[:3]).astype(int)
-    ref = tuple(np.clip(ref, 0, np.array(labels.shape) - 1))
-    cat, region, hemi = decode_label(int(labels[ref]))
+    mars = MarsMap(model.mars, model.affine) if model.step == 1 else truth_mars_map()
+    at = np.round(np.linalg.solve(mars.affine, np.append(mni, 1.0))[:3]).astype(int)
+    at = tuple(np.clip(at, 0, np.array(mars.labels.shape) - 1))
+    cat, region, hemi = decode_label(int(mars.labels[at]))
     return cat, region, hemi, model.dk_names.get(int(model.dk[ijk]), "Unknown")
 
 
