@@ -90,14 +90,18 @@ def test_cmb_centres_darker_than_surrounding_tissue(cohort):
     assert np.mean(np.array(ratios) < 0.85) >= 0.9 and np.median(ratios) < 0.6
 
 
+def _mars_value(mars, r) -> int:
+    """The MARS label at a truth row's MNI centre."""
+    inv = np.linalg.inv(mars.affine)
+    return mars.labels[tuple(np.round(inv[:3, :3] @ [r.mni_x, r.mni_y, r.mni_z] + inv[:3, 3]).astype(int))]
+
+
 def test_cmbs_in_parenchyma_with_mars_label_of_the_atlas(cohort):
     mars = build_mars_map(load_mni(1))
-    inv = np.linalg.inv(mars.affine)
     for params_path, params in _scans(cohort):
         brain = np.asarray(nib.load(_truth(params_path, "_desc-brain_mask.nii.gz")).dataobj)
         for r in pd.read_csv(_truth(params_path, "_label-CMB_dseg.tsv"), sep="\t").itertuples():
-            ijk = tuple(np.round(inv[:3, :3] @ [r.mni_x, r.mni_y, r.mni_z] + inv[:3, 3]).astype(int))
-            value = mars.labels[ijk]
+            value = _mars_value(mars, r)
             assert value not in (CSF_LABEL, OUTSIDE_LABEL)
             assert decode_label(value) == (r.mars_category, r.mars_region, r.hemisphere)
             assert brain[r.i, r.j, r.k] == 1
@@ -108,12 +112,10 @@ def test_truth_labels_come_from_the_1mm_mars_map_for_a_2mm_head_model(tmp_path):
     # workflow uses by default. Of these 50 CMBs, one sits where the two maps disagree.
     synthesize(SynthOptions(out=tmp_path, n_subjects=2, seed=11, preset="tiny", n_cmb=25), log=lambda m: None)
     mars = build_mars_map(load_mni(1))
-    inv = np.linalg.inv(mars.affine)
     rows = [r for p, _ in _scans(tmp_path) for r in pd.read_csv(_truth(p, "_label-CMB_dseg.tsv"), sep="\t").itertuples()]
     assert len(rows) == 50
     for r in rows:
-        ijk = tuple(np.round(inv[:3, :3] @ [r.mni_x, r.mni_y, r.mni_z] + inv[:3, 3]).astype(int))
-        assert decode_label(mars.labels[ijk]) == (r.mars_category, r.mars_region, r.hemisphere)
+        assert decode_label(_mars_value(mars, r)) == (r.mars_category, r.mars_region, r.hemisphere)
 
 
 def test_truth_transform_maps_scanner_to_mni(cohort):

@@ -110,8 +110,9 @@ def _parenchyma_sites(model: HeadModel) -> dict[str, np.ndarray]:
 def truth_mars_map() -> MarsMap:
     """The MARS map truth labels come from: 1 mm, default settings, as the workflow's default.
 
-    Used whatever the head model's resolution, so that a coarse (2 mm) head model does
-    not move a CMB across a region border on the truth side.
+    Used whatever the head model's resolution (for a 1 mm model it is the model's own
+    map), so that a coarse (2 mm) head model does not move a CMB across a region border
+    on the truth side.
     """
     from cmb.cache import load_arrays, save_arrays
     from cmb.template import load_mni
@@ -126,7 +127,7 @@ def truth_mars_map() -> MarsMap:
 
 def _labels_at(model: HeadModel, mni: np.ndarray) -> tuple[str, str, str, str]:
     ijk = tuple(np.round(model.mni_to_index(mni)).astype(int))
-    mars = MarsMap(model.mars, model.affine) if model.step == 1 else truth_mars_map()
+    mars = truth_mars_map()
     at = np.round(np.linalg.solve(mars.affine, np.append(mni, 1.0))[:3]).astype(int)
     at = tuple(np.clip(at, 0, np.array(mars.labels.shape) - 1))
     cat, region, hemi = decode_label(int(mars.labels[at]))
