@@ -88,6 +88,7 @@ def main(argv=None) -> int:
     _add_profile(sub)
     commands = {"detect": ("cmb.detect.__main__", "detect CMBs in one preprocessed scan"),
                 "train": ("cmb.detect.training", "train or fine-tune the detector on annotated scans"),
+                "calibrate": ("cmb.detect.calibration", "refit a detector's calibration and threshold on annotated scans"),
                 "evaluate": ("cmb.evaluation", "score detections against ground truth (sensitivity, FPavg, FROC)")}
     wanted = argv[0] if argv else (sys.argv[1] if len(sys.argv) > 1 else None)
     for name, (module, text) in commands.items():

@@ -19,6 +19,7 @@ import torch
 
 from cmb.detect import CANDIDATE_COLUMNS
 from cmb.detect.__main__ import DEFAULT_MODEL, main as detect_main, run_detect
+from cmb.detect.calibration import main as calibrate_main, recalibrate
 from cmb.detect.inference import calibrate, find_candidates
 from cmb.detect.model import load_model
 from cmb.annotations import Scan
@@ -178,6 +179,25 @@ def test_fine_tuning_starts_from_the_given_weights(scan, tmp_path):
     key = next(k for k in base if k.endswith("weight") and base[k].ndim == 5)
     torch.testing.assert_close(base[key], tuned[key], atol=1e-5, rtol=0)
     assert card["hyper_parameters"] == load_model(DEFAULT_MODEL).card["hyper_parameters"]
+
+
+def test_calibrate_refits_the_operating_point_and_keeps_the_weights(scan, tmp_path, capsys):
+    out = tmp_path / "recal"
+    assert calibrate_main(["--model", str(DEFAULT_MODEL), "--derivatives", str(tmp_path), "--truth", str(tmp_path),
+                           "--out", str(DEFAULT_MODEL)]) == 2
+    assert "is the input model" in capsys.readouterr().err
+    assert calibrate_main(["--model", str(DEFAULT_MODEL), "--derivatives", str(tmp_path / "none"),
+                           "--truth", str(tmp_path), "--out", str(out)]) == 2
+    assert not out.exists()
+
+    card = recalibrate(DEFAULT_MODEL, [scan], out, tta=4, progress=False)
+    shipped = load_model(DEFAULT_MODEL).card
+    assert card["weights_sha256"] == shipped["weights_sha256"]
+    assert card["tta"] == 4 and card["calibration"] != shipped["calibration"]
+    assert card["validation"]["n_cmb"] == load_truth(scan.truth).n
+    assert card["recalibration"]["previous"]["threshold"] == shipped["threshold"]
+    _, sidecar, _ = _detect(scan, tmp_path, phase=str(scan.phase), use_gpu=False, model_dir=out)
+    assert sidecar["test_time_views"] == 4 and sidecar["threshold"] == card["threshold"]
 
 
 def test_candidates_of_an_empty_mask_region_are_none():

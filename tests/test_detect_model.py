@@ -1,9 +1,13 @@
 import json
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
+from cmb.detect.inference import hand_features, score_candidates
 from cmb.detect.model import CandidateNet, ModelError, load_model, save_model, select_device
+from cmb.detect.patches import N_SYMMETRIES, candidate_patches, symmetric_views
 
 
 @pytest.fixture
@@ -60,3 +64,45 @@ def test_architecture_mismatch_names_the_file(saved):
 def test_cpu_fallback():
     assert select_device().type in ("cpu", "cuda")
     assert select_device(prefer_gpu=False).type == "cpu"
+
+
+@pytest.mark.parametrize("tta", [0, 17, 2.5, "8"])
+def test_a_card_with_an_invalid_view_count_is_refused(saved, tta):
+    _, folder = saved
+    card = json.loads((folder / "model_card.json").read_text())
+    card["tta"] = tta
+    (folder / "model_card.json").write_text(json.dumps(card))
+    with pytest.raises(ModelError, match="model_card.json: 'tta' must be an integer from 1 to 16"):
+        load_model(folder)
+
+
+def test_symmetric_views_are_the_sixteen_training_symmetries():
+    x = torch.randn(1, 2, 5, 5, 5)
+    views = list(symmetric_views(x, N_SYMMETRIES))
+    assert N_SYMMETRIES == 16 and torch.equal(views[0], x)
+    assert torch.equal(views[1], x.flip(2))  # left-right first
+    flat = {tuple(v.flatten().tolist()) for v in views}
+    assert len(flat) == 16  # all distinct on a patch without symmetry
+    # each keeps the through-plane axis (B0) through-plane: the same set of values per k-slice
+    for v in views:
+        assert {round(float(s), 4) for s in v[0, 0].sum((0, 1))} == {round(float(s), 4) for s in x[0, 0].sum((0, 1))}
+    with pytest.raises(ValueError, match="1 to 16 views"):
+        next(symmetric_views(x, 0))
+
+
+def test_score_candidates_averages_the_views():
+    torch.manual_seed(1)
+    net = CandidateNet(in_channels=6, width=4, n_features=5).eval()
+    mag = np.random.default_rng(0).random((24, 24, 12)).astype(np.float32)
+    mask = np.ones(mag.shape, bool)
+    table = pd.DataFrame({"i": [12, 8], "j": [12, 15], "k": [6, 5], "score": [0.5, 0.3], "diameter_mm": [2.0, 3.0],
+                          "sphericity": [0.9, 0.4], "phase_mean": [np.nan, np.nan]})
+    zooms = (1.0, 1.0, 2.0)
+    one = score_candidates(net, mag, mask, None, zooms, table, torch.device("cpu"), tta=1)
+    two = score_candidates(net, mag, mask, None, zooms, table, torch.device("cpu"), tta=2)
+    x = candidate_patches(mag, mask, None, zooms, table[["i", "j", "k"]].to_numpy(float))
+    f = torch.from_numpy(hand_features(table, False))
+    with torch.inference_mode():
+        flipped = net(x.flip(2), f).numpy()
+    np.testing.assert_allclose(two, (one + flipped) / 2, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(one, two)

@@ -82,6 +82,7 @@ def run_detect(image: str, mask: str, out_table: str, out_sidecar: str, out_dseg
         "model_name": model.card.get("name"),
         "model_sha256": model.card["weights_sha256"],
         "threshold": result.threshold,
+        "test_time_views": int(model.card.get("tta", 1)),
         "device": device.type,
         "mixed_precision": device.type == "cuda",
         "torch_version": torch.__version__,

@@ -20,7 +20,7 @@ import torch
 from cmb.candidates import dark_blob_response, delineate_candidates, find_peaks
 from cmb.detect import CANDIDATE_COLUMNS
 from cmb.detect.model import LoadedModel
-from cmb.detect.patches import SCALES, candidate_patches
+from cmb.detect.patches import SCALES, candidate_patches, symmetric_views
 
 __all__ = ["DEFAULT_SCREEN", "Candidates", "find_candidates", "hand_features", "score_candidates",
            "calibrate", "Detection", "detect"]
@@ -88,8 +88,9 @@ def _batches(n: int, size: int):
 
 
 def score_candidates(net: torch.nn.Module, magnitude, mask, phase, zooms, table: pd.DataFrame,
-                     device: torch.device, batch_size: int = 256, scales=SCALES) -> np.ndarray:
-    """Network logits of every candidate (float64, one per row of ``table``)."""
+                     device: torch.device, batch_size: int = 256, scales=SCALES, tta: int = 1) -> np.ndarray:
+    """Network logits of every candidate (float64, one per row of ``table``), averaged over
+    ``tta`` symmetric views of each patch (:func:`~cmb.detect.patches.symmetric_views`)."""
     n = len(table)
     logits = np.zeros(n, np.float64)
     if n == 0:
@@ -110,7 +111,7 @@ def score_candidates(net: torch.nn.Module, magnitude, mask, phase, zooms, table:
             try:
                 x, f = x.to(device), f.to(device)
                 with torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
-                    out = net(x, f)
+                    out = torch.stack([net(v, f).float() for v in symmetric_views(x, tta)]).mean(0)
             except torch.OutOfMemoryError:
                 if size == 1:
                     raise
@@ -155,7 +156,8 @@ def detect(image: nib.Nifti1Image, mask: np.ndarray, phase: np.ndarray | None, m
     cands = find_candidates(magnitude, mask, zooms, phase, card.get("screen"))
     t0 = time.perf_counter()
     scales = tuple(tuple(s) for s in card.get("scales", SCALES))
-    logits = score_candidates(model.net, magnitude, mask, phase, zooms, cands.table, device, batch_size, scales)
+    logits = score_candidates(model.net, magnitude, mask, phase, zooms, cands.table, device, batch_size, scales,
+                              int(card.get("tta", 1)))
     t1 = time.perf_counter()
     conf = calibrate(logits, card.get("calibration"))
     thr = float(card["threshold"] if threshold is None else threshold)

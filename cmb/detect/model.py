@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from cmb.atomic import atomic_path, write_json
+from cmb.detect.patches import N_SYMMETRIES
 
 __all__ = ["ModelError", "CandidateNet", "ARCHITECTURES", "select_device", "sha256_file", "save_model",
            "load_model", "LoadedModel"]
@@ -128,6 +129,9 @@ def load_model(folder: Path, device: torch.device | str = "cpu") -> LoadedModel:
     if digest != card.get("weights_sha256"):
         raise ModelError(f"{weights}: SHA-256 {digest[:12]}... does not match the model card "
                          f"({str(card.get('weights_sha256'))[:12]}...); the file is corrupt or was replaced")
+    tta = card.get("tta", 1)
+    if not (isinstance(tta, int) and 1 <= tta <= N_SYMMETRIES):
+        raise ModelError(f"{card_path}: 'tta' must be an integer from 1 to {N_SYMMETRIES}, got {tta!r}")
     arch = ARCHITECTURES.get(card.get("architecture", ""))
     if arch is None:
         raise ModelError(f"{card_path}: unknown architecture {card.get('architecture')!r}")

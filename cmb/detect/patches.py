@@ -12,12 +12,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["extract_patches", "candidate_patches", "SCALES", "PATCH_CHANNELS"]
+__all__ = ["extract_patches", "candidate_patches", "symmetric_views", "SCALES", "PATCH_CHANNELS", "N_SYMMETRIES"]
 
 #: (samples per edge, mm per sample) of the fine and the coarse patch.
 SCALES = ((12, 1.0), (12, 2.0))
 #: Network input channels, in order.
 PATCH_CHANNELS = ("magnitude_fine", "phase_fine", "magnitude_coarse", "phase_coarse", "brain_coarse", "phase_present")
+
+# Flips of each axis and the in-plane transpose: the symmetries that training augments
+# with. They keep B0 on the through-plane axis, and a dipole's phase is even in each
+# axis, so the phase channels need no sign change. Order: left-right first, then the
+# other in-plane flip, then through-plane, then the transposed views.
+_FLIPS = ((), (2,), (3,), (2, 3), (4,), (2, 4), (3, 4), (2, 3, 4))
+_SYMMETRIES = tuple((f, False) for f in _FLIPS) + tuple((f, True) for f in _FLIPS)
+#: Number of distinct patch symmetries :func:`symmetric_views` can give.
+N_SYMMETRIES = len(_SYMMETRIES)
 
 
 def candidate_patches(magnitude: np.ndarray, mask: np.ndarray, phase: np.ndarray | None, zooms,
@@ -96,3 +105,20 @@ def extract_patches(volume: np.ndarray, zooms, centres_ijk: np.ndarray, size: in
     out = F.grid_sample(vol.expand(n, -1, -1, -1, -1), grid, mode="bilinear", padding_mode="zeros",
                         align_corners=True)
     return out
+
+
+def symmetric_views(patches: torch.Tensor, n: int):
+    """Yield ``patches`` (``(N, C, S, S, S)``) under the first ``n`` of :data:`N_SYMMETRIES` symmetries.
+
+    The first view is the identity; test-time augmentation averages the network's
+    output over the views.
+
+    >>> x = torch.arange(8.0).reshape(1, 1, 2, 2, 2)
+    >>> [v[0, 0, :, 0, 0].tolist() for v in symmetric_views(x, 2)]
+    [[0.0, 4.0], [4.0, 0.0]]
+    """
+    if not 1 <= n <= N_SYMMETRIES:
+        raise ValueError(f"test-time augmentation takes 1 to {N_SYMMETRIES} views, got {n}")
+    for flips, transpose in _SYMMETRIES[:n]:
+        view = patches.flip(flips) if flips else patches
+        yield view.transpose(2, 3) if transpose else view

@@ -51,7 +51,7 @@ from tqdm import tqdm
 from cmb.atomic import write_text
 from cmb.detect.inference import DEFAULT_SCREEN, calibrate, find_candidates, hand_features
 from cmb.detect.model import CandidateNet, load_model, save_model
-from cmb.detect.patches import PATCH_CHANNELS, SCALES, candidate_patches
+from cmb.detect.patches import N_SYMMETRIES, PATCH_CHANNELS, SCALES, candidate_patches, symmetric_views
 from cmb.annotations import Scan, paired_scans
 from cmb.evaluation import (MARGIN_MM, MIN_POINT_RADIUS_MM, _hits, choose_threshold, froc_curve, load_truth,
                             match_cohort, sensitivity_at_fp)
@@ -131,6 +131,7 @@ class TrainConfig:
     phase_dropout: float = 0.3
     mining_fraction: float = 0.5
     balance_positives: bool = False
+    tta: int = 1
     seed: int = 0
 
 
@@ -182,13 +183,16 @@ def augment(x: torch.Tensor, f: torch.Tensor, gen: torch.Generator, phase_dropou
     return x, f
 
 
-def _logits(net, samples: list[ScanSamples], device, batch: int = 512) -> list[np.ndarray]:
+def sample_logits(net, samples: list[ScanSamples], device, batch: int = 512, tta: int = 1) -> list[np.ndarray]:
+    """Network logits of every kept candidate of each scan, averaged over ``tta`` symmetric views."""
     net.eval()
     out = []
     with torch.inference_mode():
         for s in samples:
-            res = [net(s.patches[i:i + batch].float().to(device), s.features[i:i + batch].to(device)).float().cpu()
-                   for i in range(0, len(s.labels), batch)]
+            res = []
+            for i in range(0, len(s.labels), batch):
+                x, f = s.patches[i:i + batch].float().to(device), s.features[i:i + batch].to(device)
+                res.append(torch.stack([net(v, f).float() for v in symmetric_views(x, tta)]).mean(0).cpu())
             out.append(torch.cat(res).numpy().astype(np.float64) if res else np.zeros(0))
     return out
 
@@ -220,6 +224,37 @@ def fit_platt(logits: np.ndarray, labels: np.ndarray) -> dict:
     opt.step(closure)
     a, b = ab.detach().tolist()
     return {"a": a, "b": b}
+
+
+def operating_point(net, val: list[ScanSamples], device, tta: int = 1) -> dict:
+    """Calibration, operating threshold and validation metrics of ``net`` on validation scans.
+
+    Platt scaling of the logits (averaged over ``tta`` symmetric views, as the detect
+    stage will score them), then the threshold that maximizes validation F1. Returns
+    the model card's ``calibration``, ``threshold``, ``tta`` and ``validation`` entries.
+    """
+    if not val or not any(len(s.labels) for s in val):
+        raise ValueError("no validation candidates: cannot calibrate")
+    scores = sample_logits(net, val, device, tta=tta)
+    platt = fit_platt(np.concatenate(scores), np.concatenate([s.labels.numpy() for s in val]))
+    froc = validation_froc(val, [calibrate(z, platt) for z in scores])
+    threshold = choose_threshold(froc)
+    at = froc[froc["threshold"] == threshold].iloc[0]
+    n_truth = sum(s.n_truth for s in val)
+    found = sum(s.n_truth_found for s in val)
+    return {
+        "calibration": {"method": "platt", **platt},
+        "threshold": float(threshold),
+        "tta": int(tta),
+        "validation": {
+            "n_scans": len(val), "n_cmb": int(n_truth),
+            "screen_sensitivity": found / n_truth if n_truth else None,
+            "sensitivity": float(at["sensitivity"]), "fp_avg": float(at["fp_avg"]),
+            "precision": float(at["precision"]), "f1": float(at["f1"]),
+            "partial_froc": partial_froc(froc),
+            "sensitivity_at_1fp": float(sensitivity_at_fp(froc, (1.0,))["sensitivity"].iloc[0]),
+        },
+    }
 
 
 def _slice_balanced_weights(samples: list[ScanSamples]) -> torch.Tensor:
@@ -295,7 +330,7 @@ def train_model(train: list[ScanSamples], val: list[ScanSamples], out_dir, cfg: 
             probs = torch.cat([torch.sigmoid(net(x_all[neg[i:i + 512]].float(), f_all[neg[i:i + 512]]))
                                for i in range(0, neg.numel(), 512)])
         neg_weight = probs.double() + 1e-3
-        val_scores = _logits(net, val, device)
+        val_scores = sample_logits(net, val, device)
         froc = validation_froc(val, val_scores)
         score = partial_froc(froc)
         val_y = np.concatenate([s.labels.numpy() for s in val]) if val else np.zeros(0)
@@ -317,17 +352,7 @@ def train_model(train: list[ScanSamples], val: list[ScanSamples], out_dir, cfg: 
             break
 
     net.load_state_dict(best[1])
-    net.eval()
-    val_scores = _logits(net, val, device)
-    val_z = np.concatenate(val_scores)
-    val_y = np.concatenate([s.labels.numpy() for s in val])
-    platt = fit_platt(val_z, val_y)
-    conf = [calibrate(z, platt) for z in val_scores]
-    froc = validation_froc(val, conf)
-    threshold = choose_threshold(froc)
-    at = froc[froc["threshold"] == threshold].iloc[0]
-    n_truth = sum(s.n_truth for s in val)
-    found = sum(s.n_truth_found for s in val)
+    point = operating_point(net, val, device, cfg.tta)
     full = {
         **card,
         "input_channels": list(PATCH_CHANNELS),
@@ -336,15 +361,8 @@ def train_model(train: list[ScanSamples], val: list[ScanSamples], out_dir, cfg: 
         "voxel_spacing_mm": {"fine": SCALES[0][1], "coarse": SCALES[1][1]},
         "normalization": "preprocessed magnitude (N4, divided by the brain median); phase in radians / pi, paramagnetic positive",
         "screen": {**DEFAULT_SCREEN, **card.get("screen", {})},
-        "calibration": {"method": "platt", **platt},
-        "threshold": float(threshold),
-        "validation": {
-            "n_scans": len(val), "n_cmb": int(n_truth),
-            "screen_sensitivity": found / n_truth if n_truth else None,
-            "sensitivity": float(at["sensitivity"]), "fp_avg": float(at["fp_avg"]),
-            "precision": float(at["precision"]), "f1": float(at["f1"]),
-            "partial_froc": partial_froc(froc), "best_epoch": best[2],
-        },
+        **point,
+        "validation": {**point["validation"], "best_epoch": best[2]},
         "training": {**card.get("training", {}), "epochs_run": len(log_rows), "config": cfg.__dict__,
                      "n_train_scans": len(train), "n_train_patches": int(y_all.numel()),
                      "n_train_positive": int(pos.numel()), "seconds": round(time.perf_counter() - t0, 1),
@@ -427,6 +445,9 @@ def build_parser(parser=None):
     p.add_argument("--n-random", type=int, default=200, help="random negatives kept per training scan")
     p.add_argument("--balance-positives", action="store_true",
                    help="draw positives with each slice thickness weighted by the square root of its CMB count")
+    p.add_argument("--tta", type=int, default=TrainConfig.tta, choices=range(1, N_SYMMETRIES + 1), metavar="N",
+                   help="calibrate for test-time augmentation over N symmetric views of each patch "
+                        f"(1-{N_SYMMETRIES}); the detect stage then averages over as many")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
@@ -468,7 +489,7 @@ def run(args) -> int:
     t_data = time.perf_counter() - t0
     cfg = TrainConfig(width=args.width, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
                       batch_size=args.batch_size, lr=args.lr, patience=args.patience,
-                      balance_positives=args.balance_positives, seed=args.seed)
+                      balance_positives=args.balance_positives, tta=args.tta, seed=args.seed)
     card = {
         "name": args.name,
         "training": {

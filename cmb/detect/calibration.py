@@ -1,0 +1,100 @@
+"""Recalibrating a trained detector on annotated scans: ``cmb calibrate``.
+
+The weights stay as they are; the confidence calibration (Platt scaling), the
+operating threshold, the test-time augmentation and the validation metrics of the
+model card are fitted again on the given scans. Use it to adapt the shipped model's
+operating point to a site or scanner from a few annotated scans, when there are too
+few to fine-tune on, or to calibrate for a different number of test-time views.
+
+    cmb calibrate --model cmb/detect/weights/default --derivatives out/ --truth annotations/ \\
+        --out my-model/ [--tta 8]
+
+The scans must not be ones the model was trained on, or the threshold will be
+optimistic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from cmb.detect.model import ModelError, load_model, save_model
+from cmb.detect.patches import N_SYMMETRIES
+from cmb.detect.training import _data_description, annotated_datasets, operating_point, sample_scan
+
+__all__ = ["recalibrate"]
+
+_log = logging.getLogger(__name__)
+
+
+def recalibrate(model_dir: Path, scans, out_dir: Path, tta: int = 1, progress: bool = True) -> dict:
+    """Fit the calibration, threshold and validation metrics of ``model_dir`` on ``scans``; write ``out_dir``."""
+    model = load_model(model_dir)
+    card = model.card
+    samples = [sample_scan(s, card.get("screen"), keep_all=True, scales=tuple(tuple(x) for x in card["scales"]))
+               for s in tqdm(scans, desc="calibration scans", disable=not progress)]
+    point = operating_point(model.net, samples, torch.device("cpu"), tta)
+    previous = {k: card.get(k) for k in ("calibration", "threshold", "tta", "validation")}
+    new = {**card, **point,
+           "recalibration": {
+               "command": "cmb calibrate " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["calibrate"] else sys.argv[1:]),
+               "from_model": str(model_dir), "data": _data_description(scans), "previous": previous}}
+    for key in ("weights_sha256", "weights_file", "architecture", "hyper_parameters"):
+        new.pop(key, None)
+    save_model(model.net, out_dir, new)
+    return load_model(out_dir).card
+
+
+def build_parser(parser=None):
+    p = parser or argparse.ArgumentParser(prog="cmb calibrate", description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, type=Path, help="model folder to recalibrate (e.g. the shipped default)")
+    p.add_argument("--derivatives", required=True, type=Path, action="append",
+                   help="workflow output folder with the preprocessed scans; repeat, with one --truth each")
+    p.add_argument("--truth", required=True, type=Path, action="append",
+                   help="folder of *_label-CMB_dseg.nii.gz / .tsv annotations")
+    p.add_argument("--out", required=True, type=Path, help="model folder to write (not the input model)")
+    p.add_argument("--tta", type=int, default=1, choices=range(1, N_SYMMETRIES + 1), metavar="N",
+                   help=f"test-time augmentation views (1-{N_SYMMETRIES}) to calibrate for")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def run(args) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.out.resolve() == args.model.resolve():
+        print(f"cmb calibrate: error: --out {args.out} is the input model; write a new folder", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    try:
+        scans = [s for d in annotated_datasets(args.derivatives, args.truth) for s in d]
+        if not scans:
+            raise ValueError(f"no annotated scans found (derivatives {', '.join(map(str, args.derivatives))}; "
+                             f"truth {', '.join(map(str, args.truth))})")
+        card = recalibrate(args.model, scans, args.out, args.tta, progress=not args.no_progress)
+    except (ModelError, ValueError) as err:
+        print(f"cmb calibrate: error: {err}", file=sys.stderr)
+        return 2
+    v = card["validation"]
+    print(f"model: {args.out} (weights sha256 {card['weights_sha256'][:12]}, tta {card['tta']})\n"
+          f"calibration ({v['n_scans']} scans, {v['n_cmb']} CMBs): sensitivity {v['sensitivity']:.3f}, "
+          f"FPavg {v['fp_avg']:.2f}, F1 {v['f1']:.3f}, partial FROC {v['partial_froc']:.3f} "
+          f"at threshold {card['threshold']:.3f}; {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def main(argv=None) -> int:
+    return run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
