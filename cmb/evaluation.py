@@ -828,15 +828,20 @@ def sensitivity_at_fp(froc: pd.DataFrame, fp_levels: Sequence[float] = (0.125, 0
     return pd.DataFrame(rows, columns=["fp_avg", "sensitivity", "threshold"])
 
 
-def choose_threshold(froc: pd.DataFrame, target_sensitivity: float | None = None) -> float:
+def choose_threshold(froc: pd.DataFrame, target_sensitivity: float | None = None,
+                     max_fp_avg: float | None = None) -> float:
     """Operating threshold from a FROC table (:func:`froc_curve`).
 
     Parameters
     ----------
     froc : DataFrame
     target_sensitivity : float, optional
-        None: the threshold maximizing F1 (ties: the higher threshold). Otherwise
-        the highest threshold whose sensitivity reaches the target.
+        The highest threshold whose sensitivity reaches the target.
+    max_fp_avg : float, optional
+        The lowest threshold whose false positives per scan stay within this budget
+        (the most sensitive operating point the budget allows).
+
+    With neither, the threshold maximizing F1 (ties: the higher threshold).
 
     Returns
     -------
@@ -855,12 +860,22 @@ def choose_threshold(froc: pd.DataFrame, target_sensitivity: float | None = None
     ...                      "f1": [0.0, 0.6, 0.6, 0.5]})
     >>> choose_threshold(froc), choose_threshold(froc, target_sensitivity=0.9)
     (0.9, 0.2)
+    >>> froc["fp_avg"] = [0.0, 0.1, 0.4, 1.5]
+    >>> choose_threshold(froc, max_fp_avg=0.5)
+    0.5
     """
     thr = froc["threshold"].to_numpy(dtype=float)
     finite = np.isfinite(thr)
     if not finite.any():
         return float("inf")
     tab = froc[finite].sort_values("threshold", ascending=False, kind="stable")
+    if target_sensitivity is not None and max_fp_avg is not None:
+        raise ValueError("give a target sensitivity or a false-positive budget, not both")
+    if max_fp_avg is not None:
+        ok = tab["fp_avg"].to_numpy(dtype=float) <= float(max_fp_avg) + 1e-12
+        if not ok.any():
+            raise ValueError(f"no threshold keeps FPavg within {max_fp_avg} (lowest: {tab['fp_avg'].min():.4g})")
+        return float(tab["threshold"].to_numpy()[np.flatnonzero(ok)[-1]])
     if target_sensitivity is not None:
         ok = tab["sensitivity"].to_numpy(dtype=float) >= float(target_sensitivity) - 1e-12
         if not ok.any():

@@ -345,6 +345,19 @@ def test_threshold_for_target_sensitivity():
         choose_threshold(froc, target_sensitivity=1.01)
 
 
+def test_threshold_for_a_false_positive_budget():
+    # 2 scans; FPs at 0.7 and 0.4 (FPavg 0.5 from 0.7 down, 1.0 from 0.4 down)
+    d1 = dets((0, 0, 0, 0.9), (30, 0, 0, 0.7), (10, 0, 0, 0.5))
+    d2 = dets((0, 0, 0, 0.6), (40, 0, 0, 0.4), (10, 0, 0, 0.3))
+    froc = froc_curve(match_cohort([("s1", "a", d1, points((0, 0, 0), (10, 0, 0))),
+                                    ("s2", "a", d2, points((0, 0, 0), (10, 0, 0)))]))
+    assert choose_threshold(froc, max_fp_avg=0.5) == 0.5  # every TP above 0.4, one FP
+    assert choose_threshold(froc, max_fp_avg=1.0) == 0.3
+    assert choose_threshold(froc, max_fp_avg=0.0) == 0.9
+    with pytest.raises(ValueError, match="not both"):
+        choose_threshold(froc, target_sensitivity=0.5, max_fp_avg=1.0)
+
+
 # ------------------------------------------------------------------------ writers
 def test_write_evaluation_outputs(tmp_path):
     paths = write_evaluation(tmp_path / "eval", _cohort(), threshold=0.5)

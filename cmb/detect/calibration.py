@@ -7,7 +7,7 @@ operating point to a site or scanner from a few annotated scans, when there are 
 few to fine-tune on, or to calibrate for a different number of test-time views.
 
     cmb calibrate --model cmb/detect/weights/default --derivatives out/ --truth annotations/ \\
-        --out my-model/ [--tta 8]
+        --out my-model/ [--tta 8] [--max-fp-avg 0.5]
 
 The scans must not be ones the model was trained on, or the threshold will be
 optimistic.
@@ -26,22 +26,23 @@ import torch
 from tqdm import tqdm
 
 from cmb.detect.model import ModelError, load_model, save_model
-from cmb.detect.patches import N_SYMMETRIES
-from cmb.detect.training import _data_description, annotated_datasets, operating_point, sample_scan
+from cmb.detect.training import (_data_description, add_operating_point_arguments, annotated_datasets, operating_point,
+                                 sample_scan)
 
 __all__ = ["recalibrate"]
 
 _log = logging.getLogger(__name__)
 
 
-def recalibrate(model_dir: Path, scans, out_dir: Path, tta: int = 1, progress: bool = True) -> dict:
+def recalibrate(model_dir: Path, scans, out_dir: Path, tta: int = 1, max_fp_avg: float | None = None,
+                progress: bool = True) -> dict:
     """Fit the calibration, threshold and validation metrics of ``model_dir`` on ``scans``; write ``out_dir``."""
     model = load_model(model_dir)
     card = model.card
     samples = [sample_scan(s, card.get("screen"), keep_all=True, scales=tuple(tuple(x) for x in card["scales"]))
                for s in tqdm(scans, desc="calibration scans", disable=not progress)]
-    point = operating_point(model.net, samples, torch.device("cpu"), tta)
-    previous = {k: card.get(k) for k in ("calibration", "threshold", "tta", "validation")}
+    point = operating_point(model.net, samples, torch.device("cpu"), tta, max_fp_avg)
+    previous = {k: card.get(k) for k in ("calibration", "threshold", "threshold_rule", "tta", "validation")}
     new = {**card, **point,
            "recalibration": {
                "command": "cmb calibrate " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["calibrate"] else sys.argv[1:]),
@@ -60,8 +61,7 @@ def build_parser(parser=None):
     p.add_argument("--truth", required=True, type=Path, action="append",
                    help="folder of *_label-CMB_dseg.nii.gz / .tsv annotations")
     p.add_argument("--out", required=True, type=Path, help="model folder to write (not the input model)")
-    p.add_argument("--tta", type=int, default=1, choices=range(1, N_SYMMETRIES + 1), metavar="N",
-                   help=f"test-time augmentation views (1-{N_SYMMETRIES}) to calibrate for")
+    add_operating_point_arguments(p)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -80,7 +80,7 @@ def run(args) -> int:
         if not scans:
             raise ValueError(f"no annotated scans found (derivatives {', '.join(map(str, args.derivatives))}; "
                              f"truth {', '.join(map(str, args.truth))})")
-        card = recalibrate(args.model, scans, args.out, args.tta, progress=not args.no_progress)
+        card = recalibrate(args.model, scans, args.out, args.tta, args.max_fp_avg, progress=not args.no_progress)
     except (ModelError, ValueError) as err:
         print(f"cmb calibrate: error: {err}", file=sys.stderr)
         return 2

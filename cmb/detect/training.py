@@ -132,6 +132,7 @@ class TrainConfig:
     mining_fraction: float = 0.5
     balance_positives: bool = False
     tta: int = 1
+    max_fp_avg: float | None = None
     seed: int = 0
 
 
@@ -226,25 +227,29 @@ def fit_platt(logits: np.ndarray, labels: np.ndarray) -> dict:
     return {"a": a, "b": b}
 
 
-def operating_point(net, val: list[ScanSamples], device, tta: int = 1) -> dict:
+def operating_point(net, val: list[ScanSamples], device, tta: int = 1, max_fp_avg: float | None = None) -> dict:
     """Calibration, operating threshold and validation metrics of ``net`` on validation scans.
 
     Platt scaling of the logits (averaged over ``tta`` symmetric views, as the detect
-    stage will score them), then the threshold that maximizes validation F1. Returns
-    the model card's ``calibration``, ``threshold``, ``tta`` and ``validation`` entries.
+    stage will score them), then the threshold: the most sensitive one whose validation
+    false positives per scan stay within ``max_fp_avg``, else the one that maximizes
+    validation F1. Returns the model card's ``calibration``, ``threshold``,
+    ``threshold_rule``, ``tta`` and ``validation`` entries.
     """
     if not val or not any(len(s.labels) for s in val):
         raise ValueError("no validation candidates: cannot calibrate")
     scores = sample_logits(net, val, device, tta=tta)
     platt = fit_platt(np.concatenate(scores), np.concatenate([s.labels.numpy() for s in val]))
     froc = validation_froc(val, [calibrate(z, platt) for z in scores])
-    threshold = choose_threshold(froc)
+    threshold = choose_threshold(froc, max_fp_avg=max_fp_avg)
     at = froc[froc["threshold"] == threshold].iloc[0]
     n_truth = sum(s.n_truth for s in val)
     found = sum(s.n_truth_found for s in val)
     return {
         "calibration": {"method": "platt", **platt},
         "threshold": float(threshold),
+        "threshold_rule": ("best validation F1" if max_fp_avg is None else
+                           f"highest validation sensitivity at FPavg <= {max_fp_avg:g}"),
         "tta": int(tta),
         "validation": {
             "n_scans": len(val), "n_cmb": int(n_truth),
@@ -352,7 +357,7 @@ def train_model(train: list[ScanSamples], val: list[ScanSamples], out_dir, cfg: 
             break
 
     net.load_state_dict(best[1])
-    point = operating_point(net, val, device, cfg.tta)
+    point = operating_point(net, val, device, cfg.tta, cfg.max_fp_avg)
     full = {
         **card,
         "input_channels": list(PATCH_CHANNELS),
@@ -419,6 +424,16 @@ def _data_description(scans: list[Scan]) -> dict:
             "synthetic_cohort_seeds": sorted(seeds)}
 
 
+def add_operating_point_arguments(p) -> None:
+    """``--tta`` and ``--max-fp-avg``, shared by ``cmb train`` and ``cmb calibrate``."""
+    p.add_argument("--tta", type=int, default=TrainConfig.tta, choices=range(1, N_SYMMETRIES + 1), metavar="N",
+                   help="calibrate for test-time augmentation over N symmetric views of each patch "
+                        f"(1-{N_SYMMETRIES}); the detect stage then averages over as many")
+    p.add_argument("--max-fp-avg", type=float, metavar="FP",
+                   help="operating threshold: the most sensitive one with at most FP false positives per "
+                        "validation scan (default: the best validation F1)")
+
+
 def build_parser(parser=None):
     import argparse
 
@@ -445,9 +460,7 @@ def build_parser(parser=None):
     p.add_argument("--n-random", type=int, default=200, help="random negatives kept per training scan")
     p.add_argument("--balance-positives", action="store_true",
                    help="draw positives with each slice thickness weighted by the square root of its CMB count")
-    p.add_argument("--tta", type=int, default=TrainConfig.tta, choices=range(1, N_SYMMETRIES + 1), metavar="N",
-                   help="calibrate for test-time augmentation over N symmetric views of each patch "
-                        f"(1-{N_SYMMETRIES}); the detect stage then averages over as many")
+    add_operating_point_arguments(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
@@ -489,7 +502,8 @@ def run(args) -> int:
     t_data = time.perf_counter() - t0
     cfg = TrainConfig(width=args.width, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
                       batch_size=args.batch_size, lr=args.lr, patience=args.patience,
-                      balance_positives=args.balance_positives, tta=args.tta, seed=args.seed)
+                      balance_positives=args.balance_positives, tta=args.tta, max_fp_avg=args.max_fp_avg,
+                      seed=args.seed)
     card = {
         "name": args.name,
         "training": {
