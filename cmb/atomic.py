@@ -53,11 +53,13 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None):
     tmp = Path(tmp)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; outputs should be readable like any file
+    mode = 0o666 & ~umask  # mkstemp creates 0600; outputs should be readable like any file
+    os.chmod(tmp, mode)
     try:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, mode)  # again: some writers (safetensors) replace the file they are given
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

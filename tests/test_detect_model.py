@@ -106,3 +106,14 @@ def test_score_candidates_averages_the_views():
         flipped = net(x.flip(2), f).numpy()
     np.testing.assert_allclose(two, (one + flipped) / 2, rtol=1e-5, atol=1e-6)
     assert not np.allclose(one, two)
+
+
+def test_saved_files_are_readable_like_any_new_file(saved):
+    import os
+    import stat
+
+    _, folder = saved
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("model.safetensors", "model_card.json"):
+        assert stat.S_IMODE((folder / name).stat().st_mode) == 0o666 & ~umask, name
