@@ -76,6 +76,7 @@ __all__ = [
     "froc_curve",
     "sensitivity_at_fp",
     "choose_threshold",
+    "recorded_threshold",
     "evaluate_cohort",
     "write_subject_csv",
     "write_cohort",
@@ -1106,6 +1107,29 @@ def derivative_scans(derivatives_dir, truth_dir, table_suffix: str) -> tuple[lis
     return scans, []
 
 
+def recorded_threshold(tables) -> float | None:
+    """The operating threshold the detect stage recorded for these scans (``*_desc-candidates_cmb.json``).
+
+    None when no scan has one (tables of other tools); a ValueError when scans were
+    detected with different thresholds.
+    """
+    found = {}
+    for table in tables:
+        if table is None:
+            continue
+        table = Path(table)
+        sidecar = table.parent / f"{table.name.split('_desc-')[0]}_desc-candidates_cmb.json"
+        try:
+            found[sidecar] = float(json.loads(sidecar.read_text())["threshold"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    values = sorted(set(found.values()))
+    if len(values) > 1:
+        raise ValueError(f"the scans were detected with {len(values)} different thresholds ({', '.join(map(repr, values[:4]))}); "
+                         "give --threshold")
+    return values[0] if values else None
+
+
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     """Arguments of the evaluation command (also usable as a ``cmb evaluate`` subparser)."""
     p = parser or argparse.ArgumentParser(
@@ -1125,7 +1149,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--pattern", default="*detections.tsv", help="glob of detection files (default: %(default)s)")
     thr = p.add_mutually_exclusive_group()
     thr.add_argument("--threshold", type=float, default=None,
-                     help="confidence threshold (>= kept); default 0.5 unless --choose-threshold")
+                     help="confidence threshold (>= kept); default: the one the detect stage recorded for these "
+                          "scans (its *_desc-candidates_cmb.json), else 0.5")
     thr.add_argument("--choose-threshold", choices=["f1"], default=None,
                      help="use the F1-optimal threshold of this cohort's FROC (optimistic: tuned on the test set)")
     thr.add_argument("--target-sensitivity", type=float, default=None,
@@ -1159,7 +1184,10 @@ def run(args: argparse.Namespace) -> int:
         if args.choose_threshold or args.target_sensitivity is not None:
             threshold = choose_threshold(froc_curve(match), args.target_sensitivity)
         else:
-            threshold = 0.5 if args.threshold is None else args.threshold
+            threshold = args.threshold
+            if threshold is None:
+                recorded = recorded_threshold(d for _, _, d, _ in scans)
+                threshold = 0.5 if recorded is None else recorded
         paths = write_evaluation(args.out, match, threshold)
     except (ValueError, OSError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)

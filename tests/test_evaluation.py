@@ -12,6 +12,7 @@ import pytest
 
 from cmb.evaluation import (
     choose_threshold,
+    recorded_threshold,
     cohort_metrics,
     count_pearson_r,
     evaluate_cohort,
@@ -356,6 +357,18 @@ def test_threshold_for_a_false_positive_budget():
     assert choose_threshold(froc, max_fp_avg=0.0) == 0.9
     with pytest.raises(ValueError, match="not both"):
         choose_threshold(froc, target_sensitivity=0.5, max_fp_avg=1.0)
+
+
+def test_the_detect_stage_threshold_is_the_default(tmp_path):
+    tables = []
+    for sub, thr in (("sub-01", 0.28), ("sub-02_ses-01", 0.28)):
+        (tmp_path / f"{sub}_desc-candidates_cmb.json").write_text(json.dumps({"threshold": thr}))
+        tables.append(tmp_path / f"{sub}_desc-cmb_detections.tsv")  # the localize table: same scan prefix
+    assert recorded_threshold(tables + [None]) == 0.28
+    (tmp_path / "sub-02_ses-01_desc-candidates_cmb.json").write_text(json.dumps({"threshold": 0.5}))
+    with pytest.raises(ValueError, match="2 different thresholds"):
+        recorded_threshold(tables)
+    assert recorded_threshold([tmp_path / "other_tool.tsv"]) is None
 
 
 # ------------------------------------------------------------------------ writers
