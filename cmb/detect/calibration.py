@@ -26,8 +26,8 @@ import torch
 from tqdm import tqdm
 
 from cmb.detect.model import ModelError, load_model, save_model
-from cmb.detect.training import (_data_description, add_operating_point_arguments, annotated_datasets, operating_point,
-                                 sample_scan)
+from cmb.detect.training import (_data_description, add_operating_point_arguments, annotated_datasets, model_summary,
+                                 operating_point, sample_scan)
 
 __all__ = ["recalibrate"]
 
@@ -84,11 +84,7 @@ def run(args) -> int:
     except (ModelError, ValueError) as err:
         print(f"cmb calibrate: error: {err}", file=sys.stderr)
         return 2
-    v = card["validation"]
-    print(f"model: {args.out} (weights sha256 {card['weights_sha256'][:12]}, tta {card['tta']})\n"
-          f"calibration ({v['n_scans']} scans, {v['n_cmb']} CMBs): sensitivity {v['sensitivity']:.3f}, "
-          f"FPavg {v['fp_avg']:.2f}, F1 {v['f1']:.3f}, partial FROC {v['partial_froc']:.3f} "
-          f"at threshold {card['threshold']:.3f}; {time.perf_counter() - t0:.0f} s")
+    print(model_summary(args.out, card, time.perf_counter() - t0))
     return 0
 
 

@@ -519,12 +519,17 @@ def run(args) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     result = train_model(train, val, args.out, cfg, card, init_dir=args.init,
                          log_path=args.out / "training_log.csv", progress=not args.no_progress)
-    v = result["validation"]
-    print(f"model: {args.out} (sha256 {result['weights_sha256'][:12]})\n"
-          f"validation ({v['n_scans']} scans, {v['n_cmb']} CMBs): screen sensitivity {v['screen_sensitivity']:.3f}, "
-          f"sensitivity {v['sensitivity']:.3f}, FPavg {v['fp_avg']:.2f}, F1 {v['f1']:.3f} "
-          f"at threshold {result['threshold']:.3f}; {time.perf_counter() - t0:.0f} s in all")
+    print(model_summary(args.out, result, time.perf_counter() - t0))
     return 0
+
+
+def model_summary(folder, card: dict, seconds: float) -> str:
+    """Two lines on a written model folder: where, which weights, and its validation operating point."""
+    v = card["validation"]
+    return (f"model: {folder} (weights sha256 {card['weights_sha256'][:12]}, {card.get('tta', 1)} test-time view(s))\n"
+            f"validation ({v['n_scans']} scans, {v['n_cmb']} CMBs): screen sensitivity {v['screen_sensitivity']:.3f}, "
+            f"sensitivity {v['sensitivity']:.3f}, FPavg {v['fp_avg']:.2f}, F1 {v['f1']:.3f}, "
+            f"partial FROC {v['partial_froc']:.3f} at threshold {card['threshold']:.3f}; {seconds:.0f} s in all")
 
 
 def main(argv=None) -> int:
