@@ -22,7 +22,7 @@ from cmb.detect import CANDIDATE_COLUMNS
 from cmb.detect.model import LoadedModel
 from cmb.detect.patches import SCALES, candidate_patches, symmetric_views
 
-__all__ = ["DEFAULT_SCREEN", "Candidates", "find_candidates", "hand_features", "score_candidates",
+__all__ = ["DEFAULT_SCREEN", "Candidates", "find_candidates", "hand_features", "score_candidates", "view_averaged_logits",
            "calibrate", "Detection", "detect"]
 
 _log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def score_candidates(net: torch.nn.Module, magnitude, mask, phase, zooms, table:
             try:
                 x, f = x.to(device), f.to(device)
                 with torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
-                    out = torch.stack([net(v, f).float() for v in symmetric_views(x, tta)]).mean(0)
+                    out = view_averaged_logits(net, x, f, tta)
             except torch.OutOfMemoryError:
                 if size == 1:
                     raise
@@ -122,6 +122,11 @@ def score_candidates(net: torch.nn.Module, magnitude, mask, phase, zooms, table:
             logits[sl] = out.float().cpu().numpy()
             start = sl.stop
     return logits
+
+
+def view_averaged_logits(net: torch.nn.Module, patches: torch.Tensor, features: torch.Tensor, n_views: int) -> torch.Tensor:
+    """The network's logits averaged over ``n_views`` symmetric views of each patch (float32)."""
+    return torch.stack([net(v, features).float() for v in symmetric_views(patches, n_views)]).mean(0)
 
 
 def calibrate(logits: np.ndarray, calibration: dict | None) -> np.ndarray:

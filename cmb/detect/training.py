@@ -49,9 +49,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from cmb.atomic import write_text
-from cmb.detect.inference import DEFAULT_SCREEN, calibrate, find_candidates, hand_features
+from cmb.detect.inference import DEFAULT_SCREEN, calibrate, find_candidates, hand_features, view_averaged_logits
 from cmb.detect.model import CandidateNet, load_model, save_model
-from cmb.detect.patches import N_SYMMETRIES, PATCH_CHANNELS, SCALES, candidate_patches, symmetric_views
+from cmb.detect.patches import N_SYMMETRIES, PATCH_CHANNELS, SCALES, candidate_patches
 from cmb.annotations import Scan, paired_scans
 from cmb.evaluation import (MARGIN_MM, MIN_POINT_RADIUS_MM, _hits, choose_threshold, froc_curve, load_truth,
                             match_cohort, sensitivity_at_fp)
@@ -193,7 +193,7 @@ def sample_logits(net, samples: list[ScanSamples], device, batch: int = 512, tta
             res = []
             for i in range(0, len(s.labels), batch):
                 x, f = s.patches[i:i + batch].float().to(device), s.features[i:i + batch].to(device)
-                res.append(torch.stack([net(v, f).float() for v in symmetric_views(x, tta)]).mean(0).cpu())
+                res.append(view_averaged_logits(net, x, f, tta).cpu())
             out.append(torch.cat(res).numpy().astype(np.float64) if res else np.zeros(0))
     return out
 
