@@ -181,6 +181,22 @@ def test_fine_tuning_starts_from_the_given_weights(scan, tmp_path):
     assert card["hyper_parameters"] == load_model(DEFAULT_MODEL).card["hyper_parameters"]
 
 
+def test_ema_saves_the_average_not_the_last_weights(scan, tmp_path):
+    samples = sample_scan(scan, n_hard=30, n_random=10)
+
+    def trained(name, steps, ema):
+        cfg = TrainConfig(width=12, epochs=1, steps_per_epoch=steps, batch_size=8, lr=1e-2, seed=0, ema=ema)
+        train_model([samples], [samples], tmp_path / name, cfg, {"name": name}, init_dir=DEFAULT_MODEL, progress=False)
+        return load_model(tmp_path / name).net.state_dict()
+
+    one_step, four_steps = trained("one", 1, 0.0), trained("four", 4, 0.0)
+    # a decay of almost 1 keeps the average at its first value: the weights after step 1
+    averaged = trained("ema", 4, 1 - 1e-9)
+    conv = next(k for k in one_step if k.endswith("weight") and one_step[k].ndim == 5)
+    assert not torch.allclose(one_step[conv], four_steps[conv], atol=1e-4)
+    torch.testing.assert_close(averaged[conv], one_step[conv], atol=1e-6, rtol=0)
+
+
 def test_calibrate_refits_the_operating_point_and_keeps_the_weights(scan, tmp_path, capsys):
     out = tmp_path / "recal"
     assert calibrate_main(["--model", str(DEFAULT_MODEL), "--derivatives", str(tmp_path), "--truth", str(tmp_path),

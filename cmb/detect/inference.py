@@ -29,7 +29,7 @@ _log = logging.getLogger(__name__)
 
 #: Screen settings; a model card's "screen" entry overrides them.
 DEFAULT_SCREEN = {"threshold": 0.1, "min_distance_mm": 2.5, "radii_mm": [1.0, 1.75, 3.0],
-                  "max_candidates": 3000, "level": 0.5, "min_edge_mm": 1.5}
+                  "max_candidates": 3000, "level": 0.5, "min_edge_mm": 1.5, "blob_extent_radii": 2.5}
 
 #: Hand features given to the network's head, in order.
 FEATURES = ("screen_score", "log_diameter", "sphericity", "phase_mean", "phase_present")
@@ -55,7 +55,8 @@ def find_candidates(magnitude: np.ndarray, mask: np.ndarray, zooms, phase: np.nd
     t1 = time.perf_counter()
     peaks = find_peaks(np.where(inner, response, 0), radius, zooms, s["threshold"], s["min_distance_mm"],
                        s["max_candidates"])
-    labels, table = delineate_candidates(response, peaks, zooms, phase, s["level"])
+    labels, table = delineate_candidates(response, peaks, zooms, phase, s["level"],
+                                         extent_radii=s["blob_extent_radii"])
     t2 = time.perf_counter()
     return Candidates(table, labels, {"screen": t1 - t0, "delineate": t2 - t1})
 

@@ -27,7 +27,9 @@ Method
    noise, a linear bias ramp, slice-thickness blur, and phase dropout (one model
    for magnitude-only and magnitude+phase inputs).
 4. Early stopping on the validation partial FROC area (mean sensitivity at 0.25,
-   0.5, 1 and 2 FP per scan). Platt scaling on validation logits calibrates the
+   0.5, 1 and 2 FP per scan). With ``ema``, validation and the saved weights use
+   an exponential moving average of the weights, which moves less from epoch to
+   epoch than the weights themselves. Platt scaling on validation logits calibrates the
    confidence; the operating threshold maximizes validation F1.
 """
 
@@ -133,6 +135,7 @@ class TrainConfig:
     balance_positives: bool = False
     tta: int = 1
     max_fp_avg: float | None = None
+    ema: float = 0.0
     seed: int = 0
 
 
@@ -288,6 +291,9 @@ def train_model(train: list[ScanSamples], val: list[ScanSamples], out_dir, cfg: 
     else:
         net = CandidateNet(len(PATCH_CHANNELS), cfg.width, n_features=5)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ema = (torch.optim.swa_utils.AveragedModel(net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema),
+                                               use_buffers=True) if cfg.ema else None)
+    judged = ema.module if ema else net  # the network that is validated and saved
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
 
     x_all = torch.cat([s.patches for s in train])
@@ -326,6 +332,8 @@ def train_model(train: list[ScanSamples], val: list[ScanSamples], out_dir, cfg: 
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if ema:
+                ema.update_parameters(net)
             losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{np.mean(losses):.4f}")
         sched.step()
@@ -335,7 +343,7 @@ def train_model(train: list[ScanSamples], val: list[ScanSamples], out_dir, cfg: 
             probs = torch.cat([torch.sigmoid(net(x_all[neg[i:i + 512]].float(), f_all[neg[i:i + 512]]))
                                for i in range(0, neg.numel(), 512)])
         neg_weight = probs.double() + 1e-3
-        val_scores = sample_logits(net, val, device)
+        val_scores = sample_logits(judged, val, device)
         froc = validation_froc(val, val_scores)
         score = partial_froc(froc)
         val_y = np.concatenate([s.labels.numpy() for s in val]) if val else np.zeros(0)
@@ -351,7 +359,7 @@ def train_model(train: list[ScanSamples], val: list[ScanSamples], out_dir, cfg: 
         # With few validation CMBs the partial FROC moves in coarse steps and ties are
         # common: a tie goes to the lower validation loss.
         if (score, -val_loss) > (best[0], -best[3]):
-            best = (score, {k: v.detach().clone() for k, v in net.state_dict().items()}, epoch + 1, val_loss)
+            best = (score, {k: v.detach().clone() for k, v in judged.state_dict().items()}, epoch + 1, val_loss)
         elif epoch + 1 - best[2] >= cfg.patience:
             _log.info("early stop: no improvement for %d epochs", cfg.patience)
             break
@@ -460,6 +468,9 @@ def build_parser(parser=None):
     p.add_argument("--n-random", type=int, default=200, help="random negatives kept per training scan")
     p.add_argument("--balance-positives", action="store_true",
                    help="draw positives with each slice thickness weighted by the square root of its CMB count")
+    p.add_argument("--ema", type=float, default=TrainConfig.ema, metavar="DECAY",
+                   help="validate and save an exponential moving average of the weights with this decay per step "
+                        "(e.g. 0.99); 0 turns it off")
     add_operating_point_arguments(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
@@ -502,7 +513,7 @@ def run(args) -> int:
     t_data = time.perf_counter() - t0
     cfg = TrainConfig(width=args.width, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
                       batch_size=args.batch_size, lr=args.lr, patience=args.patience,
-                      balance_positives=args.balance_positives, tta=args.tta, max_fp_avg=args.max_fp_avg,
+                      balance_positives=args.balance_positives, tta=args.tta, max_fp_avg=args.max_fp_avg, ema=args.ema,
                       seed=args.seed)
     card = {
         "name": args.name,
