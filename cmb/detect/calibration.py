@@ -26,8 +26,8 @@ import torch
 from tqdm import tqdm
 
 from cmb.detect.model import ModelError, load_model, save_model
-from cmb.detect.training import (_data_description, add_operating_point_arguments, annotated_datasets, model_summary,
-                                 operating_point, sample_scan)
+from cmb.detect.training import (_data_description, add_operating_point_arguments, add_runtime_arguments,
+                                 annotated_datasets, model_summary, operating_point, sample_scan, start_run)
 
 __all__ = ["recalibrate"]
 
@@ -62,15 +62,12 @@ def build_parser(parser=None):
                    help="folder of *_label-CMB_dseg.nii.gz / .tsv annotations")
     p.add_argument("--out", required=True, type=Path, help="model folder to write (not the input model)")
     add_operating_point_arguments(p)
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
+    add_runtime_arguments(p)
     return p
 
 
 def run(args) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    start_run(args)
     if args.out.resolve() == args.model.resolve():
         print(f"cmb calibrate: error: --out {args.out} is the input model; write a new folder", file=sys.stderr)
         return 2

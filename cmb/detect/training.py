@@ -442,6 +442,19 @@ def add_operating_point_arguments(p) -> None:
                         "validation scan (default: the best validation F1)")
 
 
+def add_runtime_arguments(p) -> None:
+    """``--threads`` and ``--no-progress``, shared by ``cmb train`` and ``cmb calibrate``."""
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for PyTorch (default: its own choice)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+
+
+def start_run(args) -> None:
+    """Logging to the terminal and the thread count of :func:`add_runtime_arguments`."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+
 def build_parser(parser=None):
     import argparse
 
@@ -473,8 +486,7 @@ def build_parser(parser=None):
                         "(e.g. 0.99); 0 turns it off")
     add_operating_point_arguments(p)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
+    add_runtime_arguments(p)
     return p
 
 
@@ -482,9 +494,7 @@ def run(args) -> int:
     import shlex
     import sys
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    start_run(args)
     t0 = time.perf_counter()
     try:
         datasets = annotated_datasets(args.derivatives, args.truth)
