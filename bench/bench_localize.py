@@ -3,7 +3,7 @@
 Synthesizes ``--n-subjects`` tiny subjects (``cmb synth --preset tiny --t1w``), runs
 the workflow up to each subject's native MARS map (ingest, preprocess, ANTs
 registration, label warp), then localizes one truth-derived candidate per true CMB
-(``tests/localize_fixtures.py``) and prints how often the MARS category, region and
+(``cmb.synth.oracle_detections``) and prints how often the MARS category, region and
 hemisphere match the simulator's truth, with the MNI position error::
 
     python bench/bench_localize.py --work /tmp/bench-localize --n-subjects 6 --n-cmb 20
@@ -21,13 +21,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cmb.cli import main as cmb_main
+from cmb.localize import localize_subject
+from cmb.synth.oracle_detections import subject_inputs, truth_candidates
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-
-from localize_fixtures import subject_inputs, truth_candidates  # noqa: E402
-
-from cmb.cli import main as cmb_main  # noqa: E402
-from cmb.localize import localize_subject  # noqa: E402
 
 FIELDS = ("mars_category", "mars_region", "hemisphere")
 

@@ -16,9 +16,7 @@ import pytest
 
 from cmb.localize import (DETECTION_COLUMNS, format_detections, input_voxels, localize_candidates, localize_subject,
                           majority_vote, read_detections_table, to_input_grid, write_table)
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from localize_fixtures import subject_inputs, truth_candidates  # noqa: E402
+from cmb.synth.oracle_detections import subject_inputs, truth_candidates
 
 REPO = Path(__file__).resolve().parents[1]
 FRONTAL_L, THALAMUS_R, CSF, OUTSIDE = 1, 107, 200, 0

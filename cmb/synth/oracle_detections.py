@@ -1,4 +1,7 @@
-"""Detect-stage outputs made from ``cmb synth`` ground truth, for the localize/report tests.
+"""Detect-stage outputs made from ``cmb synth`` ground truth: a perfect detector.
+
+They let the stages after detection (localize, reports) be tested and benchmarked
+on their own, with every error theirs.
 
 :func:`truth_candidates` writes, in the detect stage's contract (``cmb.detect``), one
 candidate per true CMB (its apparent extent, resampled onto the preprocessed grid)
@@ -17,12 +20,9 @@ import pandas as pd
 from scipy import ndimage as ndi
 
 from cmb.atomic import save_nifti, write_json
+from cmb.detect import CANDIDATE_COLUMNS
 from cmb.localize import to_input_grid
 
-CANDIDATE_COLUMNS = [
-    "candidate_id", "i", "j", "k", "x_mm", "y_mm", "z_mm", "volume_mm3", "diameter_mm",
-    "screen_score", "sphericity", "phase_mean", "phase_sign", "confidence", "above_threshold",
-]
 FALSE_KINDS = ("csf", "outside_brain", "below_threshold")
 
 
