@@ -16,6 +16,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import torch
+from scipy.special import expit
 
 from cmb.candidates import dark_blob_response, delineate_candidates, find_peaks
 from cmb.detect import CANDIDATE_COLUMNS
@@ -133,7 +134,7 @@ def view_averaged_logits(net: torch.nn.Module, patches: torch.Tensor, features: 
 def calibrate(logits: np.ndarray, calibration: dict | None) -> np.ndarray:
     """Platt scaling ``sigmoid(a * logit + b)`` fitted on validation data (identity without a card entry)."""
     a, b = (calibration or {}).get("a", 1.0), (calibration or {}).get("b", 0.0)
-    return 1.0 / (1.0 + np.exp(-(a * np.asarray(logits, float) + b)))
+    return expit(a * np.asarray(logits, float) + b)
 
 
 @dataclass
