@@ -7,6 +7,8 @@ generator.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import json
 import shutil
 from pathlib import Path
@@ -179,6 +181,18 @@ def test_fine_tuning_starts_from_the_given_weights(scan, tmp_path):
     key = next(k for k in base if k.endswith("weight") and base[k].ndim == 5)
     torch.testing.assert_close(base[key], tuned[key], atol=1e-5, rtol=0)
     assert card["hyper_parameters"] == load_model(DEFAULT_MODEL).card["hyper_parameters"]
+
+
+def test_a_split_without_cmbs_is_a_clear_error(scan, tmp_path):
+    samples = sample_scan(scan, n_hard=30, n_random=10)
+    cfg = TrainConfig(width=4, epochs=1, steps_per_epoch=1, batch_size=8)
+    no_truth = replace(samples, n_truth=0)
+    with pytest.raises(ValueError, match=r"validation scans \(sub-01\) hold no CMB"):
+        train_model([samples], [no_truth], tmp_path / "a", cfg, {"name": "a"}, progress=False)
+    negatives = replace(samples, labels=torch.zeros_like(samples.labels))
+    with pytest.raises(ValueError, match="no CMB among the candidates of the 1 training scan"):
+        train_model([negatives], [samples], tmp_path / "b", cfg, {"name": "b"}, progress=False)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_ema_saves_the_average_not_the_last_weights(scan, tmp_path):

@@ -413,3 +413,38 @@ def test_end_to_end_detections_cohort_tables_and_reports(cohort_run):
     for pid in ("sub-01", "sub-02", "sub-03"):
         assert f'href="../{pid}/{pid}_report.html"' in html
     assert "Failed scans (1)" in html and "truncated" in html
+
+
+@pytest.mark.slow
+def test_train_and_evaluate_targets_skip_the_failed_subject(tmp_path):
+    """The training and evaluation targets (issue 4) on a real run: a model is trained on the
+    subjects that were preprocessed, their detections are scored, and a broken subject is left out."""
+    import pandas as pd
+
+    from cmb.cli import main as cmb_main
+    from cmb.detect.model import load_model
+
+    bids = tmp_path / "bids"
+    assert cmb_main(["synth", "--out", str(bids), "--n-subjects", "3", "--seed", "11", "--preset", "tiny",
+                     "--count-profile", "enriched"]) == 0
+    _truncate(next(p for p in sorted((bids / "sub-03").rglob("*.nii.gz")) if "phase" not in p.name))
+    out = tmp_path / "out"
+    proc = run_snakemake(tmp_path, "--profile", str(REPO / "profiles" / "local"), "--cores", "2",
+                         "train_model", "evaluate_detections", "--config", f"bids_dir={bids}", f"output_dir={out}",
+                         "training={epochs: 2, steps_per_epoch: 2, val_fraction: 0.5}", timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    card = load_model(out / "model").card  # checks the SHA-256 of the new weights
+    data = card["training"]["data"]
+    assert card["training"]["epochs_run"] == 2 and len(card["training"]["log"]) == 2
+    assert data["train"]["n_subjects"] == data["validation"]["n_subjects"] == 1  # sub-03 failed at ingest
+    assert data["train"]["synthetic_cohort_seeds"] == data["validation"]["synthetic_cohort_seeds"] == [11]
+    subjects = pd.read_csv(out / "evaluation" / "subjects.csv")
+    assert sorted(subjects["subject"]) == ["sub-01", "sub-02"]
+    truth = sum(len(pd.read_csv(p, sep="\t")) for sub in ("01", "02")
+                for p in (bids / "derivatives" / "cmb-truth" / f"sub-{sub}").rglob("*_label-CMB_dseg.tsv"))
+    assert subjects["n_truth"].sum() == truth > 0
+    # scored at the threshold of the model that detected (the shipped one), not the new one's
+    shipped = load_model(REPO / "cmb" / "detect" / "weights" / "default").card["threshold"]
+    assert subjects["threshold"].tolist() == pytest.approx([shipped] * 2)
+    cohort = pd.read_csv(out / "evaluation" / "cohort.csv")
+    assert cohort["n_truth"].sum() >= truth and (out / "evaluation" / "froc.png").stat().st_size > 0

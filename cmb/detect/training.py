@@ -280,9 +280,21 @@ def _slice_balanced_weights(samples: list[ScanSamples]) -> torch.Tensor:
                       for t, s in zip(thickness, samples)])
 
 
+def check_samples(train: list[ScanSamples], val: list[ScanSamples]) -> None:
+    """A clear error when the split cannot train a model: no CMB to learn from, or none to validate on."""
+    if not any(bool((s.labels > 0).any()) for s in train):
+        raise ValueError(f"no CMB among the candidates of the {len(train)} training scan(s): nothing to learn")
+    if not any(s.n_truth for s in val):
+        names = ", ".join(s.scan.subject for s in val[:5]) + (", ..." if len(val) > 5 else "")
+        raise ValueError(f"the validation scans ({names or 'none'}) hold no CMB: the best epoch, the calibration and "
+                         "the threshold are chosen on validation CMBs. Validate on more subjects (--val-fraction) "
+                         "or on annotated ones (--val-from)")
+
+
 def train_model(train: list[ScanSamples], val: list[ScanSamples], out_dir, cfg: TrainConfig, card: dict,
                 init_dir=None, log_path=None, progress: bool = True) -> dict:
     """Train (or fine-tune from ``init_dir``), calibrate, choose the threshold, save; returns the model card."""
+    check_samples(train, val)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     device = torch.device("cpu")
@@ -301,8 +313,6 @@ def train_model(train: list[ScanSamples], val: list[ScanSamples], out_dir, cfg: 
     y_all = torch.cat([s.labels for s in train])
     pos = torch.nonzero(y_all > 0)[:, 0]
     neg = torch.nonzero(y_all == 0)[:, 0]
-    if pos.numel() == 0:
-        raise ValueError("no positive candidates in the training scans: nothing to learn")
     neg_weight = torch.ones(neg.numel(), dtype=torch.float64)
     pos_weight = _slice_balanced_weights(train)[pos] if cfg.balance_positives else None
     per_pos = max(1, cfg.batch_size // (1 + cfg.neg_ratio))
@@ -481,6 +491,9 @@ def build_parser(parser=None):
     p.add_argument("--n-random", type=int, default=200, help="random negatives kept per training scan")
     p.add_argument("--balance-positives", action="store_true",
                    help="draw positives with each slice thickness weighted by the square root of its CMB count")
+    p.add_argument("--phase-dropout", type=float, default=TrainConfig.phase_dropout, metavar="P",
+                   help="probability of hiding a training patch's phase, so that one model serves scans with and "
+                        "without phase")
     p.add_argument("--ema", type=float, default=TrainConfig.ema, metavar="DECAY",
                    help="validate and save an exponential moving average of the weights with this decay per step "
                         "(e.g. 0.99); 0 turns it off")
@@ -524,6 +537,7 @@ def run(args) -> int:
     cfg = TrainConfig(width=args.width, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
                       batch_size=args.batch_size, lr=args.lr, patience=args.patience,
                       balance_positives=args.balance_positives, tta=args.tta, max_fp_avg=args.max_fp_avg, ema=args.ema,
+                      phase_dropout=args.phase_dropout,
                       seed=args.seed)
     card = {
         "name": args.name,
@@ -537,6 +551,11 @@ def run(args) -> int:
     }
     if screen:
         card["screen"] = screen
+    try:
+        check_samples(train, val)
+    except ValueError as err:
+        print(f"cmb train: error: {err}", file=sys.stderr)
+        return 2
     args.out.mkdir(parents=True, exist_ok=True)
     result = train_model(train, val, args.out, cfg, card, init_dir=args.init,
                          log_path=args.out / "training_log.csv", progress=not args.no_progress)
