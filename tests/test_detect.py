@@ -195,6 +195,17 @@ def test_a_split_without_cmbs_is_a_clear_error(scan, tmp_path):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+@pytest.mark.parametrize("option", ["--ema", "--phase-dropout"])
+def test_training_fractions_outside_0_1_are_refused(option, capsys):
+    from cmb.detect.training import build_parser
+
+    base = ["--derivatives", "d", "--truth", "t", "--out", "o"]
+    assert getattr(build_parser().parse_args(base + [option, "0.9"]), option[2:].replace("-", "_")) == 0.9
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(base + [option, "1.5"])
+    assert "must be between 0 and 1, got 1.5" in capsys.readouterr().err
+
+
 def test_ema_saves_the_average_not_the_last_weights(scan, tmp_path):
     samples = sample_scan(scan, n_hard=30, n_random=10)
 

@@ -452,6 +452,16 @@ def add_operating_point_arguments(p) -> None:
                         "validation scan (default: the best validation F1)")
 
 
+def _unit_interval(text: str) -> float:
+    """An argparse type: a number from 0 to 1."""
+    import argparse
+
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
 def add_runtime_arguments(p) -> None:
     """``--threads`` and ``--no-progress``, shared by ``cmb train`` and ``cmb calibrate``."""
     p.add_argument("--threads", type=int, default=0, help="CPU threads for PyTorch (default: its own choice)")
@@ -491,10 +501,10 @@ def build_parser(parser=None):
     p.add_argument("--n-random", type=int, default=200, help="random negatives kept per training scan")
     p.add_argument("--balance-positives", action="store_true",
                    help="draw positives with each slice thickness weighted by the square root of its CMB count")
-    p.add_argument("--phase-dropout", type=float, default=TrainConfig.phase_dropout, metavar="P",
+    p.add_argument("--phase-dropout", type=_unit_interval, default=TrainConfig.phase_dropout, metavar="P",
                    help="probability of hiding a training patch's phase, so that one model serves scans with and "
                         "without phase")
-    p.add_argument("--ema", type=float, default=TrainConfig.ema, metavar="DECAY",
+    p.add_argument("--ema", type=_unit_interval, default=TrainConfig.ema, metavar="DECAY",
                    help="validate and save an exponential moving average of the weights with this decay per step "
                         "(e.g. 0.99); 0 turns it off")
     add_operating_point_arguments(p)
