@@ -3,6 +3,13 @@
 The screen is the first, high-sensitivity step of detection: it keeps every
 place that is darker than its surroundings at the scale of a microbleed, so that
 the networks only look at a small part of the brain.
+
+The screen is written once, in PyTorch (float32), and runs on the CPU or a CUDA
+device. Its two heavy primitives, the separable Gaussian and the maximum filter,
+call scipy.ndimage on the CPU (the fastest there) and explicit sums of shifted
+copies / max pooling on CUDA, where no convolution library (cuDNN, TF32) decides
+the rounding. Both give the same numbers to float rounding. Inputs and outputs are
+NumPy arrays; ``device`` only says where the work happens.
 """
 
 from __future__ import annotations
@@ -10,20 +17,68 @@ from __future__ import annotations
 import cc3d
 import numpy as np
 import pandas as pd
+import torch
+import torch.nn.functional as F
 from scipy import ndimage as ndi
 
-__all__ = ["dark_blob_response", "screen_candidates", "find_peaks", "delineate_candidates"]
+__all__ = ["dark_blob_response", "inner_mask", "screen_candidates", "find_peaks", "delineate_candidates",
+           "screen_bytes"]
+
+_TRUNCATE = 3.0
 
 
-def _block_mean(a: np.ndarray, f) -> np.ndarray:
+def _gaussian_kernel(sigma: float) -> np.ndarray:
+    """scipy.ndimage's Gaussian weights for ``truncate=3``: radius ``int(3 sigma + 0.5)``, summing to 1."""
+    radius = int(_TRUNCATE * sigma + 0.5)
+    x = np.arange(-radius, radius + 1, dtype=float)
+    w = np.exp(-0.5 * (x / sigma) ** 2)
+    return w / w.sum()
+
+
+def _gaussian(x: torch.Tensor, sigma) -> torch.Tensor:
+    """Separable Gaussian of a 3D tensor, zero outside (scipy's ``mode="constant"``)."""
+    if x.device.type == "cpu":
+        out = ndi.gaussian_filter(x.numpy(), np.asarray(sigma, float), mode="constant", truncate=_TRUNCATE)
+        return torch.from_numpy(out)
+    for axis, s in enumerate(sigma):
+        w = _gaussian_kernel(float(s))
+        r = len(w) // 2
+        if r == 0:
+            continue
+        pad = [0, 0] * 3
+        pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = r  # F.pad lists the last axis first
+        xp = F.pad(x, pad)
+        n = x.shape[axis]
+        out = torch.zeros_like(x)
+        for k, wk in enumerate(w):
+            out.add_(xp.narrow(axis, k, n), alpha=float(wk))
+        x = out
+    return x
+
+
+def _block_mean(a: torch.Tensor, f) -> torch.Tensor:
     """Mean over blocks of ``f`` voxels per axis (the last partial block padded by edge values)."""
-    pad = [(0, (-n) % k) for n, k in zip(a.shape, f)]
-    a = np.pad(a, pad, mode="edge") if any(p[1] for p in pad) else a
-    s = a.shape
-    return a.reshape(s[0] // f[0], f[0], s[1] // f[1], f[1], s[2] // f[2], f[2]).mean(axis=(1, 3, 5))
+    f = tuple(int(k) for k in f)
+    pad = [(-n) % k for n, k in zip(a.shape, f)]
+    a = a[None, None]
+    if any(pad):
+        a = F.pad(a, (0, pad[2], 0, pad[1], 0, pad[0]), mode="replicate")
+    return F.avg_pool3d(a, f, stride=f)[0, 0]
 
 
-def _masked_gaussian(img: np.ndarray, mask: np.ndarray, sigma_vox) -> np.ndarray:
+def _upsample(small: torch.Tensor, f, shape, mode: str = "trilinear") -> torch.Tensor:
+    """Back from blocks of ``f`` voxels to the full grid ``shape``.
+
+    Linear: each voxel interpolated between block centres (at ``(f - 1) / 2``), clamped
+    at the edges. Nearest: the value of the voxel's own block.
+    """
+    scale = tuple(float(k) for k in f)
+    out = F.interpolate(small[None, None], scale_factor=scale, mode=mode,
+                        **({"align_corners": False} if mode == "trilinear" else {}))[0, 0]
+    return out[: shape[0], : shape[1], : shape[2]]
+
+
+def _masked_gaussian(img: torch.Tensor, mask: torch.Tensor, sigma_vox) -> torch.Tensor:
     """Gaussian mean of ``img`` over ``mask`` only (normalized convolution), so the brain edge does not bleed in.
 
     A wide kernel (several voxels) is applied to a block-averaged copy and the
@@ -31,35 +86,42 @@ def _masked_gaussian(img: np.ndarray, mask: np.ndarray, sigma_vox) -> np.ndarray
     """
     sigma = np.asarray(sigma_vox, float)
     f = np.maximum(np.floor(sigma / 2.0).astype(int), 1)
-    m = mask.astype(np.float32)
-    x = np.where(mask, img, 0).astype(np.float32)
+    m = mask.float()
+    x = torch.where(mask, img, 0.0)
     if (f == 1).all():
-        w = ndi.gaussian_filter(m, sigma, mode="constant", truncate=3.0)
-        return ndi.gaussian_filter(x, sigma, mode="constant", truncate=3.0) / np.maximum(w, 1e-3)
-    w = ndi.gaussian_filter(_block_mean(m, f), sigma / f, mode="constant", truncate=3.0)
-    small = ndi.gaussian_filter(_block_mean(x, f), sigma / f, mode="constant", truncate=3.0) / np.maximum(w, 1e-3)
-    # block centres sit at (f - 1) / 2 in full-grid voxels
-    coords = [(np.arange(n) - (k - 1) / 2.0) / k for n, k in zip(img.shape, f)]
-    return _interp_separable(small, coords)
+        return _gaussian(x, sigma) / _gaussian(m, sigma).clamp_min(1e-3)
+    w = _gaussian(_block_mean(m, f), sigma / f)
+    small = _gaussian(_block_mean(x, f), sigma / f) / w.clamp_min(1e-3)
+    return _upsample(small, f, img.shape)
 
 
-def _interp_separable(small: np.ndarray, coords) -> np.ndarray:
-    """Linear interpolation of ``small`` at the outer product of per-axis coordinates (clamped at the edges)."""
-    out = small
-    for axis, c in enumerate(coords):
-        n = out.shape[axis]
-        c = np.clip(c, 0, n - 1)
-        lo = np.floor(c).astype(int)
-        hi = np.minimum(lo + 1, n - 1)
-        t = (c - lo).astype(np.float32)
-        shape = [1] * out.ndim
-        shape[axis] = -1
-        out = np.take(out, lo, axis=axis) * (1 - t.reshape(shape)) + np.take(out, hi, axis=axis) * t.reshape(shape)
-    return out.astype(np.float32)
+def _response(mag: torch.Tensor, mask: torch.Tensor, spacing: np.ndarray, radii_mm, work_mm: float):
+    f = np.maximum(np.round(work_mm / spacing).astype(int), 1)
+    if (f > 1).any():
+        m_small = _block_mean(mask.float(), f)
+        x_small = _block_mean(torch.where(mask, mag, 0.0), f) / m_small.clamp_min(1e-3)
+        resp_small, best_small = _response(x_small, m_small >= 0.5, spacing * f, radii_mm, work_mm)
+        response = _upsample(resp_small, f, mag.shape)
+        return torch.where(mask, response, 0.0), _upsample(best_small, f, mag.shape, "nearest")
+    response = torch.zeros_like(mag)
+    best = torch.zeros_like(mag)
+    for r in radii_mm:
+        blob = _masked_gaussian(mag, mask, (r / 2.0) / spacing)
+        background = _masked_gaussian(mag, mask, (3.0 * r) / spacing)
+        resp = (background - blob) / background.clamp_min(1e-6)
+        better = resp > response
+        response = torch.where(better, resp, response)
+        best = torch.where(better, torch.tensor(float(r), device=mag.device), best)
+    return torch.where(mask, response, 0.0).clamp_min(0.0), best
+
+
+def screen_bytes(shape) -> int:
+    """Upper bound of the memory :func:`dark_blob_response` needs on its device (about 16 float32 copies)."""
+    return 16 * 4 * int(np.prod(shape))
 
 
 def dark_blob_response(mag: np.ndarray, mask: np.ndarray, spacing, radii_mm=(1.0, 1.75, 3.0),
-                       work_mm: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
+                       work_mm: float = 0.9, device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """Relative darkness of blobs of each radius: ``(background - blob) / background``, best over radii.
 
     Parameters
@@ -76,6 +138,8 @@ def dark_blob_response(mag: np.ndarray, mask: np.ndarray, spacing, radii_mm=(1.0
         Axes with much finer voxels are block-averaged towards this spacing first (a
         0.5 mm SWI is filtered at 1 mm, four times fewer voxels) and the response is
         interpolated back: CMBs are at least 2 mm across.
+    device : torch device
+        Where to filter (the CPU or a CUDA device; the results agree to float rounding).
 
     Returns
     -------
@@ -92,35 +156,46 @@ def dark_blob_response(mag: np.ndarray, mask: np.ndarray, spacing, radii_mm=(1.0
     >>> bool(r[15, 15, 15] > 0.4 and r[5, 5, 5] < 0.01)
     True
     """
-    spacing = np.asarray(spacing, float)
-    mask = mask.astype(bool)
-    f = np.maximum(np.round(work_mm / spacing).astype(int), 1)
-    if (f > 1).any():
-        m_small = _block_mean(mask.astype(np.float32), f)
-        x_small = _block_mean(np.where(mask, mag, 0).astype(np.float32), f) / np.maximum(m_small, 1e-3)
-        resp_small, best_small = dark_blob_response(x_small, m_small >= 0.5, spacing * f, radii_mm, work_mm)
-        coords = [(np.arange(n) - (k - 1) / 2.0) / k for n, k in zip(mag.shape, f)]
-        response = _interp_separable(resp_small, coords)
-        nearest = [np.clip(np.rint(c), 0, n - 1).astype(int) for c, n in zip(coords, best_small.shape)]
-        best = best_small[np.ix_(*nearest)]
-        response[~mask] = 0
-        return response, best
-    response = np.zeros(mag.shape, np.float32)
-    best = np.zeros(mag.shape, np.float32)
-    for r in radii_mm:
-        blob = _masked_gaussian(mag, mask, (r / 2.0) / spacing)
-        background = _masked_gaussian(mag, mask, (3.0 * r) / spacing)
-        resp = (background - blob) / np.maximum(background, 1e-6)
-        better = resp > response
-        response[better] = resp[better]
-        best[better] = r
-    response[~mask] = 0
-    np.clip(response, 0, None, out=response)
-    return response, best
+    with torch.inference_mode():
+        m = torch.as_tensor(np.asarray(mask, bool), device=device)
+        x = torch.as_tensor(np.asarray(mag, np.float32), device=device)
+        response, best = _response(x, m, np.asarray(spacing, float), radii_mm, work_mm)
+        return response.cpu().numpy(), best.cpu().numpy()
+
+
+def _maximum_filter(x: torch.Tensor, size, cval: float | None = None) -> torch.Tensor:
+    """Maximum over a box of ``size`` voxels; outside the array counts as ``cval``, or is ignored when None."""
+    size = [int(n) for n in size]
+    if x.device.type == "cpu":
+        mode = {"mode": "reflect"} if cval is None else {"mode": "constant", "cval": cval}
+        return torch.from_numpy(ndi.maximum_filter(x.numpy(), size=size, **mode))
+    pad = [v for n in reversed(size) for v in (n // 2, n // 2)]
+    y = F.pad(x[None, None], pad, value=-np.inf if cval is None else cval)
+    for axis, n in enumerate(size):  # separable: three 1D poolings
+        kernel = [1, 1, 1]
+        kernel[axis] = n
+        y = F.max_pool3d(y, tuple(kernel), stride=1)
+    return y[0, 0]
+
+
+def inner_mask(mask: np.ndarray, spacing, min_edge_mm: float, device: torch.device | str = "cpu") -> np.ndarray:
+    """Voxels of ``mask`` more than ``min_edge_mm`` inside it along every axis (a box erosion; outside is not mask).
+
+    >>> m = np.zeros((9, 9, 9), bool); m[1:8, 1:8, 1:8] = True
+    >>> int(inner_mask(m, (1, 1, 1), 1.5).sum())  # 7^3 eroded by one voxel
+    125
+    """
+    if min_edge_mm <= 0:
+        return np.asarray(mask, bool)
+    size = 2 * np.floor(min_edge_mm / np.asarray(spacing, float)).astype(int) + 1
+    with torch.inference_mode():
+        outside = (~torch.as_tensor(np.asarray(mask, bool), device=device)).float()
+        return (_maximum_filter(outside, size, cval=1.0) == 0).cpu().numpy()
 
 
 def screen_candidates(mag: np.ndarray, mask: np.ndarray, spacing, threshold: float = 0.08,
-                      min_distance_mm: float = 2.5, radii_mm=(1.0, 1.75, 3.0), max_candidates: int = 5000) -> pd.DataFrame:
+                      min_distance_mm: float = 2.5, radii_mm=(1.0, 1.75, 3.0), max_candidates: int = 5000,
+                      device: torch.device | str = "cpu") -> pd.DataFrame:
     """Local maxima of :func:`dark_blob_response` above ``threshold``, strongest first.
 
     Returns a table with columns ``i, j, k`` (voxel), ``score`` and ``radius_mm``;
@@ -134,16 +209,19 @@ def screen_candidates(mag: np.ndarray, mask: np.ndarray, spacing, threshold: flo
     >>> c[["i", "j"]].values.tolist()
     [[10, 10], [30, 30]]
     """
-    response, radius = dark_blob_response(mag, mask, spacing, radii_mm)
-    return find_peaks(response, radius, spacing, threshold, min_distance_mm, max_candidates)
+    response, radius = dark_blob_response(mag, mask, spacing, radii_mm, device=device)
+    return find_peaks(response, radius, spacing, threshold, min_distance_mm, max_candidates, device)
 
 
 def find_peaks(response: np.ndarray, radius: np.ndarray, spacing, threshold: float = 0.08,
-               min_distance_mm: float = 2.5, max_candidates: int = 5000) -> pd.DataFrame:
+               min_distance_mm: float = 2.5, max_candidates: int = 5000,
+               device: torch.device | str = "cpu") -> pd.DataFrame:
     """Local maxima of a darkness ``response`` (:func:`dark_blob_response`); see :func:`screen_candidates`."""
     spacing = np.asarray(spacing, float)
     size = np.maximum(np.round(2 * min_distance_mm / spacing).astype(int) | 1, 1)
-    peaks = (response == ndi.maximum_filter(response, size=tuple(size))) & (response >= threshold)
+    with torch.inference_mode():
+        r = torch.as_tensor(np.asarray(response, np.float32), device=device)
+        peaks = ((r == _maximum_filter(r, size)) & (r >= threshold)).cpu().numpy()
     # Touching maxima are one candidate, at their strongest voxel. They are a plateau of
     # equal values, or, where the window is one slice thick (thick slices), maxima of
     # neighbouring slices: there the strongest one is the blob's centre, not the first.

@@ -107,6 +107,55 @@ def test_detection_is_deterministic_and_batch_size_independent(scan, detected, t
     assert Path(a["cmb.tsv"]).read_bytes() == Path(c["cmb.tsv"]).read_bytes()
 
 
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: run on a GPU machine")
+
+
+def _same_candidates(a: pd.DataFrame, b: pd.DataFrame, threshold: float, atol: float = 0.02) -> None:
+    """CUDA and CPU tables agree to float tolerance: the screen's candidates (a tie may flip
+    one or two), confidences within ``atol`` (mixed precision), and above-threshold flags
+    except within ``atol`` of the threshold."""
+    m = a.merge(b, on=["i", "j", "k"], how="outer", indicator=True)
+    assert (m["_merge"] != "both").sum() <= max(2, len(a) // 500), m["_merge"].value_counts()
+    both = m[m["_merge"] == "both"]
+    np.testing.assert_allclose(both["confidence_x"], both["confidence_y"], atol=atol)
+    flipped = both[both["above_threshold_x"] != both["above_threshold_y"]]
+    assert ((flipped["confidence_x"] - threshold).abs() < atol).all(), flipped
+
+
+@requires_cuda
+def test_cuda_gives_the_cpu_results(scan, detected, tmp_path):
+    cpu_table, cpu_side, _ = detected
+    table, side, out = _detect(scan, tmp_path / "a", phase=str(scan.phase), use_gpu=True)
+    assert side["device"] == "cuda" and side["mixed_precision"] and side["gpu_peak_mb"] > 0
+    _same_candidates(cpu_table, table, side["threshold"])
+    _, _, again = _detect(scan, tmp_path / "b", phase=str(scan.phase), use_gpu=True)
+    assert Path(out["cmb.tsv"]).read_bytes() == Path(again["cmb.tsv"]).read_bytes()  # deterministic on CUDA too
+
+
+@requires_cuda
+def test_short_gpu_memory_falls_back_with_the_same_results(scan, detected, tmp_path, caplog):
+    """With 32 MB of GPU memory allowed, the screen moves to the CPU and the batch shrinks."""
+    torch.cuda.empty_cache()
+    torch.cuda.set_per_process_memory_fraction(32 * 2**20 / torch.cuda.get_device_properties(0).total_memory)
+    try:
+        table, side, _ = _detect(scan, tmp_path, phase=str(scan.phase), use_gpu=True)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+    assert side["device"] == "cuda"
+    assert "GPU memory short" in caplog.text
+    _same_candidates(detected[0], table, side["threshold"])
+
+
+def test_work_that_does_not_fit_in_free_gpu_memory_goes_to_the_cpu(monkeypatch):
+    from cmb.detect.inference import _fitting_device
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2 * 2**30, 80 * 2**30))
+    cuda = torch.device("cuda")
+    assert _fitting_device(cuda, 3 * 2**30, "screen").type == "cpu"
+    assert _fitting_device(cuda, 2**29, "screen") == cuda
+    assert _fitting_device(torch.device("cpu"), 2**40, "screen").type == "cpu"
+
+
 def test_screen_finds_every_microbleed_of_the_subject(scan):
     s = sample_scan(scan, keep_all=True)
     assert s.n_truth == 8

@@ -85,6 +85,7 @@ def run_detect(image: str, mask: str, out_table: str, out_sidecar: str, out_dseg
         "test_time_views": int(model.card.get("tta", 1)),
         "device": device.type,
         "mixed_precision": device.type == "cuda",
+        "gpu_peak_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None,
         "torch_version": torch.__version__,
         "phase_used": ph is not None,
         "n_candidates": int(len(result.table)),

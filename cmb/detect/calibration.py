@@ -35,13 +35,14 @@ _log = logging.getLogger(__name__)
 
 
 def recalibrate(model_dir: Path, scans, out_dir: Path, tta: int = 1, max_fp_avg: float | None = None,
-                progress: bool = True) -> dict:
+                progress: bool = True, device: torch.device | str = "cpu") -> dict:
     """Fit the calibration, threshold and validation metrics of ``model_dir`` on ``scans``; write ``out_dir``."""
-    model = load_model(model_dir)
+    model = load_model(model_dir, device)
     card = model.card
-    samples = [sample_scan(s, card.get("screen"), keep_all=True, scales=tuple(tuple(x) for x in card["scales"]))
+    samples = [sample_scan(s, card.get("screen"), keep_all=True, scales=tuple(tuple(x) for x in card["scales"]),
+                           device=device)
                for s in tqdm(scans, desc="calibration scans", disable=not progress)]
-    point = operating_point(model.net, samples, torch.device("cpu"), tta, max_fp_avg)
+    point = operating_point(model.net, samples, torch.device(device), tta, max_fp_avg)
     previous = {k: card.get(k) for k in ("calibration", "threshold", "threshold_rule", "tta", "validation")}
     new = {**card, **point,
            "recalibration": {
@@ -67,7 +68,7 @@ def build_parser(parser=None):
 
 
 def run(args) -> int:
-    start_run(args)
+    device = start_run(args)
     if args.out.resolve() == args.model.resolve():
         print(f"cmb calibrate: error: --out {args.out} is the input model; write a new folder", file=sys.stderr)
         return 2
@@ -77,7 +78,8 @@ def run(args) -> int:
         if not scans:
             raise ValueError(f"no annotated scans found (derivatives {', '.join(map(str, args.derivatives))}; "
                              f"truth {', '.join(map(str, args.truth))})")
-        card = recalibrate(args.model, scans, args.out, args.tta, args.max_fp_avg, progress=not args.no_progress)
+        card = recalibrate(args.model, scans, args.out, args.tta, args.max_fp_avg, progress=not args.no_progress,
+                           device=device)
     except (ModelError, ValueError) as err:
         print(f"cmb calibrate: error: {err}", file=sys.stderr)
         return 2

@@ -1,9 +1,12 @@
 """Detection of one scan: screen, delineate, score each candidate, calibrate.
 
 :func:`find_candidates` is shared with training, so that the network is trained on
-exactly the candidates it scores at inference. :func:`score_candidates` runs the
-network in batches on CUDA (mixed precision) or the CPU (float32), lowering the
-batch size when GPU memory is short.
+exactly the candidates it scores at inference. Both the screen and
+:func:`score_candidates` run on CUDA when the model is there (the network in mixed
+precision) and on the CPU otherwise (float32). On CUDA, a scan whose screen or patch
+volumes do not fit in free GPU memory is screened or sampled on the CPU instead, and
+the network's batch is halved until it fits: a large volume never runs the GPU out
+of memory.
 """
 
 from __future__ import annotations
@@ -18,10 +21,10 @@ import pandas as pd
 import torch
 from scipy.special import expit
 
-from cmb.candidates import dark_blob_response, delineate_candidates, find_peaks
+from cmb.candidates import dark_blob_response, delineate_candidates, find_peaks, inner_mask, screen_bytes
 from cmb.detect import CANDIDATE_COLUMNS
 from cmb.detect.model import LoadedModel
-from cmb.detect.patches import SCALES, candidate_patches, symmetric_views
+from cmb.detect.patches import SCALES, PatchSampler, symmetric_views
 
 __all__ = ["DEFAULT_SCREEN", "Candidates", "find_candidates", "hand_features", "score_candidates", "view_averaged_logits",
            "calibrate", "Detection", "detect"]
@@ -46,30 +49,46 @@ class Candidates:
 
 
 def find_candidates(magnitude: np.ndarray, mask: np.ndarray, zooms, phase: np.ndarray | None = None,
-                    screen: dict | None = None) -> Candidates:
-    """Dark-blob screen over the brain mask, then each candidate's blob (:mod:`cmb.candidates`)."""
+                    screen: dict | None = None, device: torch.device | str = "cpu") -> Candidates:
+    """Dark-blob screen over the brain mask, then each candidate's blob (:mod:`cmb.candidates`).
+
+    The screen's filtering runs on ``device`` when it fits in free memory, else on the CPU.
+    """
     s = {**DEFAULT_SCREEN, **(screen or {})}
+    device = _fitting_device(torch.device(device), screen_bytes(magnitude.shape), "screen")
     t0 = time.perf_counter()
-    response, radius = dark_blob_response(magnitude, mask, zooms, s["radii_mm"])
-    # The outer shell of the mask is dark partial volume with skull and dura: no peaks there.
-    inner = _inner_mask(mask, zooms, s["min_edge_mm"])
+    try:
+        peaks, response = _screen(magnitude, mask, zooms, s, device)
+    except torch.OutOfMemoryError:
+        _log.warning("GPU memory short: screening on the CPU")
+        torch.cuda.empty_cache()
+        peaks, response = _screen(magnitude, mask, zooms, s, torch.device("cpu"))
     t1 = time.perf_counter()
-    peaks = find_peaks(np.where(inner, response, 0), radius, zooms, s["threshold"], s["min_distance_mm"],
-                       s["max_candidates"])
     labels, table = delineate_candidates(response, peaks, zooms, phase, s["level"],
                                          extent_radii=s["blob_extent_radii"])
     t2 = time.perf_counter()
     return Candidates(table, labels, {"screen": t1 - t0, "delineate": t2 - t1})
 
 
-def _inner_mask(mask: np.ndarray, zooms, min_edge_mm: float) -> np.ndarray:
-    """Voxels of ``mask`` more than ``min_edge_mm`` inside it along every axis (a separable box erosion)."""
-    from scipy import ndimage as ndi
+def _screen(magnitude, mask, zooms, s: dict, device: torch.device) -> tuple[pd.DataFrame, np.ndarray]:
+    response, radius = dark_blob_response(magnitude, mask, zooms, s["radii_mm"], device=device)
+    # The outer shell of the mask is dark partial volume with skull and dura: no peaks there.
+    inner = inner_mask(mask, zooms, s["min_edge_mm"], device=device)
+    peaks = find_peaks(np.where(inner, response, 0), radius, zooms, s["threshold"], s["min_distance_mm"],
+                       s["max_candidates"], device=device)
+    return peaks, response
 
-    if min_edge_mm <= 0:
-        return mask
-    size = 2 * np.floor(min_edge_mm / np.asarray(zooms, float)).astype(int) + 1
-    return ndi.minimum_filter(mask.astype(np.uint8), size=tuple(size), mode="constant") > 0
+
+def _fitting_device(device: torch.device, n_bytes: int, what: str, fraction: float = 0.5) -> torch.device:
+    """``device``, or the CPU when ``n_bytes`` exceed ``fraction`` of the GPU's free memory."""
+    if device.type != "cuda":
+        return device
+    free, _ = torch.cuda.mem_get_info(device)
+    if n_bytes <= fraction * free:
+        return device
+    _log.warning("GPU memory short for the %s (%.1f GB needed, %.1f GB free): using the CPU", what, n_bytes / 1e9,
+                 free / 1e9)
+    return torch.device("cpu")
 
 
 def hand_features(table: pd.DataFrame, has_phase: bool) -> np.ndarray:
@@ -101,6 +120,13 @@ def score_candidates(net: torch.nn.Module, magnitude, mask, phase, zooms, table:
     feats = hand_features(table, phase is not None)
     cuda = device.type == "cuda"
     size = batch_size
+    sampler_device = _fitting_device(device, PatchSampler.bytes_needed(magnitude.shape, phase is not None), "patches")
+    try:
+        sampler = PatchSampler(magnitude, mask, phase, zooms, scales, sampler_device)
+    except torch.OutOfMemoryError:
+        _log.warning("GPU memory short: sampling patches on the CPU")
+        torch.cuda.empty_cache()
+        sampler = PatchSampler(magnitude, mask, phase, zooms, scales, "cpu")
     if cuda:  # stay well inside free memory: about 6 MB of activations per 16^3 patch in fp16
         free, _ = torch.cuda.mem_get_info(device)
         size = max(1, min(size, int(0.5 * free / 6e6)))
@@ -108,10 +134,9 @@ def score_candidates(net: torch.nn.Module, magnitude, mask, phase, zooms, table:
     with torch.inference_mode():
         while start < n:
             sl = slice(start, min(start + size, n))
-            x = candidate_patches(magnitude, mask, phase, zooms, centres[sl], scales)
             f = torch.from_numpy(feats[sl])
             try:
-                x, f = x.to(device), f.to(device)
+                x, f = sampler(centres[sl]).to(device), f.to(device)
                 with torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
                     out = view_averaged_logits(net, x, f, tta)
             except torch.OutOfMemoryError:
@@ -160,7 +185,7 @@ def detect(image: nib.Nifti1Image, mask: np.ndarray, phase: np.ndarray | None, m
     mask = np.asarray(mask, bool)
     zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
     device = next(model.net.parameters()).device
-    cands = find_candidates(magnitude, mask, zooms, phase, card.get("screen"))
+    cands = find_candidates(magnitude, mask, zooms, phase, card.get("screen"), device)
     t0 = time.perf_counter()
     scales = tuple(tuple(s) for s in card.get("scales", SCALES))
     logits = score_candidates(model.net, magnitude, mask, phase, zooms, cands.table, device, batch_size, scales,

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["extract_patches", "candidate_patches", "symmetric_views", "SCALES", "PATCH_CHANNELS", "N_SYMMETRIES"]
+__all__ = ["PatchSampler", "extract_patches", "candidate_patches", "symmetric_views", "SCALES", "PATCH_CHANNELS", "N_SYMMETRIES"]
 
 #: (samples per edge, mm per sample) of the fine and the coarse patch.
 SCALES = ((12, 1.0), (12, 2.0))
@@ -29,9 +29,11 @@ _SYMMETRIES = tuple((f, False) for f in _FLIPS) + tuple((f, True) for f in _FLIP
 N_SYMMETRIES = len(_SYMMETRIES)
 
 
-def candidate_patches(magnitude: np.ndarray, mask: np.ndarray, phase: np.ndarray | None, zooms,
-                      centres_ijk: np.ndarray, scales=SCALES) -> torch.Tensor:
-    """Multi-scale network input around each candidate: ``(N, 6, S, S, S)`` float32.
+class PatchSampler:
+    """Multi-scale network input around candidates of one scan: ``(N, 6, S, S, S)`` float32.
+
+    The scan's channels are stacked once, on ``device`` (the CPU or a CUDA device),
+    and every call samples a batch of candidates there.
 
     Default scales: 12 mm at 1 mm and 24 mm at 2 mm (:data:`SCALES`).
 
@@ -41,34 +43,59 @@ def candidate_patches(magnitude: np.ndarray, mask: np.ndarray, phase: np.ndarray
     phase is present (0 when absent: its channels are then 0).
 
     >>> mag = np.ones((20, 20, 10), np.float32)
+    >>> PatchSampler(mag, mag > 0, None, (1, 1, 2))(np.array([[10, 10, 5]])).shape
+    torch.Size([1, 6, 12, 12, 12])
+    """
+
+    def __init__(self, magnitude: np.ndarray, mask: np.ndarray, phase: np.ndarray | None, zooms,
+                 scales=SCALES, device: torch.device | str = "cpu"):
+        (self.n_fine, self.mm_fine), (n_coarse, self.mm_coarse) = scales
+        if self.n_fine != n_coarse:
+            raise ValueError("both scales must have the same number of samples per edge")
+        self.has_phase = phase is not None
+        chans = [magnitude.astype(np.float32)]
+        if self.has_phase:
+            chans.append((phase / np.pi).astype(np.float32))
+        chans.append(mask.astype(np.float32))
+        self.volume = torch.from_numpy(np.stack(chans)).to(device)  # (C, X, Y, Z): magnitude, [phase], brain
+        self.zooms = zooms
+
+    @staticmethod
+    def bytes_needed(shape, has_phase: bool) -> int:
+        """Device memory the stacked channels of a scan of ``shape`` take."""
+        return 4 * (3 if has_phase else 2) * int(np.prod(shape))
+
+    def __call__(self, centres_ijk: np.ndarray) -> torch.Tensor:
+        n, s = len(centres_ijk), self.n_fine
+        image = self.volume[:-1]
+        fine = extract_patches(image, self.zooms, centres_ijk, s, self.mm_fine)
+        coarse = extract_patches(self.volume, self.zooms, centres_ijk, s, self.mm_coarse)
+        zeros = fine.new_zeros((n, 1, s, s, s))
+        ph_f = fine[:, 1:2] if self.has_phase else zeros
+        ph_c = coarse[:, 1:2] if self.has_phase else zeros
+        present = fine.new_full((n, 1, s, s, s), float(self.has_phase))
+        return torch.cat([fine[:, :1], ph_f, coarse[:, :1], ph_c, coarse[:, -1:], present], dim=1)
+
+
+def candidate_patches(magnitude: np.ndarray, mask: np.ndarray, phase: np.ndarray | None, zooms,
+                      centres_ijk: np.ndarray, scales=SCALES) -> torch.Tensor:
+    """:class:`PatchSampler` input for one batch of candidates, on the CPU.
+
+    >>> mag = np.ones((20, 20, 10), np.float32)
     >>> candidate_patches(mag, mag > 0, None, (1, 1, 2), np.array([[10, 10, 5]])).shape
     torch.Size([1, 6, 12, 12, 12])
     """
-    (n_fine, mm_fine), (n_coarse, mm_coarse) = scales
-    if n_fine != n_coarse:
-        raise ValueError("both scales must have the same number of samples per edge")
-    has_phase = phase is not None
-    chans = [magnitude.astype(np.float32)]
-    if has_phase:
-        chans.append((phase / np.pi).astype(np.float32))
-    fine = extract_patches(np.stack(chans), zooms, centres_ijk, n_fine, mm_fine)
-    coarse = extract_patches(np.stack(chans + [mask.astype(np.float32)]), zooms, centres_ijk, n_coarse, mm_coarse)
-    n = fine.shape[0]
-    zeros = torch.zeros((n, 1, n_fine, n_fine, n_fine))
-    ph_f = fine[:, 1:2] if has_phase else zeros
-    ph_c = coarse[:, 1:2] if has_phase else zeros
-    present = torch.full((n, 1, n_fine, n_fine, n_fine), float(has_phase))
-    return torch.cat([fine[:, :1], ph_f, coarse[:, :1], ph_c, coarse[:, -1:], present], dim=1)
+    return PatchSampler(magnitude, mask, phase, zooms, scales)(centres_ijk)
 
 
-def extract_patches(volume: np.ndarray, zooms, centres_ijk: np.ndarray, size: int = 24,
+def extract_patches(volume: np.ndarray | torch.Tensor, zooms, centres_ijk: np.ndarray, size: int = 24,
                     spacing_mm: float = 1.0) -> torch.Tensor:
     """Sample ``(N, C, size, size, size)`` patches centred on voxel positions ``centres_ijk``.
 
     Parameters
     ----------
-    volume : (C, X, Y, Z) ndarray
-        Channels on the image grid.
+    volume : (C, X, Y, Z) ndarray or tensor
+        Channels on the image grid; patches are sampled on the tensor's device.
     zooms : sequence of 3 float
         Voxel size of the image (mm).
     centres_ijk : (N, 3) ndarray
@@ -90,8 +117,8 @@ def extract_patches(volume: np.ndarray, zooms, centres_ijk: np.ndarray, size: in
     >>> [round(float(v), 4) for v in p[0, 0, :, 1, 1]]  # along i, one voxel (2 mm) apart
     [9.0, 25.0, 41.0]
     """
-    vol = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None]  # (1, C, X, Y, Z)
-    shape = np.array(volume.shape[1:], float)
+    vol = volume if torch.is_tensor(volume) else torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))
+    shape = np.array(vol.shape[1:], float)
     offsets = (np.arange(size) - (size - 1) / 2.0) * spacing_mm
     steps = [offsets / z for z in zooms]  # offsets in voxels along each axis
     gi, gj, gk = np.meshgrid(*steps, indexing="ij")
@@ -100,11 +127,10 @@ def extract_patches(volume: np.ndarray, zooms, centres_ijk: np.ndarray, size: in
     ijk = centres + local[None]
     norm = 2.0 * ijk / np.maximum(shape - 1.0, 1.0) - 1.0
     # grid_sample's last grid axis is (W, H, D) = (k, j, i) for a (D, H, W) = (X, Y, Z) volume.
-    grid = torch.from_numpy(norm[..., ::-1].astype(np.float32).copy())
+    grid = torch.from_numpy(norm[..., ::-1].astype(np.float32).copy()).to(vol.device)
     n = grid.shape[0]
-    out = F.grid_sample(vol.expand(n, -1, -1, -1, -1), grid, mode="bilinear", padding_mode="zeros",
-                        align_corners=True)
-    return out
+    return F.grid_sample(vol[None].expand(n, -1, -1, -1, -1), grid, mode="bilinear", padding_mode="zeros",
+                         align_corners=True)
 
 
 def symmetric_views(patches: torch.Tensor, n: int):

@@ -52,8 +52,8 @@ from tqdm import tqdm
 
 from cmb.atomic import write_text
 from cmb.detect.inference import DEFAULT_SCREEN, calibrate, find_candidates, hand_features, view_averaged_logits
-from cmb.detect.model import CandidateNet, load_model, save_model
-from cmb.detect.patches import N_SYMMETRIES, PATCH_CHANNELS, SCALES, candidate_patches
+from cmb.detect.model import CandidateNet, load_model, save_model, select_device
+from cmb.detect.patches import N_SYMMETRIES, PATCH_CHANNELS, SCALES, PatchSampler
 from cmb.annotations import Scan, paired_scans
 from cmb.evaluation import (MARGIN_MM, MIN_POINT_RADIUS_MM, _hits, choose_threshold, froc_curve, load_truth,
                             match_cohort, sensitivity_at_fp)
@@ -83,14 +83,14 @@ def _read(path) -> np.ndarray:
 
 
 def sample_scan(scan: Scan, screen: dict | None = None, n_hard: int = 300, n_random: int = 200,
-                keep_all: bool = False, seed: int = 0, scales=SCALES) -> ScanSamples:
-    """Screen one scan, label its candidates against the truth, and cut their patches."""
+                keep_all: bool = False, seed: int = 0, scales=SCALES, device: torch.device | str = "cpu") -> ScanSamples:
+    """Screen one scan (on ``device``), label its candidates against the truth, and cut their patches."""
     img = nib.load(scan.image)
     mag = np.asarray(img.dataobj, dtype=np.float32)
     mask = _read(scan.mask) > 0
     phase = _read(scan.phase) if scan.phase else None
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
-    cands = find_candidates(mag, mask, zooms, phase, screen)
+    cands = find_candidates(mag, mask, zooms, phase, screen, device)
     tab = cands.table
     ijk = tab[["i", "j", "k"]].to_numpy(float)
     xyz = nib.affines.apply_affine(img.affine, ijk) if len(tab) else np.zeros((0, 3))
@@ -110,8 +110,8 @@ def sample_scan(scan: Scan, screen: dict | None = None, n_hard: int = 300, n_ran
         rand = rng.choice(rest, size=min(n_random, rest.size), replace=False) if rest.size else rest
         rows = np.sort(np.concatenate([np.flatnonzero(positive), hard, rand]))
     sub = tab.iloc[rows].reset_index(drop=True)
-    chunks = [candidate_patches(mag, mask, phase, zooms, ijk[rows[s:s + 512]], scales).half()
-              for s in range(0, len(rows), 512)]
+    sampler = PatchSampler(mag, mask, phase, zooms, scales)
+    chunks = [sampler(ijk[rows[s:s + 512]]).half() for s in range(0, len(rows), 512)]
     patches = torch.cat(chunks) if chunks else torch.zeros((0, len(PATCH_CHANNELS), *(scales[0][0],) * 3),
                                                             dtype=torch.float16)
     feats = torch.from_numpy(hand_features(sub, phase is not None))
@@ -292,16 +292,22 @@ def check_samples(train: list[ScanSamples], val: list[ScanSamples]) -> None:
 
 
 def train_model(train: list[ScanSamples], val: list[ScanSamples], out_dir, cfg: TrainConfig, card: dict,
-                init_dir=None, log_path=None, progress: bool = True) -> dict:
-    """Train (or fine-tune from ``init_dir``), calibrate, choose the threshold, save; returns the model card."""
+                init_dir=None, log_path=None, progress: bool = True, device: torch.device | str = "cpu") -> dict:
+    """Train (or fine-tune from ``init_dir``), calibrate, choose the threshold, save; returns the model card.
+
+    On a CUDA ``device`` the training steps run in mixed precision (bfloat16); the
+    validation, calibration and threshold use float32, as the CPU detect stage does.
+    """
     check_samples(train, val)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    device = torch.device("cpu")
+    device = torch.device(device)
+    cuda = device.type == "cuda"
     if init_dir:
         net = load_model(init_dir).net.train()
     else:
         net = CandidateNet(len(PATCH_CHANNELS), cfg.width, n_features=5)
+    net = net.to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     ema = (torch.optim.swa_utils.AveragedModel(net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema),
                                                use_buffers=True) if cfg.ema else None)
@@ -338,7 +344,9 @@ def train_model(train: list[ScanSamples], val: list[ScanSamples], out_dir, cfg: 
             idx = torch.cat([pi, ni])
             x, f = augment(x_all[idx], f_all[idx], gen, cfg.phase_dropout)
             y = y_all[idx]
-            loss = F.binary_cross_entropy_with_logits(net(x.to(device), f.to(device)), y.to(device))
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                logits = net(x.to(device, non_blocking=True), f.to(device, non_blocking=True)).float()
+            loss = F.binary_cross_entropy_with_logits(logits, y.to(device))
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -350,8 +358,9 @@ def train_model(train: list[ScanSamples], val: list[ScanSamples], out_dir, cfg: 
         # hard-negative mining: draw negatives by their current probability
         with torch.inference_mode():
             net.eval()
-            probs = torch.cat([torch.sigmoid(net(x_all[neg[i:i + 512]].float(), f_all[neg[i:i + 512]]))
-                               for i in range(0, neg.numel(), 512)])
+            chunk = 4096 if cuda else 512
+            probs = torch.cat([_mining_probabilities(net, x_all[neg[i:i + chunk]], f_all[neg[i:i + chunk]], device)
+                               for i in range(0, neg.numel(), chunk)])
         neg_weight = probs.double() + 1e-3
         val_scores = sample_logits(judged, val, device)
         froc = validation_froc(val, val_scores)
@@ -393,6 +402,12 @@ def train_model(train: list[ScanSamples], val: list[ScanSamples], out_dir, cfg: 
     }
     save_model(net, out_dir, full)
     return json.loads((Path(out_dir) / "model_card.json").read_text())
+
+
+def _mining_probabilities(net, x: torch.Tensor, f: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The network's probabilities of patches ``x`` (CPU), computed on ``device``, back on the CPU."""
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        return torch.sigmoid(net(x.to(device).float(), f.to(device)).float()).cpu()
 
 
 def split_by_subject(scans: list[Scan], val_fraction: float, seed: int,
@@ -463,16 +478,20 @@ def _unit_interval(text: str) -> float:
 
 
 def add_runtime_arguments(p) -> None:
-    """``--threads`` and ``--no-progress``, shared by ``cmb train`` and ``cmb calibrate``."""
+    """``--threads``, ``--cpu`` and ``--no-progress``, shared by ``cmb train`` and ``cmb calibrate``."""
     p.add_argument("--threads", type=int, default=0, help="CPU threads for PyTorch (default: its own choice)")
+    p.add_argument("--cpu", action="store_true", help="do not use a GPU even if one is visible")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
 
 
-def start_run(args) -> None:
-    """Logging to the terminal and the thread count of :func:`add_runtime_arguments`."""
+def start_run(args) -> torch.device:
+    """Logging to the terminal and the thread count of :func:`add_runtime_arguments`; returns the device to use."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = select_device(prefer_gpu=not args.cpu)
+    _log.info("device: %s", torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
+    return device
 
 
 def build_parser(parser=None):
@@ -517,7 +536,7 @@ def run(args) -> int:
     import shlex
     import sys
 
-    start_run(args)
+    device = start_run(args)
     t0 = time.perf_counter()
     try:
         datasets = annotated_datasets(args.derivatives, args.truth)
@@ -539,9 +558,9 @@ def run(args) -> int:
     train_scans, val_scans = split_by_subject(scans, args.val_fraction, args.seed, val_pool)
     _log.info("%d training scans, %d validation scans", len(train_scans), len(val_scans))
     screen = load_model(args.init).card.get("screen") if args.init else None
-    train = [sample_scan(s, screen, args.n_hard, args.n_random, seed=args.seed + i)
+    train = [sample_scan(s, screen, args.n_hard, args.n_random, seed=args.seed + i, device=device)
              for i, s in enumerate(tqdm(train_scans, desc="training scans", disable=args.no_progress))]
-    val = [sample_scan(s, screen, keep_all=True)
+    val = [sample_scan(s, screen, keep_all=True, device=device)
            for s in tqdm(val_scans, desc="validation scans", disable=args.no_progress)]
     t_data = time.perf_counter() - t0
     cfg = TrainConfig(width=args.width, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
@@ -557,6 +576,7 @@ def run(args) -> int:
             "init": str(args.init) if args.init else None, "seed": args.seed,
             "data": {"train": _data_description(train_scans), "validation": _data_description(val_scans)},
             "data_seconds": round(t_data, 1), "threads": torch.get_num_threads(),
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         },
     }
     if screen:
@@ -568,7 +588,7 @@ def run(args) -> int:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     result = train_model(train, val, args.out, cfg, card, init_dir=args.init,
-                         log_path=args.out / "training_log.csv", progress=not args.no_progress)
+                         log_path=args.out / "training_log.csv", progress=not args.no_progress, device=device)
     print(model_summary(args.out, result, time.perf_counter() - t0))
     return 0
 
