@@ -472,6 +472,7 @@ def _train_args():
     c = config["training"]
     args = ["--truth", TRUTH_DIR, "--epochs", str(c["epochs"]), "--steps-per-epoch", str(c["steps_per_epoch"]),
             "--val-fraction", repr(float(c["val_fraction"])), "--seed", str(c["seed"])]
+    args += [] if config["detection"]["use_gpu"] else ["--cpu"]
     return args + (["--init", c["init_model"]] if c["init_model"] else [])
 
 
