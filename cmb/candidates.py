@@ -40,6 +40,11 @@ def _gaussian(x: torch.Tensor, sigma) -> torch.Tensor:
     if x.device.type == "cpu":
         out = ndi.gaussian_filter(x.numpy(), np.asarray(sigma, float), mode="constant", truncate=_TRUNCATE)
         return torch.from_numpy(out)
+    return _shifted_gaussian(x, sigma)
+
+
+def _shifted_gaussian(x: torch.Tensor, sigma) -> torch.Tensor:
+    """:func:`_gaussian` as weighted sums of shifted copies (the CUDA path; any device)."""
     for axis, s in enumerate(sigma):
         w = _gaussian_kernel(float(s))
         r = len(w) // 2
@@ -169,9 +174,14 @@ def _maximum_filter(x: torch.Tensor, size, cval: float | None = None) -> torch.T
     if x.device.type == "cpu":
         mode = {"mode": "reflect"} if cval is None else {"mode": "constant", "cval": cval}
         return torch.from_numpy(ndi.maximum_filter(x.numpy(), size=size, **mode))
+    return _pooled_maximum(x, size, cval)
+
+
+def _pooled_maximum(x: torch.Tensor, size, cval: float | None = None) -> torch.Tensor:
+    """:func:`_maximum_filter` as three 1D max poolings (the CUDA path; any device)."""
     pad = [v for n in reversed(size) for v in (n // 2, n // 2)]
     y = F.pad(x[None, None], pad, value=-np.inf if cval is None else cval)
-    for axis, n in enumerate(size):  # separable: three 1D poolings
+    for axis, n in enumerate(size):
         kernel = [1, 1, 1]
         kernel[axis] = n
         y = F.max_pool3d(y, tuple(kernel), stride=1)

@@ -1,6 +1,10 @@
 import numpy as np
 
-from cmb.candidates import dark_blob_response, find_peaks, screen_candidates
+import pytest
+import torch
+from scipy import ndimage as ndi
+
+from cmb.candidates import _pooled_maximum, _shifted_gaussian, dark_blob_response, find_peaks, screen_candidates
 from cmb.synth.physics import Source, simulate_sources
 
 
@@ -46,3 +50,19 @@ def test_touching_maxima_of_thick_slices_are_one_candidate_at_the_strongest():
     found = find_peaks(response, np.ones_like(response), (1.0, 1.0, 5.0), threshold=0.1)
     assert len(found) == 1
     assert found[["i", "j", "k"]].iloc[0].tolist() == [10, 10, 4] and found["score"].iloc[0] == np.float32(0.6)
+
+
+@pytest.mark.parametrize("sigma", [(0.8, 1.3, 0.4), (2.5, 2.5, 1.0)])
+def test_the_cuda_gaussian_is_scipys(sigma):
+    """The CUDA path's Gaussian (shifted sums), run here on the CPU, against scipy.ndimage."""
+    x = np.random.default_rng(0).random((23, 19, 11), dtype=np.float32)
+    ref = ndi.gaussian_filter(x, sigma, mode="constant", truncate=3.0)
+    np.testing.assert_allclose(_shifted_gaussian(torch.from_numpy(x), sigma).numpy(), ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("cval", [None, 1.0])
+def test_the_cuda_maximum_filter_is_scipys(cval):
+    x = np.random.default_rng(1).random((23, 19, 11), dtype=np.float32)
+    mode = {"mode": "reflect"} if cval is None else {"mode": "constant", "cval": cval}
+    ref = ndi.maximum_filter(x, size=(5, 3, 1), **mode)
+    np.testing.assert_array_equal(_pooled_maximum(torch.from_numpy(x), (5, 3, 1), cval).numpy(), ref)
