@@ -71,15 +71,19 @@ def _block_mean(a: torch.Tensor, f) -> torch.Tensor:
     return F.avg_pool3d(a, f, stride=f)[0, 0]
 
 
-def _upsample(small: torch.Tensor, f, shape, mode: str = "trilinear") -> torch.Tensor:
+def _upsample(small: torch.Tensor, f, shape, linear: bool = True) -> torch.Tensor:
     """Back from blocks of ``f`` voxels to the full grid ``shape``.
 
     Linear: each voxel interpolated between block centres (at ``(f - 1) / 2``), clamped
-    at the edges. Nearest: the value of the voxel's own block.
+    at the edges. Otherwise: the value of the voxel's own block.
     """
-    scale = tuple(float(k) for k in f)
-    out = F.interpolate(small[None, None], scale_factor=scale, mode=mode,
-                        **({"align_corners": False} if mode == "trilinear" else {}))[0, 0]
+    if linear:
+        out = F.interpolate(small[None, None], scale_factor=tuple(float(k) for k in f), mode="trilinear",
+                            align_corners=False)[0, 0]
+    else:
+        out = small
+        for axis, k in enumerate(f):
+            out = out.repeat_interleave(int(k), dim=axis)
     return out[: shape[0], : shape[1], : shape[2]]
 
 
@@ -107,7 +111,7 @@ def _response(mag: torch.Tensor, mask: torch.Tensor, spacing: np.ndarray, radii_
         x_small = _block_mean(torch.where(mask, mag, 0.0), f) / m_small.clamp_min(1e-3)
         resp_small, best_small = _response(x_small, m_small >= 0.5, spacing * f, radii_mm, work_mm)
         response = _upsample(resp_small, f, mag.shape)
-        return torch.where(mask, response, 0.0), _upsample(best_small, f, mag.shape, "nearest")
+        return torch.where(mask, response, 0.0), _upsample(best_small, f, mag.shape, linear=False)
     response = torch.zeros_like(mag)
     best = torch.zeros_like(mag)
     for r in radii_mm:

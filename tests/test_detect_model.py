@@ -7,7 +7,7 @@ import torch
 
 from cmb.detect.inference import hand_features, score_candidates
 from cmb.detect.model import CandidateNet, ModelError, load_model, save_model, select_device
-from cmb.detect.patches import N_SYMMETRIES, candidate_patches, symmetric_views
+from cmb.detect.patches import N_SYMMETRIES, PatchSampler, symmetric_views
 
 
 @pytest.fixture
@@ -100,7 +100,7 @@ def test_score_candidates_averages_the_views():
     zooms = (1.0, 1.0, 2.0)
     one = score_candidates(net, mag, mask, None, zooms, table, torch.device("cpu"), tta=1)
     two = score_candidates(net, mag, mask, None, zooms, table, torch.device("cpu"), tta=2)
-    x = candidate_patches(mag, mask, None, zooms, table[["i", "j", "k"]].to_numpy(float))
+    x = PatchSampler(mag, mask, None, zooms)(table[["i", "j", "k"]].to_numpy(float))
     f = torch.from_numpy(hand_features(table, False))
     with torch.inference_mode():
         flipped = net(x.flip(2), f).numpy()

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["PatchSampler", "extract_patches", "candidate_patches", "symmetric_views", "SCALES", "PATCH_CHANNELS", "N_SYMMETRIES"]
+__all__ = ["PatchSampler", "extract_patches", "symmetric_views", "SCALES", "PATCH_CHANNELS", "N_SYMMETRIES"]
 
 #: (samples per edge, mm per sample) of the fine and the coarse patch.
 SCALES = ((12, 1.0), (12, 2.0))
@@ -75,17 +75,6 @@ class PatchSampler:
         ph_c = coarse[:, 1:2] if self.has_phase else zeros
         present = fine.new_full((n, 1, s, s, s), float(self.has_phase))
         return torch.cat([fine[:, :1], ph_f, coarse[:, :1], ph_c, coarse[:, -1:], present], dim=1)
-
-
-def candidate_patches(magnitude: np.ndarray, mask: np.ndarray, phase: np.ndarray | None, zooms,
-                      centres_ijk: np.ndarray, scales=SCALES) -> torch.Tensor:
-    """:class:`PatchSampler` input for one batch of candidates, on the CPU.
-
-    >>> mag = np.ones((20, 20, 10), np.float32)
-    >>> candidate_patches(mag, mag > 0, None, (1, 1, 2), np.array([[10, 10, 5]])).shape
-    torch.Size([1, 6, 12, 12, 12])
-    """
-    return PatchSampler(magnitude, mask, phase, zooms, scales)(centres_ijk)
 
 
 def extract_patches(volume: np.ndarray | torch.Tensor, zooms, centres_ijk: np.ndarray, size: int = 24,
