@@ -156,6 +156,22 @@ def test_work_that_does_not_fit_in_free_gpu_memory_goes_to_the_cpu(monkeypatch):
     assert _fitting_device(torch.device("cpu"), 2**40, "screen").type == "cpu"
 
 
+def test_work_that_runs_out_of_gpu_memory_is_redone_on_the_cpu(monkeypatch, caplog):
+    from cmb.detect.inference import _where_it_fits
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (80 * 2**30, 80 * 2**30))
+    tried = []
+
+    def work(device):
+        tried.append(device.type)
+        if device.type == "cuda":
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return "done"
+
+    assert _where_it_fits(work, torch.device("cuda"), 2**20, "screen") == "done"
+    assert tried == ["cuda", "cpu"] and "GPU memory short" in caplog.text
+
+
 def test_screen_finds_every_microbleed_of_the_subject(scan):
     s = sample_scan(scan, keep_all=True)
     assert s.n_truth == 8

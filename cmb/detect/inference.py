@@ -55,14 +55,9 @@ def find_candidates(magnitude: np.ndarray, mask: np.ndarray, zooms, phase: np.nd
     The screen's filtering runs on ``device`` when it fits in free memory, else on the CPU.
     """
     s = {**DEFAULT_SCREEN, **(screen or {})}
-    device = _fitting_device(torch.device(device), screen_bytes(magnitude.shape), "screen")
     t0 = time.perf_counter()
-    try:
-        peaks, response = _screen(magnitude, mask, zooms, s, device)
-    except torch.OutOfMemoryError:
-        _log.warning("GPU memory short: screening on the CPU")
-        torch.cuda.empty_cache()
-        peaks, response = _screen(magnitude, mask, zooms, s, torch.device("cpu"))
+    peaks, response = _where_it_fits(lambda d: _screen(magnitude, mask, zooms, s, d), torch.device(device),
+                                     screen_bytes(magnitude.shape), "screen")
     t1 = time.perf_counter()
     labels, table = delineate_candidates(response, peaks, zooms, phase, s["level"],
                                          extent_radii=s["blob_extent_radii"])
@@ -77,6 +72,17 @@ def _screen(magnitude, mask, zooms, s: dict, device: torch.device) -> tuple[pd.D
     peaks = find_peaks(np.where(inner, response, 0), radius, zooms, s["threshold"], s["min_distance_mm"],
                        s["max_candidates"], device=device)
     return peaks, response
+
+
+def _where_it_fits(work, device: torch.device, n_bytes: int, what: str):
+    """``work(device)``, or ``work(cpu)`` when ``n_bytes`` do not fit in the GPU's free memory or it runs out."""
+    device = _fitting_device(device, n_bytes, what)
+    try:
+        return work(device)
+    except torch.OutOfMemoryError:
+        _log.warning("GPU memory short: the %s runs on the CPU", what)
+        torch.cuda.empty_cache()
+        return work(torch.device("cpu"))
 
 
 def _fitting_device(device: torch.device, n_bytes: int, what: str, fraction: float = 0.5) -> torch.device:
@@ -120,13 +126,8 @@ def score_candidates(net: torch.nn.Module, magnitude, mask, phase, zooms, table:
     feats = hand_features(table, phase is not None)
     cuda = device.type == "cuda"
     size = batch_size
-    sampler_device = _fitting_device(device, PatchSampler.bytes_needed(magnitude.shape, phase is not None), "patches")
-    try:
-        sampler = PatchSampler(magnitude, mask, phase, zooms, scales, sampler_device)
-    except torch.OutOfMemoryError:
-        _log.warning("GPU memory short: sampling patches on the CPU")
-        torch.cuda.empty_cache()
-        sampler = PatchSampler(magnitude, mask, phase, zooms, scales, "cpu")
+    sampler = _where_it_fits(lambda d: PatchSampler(magnitude, mask, phase, zooms, scales, d), device,
+                             PatchSampler.bytes_needed(magnitude.shape, phase is not None), "patch sampling")
     if cuda:  # stay well inside free memory: about 6 MB of activations per 16^3 patch in fp16
         free, _ = torch.cuda.mem_get_info(device)
         size = max(1, min(size, int(0.5 * free / 6e6)))
