@@ -296,15 +296,15 @@ def test_calibrate_refits_the_operating_point_and_keeps_the_weights(scan, tmp_pa
                            "--truth", str(tmp_path), "--out", str(out)]) == 2
     assert not out.exists()
 
-    card = recalibrate(DEFAULT_MODEL, [scan], out, tta=4, max_fp_avg=1.0, progress=False)
+    card = recalibrate(DEFAULT_MODEL, [scan], out, tta=4, max_fp_avg=1.0, progress=False, phase_views=2)
     shipped = load_model(DEFAULT_MODEL).card
     assert card["weights_sha256"] == shipped["weights_sha256"]
-    assert card["tta"] == 4 and card["calibration"] != shipped["calibration"]
+    assert card["tta"] == 4 and card["phase_views"] == 2 and card["calibration"] != shipped["calibration"]
     assert card["validation"]["fp_avg"] <= 1.0 and card["threshold_rule"].endswith("FPavg <= 1")
     assert card["validation"]["n_cmb"] == load_truth(scan.truth).n
     assert card["recalibration"]["previous"]["threshold"] == shipped["threshold"]
     _, sidecar, _ = _detect(scan, tmp_path, phase=str(scan.phase), use_gpu=False, model_dir=out)
-    assert sidecar["test_time_views"] == 4 and sidecar["threshold"] == card["threshold"]
+    assert sidecar["test_time_views"] == 4 and sidecar["phase_views"] == 2 and sidecar["threshold"] == card["threshold"]
 
 
 def test_candidates_of_an_empty_mask_region_are_none():

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from cmb.detect.inference import hand_features, score_candidates
+from cmb.detect.inference import calibrate, hand_features, score_candidates
 from cmb.detect.model import CandidateNet, ModelError, load_model, save_model, select_device
 from cmb.detect.patches import N_SYMMETRIES, PatchSampler, symmetric_views
 
@@ -76,6 +76,16 @@ def test_a_card_with_an_invalid_view_count_is_refused(saved, tta):
         load_model(folder)
 
 
+@pytest.mark.parametrize("views", [0, 3, "2"])
+def test_a_card_with_an_invalid_phase_view_count_is_refused(saved, views):
+    _, folder = saved
+    card = json.loads((folder / "model_card.json").read_text())
+    card["phase_views"] = views
+    (folder / "model_card.json").write_text(json.dumps(card))
+    with pytest.raises(ModelError, match="model_card.json: 'phase_views' must be 1 or 2"):
+        load_model(folder)
+
+
 def test_symmetric_views_are_the_sixteen_training_symmetries():
     x = torch.randn(1, 2, 5, 5, 5)
     views = list(symmetric_views(x, N_SYMMETRIES))
@@ -106,6 +116,33 @@ def test_score_candidates_averages_the_views():
         flipped = net(x.flip(2), f).numpy()
     np.testing.assert_allclose(two, (one + flipped) / 2, rtol=1e-5, atol=1e-6)
     assert not np.allclose(one, two)
+
+
+def test_two_phase_views_score_with_and_without_the_phase():
+    torch.manual_seed(2)
+    net = CandidateNet(in_channels=6, width=4, n_features=5).eval()
+    rng = np.random.default_rng(1)
+    mag = rng.random((24, 24, 12)).astype(np.float32)
+    phase = rng.normal(0, 0.5, mag.shape).astype(np.float32)
+    mask = np.ones(mag.shape, bool)
+    table = pd.DataFrame({"i": [12, 8], "j": [12, 15], "k": [6, 5], "score": [0.5, 0.3], "diameter_mm": [2.0, 3.0],
+                          "sphericity": [0.9, 0.4], "phase_mean": [0.4, -0.2]})
+    zooms = (1.0, 1.0, 2.0)
+    cpu = torch.device("cpu")
+    both = score_candidates(net, mag, mask, phase, zooms, table, cpu, tta=2, phase_views=2)
+    assert both.shape == (2, 2)
+    np.testing.assert_allclose(both[:, 0], score_candidates(net, mag, mask, phase, zooms, table, cpu, tta=2),
+                               rtol=1e-5, atol=1e-6)
+    # the second view is the scan as the network sees it without phase
+    np.testing.assert_allclose(both[:, 1], score_candidates(net, mag, mask, None, zooms, table, cpu, tta=2),
+                               rtol=1e-5, atol=1e-6)
+    assert not np.allclose(both[:, 0], both[:, 1])
+    # without phase the two views are one
+    none = score_candidates(net, mag, mask, None, zooms, table, cpu, phase_views=2)
+    np.testing.assert_array_equal(none[:, 0], none[:, 1])
+    # the confidence averages the two calibrated probabilities
+    platt = {"a": 1.5, "b": -0.5}
+    np.testing.assert_allclose(calibrate(both, platt), (calibrate(both[:, 0], platt) + calibrate(both[:, 1], platt)) / 2)
 
 
 def test_saved_files_are_readable_like_any_new_file(saved):

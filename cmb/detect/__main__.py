@@ -83,6 +83,7 @@ def run_detect(image: str, mask: str, out_table: str, out_sidecar: str, out_dseg
         "model_sha256": model.card["weights_sha256"],
         "threshold": result.threshold,
         "test_time_views": int(model.card.get("tta", 1)),
+        "phase_views": int(model.card.get("phase_views", 1)) if ph is not None else 1,
         "device": device.type,
         "mixed_precision": device.type == "cuda",
         "gpu_peak_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None,

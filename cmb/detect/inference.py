@@ -24,7 +24,7 @@ from scipy.special import expit
 from cmb.candidates import dark_blob_response, delineate_candidates, find_peaks, inner_mask, screen_bytes
 from cmb.detect import CANDIDATE_COLUMNS
 from cmb.detect.model import LoadedModel
-from cmb.detect.patches import SCALES, PatchSampler, symmetric_views
+from cmb.detect.patches import SCALES, PatchSampler, has_phase, hide_phase, symmetric_views
 
 __all__ = ["DEFAULT_SCREEN", "Candidates", "find_candidates", "hand_features", "score_candidates", "view_averaged_logits",
            "calibrate", "Detection", "detect"]
@@ -34,10 +34,6 @@ _log = logging.getLogger(__name__)
 #: Screen settings; a model card's "screen" entry overrides them.
 DEFAULT_SCREEN = {"threshold": 0.1, "min_distance_mm": 2.5, "radii_mm": [1.0, 1.75, 3.0],
                   "max_candidates": 3000, "level": 0.5, "min_edge_mm": 1.5, "blob_extent_radii": 2.5}
-
-#: Hand features given to the network's head, in order.
-FEATURES = ("screen_score", "log_diameter", "sphericity", "phase_mean", "phase_present")
-
 
 @dataclass
 class Candidates:
@@ -98,7 +94,7 @@ def _fitting_device(device: torch.device, n_bytes: int, what: str, fraction: flo
 
 
 def hand_features(table: pd.DataFrame, has_phase: bool) -> np.ndarray:
-    """``(N, 5)`` float32 :data:`FEATURES` of candidates."""
+    """``(N, 5)`` float32 :data:`~cmb.detect.patches.FEATURES` of candidates."""
     phase = table["phase_mean"].to_numpy(float) if has_phase else np.zeros(len(table))
     return np.stack([
         table["score"].to_numpy(float),
@@ -115,11 +111,15 @@ def _batches(n: int, size: int):
 
 
 def score_candidates(net: torch.nn.Module, magnitude, mask, phase, zooms, table: pd.DataFrame,
-                     device: torch.device, batch_size: int = 256, scales=SCALES, tta: int = 1) -> np.ndarray:
+                     device: torch.device, batch_size: int = 256, scales=SCALES, tta: int = 1,
+                     phase_views: int = 1) -> np.ndarray:
     """Network logits of every candidate (float64, one per row of ``table``), averaged over
-    ``tta`` symmetric views of each patch (:func:`~cmb.detect.patches.symmetric_views`)."""
+    ``tta`` symmetric views of each patch (:func:`~cmb.detect.patches.symmetric_views`).
+
+    With ``phase_views=2`` the result is ``(N, 2)``: the second column scores the
+    patches with their phase hidden (:func:`view_averaged_logits`)."""
     n = len(table)
-    logits = np.zeros(n, np.float64)
+    logits = np.zeros((n, phase_views) if phase_views > 1 else n, np.float64)
     if n == 0:
         return logits
     centres = table[["i", "j", "k"]].to_numpy(float)
@@ -139,7 +139,7 @@ def score_candidates(net: torch.nn.Module, magnitude, mask, phase, zooms, table:
             try:
                 x, f = sampler(centres[sl]).to(device), f.to(device)
                 with torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
-                    out = view_averaged_logits(net, x, f, tta)
+                    out = view_averaged_logits(net, x, f, tta, phase_views)
             except torch.OutOfMemoryError:
                 if size == 1:
                     raise
@@ -152,15 +152,37 @@ def score_candidates(net: torch.nn.Module, magnitude, mask, phase, zooms, table:
     return logits
 
 
-def view_averaged_logits(net: torch.nn.Module, patches: torch.Tensor, features: torch.Tensor, n_views: int) -> torch.Tensor:
-    """The network's logits averaged over ``n_views`` symmetric views of each patch (float32)."""
-    return torch.stack([net(v, features).float() for v in symmetric_views(patches, n_views)]).mean(0)
+def view_averaged_logits(net: torch.nn.Module, patches: torch.Tensor, features: torch.Tensor, n_views: int,
+                         phase_views: int = 1) -> torch.Tensor:
+    """The network's logits averaged over ``n_views`` symmetric views of each patch (float32).
+
+    ``phase_views=2`` returns ``(N, 2)``: the logits with the phase, then with the phase
+    hidden as in training's phase dropout (the same logits again for patches without
+    phase). One model trained with phase dropout thus gives two opinions per candidate,
+    and :func:`calibrate` averages their probabilities.
+    """
+    def mean_over_views(x, f):
+        return torch.stack([net(v, f).float() for v in symmetric_views(x, n_views)]).mean(0)
+
+    with_phase = mean_over_views(patches, features)
+    if phase_views == 1:
+        return with_phase
+    phased = has_phase(patches)
+    without = with_phase
+    if phased.any():
+        without = torch.where(phased, mean_over_views(*hide_phase(patches, features, phased)), with_phase)
+    return torch.stack([with_phase, without], 1)
 
 
 def calibrate(logits: np.ndarray, calibration: dict | None) -> np.ndarray:
-    """Platt scaling ``sigmoid(a * logit + b)`` fitted on validation data (identity without a card entry)."""
+    """Platt scaling ``sigmoid(a * logit + b)`` fitted on validation data (identity without a card entry).
+
+    For ``(N, V)`` logits (several phase views per candidate) the V probabilities are averaged.
+    """
     a, b = (calibration or {}).get("a", 1.0), (calibration or {}).get("b", 0.0)
-    return expit(a * np.asarray(logits, float) + b)
+    z = np.asarray(logits, float)
+    p = expit(a * z + b)
+    return p.mean(1) if p.ndim == 2 else p
 
 
 @dataclass
@@ -190,7 +212,7 @@ def detect(image: nib.Nifti1Image, mask: np.ndarray, phase: np.ndarray | None, m
     t0 = time.perf_counter()
     scales = tuple(tuple(s) for s in card.get("scales", SCALES))
     logits = score_candidates(model.net, magnitude, mask, phase, zooms, cands.table, device, batch_size, scales,
-                              int(card.get("tta", 1)))
+                              int(card.get("tta", 1)), int(card.get("phase_views", 1)))
     t1 = time.perf_counter()
     conf = calibrate(logits, card.get("calibration"))
     thr = float(card["threshold"] if threshold is None else threshold)

@@ -132,6 +132,8 @@ def load_model(folder: Path, device: torch.device | str = "cpu") -> LoadedModel:
     tta = card.get("tta", 1)
     if not (isinstance(tta, int) and 1 <= tta <= N_SYMMETRIES):
         raise ModelError(f"{card_path}: 'tta' must be an integer from 1 to {N_SYMMETRIES}, got {tta!r}")
+    if card.get("phase_views", 1) not in (1, 2):
+        raise ModelError(f"{card_path}: 'phase_views' must be 1 or 2, got {card.get('phase_views')!r}")
     arch = ARCHITECTURES.get(card.get("architecture", ""))
     if arch is None:
         raise ModelError(f"{card_path}: unknown architecture {card.get('architecture')!r}")

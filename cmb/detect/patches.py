@@ -12,12 +12,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["PatchSampler", "extract_patches", "symmetric_views", "SCALES", "PATCH_CHANNELS", "N_SYMMETRIES"]
+__all__ = ["PatchSampler", "extract_patches", "symmetric_views", "hide_phase", "has_phase", "SCALES", "PATCH_CHANNELS",
+           "FEATURES", "N_SYMMETRIES"]
 
 #: (samples per edge, mm per sample) of the fine and the coarse patch.
 SCALES = ((12, 1.0), (12, 2.0))
 #: Network input channels, in order.
 PATCH_CHANNELS = ("magnitude_fine", "phase_fine", "magnitude_coarse", "phase_coarse", "brain_coarse", "phase_present")
+#: Hand features given to the network's head, in order.
+FEATURES = ("screen_score", "log_diameter", "sphericity", "phase_mean", "phase_present")
+_PHASE_CHANNELS = [i for i, c in enumerate(PATCH_CHANNELS) if c.startswith("phase")]
+_PHASE_FEATURES = [i for i, c in enumerate(FEATURES) if c.startswith("phase")]
 
 # Flips of each axis and the in-plane transpose: the symmetries that training augments
 # with. They keep B0 on the through-plane axis, and a dipole's phase is even in each
@@ -75,6 +80,31 @@ class PatchSampler:
         ph_c = coarse[:, 1:2] if self.has_phase else zeros
         present = fine.new_full((n, 1, s, s, s), float(self.has_phase))
         return torch.cat([fine[:, :1], ph_f, coarse[:, :1], ph_c, coarse[:, -1:], present], dim=1)
+
+
+def has_phase(patches: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` bool: which patches carry a phase (their ``phase_present`` channel is 1)."""
+    return patches[:, PATCH_CHANNELS.index("phase_present"), 0, 0, 0] > 0
+
+
+def hide_phase(patches: torch.Tensor, features: torch.Tensor, which: torch.Tensor | None = None) -> tuple:
+    """Copies of ``patches`` and ``features`` as the network sees a scan without phase.
+
+    The phase channels and the phase features of the rows ``which`` (default: all) are
+    zeroed. Training hides the phase of random patches with it (phase dropout), and the
+    detect stage scores each candidate with and without its phase when the model card
+    asks for two phase views.
+
+    >>> x, f = torch.ones(2, 6, 1, 1, 1), torch.ones(2, 5)
+    >>> xh, fh = hide_phase(x, f, torch.tensor([False, True]))
+    >>> xh[:, :, 0, 0, 0].tolist(), fh.tolist()
+    ([[1.0, 1.0, 1.0, 1.0, 1.0, 1.0], [1.0, 0.0, 1.0, 0.0, 1.0, 0.0]], [[1.0, 1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 0.0, 0.0]])
+    """
+    x, f = patches.clone(), features.clone()
+    rows = torch.arange(len(x), device=x.device) if which is None else which.nonzero()[:, 0]
+    x[rows[:, None], torch.tensor(_PHASE_CHANNELS, device=x.device)[None, :]] = 0
+    f[rows[:, None], torch.tensor(_PHASE_FEATURES, device=f.device)[None, :]] = 0
+    return x, f
 
 
 def extract_patches(volume: np.ndarray | torch.Tensor, zooms, centres_ijk: np.ndarray, size: int = 24,

@@ -53,7 +53,7 @@ from tqdm import tqdm
 from cmb.atomic import write_text
 from cmb.detect.inference import DEFAULT_SCREEN, calibrate, find_candidates, hand_features, view_averaged_logits
 from cmb.detect.model import CandidateNet, load_model, save_model, select_device
-from cmb.detect.patches import N_SYMMETRIES, PATCH_CHANNELS, SCALES, PatchSampler
+from cmb.detect.patches import FEATURES, N_SYMMETRIES, PATCH_CHANNELS, SCALES, PatchSampler, has_phase, hide_phase
 from cmb.annotations import Scan, paired_scans
 from cmb.evaluation import (MARGIN_MM, MIN_POINT_RADIUS_MM, _hits, choose_threshold, froc_curve, load_truth,
                             match_cohort, sensitivity_at_fp)
@@ -134,6 +134,7 @@ class TrainConfig:
     mining_fraction: float = 0.5
     balance_positives: bool = False
     tta: int = 1
+    phase_views: int = 1
     max_fp_avg: float | None = None
     ema: float = 0.0
     seed: int = 0
@@ -179,16 +180,16 @@ def augment(x: torch.Tensor, f: torch.Tensor, gen: torch.Generator, phase_dropou
         flat = xb.reshape(-1, 1, s[-1])
         flat = F.conv1d(F.pad(flat, (1, 1), mode="replicate"), k)
         x[blur] = flat.reshape(s)
-    drop = coin(phase_dropout) & (x[:, 5, 0, 0, 0] > 0)
+    drop = coin(phase_dropout) & has_phase(x)
     if drop.any():
-        x[drop.nonzero()[:, 0][:, None], torch.tensor([1, 3, 5])[None, :]] = 0
-        f[drop, 3] = 0
-        f[drop, 4] = 0
+        x, f = hide_phase(x, f, drop)
     return x, f
 
 
-def sample_logits(net, samples: list[ScanSamples], device, batch: int = 512, tta: int = 1) -> list[np.ndarray]:
-    """Network logits of every kept candidate of each scan, averaged over ``tta`` symmetric views."""
+def sample_logits(net, samples: list[ScanSamples], device, batch: int = 512, tta: int = 1,
+                  phase_views: int = 1) -> list[np.ndarray]:
+    """Network logits of every kept candidate of each scan, averaged over ``tta`` symmetric views
+    (``(N, 2)`` per scan with ``phase_views=2``: with and without the phase)."""
     net.eval()
     out = []
     with torch.inference_mode():
@@ -196,8 +197,9 @@ def sample_logits(net, samples: list[ScanSamples], device, batch: int = 512, tta
             res = []
             for i in range(0, len(s.labels), batch):
                 x, f = s.patches[i:i + batch].float().to(device), s.features[i:i + batch].to(device)
-                res.append(view_averaged_logits(net, x, f, tta).cpu())
-            out.append(torch.cat(res).numpy().astype(np.float64) if res else np.zeros(0))
+                res.append(view_averaged_logits(net, x, f, tta, phase_views).cpu())
+            empty = np.zeros((0, phase_views) if phase_views > 1 else 0)
+            out.append(torch.cat(res).numpy().astype(np.float64) if res else empty)
     return out
 
 
@@ -230,19 +232,23 @@ def fit_platt(logits: np.ndarray, labels: np.ndarray) -> dict:
     return {"a": a, "b": b}
 
 
-def operating_point(net, val: list[ScanSamples], device, tta: int = 1, max_fp_avg: float | None = None) -> dict:
+def operating_point(net, val: list[ScanSamples], device, tta: int = 1, max_fp_avg: float | None = None,
+                    phase_views: int = 1) -> dict:
     """Calibration, operating threshold and validation metrics of ``net`` on validation scans.
 
-    Platt scaling of the logits (averaged over ``tta`` symmetric views, as the detect
-    stage will score them), then the threshold: the most sensitive one whose validation
-    false positives per scan stay within ``max_fp_avg``, else the one that maximizes
-    validation F1. Returns the model card's ``calibration``, ``threshold``,
-    ``threshold_rule``, ``tta`` and ``validation`` entries.
+    Platt scaling of the logits (averaged over ``tta`` symmetric views, and scored with
+    and without the phase if ``phase_views`` is 2, as the detect stage will score them),
+    then the threshold: the most sensitive one whose validation false positives per
+    scan stay within ``max_fp_avg``, else the one that maximizes validation F1. Returns
+    the model card's ``calibration``, ``threshold``, ``threshold_rule``, ``tta``,
+    ``phase_views`` and ``validation`` entries.
     """
     if not val or not any(len(s.labels) for s in val):
         raise ValueError("no validation candidates: cannot calibrate")
-    scores = sample_logits(net, val, device, tta=tta)
-    platt = fit_platt(np.concatenate(scores), np.concatenate([s.labels.numpy() for s in val]))
+    scores = sample_logits(net, val, device, tta=tta, phase_views=phase_views)
+    labels = np.concatenate([s.labels.numpy() for s in val])
+    # one Platt scaling for both phase views: each view's logits are labelled alike
+    platt = fit_platt(np.concatenate(scores).T.ravel(), np.tile(labels, phase_views))
     froc = validation_froc(val, [calibrate(z, platt) for z in scores])
     threshold = choose_threshold(froc, max_fp_avg=max_fp_avg)
     at = froc[froc["threshold"] == threshold].iloc[0]
@@ -254,6 +260,7 @@ def operating_point(net, val: list[ScanSamples], device, tta: int = 1, max_fp_av
         "threshold_rule": ("best validation F1" if max_fp_avg is None else
                            f"highest validation sensitivity at FPavg <= {max_fp_avg:g}"),
         "tta": int(tta),
+        "phase_views": int(phase_views),
         "validation": {
             "n_scans": len(val), "n_cmb": int(n_truth),
             "screen_sensitivity": found / n_truth if n_truth else None,
@@ -384,11 +391,11 @@ def train_model(train: list[ScanSamples], val: list[ScanSamples], out_dir, cfg: 
             break
 
     net.load_state_dict(best[1])
-    point = operating_point(net, val, device, cfg.tta, cfg.max_fp_avg)
+    point = operating_point(net, val, device, cfg.tta, cfg.max_fp_avg, cfg.phase_views)
     full = {
         **card,
         "input_channels": list(PATCH_CHANNELS),
-        "features": ["screen_score", "log_diameter", "sphericity", "phase_mean", "phase_present"],
+        "features": list(FEATURES),
         "scales": [list(s) for s in SCALES],
         "voxel_spacing_mm": {"fine": SCALES[0][1], "coarse": SCALES[1][1]},
         "normalization": "preprocessed magnitude (N4, divided by the brain median); phase in radians / pi, paramagnetic positive",
@@ -458,10 +465,13 @@ def _data_description(scans: list[Scan]) -> dict:
 
 
 def add_operating_point_arguments(p) -> None:
-    """``--tta`` and ``--max-fp-avg``, shared by ``cmb train`` and ``cmb calibrate``."""
+    """``--tta``, ``--phase-views`` and ``--max-fp-avg``, shared by ``cmb train`` and ``cmb calibrate``."""
     p.add_argument("--tta", type=int, default=TrainConfig.tta, choices=range(1, N_SYMMETRIES + 1), metavar="N",
                    help="calibrate for test-time augmentation over N symmetric views of each patch "
                         f"(1-{N_SYMMETRIES}); the detect stage then averages over as many")
+    p.add_argument("--phase-views", type=int, default=TrainConfig.phase_views, choices=(1, 2), metavar="N",
+                   help="2: score each candidate with its phase and with the phase hidden, and average the two "
+                        "probabilities (for models trained with --phase-dropout); 1: with the phase only")
     p.add_argument("--max-fp-avg", type=float, metavar="FP",
                    help="operating threshold: the most sensitive one with at most FP false positives per "
                         "validation scan (default: the best validation F1)")
@@ -565,7 +575,8 @@ def run(args) -> int:
     t_data = time.perf_counter() - t0
     cfg = TrainConfig(width=args.width, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
                       batch_size=args.batch_size, lr=args.lr, patience=args.patience,
-                      balance_positives=args.balance_positives, tta=args.tta, max_fp_avg=args.max_fp_avg, ema=args.ema,
+                      balance_positives=args.balance_positives, tta=args.tta,
+                      phase_views=args.phase_views, max_fp_avg=args.max_fp_avg, ema=args.ema,
                       phase_dropout=args.phase_dropout,
                       seed=args.seed)
     card = {
@@ -596,7 +607,8 @@ def run(args) -> int:
 def model_summary(folder, card: dict, seconds: float) -> str:
     """Two lines on a written model folder: where, which weights, and its validation operating point."""
     v = card["validation"]
-    return (f"model: {folder} (weights sha256 {card['weights_sha256'][:12]}, {card.get('tta', 1)} test-time view(s))\n"
+    return (f"model: {folder} (weights sha256 {card['weights_sha256'][:12]}, {card.get('tta', 1)} test-time view(s), "
+            f"{card.get('phase_views', 1)} phase view(s))\n"
             f"validation ({v['n_scans']} scans, {v['n_cmb']} CMBs): screen sensitivity {v['screen_sensitivity']:.3f}, "
             f"sensitivity {v['sensitivity']:.3f}, FPavg {v['fp_avg']:.2f}, F1 {v['f1']:.3f}, "
             f"partial FROC {v['partial_froc']:.3f} at threshold {card['threshold']:.3f}; {seconds:.0f} s in all")
