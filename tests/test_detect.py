@@ -174,8 +174,8 @@ def test_work_that_runs_out_of_gpu_memory_is_redone_on_the_cpu(monkeypatch, capl
 
 def test_screen_finds_every_microbleed_of_the_subject(scan):
     s = sample_scan(scan, keep_all=True)
-    assert s.n_truth == 8
-    assert s.n_truth_found >= 7  # stage-1 sensitivity
+    assert s.n_truth == 7  # of the 8 placed, one is too faint to see on this scan (not in the truth)
+    assert s.n_truth_found >= 6  # stage-1 sensitivity
     assert s.labels.sum() >= s.n_truth_found
 
 
@@ -296,15 +296,16 @@ def test_calibrate_refits_the_operating_point_and_keeps_the_weights(scan, tmp_pa
                            "--truth", str(tmp_path), "--out", str(out)]) == 2
     assert not out.exists()
 
-    card = recalibrate(DEFAULT_MODEL, [scan], out, tta=4, max_fp_avg=1.0, progress=False, phase_views=2)
+    card = recalibrate(DEFAULT_MODEL, [scan], out, tta=4, max_fp_avg=1.0, progress=False, phase_wrap_limit=0.3)
     shipped = load_model(DEFAULT_MODEL).card
     assert card["weights_sha256"] == shipped["weights_sha256"]
-    assert card["tta"] == 4 and card["phase_views"] == 2 and card["calibration"] != shipped["calibration"]
+    assert card["tta"] == 4 and card["phase_wrap_limit"] == 0.3 and card["calibration"] != shipped["calibration"]
     assert card["validation"]["fp_avg"] <= 1.0 and card["threshold_rule"].endswith("FPavg <= 1")
     assert card["validation"]["n_cmb"] == load_truth(scan.truth).n
     assert card["recalibration"]["previous"]["threshold"] == shipped["threshold"]
     _, sidecar, _ = _detect(scan, tmp_path, phase=str(scan.phase), use_gpu=False, model_dir=out)
-    assert sidecar["test_time_views"] == 4 and sidecar["phase_views"] == 2 and sidecar["threshold"] == card["threshold"]
+    assert sidecar["test_time_views"] == 4 and sidecar["phase_wrap_limit"] == 0.3
+    assert sidecar["threshold"] == card["threshold"] and sidecar["n_scored_without_phase"] >= 0
 
 
 def test_candidates_of_an_empty_mask_region_are_none():

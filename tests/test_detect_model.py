@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 import torch
 
-from cmb.detect.inference import calibrate, hand_features, score_candidates
+from cmb.detect.inference import hand_features, score_candidates
 from cmb.detect.model import CandidateNet, ModelError, load_model, save_model, select_device
-from cmb.detect.patches import N_SYMMETRIES, PatchSampler, symmetric_views
+from cmb.detect.patches import DEFAULT_PHASE_WRAP_LIMIT, N_SYMMETRIES, PatchSampler, phase_wrap_density, symmetric_views
 
 
 @pytest.fixture
@@ -68,9 +68,9 @@ def test_cpu_fallback():
 
 @pytest.mark.parametrize("key, value, message", [
     *[("tta", v, "'tta' must be an integer from 1 to 16") for v in (0, 17, 2.5, "8")],
-    *[("phase_views", v, "'phase_views' must be 1 or 2") for v in (0, 3, "2")],
+    *[("phase_wrap_limit", v, "'phase_wrap_limit' must be a number >= 0 or null") for v in (-0.1, "0.15", True)],
 ])
-def test_a_card_with_an_invalid_view_count_is_refused(saved, key, value, message):
+def test_a_card_with_an_invalid_scoring_setting_is_refused(saved, key, value, message):
     _, folder = saved
     card = json.loads((folder / "model_card.json").read_text())
     card[key] = value
@@ -101,8 +101,8 @@ def test_score_candidates_averages_the_views():
     table = pd.DataFrame({"i": [12, 8], "j": [12, 15], "k": [6, 5], "score": [0.5, 0.3], "diameter_mm": [2.0, 3.0],
                           "sphericity": [0.9, 0.4], "phase_mean": [np.nan, np.nan]})
     zooms = (1.0, 1.0, 2.0)
-    one = score_candidates(net, mag, mask, None, zooms, table, torch.device("cpu"), tta=1)
-    two = score_candidates(net, mag, mask, None, zooms, table, torch.device("cpu"), tta=2)
+    one, _ = score_candidates(net, mag, mask, None, zooms, table, torch.device("cpu"), tta=1)
+    two, _ = score_candidates(net, mag, mask, None, zooms, table, torch.device("cpu"), tta=2)
     x = PatchSampler(mag, mask, None, zooms)(table[["i", "j", "k"]].to_numpy(float))
     f = torch.from_numpy(hand_features(table, False))
     with torch.inference_mode():
@@ -111,31 +111,29 @@ def test_score_candidates_averages_the_views():
     assert not np.allclose(one, two)
 
 
-def test_two_phase_views_score_with_and_without_the_phase():
+def test_a_candidate_in_wrapped_phase_is_scored_without_it():
     torch.manual_seed(2)
     net = CandidateNet(in_channels=6, width=4, n_features=5).eval()
     rng = np.random.default_rng(1)
-    mag = rng.random((24, 24, 12)).astype(np.float32)
-    phase = rng.normal(0, 0.5, mag.shape).astype(np.float32)
+    mag = rng.random((48, 48, 24)).astype(np.float32)
+    phase = rng.normal(0, 0.1, mag.shape).astype(np.float32)
+    phase[26:] = np.angle(np.exp(2.2j * np.indices(phase[26:].shape)[0]))  # air-cavity fringes along i
     mask = np.ones(mag.shape, bool)
-    table = pd.DataFrame({"i": [12, 8], "j": [12, 15], "k": [6, 5], "score": [0.5, 0.3], "diameter_mm": [2.0, 3.0],
-                          "sphericity": [0.9, 0.4], "phase_mean": [0.4, -0.2]})
+    table = pd.DataFrame({"i": [12, 40], "j": [24, 24], "k": [12, 12], "score": [0.5, 0.3],
+                          "diameter_mm": [2.0, 3.0], "sphericity": [0.9, 0.4], "phase_mean": [0.4, -0.2]})
     zooms = (1.0, 1.0, 2.0)
     cpu = torch.device("cpu")
-    both = score_candidates(net, mag, mask, phase, zooms, table, cpu, tta=2, phase_views=2)
-    assert both.shape == (2, 2)
-    np.testing.assert_allclose(both[:, 0], score_candidates(net, mag, mask, phase, zooms, table, cpu, tta=2),
-                               rtol=1e-5, atol=1e-6)
-    # the second view is the scan as the network sees it without phase
-    np.testing.assert_allclose(both[:, 1], score_candidates(net, mag, mask, None, zooms, table, cpu, tta=2),
-                               rtol=1e-5, atol=1e-6)
-    assert not np.allclose(both[:, 0], both[:, 1])
-    # without phase the two views are one
-    none = score_candidates(net, mag, mask, None, zooms, table, cpu, phase_views=2)
-    np.testing.assert_array_equal(none[:, 0], none[:, 1])
-    # the confidence averages the two calibrated probabilities
-    platt = {"a": 1.5, "b": -0.5}
-    np.testing.assert_allclose(calibrate(both, platt), (calibrate(both[:, 0], platt) + calibrate(both[:, 1], platt)) / 2)
+    x = PatchSampler(mag, mask, phase, zooms)(table[["i", "j", "k"]].to_numpy(float))
+    density = phase_wrap_density(x)
+    assert density[0] < 0.05 < DEFAULT_PHASE_WRAP_LIMIT < 0.3 < density[1]
+    kept, kept_hidden = score_candidates(net, mag, mask, phase, zooms, table, cpu, tta=2, phase_wrap_limit=None)
+    ruled, hidden = score_candidates(net, mag, mask, phase, zooms, table, cpu, tta=2,
+                                     phase_wrap_limit=DEFAULT_PHASE_WRAP_LIMIT)
+    no_phase, _ = score_candidates(net, mag, mask, None, zooms, table, cpu, tta=2)
+    assert hidden.tolist() == [False, True] and not kept_hidden.any()
+    np.testing.assert_allclose(ruled[0], kept[0], rtol=1e-5, atol=1e-6)  # clean phase: used
+    np.testing.assert_allclose(ruled[1], no_phase[1], rtol=1e-5, atol=1e-6)  # wrapped: scored as without phase
+    assert not np.isclose(ruled[1], kept[1])
 
 
 def test_saved_files_are_readable_like_any_new_file(saved):

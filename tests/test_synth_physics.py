@@ -104,3 +104,20 @@ def test_homodyne_removes_smooth_phase_keeps_local():
 def test_rad_per_ppm_scales_with_te_and_field():
     assert rad_per_ppm(3.0, 0.04) == pytest.approx(2 * rad_per_ppm(3.0, 0.02))
     assert rad_per_ppm(1.5, 0.02) == pytest.approx(0.5 * rad_per_ppm(3.0, 0.02))
+
+
+def test_cmb_too_faint_for_a_thick_slice_is_left_out_of_the_truth():
+    from types import SimpleNamespace
+
+    from cmb.synth.scan import _cmb_truth
+
+    thick = np.diag([1.0, 1.0, 5.0, 1.0])
+    thick[:3, 3] = -np.array(SHAPE) / 2 * np.diag(thick)[:3]
+    big = Source("cmb", CENTRE, radius_mm=0.9, chi_ppm=1.5, pd_scale=0.8, r2s_extra=100.0, label=1)
+    tiny = Source("cmb", CENTRE + [0.0, 12.0, 0.0], radius_mm=0.3, chi_ppm=0.6, pd_scale=0.8, r2s_extra=100.0,
+                  label=2)
+    effects = simulate_sources([big, tiny], thick, SHAPE, 1.5, [0.025])
+    assert np.abs(effects[1].factors[0]).min() > 0.8 > np.abs(effects[0].factors[0]).min()
+    lesions = [SimpleNamespace(source=s) for s in (big, tiny)]
+    labels, diameters, subvisible = _cmb_truth(lesions, effects, SHAPE, np.diag(thick)[:3], 0)
+    assert subvisible == {2} and set(np.unique(labels)) == {0, 1} and set(diameters) == {1}

@@ -7,7 +7,7 @@ operating point to a site or scanner from a few annotated scans, when there are 
 few to fine-tune on, or to calibrate for a different number of test-time views.
 
     cmb calibrate --model cmb/detect/weights/default --derivatives out/ --truth annotations/ \\
-        --out my-model/ [--tta 8] [--phase-views 2] [--max-fp-avg 0.5]
+        --out my-model/ [--tta 8] [--phase-wrap-limit 0.15] [--max-fp-avg 0.5]
 
 The scans must not be ones the model was trained on, or the threshold will be
 optimistic.
@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from cmb.detect.model import ModelError, load_model, save_model
+from cmb.detect.patches import DEFAULT_PHASE_WRAP_LIMIT
 from cmb.detect.training import (_data_description, add_operating_point_arguments, add_runtime_arguments,
                                  annotated_datasets, model_summary, operating_point, sample_scan, start_run)
 
@@ -35,15 +36,17 @@ _log = logging.getLogger(__name__)
 
 
 def recalibrate(model_dir: Path, scans, out_dir: Path, tta: int = 1, max_fp_avg: float | None = None,
-                progress: bool = True, device: torch.device | str = "cpu", phase_views: int = 1) -> dict:
+                progress: bool = True, device: torch.device | str = "cpu",
+                phase_wrap_limit: float | None = DEFAULT_PHASE_WRAP_LIMIT) -> dict:
     """Fit the calibration, threshold and validation metrics of ``model_dir`` on ``scans``; write ``out_dir``."""
     model = load_model(model_dir, device)
     card = model.card
     samples = [sample_scan(s, card.get("screen"), keep_all=True, scales=tuple(tuple(x) for x in card["scales"]),
                            device=device)
                for s in tqdm(scans, desc="calibration scans", disable=not progress)]
-    point = operating_point(model.net, samples, torch.device(device), tta, max_fp_avg, phase_views)
-    previous = {k: card.get(k) for k in ("calibration", "threshold", "threshold_rule", "tta", "phase_views", "validation")}
+    point = operating_point(model.net, samples, torch.device(device), tta, max_fp_avg, phase_wrap_limit)
+    previous = {k: card.get(k) for k in ("calibration", "threshold", "threshold_rule", "tta", "phase_wrap_limit",
+                                         "validation")}
     new = {**card, **point,
            "recalibration": {
                "command": "cmb calibrate " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["calibrate"] else sys.argv[1:]),
@@ -79,7 +82,7 @@ def run(args) -> int:
             raise ValueError(f"no annotated scans found (derivatives {', '.join(map(str, args.derivatives))}; "
                              f"truth {', '.join(map(str, args.truth))})")
         card = recalibrate(args.model, scans, args.out, args.tta, args.max_fp_avg, progress=not args.no_progress,
-                           device=device, phase_views=args.phase_views)
+                           device=device, phase_wrap_limit=args.phase_wrap_limit)
     except (ModelError, ValueError) as err:
         print(f"cmb calibrate: error: {err}", file=sys.stderr)
         return 2

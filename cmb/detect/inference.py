@@ -24,9 +24,9 @@ from scipy.special import expit
 from cmb.candidates import dark_blob_response, delineate_candidates, find_peaks, inner_mask, screen_bytes
 from cmb.detect import CANDIDATE_COLUMNS
 from cmb.detect.model import LoadedModel
-from cmb.detect.patches import SCALES, PatchSampler, has_phase, hide_phase, symmetric_views
+from cmb.detect.patches import SCALES, PatchSampler, has_phase, hide_phase, phase_wrap_density, symmetric_views
 
-__all__ = ["DEFAULT_SCREEN", "Candidates", "find_candidates", "hand_features", "score_candidates", "view_averaged_logits",
+__all__ = ["DEFAULT_SCREEN", "Candidates", "find_candidates", "hand_features", "score_candidates", "view_averaged_logits", "wrapped_phase",
            "calibrate", "Detection", "detect"]
 
 _log = logging.getLogger(__name__)
@@ -112,16 +112,15 @@ def _batches(n: int, size: int):
 
 def score_candidates(net: torch.nn.Module, magnitude, mask, phase, zooms, table: pd.DataFrame,
                      device: torch.device, batch_size: int = 256, scales=SCALES, tta: int = 1,
-                     phase_views: int = 1) -> np.ndarray:
+                     phase_wrap_limit: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Network logits of every candidate (float64, one per row of ``table``), averaged over
-    ``tta`` symmetric views of each patch (:func:`~cmb.detect.patches.symmetric_views`).
-
-    With ``phase_views=2`` the result is ``(N, 2)``: the second column scores the
-    patches with their phase hidden (:func:`view_averaged_logits`)."""
+    ``tta`` symmetric views of each patch (:func:`~cmb.detect.patches.symmetric_views`),
+    and which candidates were scored without their phase because it is wrapped beyond
+    ``phase_wrap_limit`` (:func:`wrapped_phase`)."""
     n = len(table)
-    logits = np.zeros((n, phase_views) if phase_views > 1 else n, np.float64)
+    logits, hidden = np.zeros(n, np.float64), np.zeros(n, bool)
     if n == 0:
-        return logits
+        return logits, hidden
     centres = table[["i", "j", "k"]].to_numpy(float)
     feats = hand_features(table, phase is not None)
     cuda = device.type == "cuda"
@@ -138,8 +137,9 @@ def score_candidates(net: torch.nn.Module, magnitude, mask, phase, zooms, table:
             f = torch.from_numpy(feats[sl])
             try:
                 x, f = sampler(centres[sl]).to(device), f.to(device)
+                hide = wrapped_phase(x, phase_wrap_limit)
                 with torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
-                    out = view_averaged_logits(net, x, f, tta, phase_views)
+                    out = view_averaged_logits(net, x, f, tta, hide)
             except torch.OutOfMemoryError:
                 if size == 1:
                     raise
@@ -148,41 +148,41 @@ def score_candidates(net: torch.nn.Module, magnitude, mask, phase, zooms, table:
                 _log.warning("GPU memory short: batch size lowered to %d", size)
                 continue
             logits[sl] = out.float().cpu().numpy()
+            hidden[sl] = hide.cpu().numpy()
             start = sl.stop
-    return logits
+    return logits, hidden
+
+
+def wrapped_phase(patches: torch.Tensor, phase_wrap_limit: float | None) -> torch.Tensor:
+    """``(N,)`` bool: the patches with a phase whose coarse context holds more than
+    ``phase_wrap_limit`` wraps per brain sample (:func:`~cmb.detect.patches.phase_wrap_density`:
+    fringes of an air cavity's field). ``None``: none of them."""
+    if phase_wrap_limit is None:
+        return torch.zeros(len(patches), dtype=torch.bool, device=patches.device)
+    return has_phase(patches) & (phase_wrap_density(patches) > phase_wrap_limit)
 
 
 def view_averaged_logits(net: torch.nn.Module, patches: torch.Tensor, features: torch.Tensor, n_views: int,
-                         phase_views: int = 1) -> torch.Tensor:
+                         hide_phase_of: torch.Tensor | None = None) -> torch.Tensor:
     """The network's logits averaged over ``n_views`` symmetric views of each patch (float32).
 
-    ``phase_views=2`` returns ``(N, 2)``: the logits with the phase, then with the phase
-    hidden as in training's phase dropout (the same logits again for patches without
-    phase). One model trained with phase dropout thus gives two opinions per candidate,
-    and :func:`calibrate` averages their probabilities.
+    The rows ``hide_phase_of`` (bool, from :func:`wrapped_phase`) are scored with their
+    phase hidden, as training's phase dropout hides it: the model then judges those
+    candidates on the magnitude alone.
     """
     def mean_over_views(x, f):
         return torch.stack([net(v, f).float() for v in symmetric_views(x, n_views)]).mean(0)
 
-    with_phase = mean_over_views(patches, features)
-    if phase_views == 1:
-        return with_phase
-    phased = has_phase(patches)
-    without = with_phase
-    if phased.any():
-        without = torch.where(phased, mean_over_views(*hide_phase(patches, features, phased)), with_phase)
-    return torch.stack([with_phase, without], 1)
+    logits = mean_over_views(patches, features)
+    if hide_phase_of is not None and hide_phase_of.any():
+        logits[hide_phase_of] = mean_over_views(*hide_phase(patches[hide_phase_of], features[hide_phase_of]))
+    return logits
 
 
 def calibrate(logits: np.ndarray, calibration: dict | None) -> np.ndarray:
-    """Platt scaling ``sigmoid(a * logit + b)`` fitted on validation data (identity without a card entry).
-
-    For ``(N, V)`` logits (several phase views per candidate) the V probabilities are averaged.
-    """
+    """Platt scaling ``sigmoid(a * logit + b)`` fitted on validation data (identity without a card entry)."""
     a, b = (calibration or {}).get("a", 1.0), (calibration or {}).get("b", 0.0)
-    z = np.asarray(logits, float)
-    p = expit(a * z + b)
-    return p.mean(1) if p.ndim == 2 else p
+    return expit(a * np.asarray(logits, float) + b)
 
 
 @dataclass
@@ -194,6 +194,7 @@ class Detection:
     probability: np.ndarray  # float32, confidence per voxel
     threshold: float
     seconds: dict
+    n_phase_hidden: int = 0  # candidates scored without their phase (wrapped: :func:`wrapped_phase`)
 
 
 def detect(image: nib.Nifti1Image, mask: np.ndarray, phase: np.ndarray | None, model: LoadedModel,
@@ -211,8 +212,8 @@ def detect(image: nib.Nifti1Image, mask: np.ndarray, phase: np.ndarray | None, m
     cands = find_candidates(magnitude, mask, zooms, phase, card.get("screen"), device)
     t0 = time.perf_counter()
     scales = tuple(tuple(s) for s in card.get("scales", SCALES))
-    logits = score_candidates(model.net, magnitude, mask, phase, zooms, cands.table, device, batch_size, scales,
-                              int(card.get("tta", 1)), int(card.get("phase_views", 1)))
+    logits, phase_hidden = score_candidates(model.net, magnitude, mask, phase, zooms, cands.table, device, batch_size, scales,
+                              int(card.get("tta", 1)), card.get("phase_wrap_limit"))
     t1 = time.perf_counter()
     conf = calibrate(logits, card.get("calibration"))
     thr = float(card["threshold"] if threshold is None else threshold)
@@ -238,4 +239,4 @@ def detect(image: nib.Nifti1Image, mask: np.ndarray, phase: np.ndarray | None, m
     })[CANDIDATE_COLUMNS]
     lut = np.concatenate([[0.0], conf]).astype(np.float32)
     prob = lut[cands.labels]
-    return Detection(out, cands.labels, prob, thr, {**cands.seconds, "network": t1 - t0})
+    return Detection(out, cands.labels, prob, thr, {**cands.seconds, "network": t1 - t0}, int(phase_hidden.sum()))

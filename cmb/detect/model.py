@@ -132,8 +132,9 @@ def load_model(folder: Path, device: torch.device | str = "cpu") -> LoadedModel:
     tta = card.get("tta", 1)
     if not (isinstance(tta, int) and 1 <= tta <= N_SYMMETRIES):
         raise ModelError(f"{card_path}: 'tta' must be an integer from 1 to {N_SYMMETRIES}, got {tta!r}")
-    if card.get("phase_views", 1) not in (1, 2):
-        raise ModelError(f"{card_path}: 'phase_views' must be 1 or 2, got {card.get('phase_views')!r}")
+    limit = card.get("phase_wrap_limit")
+    if limit is not None and not (isinstance(limit, (int, float)) and not isinstance(limit, bool) and limit >= 0):
+        raise ModelError(f"{card_path}: 'phase_wrap_limit' must be a number >= 0 or null, got {limit!r}")
     arch = ARCHITECTURES.get(card.get("architecture", ""))
     if arch is None:
         raise ModelError(f"{card_path}: unknown architecture {card.get('architecture')!r}")

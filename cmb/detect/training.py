@@ -51,9 +51,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from cmb.atomic import write_text
-from cmb.detect.inference import DEFAULT_SCREEN, calibrate, find_candidates, hand_features, view_averaged_logits
+from cmb.detect.inference import (DEFAULT_SCREEN, calibrate, find_candidates, hand_features, view_averaged_logits,
+                                 wrapped_phase)
 from cmb.detect.model import CandidateNet, load_model, save_model, select_device
-from cmb.detect.patches import FEATURES, N_SYMMETRIES, PATCH_CHANNELS, SCALES, PatchSampler, has_phase, hide_phase
+from cmb.detect.patches import (DEFAULT_PHASE_WRAP_LIMIT, FEATURES, N_SYMMETRIES, PATCH_CHANNELS, SCALES, PatchSampler,
+                                has_phase, hide_phase)
 from cmb.annotations import Scan, paired_scans
 from cmb.evaluation import (MARGIN_MM, MIN_POINT_RADIUS_MM, _hits, choose_threshold, froc_curve, load_truth,
                             match_cohort, sensitivity_at_fp)
@@ -134,7 +136,7 @@ class TrainConfig:
     mining_fraction: float = 0.5
     balance_positives: bool = False
     tta: int = 1
-    phase_views: int = 1
+    phase_wrap_limit: float | None = DEFAULT_PHASE_WRAP_LIMIT
     max_fp_avg: float | None = None
     ema: float = 0.0
     seed: int = 0
@@ -187,9 +189,9 @@ def augment(x: torch.Tensor, f: torch.Tensor, gen: torch.Generator, phase_dropou
 
 
 def sample_logits(net, samples: list[ScanSamples], device, batch: int = 512, tta: int = 1,
-                  phase_views: int = 1) -> list[np.ndarray]:
-    """Network logits of every kept candidate of each scan, averaged over ``tta`` symmetric views
-    (``(N, 2)`` per scan with ``phase_views=2``: with and without the phase)."""
+                  phase_wrap_limit: float | None = None) -> list[np.ndarray]:
+    """Network logits of every kept candidate of each scan, averaged over ``tta`` symmetric views,
+    as the detect stage scores them (phase hidden beyond ``phase_wrap_limit``)."""
     net.eval()
     out = []
     with torch.inference_mode():
@@ -197,9 +199,8 @@ def sample_logits(net, samples: list[ScanSamples], device, batch: int = 512, tta
             res = []
             for i in range(0, len(s.labels), batch):
                 x, f = s.patches[i:i + batch].float().to(device), s.features[i:i + batch].to(device)
-                res.append(view_averaged_logits(net, x, f, tta, phase_views).cpu())
-            empty = np.zeros((0, phase_views) if phase_views > 1 else 0)
-            out.append(torch.cat(res).numpy().astype(np.float64) if res else empty)
+                res.append(view_averaged_logits(net, x, f, tta, wrapped_phase(x, phase_wrap_limit)).cpu())
+            out.append(torch.cat(res).numpy().astype(np.float64) if res else np.zeros(0))
     return out
 
 
@@ -233,22 +234,21 @@ def fit_platt(logits: np.ndarray, labels: np.ndarray) -> dict:
 
 
 def operating_point(net, val: list[ScanSamples], device, tta: int = 1, max_fp_avg: float | None = None,
-                    phase_views: int = 1) -> dict:
+                    phase_wrap_limit: float | None = None) -> dict:
     """Calibration, operating threshold and validation metrics of ``net`` on validation scans.
 
-    Platt scaling of the logits (averaged over ``tta`` symmetric views, and scored with
-    and without the phase if ``phase_views`` is 2, as the detect stage will score them),
+    Platt scaling of the logits (averaged over ``tta`` symmetric views, the phase hidden
+    where it is wrapped beyond ``phase_wrap_limit``, as the detect stage will score them),
     then the threshold: the most sensitive one whose validation false positives per
     scan stay within ``max_fp_avg``, else the one that maximizes validation F1. Returns
     the model card's ``calibration``, ``threshold``, ``threshold_rule``, ``tta``,
-    ``phase_views`` and ``validation`` entries.
+    ``phase_wrap_limit`` and ``validation`` entries.
     """
     if not val or not any(len(s.labels) for s in val):
         raise ValueError("no validation candidates: cannot calibrate")
-    scores = sample_logits(net, val, device, tta=tta, phase_views=phase_views)
+    scores = sample_logits(net, val, device, tta=tta, phase_wrap_limit=phase_wrap_limit)
     labels = np.concatenate([s.labels.numpy() for s in val])
-    # one Platt scaling for both phase views: each view's logits are labelled alike
-    platt = fit_platt(np.concatenate(scores).T.ravel(), np.tile(labels, phase_views))
+    platt = fit_platt(np.concatenate(scores), labels)
     froc = validation_froc(val, [calibrate(z, platt) for z in scores])
     threshold = choose_threshold(froc, max_fp_avg=max_fp_avg)
     at = froc[froc["threshold"] == threshold].iloc[0]
@@ -260,7 +260,7 @@ def operating_point(net, val: list[ScanSamples], device, tta: int = 1, max_fp_av
         "threshold_rule": ("best validation F1" if max_fp_avg is None else
                            f"highest validation sensitivity at FPavg <= {max_fp_avg:g}"),
         "tta": int(tta),
-        "phase_views": int(phase_views),
+        "phase_wrap_limit": phase_wrap_limit,
         "validation": {
             "n_scans": len(val), "n_cmb": int(n_truth),
             "screen_sensitivity": found / n_truth if n_truth else None,
@@ -369,7 +369,7 @@ def train_model(train: list[ScanSamples], val: list[ScanSamples], out_dir, cfg: 
             probs = torch.cat([_mining_probabilities(net, x_all[neg[i:i + chunk]], f_all[neg[i:i + chunk]], device)
                                for i in range(0, neg.numel(), chunk)])
         neg_weight = probs.double() + 1e-3
-        val_scores = sample_logits(judged, val, device)
+        val_scores = sample_logits(judged, val, device, phase_wrap_limit=cfg.phase_wrap_limit)
         froc = validation_froc(val, val_scores)
         score = partial_froc(froc)
         val_y = np.concatenate([s.labels.numpy() for s in val]) if val else np.zeros(0)
@@ -391,7 +391,7 @@ def train_model(train: list[ScanSamples], val: list[ScanSamples], out_dir, cfg: 
             break
 
     net.load_state_dict(best[1])
-    point = operating_point(net, val, device, cfg.tta, cfg.max_fp_avg, cfg.phase_views)
+    point = operating_point(net, val, device, cfg.tta, cfg.max_fp_avg, cfg.phase_wrap_limit)
     full = {
         **card,
         "input_channels": list(PATCH_CHANNELS),
@@ -465,13 +465,14 @@ def _data_description(scans: list[Scan]) -> dict:
 
 
 def add_operating_point_arguments(p) -> None:
-    """``--tta``, ``--phase-views`` and ``--max-fp-avg``, shared by ``cmb train`` and ``cmb calibrate``."""
+    """``--tta``, ``--phase-wrap-limit`` and ``--max-fp-avg``, shared by ``cmb train`` and ``cmb calibrate``."""
     p.add_argument("--tta", type=int, default=TrainConfig.tta, choices=range(1, N_SYMMETRIES + 1), metavar="N",
                    help="calibrate for test-time augmentation over N symmetric views of each patch "
                         f"(1-{N_SYMMETRIES}); the detect stage then averages over as many")
-    p.add_argument("--phase-views", type=int, default=TrainConfig.phase_views, choices=(1, 2), metavar="N",
-                   help="2: score each candidate with its phase and with the phase hidden, and average the two "
-                        "probabilities (for models trained with --phase-dropout); 1: with the phase only")
+    p.add_argument("--phase-wrap-limit", type=_wrap_limit, default=TrainConfig.phase_wrap_limit, metavar="W",
+                   help="score candidates without their phase where their 24 mm context has more than W phase "
+                        "wraps per brain sample (air-cavity fringes; for models trained with --phase-dropout); "
+                        f"'none' keeps every phase (default {DEFAULT_PHASE_WRAP_LIMIT})")
     p.add_argument("--max-fp-avg", type=float, metavar="FP",
                    help="operating threshold: the most sensitive one with at most FP false positives per "
                         "validation scan (default: the best validation F1)")
@@ -484,6 +485,18 @@ def _unit_interval(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def _wrap_limit(text: str) -> float | None:
+    """An argparse type: a phase wrap density of 0 or more, or 'none'."""
+    import argparse
+
+    if text.lower() == "none":
+        return None
+    value = float(text)
+    if not value >= 0.0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, or 'none', got {text}")
     return value
 
 
@@ -576,7 +589,7 @@ def run(args) -> int:
     cfg = TrainConfig(width=args.width, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
                       batch_size=args.batch_size, lr=args.lr, patience=args.patience,
                       balance_positives=args.balance_positives, tta=args.tta,
-                      phase_views=args.phase_views, max_fp_avg=args.max_fp_avg, ema=args.ema,
+                      phase_wrap_limit=args.phase_wrap_limit, max_fp_avg=args.max_fp_avg, ema=args.ema,
                       phase_dropout=args.phase_dropout,
                       seed=args.seed)
     card = {
@@ -608,7 +621,7 @@ def model_summary(folder, card: dict, seconds: float) -> str:
     """Two lines on a written model folder: where, which weights, and its validation operating point."""
     v = card["validation"]
     return (f"model: {folder} (weights sha256 {card['weights_sha256'][:12]}, {card.get('tta', 1)} test-time view(s), "
-            f"{card.get('phase_views', 1)} phase view(s))\n"
+            f"phase wrap limit {card.get('phase_wrap_limit')})\n"
             f"validation ({v['n_scans']} scans, {v['n_cmb']} CMBs): screen sensitivity {v['screen_sensitivity']:.3f}, "
             f"sensitivity {v['sensitivity']:.3f}, FPavg {v['fp_avg']:.2f}, F1 {v['f1']:.3f}, "
             f"partial FROC {v['partial_froc']:.3f} at threshold {card['threshold']:.3f}; {seconds:.0f} s in all")

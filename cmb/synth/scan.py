@@ -46,6 +46,7 @@ class ScanResult:
     brain_mask: np.ndarray  # bool
     cmb_apparent_diameter: dict[int, float] = field(default_factory=dict)
     reference_echo: int = 0
+    cmb_subvisible: set[int] = field(default_factory=set)  # labels of CMBs too faint to see (not in cmb_labels)
 
 
 def _positions(n: int, n_s: int) -> np.ndarray:
@@ -206,9 +207,9 @@ def simulate_scan(model: HeadModel, maps: np.ndarray, warp: SubjectWarp, pose: n
         phases.append(np.angle(sig).T)
         del sig, sig_ijk
 
-    labels, diameters = _cmb_truth(lesions, effects, shape, zooms, ref)
+    labels, diameters, subvisible = _cmb_truth(lesions, effects, shape, zooms, ref)
     return ScanResult(affine=affine, magnitude=mags, phase=phases, cmb_labels=labels, brain_mask=brain.T,
-                      cmb_apparent_diameter=diameters, reference_echo=ref)
+                      cmb_apparent_diameter=diameters, reference_echo=ref, cmb_subvisible=subvisible)
 
 
 def _to_scanner(points_s: np.ndarray, pose: np.ndarray) -> np.ndarray:
@@ -216,13 +217,21 @@ def _to_scanner(points_s: np.ndarray, pose: np.ndarray) -> np.ndarray:
 
 
 def _cmb_truth(lesions, effects, shape, zooms, ref, darkening: float = 0.8):
-    """Label each CMB's apparent extent: voxels darkened below ``darkening`` x, connected to its centre."""
+    """Label each CMB's apparent extent: voxels darkened below ``darkening`` x, connected to its centre.
+
+    A CMB that darkens no voxel that much (a small one diluted in a thick slice) is
+    not visible on this scan, so a rater would not mark it: it gets no label and is
+    returned among the sub-visible ones instead.
+    """
     labels = np.zeros(tuple(shape)[::-1], dtype=np.int16).T  # column-major, like the images
-    diameters = {}
+    diameters, subvisible = {}, set()
     for les, eff in zip(lesions, effects):
         if les.source.kind != "cmb" or eff is None:
             continue
         dark = (np.abs(eff.factors[ref]) < darkening) | (eff.occupancy > 0.3)
+        if not dark.any():
+            subvisible.add(les.source.label)
+            continue
         comp, _ = ndi.label(dark)
         centre = np.unravel_index(np.argmax(eff.occupancy), eff.occupancy.shape)
         keep = comp == comp[centre] if comp[centre] else np.zeros_like(dark)
@@ -231,7 +240,7 @@ def _cmb_truth(lesions, effects, shape, zooms, ref, darkening: float = 0.8):
         region[keep & (region == 0)] = les.source.label
         vol = keep.sum() * np.prod(zooms)
         diameters[les.source.label] = float(np.cbrt(6 * vol / np.pi))
-    return labels, diameters
+    return labels, diameters, subvisible
 
 
 def simulate_t1w(model: HeadModel, t1_map: np.ndarray, warp: SubjectWarp, pose: np.ndarray,

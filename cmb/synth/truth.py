@@ -2,9 +2,12 @@
 
 Per scan (``<prefix>`` holds the scan's sub/ses/run entities):
 
-- ``<prefix>_label-CMB_dseg.nii.gz``: one label per CMB on the acquired grid;
-- ``<prefix>_label-CMB_dseg.tsv``: one row per CMB (``index`` is the label);
-- ``<prefix>_mimics.tsv``: veins, calcifications and air cavities;
+- ``<prefix>_label-CMB_dseg.nii.gz``: one label per visible CMB on the acquired grid;
+- ``<prefix>_label-CMB_dseg.tsv``: one row per visible CMB (``index`` is the label);
+- ``<prefix>_mimics.tsv``: veins, calcifications, air cavities, and the CMBs too faint
+  to see on this scan (type ``cmb_subvisible``: no voxel darkened by 20 %, typically a
+  small one in a 5 mm slice). Like a rater, the truth leaves those out, so the indices
+  of the visible CMBs can have gaps;
 - ``<prefix>_desc-brain_mask.nii.gz``: the brain (parenchyma + CSF) on the acquired grid;
 - ``<prefix>_from-scanner_to-MNI152NLin2009cAsym_mode-points_xfm.nii.gz``: for each
   point of a coarse grid in scanner space, its MNI coordinates (4D, last axis x/y/z);
@@ -44,11 +47,11 @@ def _voxel(affine, xyz):
     return np.round(np.linalg.inv(affine)[:3, :3] @ xyz + np.linalg.inv(affine)[:3, 3]).astype(int)
 
 
-def cmb_table(lesions, pose, affine, diameters, shape) -> pd.DataFrame:
-    """One row per CMB whose centre lies inside the acquired field of view."""
+def cmb_table(lesions, pose, affine, diameters, shape, subvisible=frozenset()) -> pd.DataFrame:
+    """One row per visible CMB whose centre lies inside the acquired field of view."""
     rows = []
     for les in lesions:
-        if les.source.kind != "cmb":
+        if les.source.kind != "cmb" or les.source.label in subvisible:
             continue
         xyz = _to_scanner(les.source.points, pose)[0]
         i, j, k = _voxel(affine, xyz)
@@ -61,7 +64,7 @@ def cmb_table(lesions, pose, affine, diameters, shape) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=CMB_COLUMNS)
 
 
-def mimic_table(lesions, pose, affine, warp: SubjectWarp) -> pd.DataFrame:
+def mimic_table(lesions, pose, affine, warp: SubjectWarp, subvisible=frozenset()) -> pd.DataFrame:
     rows = []
     slice_axis = affine[:3, 2] / np.linalg.norm(affine[:3, 2])
     seen = set()
@@ -79,10 +82,10 @@ def mimic_table(lesions, pose, affine, warp: SubjectWarp) -> pd.DataFrame:
             through = bool(abs(d @ slice_axis) > 0.8)
             rows.append([src.extra["type"], *centre, *_voxel(affine, centre), src.radius_mm, length, *d, through,
                          src.chi_ppm])
-        elif src.kind == "calcification":
+        elif src.kind == "calcification" or (src.kind == "cmb" and src.label in subvisible):
             c = _to_scanner(src.points, pose)[0]
-            rows.append([src.extra["type"], *c, *_voxel(affine, c), src.radius_mm, 0.0, 0.0, 0.0, 0.0, False,
-                         src.chi_ppm])
+            rows.append([src.extra["type"] if src.kind == "calcification" else "cmb_subvisible", *c, *_voxel(affine, c),
+                         src.radius_mm, 0.0, 0.0, 0.0, 0.0, False, src.chi_ppm])
     for name, (centre, radii) in AIR_CAVITIES.items():
         c = _to_scanner(warp.from_mni(np.asarray(centre, float)[None]), pose)[0]
         rows.append([f"air_{name}", *c, *_voxel(affine, c), float(np.mean(radii)), 0.0, 0.0, 0.0, 0.0, False, 9.4])
@@ -128,11 +131,12 @@ def write_truth(folder: Path, prefix: str, lesions, result, pose, warp, params: 
         return im
 
     save_nifti(img(result.brain_mask.astype(np.uint8)), paths["brain"])
-    table = cmb_table(lesions, pose, aff, result.cmb_apparent_diameter, result.cmb_labels.shape)
+    table = cmb_table(lesions, pose, aff, result.cmb_apparent_diameter, result.cmb_labels.shape,
+                      result.cmb_subvisible)
     labels = np.where(np.isin(result.cmb_labels, table["index"].to_numpy()), result.cmb_labels, 0).astype(np.int16)
     write_text(paths["table"], table.to_csv(sep="\t", index=False))
     save_nifti(img(labels), paths["dseg"])
-    write_text(paths["mimics"], mimic_table(lesions, pose, aff, warp).to_csv(sep="\t", index=False))
+    write_text(paths["mimics"], mimic_table(lesions, pose, aff, warp, result.cmb_subvisible).to_csv(sep="\t", index=False))
     save_nifti(mni_coordinate_map(aff, result.cmb_labels.shape, pose, warp), paths["xfm"])
     write_json(paths["xfm"].with_name(paths["xfm"].name.replace(".nii.gz", ".json")), {
         "Description": "For each voxel of this coarse grid (scanner RAS mm via its affine), the corresponding "
