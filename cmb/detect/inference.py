@@ -26,8 +26,8 @@ from cmb.detect import CANDIDATE_COLUMNS
 from cmb.detect.model import LoadedModel
 from cmb.detect.patches import SCALES, PatchSampler, has_phase, hide_phase, phase_wrap_density, symmetric_views
 
-__all__ = ["DEFAULT_SCREEN", "Candidates", "find_candidates", "hand_features", "score_candidates", "view_averaged_logits", "wrapped_phase",
-           "calibrate", "Detection", "detect"]
+__all__ = ["DEFAULT_SCREEN", "Candidates", "find_candidates", "hand_features", "score_candidates", "view_averaged_logits",
+           "wrapped_phase", "calibrate", "Detection", "detect"]
 
 _log = logging.getLogger(__name__)
 
@@ -212,8 +212,8 @@ def detect(image: nib.Nifti1Image, mask: np.ndarray, phase: np.ndarray | None, m
     cands = find_candidates(magnitude, mask, zooms, phase, card.get("screen"), device)
     t0 = time.perf_counter()
     scales = tuple(tuple(s) for s in card.get("scales", SCALES))
-    logits, phase_hidden = score_candidates(model.net, magnitude, mask, phase, zooms, cands.table, device, batch_size, scales,
-                              int(card.get("tta", 1)), card.get("phase_wrap_limit"))
+    logits, phase_hidden = score_candidates(model.net, magnitude, mask, phase, zooms, cands.table, device, batch_size,
+                                            scales, int(card.get("tta", 1)), card.get("phase_wrap_limit"))
     t1 = time.perf_counter()
     conf = calibrate(logits, card.get("calibration"))
     thr = float(card["threshold"] if threshold is None else threshold)
