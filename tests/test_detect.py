@@ -75,6 +75,9 @@ def test_shipped_weights_find_the_microbleeds(scan, detected):
     assert list(table.columns) == CANDIDATE_COLUMNS
     assert sidecar["model_sha256"] == load_model(DEFAULT_MODEL).card["weights_sha256"]
     assert sidecar["device"] == "cpu" and sidecar["phase_used"]
+    # 169 of the 2,860 candidates sit in wrapped phase (the tiny head's air cavities)
+    assert sidecar["phase_wrap_limit"] == load_model(DEFAULT_MODEL).card["phase_wrap_limit"] == 0.15
+    assert 50 < sidecar["n_scored_without_phase"] < 500
     kept = table[table["above_threshold"]]
     _, metrics = evaluate_cohort([("sub-01", "tiny", kept, load_truth(scan.truth))])
     # The tiny preset (1.5 x 1.5 x 2.5 mm) is not among the training acquisitions: the

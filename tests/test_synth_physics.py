@@ -1,9 +1,12 @@
 """Physics of the simulator on hand-built sources: blooming, phase sign, vein shape."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
 from cmb.synth.physics import Source, field_from_chi, homodyne_phase, rad_per_ppm, simulate_sources
+from cmb.synth.scan import _cmb_truth
 
 SHAPE = (48, 48, 16)
 AFFINE = np.diag([0.5, 0.5, 2.0, 1.0])
@@ -107,10 +110,6 @@ def test_rad_per_ppm_scales_with_te_and_field():
 
 
 def test_cmb_too_faint_for_a_thick_slice_is_left_out_of_the_truth():
-    from types import SimpleNamespace
-
-    from cmb.synth.scan import _cmb_truth
-
     thick = np.diag([1.0, 1.0, 5.0, 1.0])
     thick[:3, 3] = -np.array(SHAPE) / 2 * np.diag(thick)[:3]
     big = Source("cmb", CENTRE, radius_mm=0.9, chi_ppm=1.5, pd_scale=0.8, r2s_extra=100.0, label=1)

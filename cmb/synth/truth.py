@@ -136,7 +136,8 @@ def write_truth(folder: Path, prefix: str, lesions, result, pose, warp, params: 
     labels = np.where(np.isin(result.cmb_labels, table["index"].to_numpy()), result.cmb_labels, 0).astype(np.int16)
     write_text(paths["table"], table.to_csv(sep="\t", index=False))
     save_nifti(img(labels), paths["dseg"])
-    write_text(paths["mimics"], mimic_table(lesions, pose, aff, warp, result.cmb_subvisible).to_csv(sep="\t", index=False))
+    mimics = mimic_table(lesions, pose, aff, warp, result.cmb_subvisible)
+    write_text(paths["mimics"], mimics.to_csv(sep="\t", index=False))
     save_nifti(mni_coordinate_map(aff, result.cmb_labels.shape, pose, warp), paths["xfm"])
     write_json(paths["xfm"].with_name(paths["xfm"].name.replace(".nii.gz", ".json")), {
         "Description": "For each voxel of this coarse grid (scanner RAS mm via its affine), the corresponding "
