@@ -3,7 +3,11 @@
     python .ci/compare_outputs.py LOCAL_OUT SLURM_OUT
 
 Compared: the set of files (logs/ and benchmarks/ left out), every CSV/TSV as text,
-every NIfTI's data array (exactly) and affine, ANTs .mat transforms byte for byte.
+every NIfTI's data array and affine, ANTs .mat transforms byte for byte. NIfTI arrays
+must be equal, except the detector's confidence maps (``*_probseg.nii.gz``): the two
+runs give detect_cmb different CPU thread counts (profiles/local: 1, profiles/slurm: 2),
+and PyTorch's float32 reductions round differently with the thread count (measured: one
+candidate of 3,000 off by 1.3e-6 relative). Those maps must agree to PROBSEG_RTOL.
 Other files (JSON reports and status records with timings and host names, SVG
 figures with dates) must exist on both sides but are not compared. Exit 1 on any
 difference, with one line per difference.
@@ -15,6 +19,7 @@ import sys
 from pathlib import Path
 
 SKIP_DIRS = {"logs", "benchmarks"}
+PROBSEG_RTOL = 1e-5  # float32 rounding of a few network outputs, far below any real change
 
 
 def files(root: Path) -> set[str]:
@@ -31,7 +36,7 @@ def compare(a_root: Path, b_root: Path) -> tuple[list[str], dict[str, int]]:
     import numpy as np
 
     problems: list[str] = []
-    counts = {"table": 0, "nifti": 0, "binary": 0, "present": 0}
+    counts = {"table": 0, "nifti": 0, "binary": 0, "present": 0, "rounded": 0}
     a_files, b_files = files(a_root), files(b_root)
     for rel in sorted(a_files - b_files):
         problems.append(f"only in {a_root}: {rel}")
@@ -49,7 +54,11 @@ def compare(a_root: Path, b_root: Path) -> tuple[list[str], dict[str, int]]:
             da, db = np.asanyarray(ia.dataobj), np.asanyarray(ib.dataobj)
             if da.shape != db.shape or da.dtype != db.dtype:
                 problems.append(f"NIfTI shape/dtype differs: {rel} {da.shape}/{da.dtype} vs {db.shape}/{db.dtype}")
-            elif not np.array_equal(da, db, equal_nan=np.issubdtype(da.dtype, np.floating)):
+            elif np.array_equal(da, db, equal_nan=np.issubdtype(da.dtype, np.floating)):
+                pass
+            elif rel.endswith("_probseg.nii.gz") and np.allclose(da, db, rtol=PROBSEG_RTOL, atol=0, equal_nan=True):
+                counts["rounded"] += 1
+            else:
                 diff = np.abs(da.astype(np.float64) - db.astype(np.float64))
                 problems.append(f"NIfTI data differs: {rel} (max |diff| {np.nanmax(diff):.3g}, "
                                 f"{int(np.count_nonzero(diff))} voxels)")
@@ -71,7 +80,9 @@ def main(argv: list[str]) -> int:
     a_root, b_root = Path(argv[0]), Path(argv[1])
     problems, counts = compare(a_root, b_root)
     print(f"compared {counts['table']} CSV/TSV tables, {counts['nifti']} NIfTI images, "
-          f"{counts['binary']} transforms; {counts['present']} other files checked for presence")
+          f"{counts['binary']} transforms; {counts['present']} other files checked for presence"
+          + (f"; {counts['rounded']} confidence map(s) equal within rtol {PROBSEG_RTOL:g}, not exactly"
+             if counts["rounded"] else ""))
     for line in problems:
         print(f"  DIFF {line}")
     if not counts["table"] or not counts["nifti"]:
