@@ -84,6 +84,7 @@ DETECTION_COLUMNS = [
     "x_mm", "y_mm", "z_mm", "i", "j", "k", "mni_x", "mni_y", "mni_z",
     "volume_mm3", "diameter_mm", "mars_category", "mars_region", "hemisphere", "atlas_label",
     "parenchyma_fraction", "n_voxels", "screen_score", "sphericity", "phase_mean", "phase_sign",
+    "phase_used",
 ]
 #: Values of ``rejected_reason`` (``n/a`` when not rejected).
 REJECT_REASONS = ("outside_brain", "csf")
@@ -97,7 +98,7 @@ _FLOAT_FORMAT = {
     "sphericity": "{:.3f}", "phase_mean": "{:.4f}",
 }
 _INT_COLUMNS = ("cmb_id", "i", "j", "k", "n_voxels")
-_BOOL_COLUMNS = ("above_threshold", "rejected", "is_cmb")
+_BOOL_COLUMNS = ("above_threshold", "rejected", "is_cmb", "phase_used")
 
 
 # --------------------------------------------------------------------------- voting
@@ -390,7 +391,7 @@ def format_detections(table: pd.DataFrame) -> pd.DataFrame:
             out[col] = [_NA if v is None or (isinstance(v, float) and not np.isfinite(v)) else str(int(v))
                         for v in values]
         elif col in _BOOL_COLUMNS:
-            out[col] = ["true" if _truthy(v) else "false" for v in values]
+            out[col] = [_NA if v is None else "true" if _truthy(v) else "false" for v in values]
         else:
             out[col] = [_NA if v is None or (isinstance(v, float) and np.isnan(v)) or v == "" else str(v)
                         for v in values]
@@ -592,7 +593,8 @@ def localize_subject(
         "hemisphere": loc["hemisphere"], "atlas_label": atlas,
         "parenchyma_fraction": loc["parenchyma_fraction"], "n_voxels": loc["n_voxels"],
     })
-    for col in ("volume_mm3", "diameter_mm", "screen_score", "sphericity", "phase_mean", "phase_sign"):
+    for col in ("volume_mm3", "diameter_mm", "screen_score", "sphericity", "phase_mean", "phase_sign",
+                "phase_used"):
         table[col] = loc[col].to_numpy() if col in loc else [None] * n
     table["is_cmb"] = table["above_threshold"] & ~table["rejected"]
     table = table.sort_values("cmb_id", kind="stable").reset_index(drop=True)

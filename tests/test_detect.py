@@ -78,6 +78,7 @@ def test_shipped_weights_find_the_microbleeds(scan, detected):
     # 169 of the 2,860 candidates sit in wrapped phase (the tiny head's air cavities)
     assert sidecar["phase_wrap_limit"] == load_model(DEFAULT_MODEL).card["phase_wrap_limit"] == 0.15
     assert 50 < sidecar["n_scored_without_phase"] < 500
+    assert (~table["phase_used"]).sum() == sidecar["n_scored_without_phase"]
     kept = table[table["above_threshold"]]
     _, metrics = evaluate_cohort([("sub-01", "tiny", kept, load_truth(scan.truth))])
     # The tiny preset (1.5 x 1.5 x 2.5 mm) is not among the training acquisitions: the
@@ -96,6 +97,7 @@ def test_shipped_weights_find_the_microbleeds(scan, detected):
 def test_magnitude_only_path_also_detects(scan, tmp_path):
     table, sidecar, _ = _detect(scan, tmp_path, use_gpu=False)
     assert not sidecar["phase_used"] and table["phase_sign"].isna().all()  # "n/a" in the TSV
+    assert not table["phase_used"].any()
     _, metrics = evaluate_cohort([("sub-01", "tiny", table[table["above_threshold"]], load_truth(scan.truth))])
     assert metrics["sensitivity"] >= 0.5 and metrics["fp_avg"] <= 6, metrics
 

@@ -166,6 +166,7 @@ def test_format_has_fixed_columns_booleans_and_na():
     assert text.loc[0, "x_mm"] == "0.00"  # no "-0.00"
     assert text["above_threshold"].tolist() == ["true", "false", "true"]
     assert text.loc[0, "mni_x"] == "n/a" and text.loc[0, "phase_sign"] == "n/a" and text.loc[0, "sphericity"] == "n/a"
+    assert text.loc[0, "phase_used"] == "n/a"  # a candidates table from before the column
 
 
 def test_written_table_is_byte_identical_and_reads_back(tmp_path):

@@ -379,6 +379,10 @@ def test_end_to_end_detections_cohort_tables_and_reports(cohort_run):
         det = pd.read_csv(anat / f"sub-{sub}_desc-cmb_detections.tsv", sep="\t", dtype=str, keep_default_na=False)
         assert list(det.columns) == DETECTION_COLUMNS
         rows += int((det["above_threshold"] == "true").sum())
+        # phase_used comes through from the detect stage: false where the phase was hidden
+        scored = json.loads((anat / f"sub-{sub}_desc-candidates_cmb.json").read_text())
+        no_phase = scored["n_scored_without_phase"] if scored["phase_used"] else len(det)
+        assert set(det["phase_used"]) <= {"true", "false"} and (det["phase_used"] == "false").sum() == no_phase
         ingested = nib.load(anat / f"sub-{sub}_part-mag_desc-ingested_swi.nii.gz")
         for name in ("label-CMB_dseg", "label-CMB_probseg"):
             img = nib.load(anat / f"sub-{sub}_{name}.nii.gz")

@@ -19,6 +19,10 @@ per candidate and these columns (:data:`CANDIDATE_COLUMNS`):
 ``phase_mean, phase_sign``
     Mean high-pass phase (radians, paramagnetic positive) over the blob and its
     sign (``paramagnetic``, ``diamagnetic``, or ``n/a`` without phase).
+``phase_used``
+    Whether the network saw the candidate's phase: false without a phase image, and for
+    a candidate in wrapped phase (the model card's ``phase_wrap_limit``), scored on its
+    magnitude alone.
 ``confidence``
     Calibrated probability that the candidate is a CMB.
 ``above_threshold``
@@ -27,5 +31,6 @@ per candidate and these columns (:data:`CANDIDATE_COLUMNS`):
 
 CANDIDATE_COLUMNS = [
     "candidate_id", "i", "j", "k", "x_mm", "y_mm", "z_mm", "volume_mm3", "diameter_mm",
-    "screen_score", "sphericity", "phase_mean", "phase_sign", "confidence", "above_threshold",
+    "screen_score", "sphericity", "phase_mean", "phase_sign", "phase_used", "confidence",
+    "above_threshold",
 ]

@@ -234,6 +234,7 @@ def detect(image: nib.Nifti1Image, mask: np.ndarray, phase: np.ndarray | None, m
         "sphericity": tab["sphericity"].to_numpy(float),
         "phase_mean": phase_mean,
         "phase_sign": sign,
+        "phase_used": (phase is not None) & ~phase_hidden,
         "confidence": conf,
         "above_threshold": conf >= thr,
     })[CANDIDATE_COLUMNS]

@@ -31,7 +31,7 @@ _NA = "n/a"
 #: Columns of the detections tables shown in the subject page.
 TABLE_COLUMNS = ["cmb_id", "confidence", "mars_category", "mars_region", "hemisphere", "atlas_label",
                  "x_mm", "y_mm", "z_mm", "i", "j", "k", "mni_x", "mni_y", "mni_z", "diameter_mm",
-                 "volume_mm3", "sphericity", "phase_sign", "rejected_reason"]
+                 "volume_mm3", "sphericity", "phase_sign", "phase_used", "rejected_reason"]
 NUMERIC = {"cmb_id", "confidence", "x_mm", "y_mm", "z_mm", "i", "j", "k", "mni_x", "mni_y", "mni_z",
            "diameter_mm", "volume_mm3", "sphericity"}
 TRIPLET_HALF_MM = 16.0

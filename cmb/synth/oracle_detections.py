@@ -102,7 +102,7 @@ def truth_candidates(bids: Path, out: Path | None, sub: str, dest: Path, *, trut
         rows.append({"candidate_id": cid, "i": int(centre[0]), "j": int(centre[1]), "k": int(centre[2]),
                      "x_mm": float(xyz[0]), "y_mm": float(xyz[1]), "z_mm": float(xyz[2]),
                      "volume_mm3": vol, "diameter_mm": float(np.cbrt(6 * vol / np.pi)), "screen_score": 0.8,
-                     "sphericity": 0.9, "phase_mean": 0.5, "phase_sign": "paramagnetic",
+                     "sphericity": 0.9, "phase_mean": 0.5, "phase_sign": "paramagnetic", "phase_used": True,
                      "confidence": confidence, "above_threshold": confidence >= 0.5})
         return cid
 
