@@ -391,11 +391,14 @@ def format_detections(table: pd.DataFrame) -> pd.DataFrame:
             out[col] = [_NA if v is None or (isinstance(v, float) and not np.isfinite(v)) else str(int(v))
                         for v in values]
         elif col in _BOOL_COLUMNS:
-            out[col] = [_NA if v is None else "true" if _truthy(v) else "false" for v in values]
+            out[col] = [_NA if _missing(v) else "true" if _truthy(v) else "false" for v in values]
         else:
-            out[col] = [_NA if v is None or (isinstance(v, float) and np.isnan(v)) or v == "" else str(v)
-                        for v in values]
+            out[col] = [_NA if _missing(v) or v == "" else str(v) for v in values]
     return out.reset_index(drop=True)
+
+
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and np.isnan(v))
 
 
 def _truthy(v) -> bool:

@@ -167,6 +167,8 @@ def test_format_has_fixed_columns_booleans_and_na():
     assert text["above_threshold"].tolist() == ["true", "false", "true"]
     assert text.loc[0, "mni_x"] == "n/a" and text.loc[0, "phase_sign"] == "n/a" and text.loc[0, "sphericity"] == "n/a"
     assert text.loc[0, "phase_used"] == "n/a"  # a candidates table from before the column
+    rows = _rows().assign(phase_used=[True, False, np.nan])  # n/a read back by pandas
+    assert format_detections(rows)["phase_used"].tolist() == ["true", "false", "n/a"]
 
 
 def test_written_table_is_byte_identical_and_reads_back(tmp_path):
