@@ -182,6 +182,7 @@ def count_detections(det: pd.DataFrame, anatomy: bool = True) -> dict:
     reason = det["rejected_reason"].astype(str)
     out.update(n_candidates=len(det), n_above_threshold=int(above.sum()), n_below_threshold=int((~above).sum()),
                n_rejected=int((det["rejected"].astype(str).str.lower() == "true").sum()),
+               n_rejected_vessel=int((reason == "vessel").sum()),
                n_rejected_csf=int((reason == "csf").sum()),
                n_rejected_outside_brain=int((reason == "outside_brain").sum()))
     return out

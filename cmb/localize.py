@@ -84,10 +84,13 @@ DETECTION_COLUMNS = [
     "x_mm", "y_mm", "z_mm", "i", "j", "k", "mni_x", "mni_y", "mni_z",
     "volume_mm3", "diameter_mm", "mars_category", "mars_region", "hemisphere", "atlas_label",
     "parenchyma_fraction", "n_voxels", "screen_score", "sphericity", "phase_mean", "phase_sign",
-    "phase_used",
+    "phase_used", "vessel_length_mm", "vessel_width_mm", "vessel_elongation", "vessel_angle_b0_deg",
+    "vessel_slices", "vessel_bulge", "tubularity",
 ]
-#: Values of ``rejected_reason`` (``n/a`` when not rejected).
-REJECT_REASONS = ("outside_brain", "csf")
+#: Values of ``rejected_reason`` (``n/a`` when not rejected): ``vessel`` comes from the
+#: detect stage's vessel rule (:mod:`cmb.detect.vessel_evidence`), the others from the
+#: anatomical filter.
+REJECT_REASONS = ("vessel", "outside_brain", "csf")
 
 _NA = "n/a"
 # Fixed text formats: the tables are byte-identical from one run to the next.
@@ -95,7 +98,9 @@ _FLOAT_FORMAT = {
     "confidence": "{:.4f}", "x_mm": "{:.2f}", "y_mm": "{:.2f}", "z_mm": "{:.2f}",
     "mni_x": "{:.2f}", "mni_y": "{:.2f}", "mni_z": "{:.2f}", "volume_mm3": "{:.2f}",
     "diameter_mm": "{:.2f}", "parenchyma_fraction": "{:.3f}", "screen_score": "{:.4f}",
-    "sphericity": "{:.3f}", "phase_mean": "{:.4f}",
+    "sphericity": "{:.3f}", "phase_mean": "{:.4f}", "vessel_length_mm": "{:.1f}", "vessel_width_mm": "{:.2f}",
+    "vessel_elongation": "{:.2f}", "vessel_angle_b0_deg": "{:.1f}", "vessel_slices": "{:.1f}",
+    "vessel_bulge": "{:.2f}", "tubularity": "{:.3f}",
 }
 _INT_COLUMNS = ("cmb_id", "i", "j", "k", "n_voxels")
 _BOOL_COLUMNS = ("above_threshold", "rejected", "is_cmb", "phase_used")
@@ -250,6 +255,10 @@ def localize_candidates(
     labels = np.full(len(ids), -1, np.int64)
     frac = np.full(len(ids), np.nan)
     reasons = np.full(len(ids), _NA, dtype=object)
+    if "rejected_reason" in out:  # the detect stage's vessel rule; the anatomical filter adds to it
+        earlier = out["rejected_reason"].astype(str).to_numpy()
+        reasons[np.isin(earlier, REJECT_REASONS)] = earlier[np.isin(earlier, REJECT_REASONS)]
+    earlier_reject = reasons != _NA
     if mars is not None and len(ids):
         vox_lab = np.asarray(mars)[tuple(vox.T)].astype(np.int64)
         centre_lab = np.asarray(mars)[tuple(centres.T)].astype(np.int64)
@@ -263,14 +272,15 @@ def localize_candidates(
             labels[n] = voted.get(cid, voted_all.get(cid, centre[cid]))
         weak = frac < float(min_parenchyma_fraction)
         if reject_outside_brain:
-            reasons[(~in_mask) | ((centre_lab == OUTSIDE_LABEL) & weak)] = "outside_brain"
+            reasons[~earlier_reject & ((~in_mask) | ((centre_lab == OUTSIDE_LABEL) & weak))] = "outside_brain"
         if reject_csf:
             reasons[(reasons == _NA) & (centre_lab == CSF_LABEL) & weak] = "csf"
-        rejected = reasons != _NA
-        labels[rejected] = np.where(reasons[rejected] == "csf", CSF_LABEL, OUTSIDE_LABEL)
+        anatomical = (reasons != _NA) & ~earlier_reject  # a rejected vein keeps its anatomy
+        labels[anatomical] = np.where(reasons[anatomical] == "csf", CSF_LABEL, OUTSIDE_LABEL)
     elif reject_outside_brain and len(ids):
-        reasons[~in_mask] = "outside_brain"
-        labels[~in_mask] = OUTSIDE_LABEL
+        outside = ~in_mask & ~earlier_reject
+        reasons[outside] = "outside_brain"
+        labels[outside] = OUTSIDE_LABEL
 
     decoded = [decode_label(v) if v >= 0 else (_NA, _NA, _NA) for v in labels]
     out["mars_label"] = labels
@@ -597,7 +607,8 @@ def localize_subject(
         "parenchyma_fraction": loc["parenchyma_fraction"], "n_voxels": loc["n_voxels"],
     })
     for col in ("volume_mm3", "diameter_mm", "screen_score", "sphericity", "phase_mean", "phase_sign",
-                "phase_used"):
+                "phase_used", "vessel_length_mm", "vessel_width_mm", "vessel_elongation", "vessel_angle_b0_deg",
+                "vessel_slices", "vessel_bulge", "tubularity"):
         table[col] = loc[col].to_numpy() if col in loc else [None] * n
     table["is_cmb"] = table["above_threshold"] & ~table["rejected"]
     table = table.sort_values("cmb_id", kind="stable").reset_index(drop=True)

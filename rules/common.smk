@@ -454,6 +454,7 @@ def _detect_options():
     if c["threshold"] is not None:
         args += ["--threshold", repr(float(c["threshold"]))]
     args += [] if c["use_gpu"] else ["--cpu"]
+    args += [] if c["vessel_rule"] else ["--no-vessel-rule"]
     return args + ([] if c["use_phase"] else ["--no-phase"])
 
 

@@ -47,7 +47,7 @@ def write_table(table, path) -> None:
 
 def run_detect(image: str, mask: str, out_table: str, out_sidecar: str, out_dseg: str, out_prob: str,
                phase: str | None = None, model_dir: str | Path = DEFAULT_MODEL, threshold: float | None = None,
-               use_gpu: bool = True, batch_size: int = 256) -> dict:
+               use_gpu: bool = True, batch_size: int = 256, vessel_rule: bool = True) -> dict:
     """Detect, and write the candidate table, its JSON sidecar, the label map and the confidence map."""
     t0 = time.perf_counter()
     device = select_device(use_gpu)
@@ -65,8 +65,9 @@ def run_detect(image: str, mask: str, out_table: str, out_sidecar: str, out_dseg
     mask_data = np.asarray(mask_img.dataobj) > 0
     if not mask_data.any():
         raise ValueError(f"{mask}: empty brain mask")
+    zooms = img.header.get_zooms()[:3]
     t1 = time.perf_counter()
-    result = detect(img, mask_data, ph, model, threshold, batch_size)
+    result = detect(img, mask_data, ph, model, threshold, batch_size, vessel_rule_enabled=vessel_rule)
 
     write_table(result.table, out_table)
     hdr_img = nib.Nifti1Image(result.labels.astype(np.int32), img.affine)
@@ -92,6 +93,15 @@ def run_detect(image: str, mask: str, out_table: str, out_sidecar: str, out_dseg
         "phase_used": ph is not None,
         "n_candidates": int(len(result.table)),
         "n_above_threshold": int(result.table["above_threshold"].sum()),
+        "vessel_rule": result.vessel["settings"],
+        "vessel_evidence_reliable": result.vessel["reliable"],
+        "vessel_evidence_note": None if result.vessel["reliable"] else (
+            f"slices of {max(zooms):.1f} mm are thicker than the vessel rule's thick_slice_mm "
+            f"({result.vessel['settings']['thick_slice_mm']} mm): a vein is told from a microbleed by fewer "
+            "slices, so the rule asks for a longer through-plane structure and may keep more veins"),
+        "n_vessel_measured": result.vessel["n_measured"],
+        "n_rejected_vessel": result.vessel["n_rejected"],
+        "n_rejected_vessel_above_threshold": result.vessel["n_rejected_above_threshold"],
         "inputs": {"image": str(image), "mask": str(mask), "phase": str(phase) if phase else None},
         "seconds": {"load": round(t1 - t0, 3), **{k: round(v, 3) for k, v in result.seconds.items()},
                     "total": round(time.perf_counter() - t0, 3)},
@@ -111,6 +121,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--model", default=str(DEFAULT_MODEL), help="model folder (default: the shipped weights)")
     p.add_argument("--threshold", type=float, help="operating threshold (default: the model card's)")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--no-vessel-rule", action="store_true",
+                   help="measure the vessel evidence but reject no candidate as a vessel (config detection.vessel_rule)")
     p.add_argument("--cpu", action="store_true", help="do not use a GPU even if one is visible")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     p.add_argument("--out-table", required=True)
@@ -127,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         run_detect(args.image, args.mask, args.out_table, args.out_sidecar, args.out_dseg, args.out_prob,
                    phase=None if args.no_phase else args.phase, model_dir=args.model, threshold=args.threshold,
-                   use_gpu=not args.cpu, batch_size=args.batch_size)
+                   use_gpu=not args.cpu, batch_size=args.batch_size, vessel_rule=not args.no_vessel_rule)
     except (ModelError, ValueError) as e:
         print(f"{type(e).__name__}: {e}", file=sys.stderr)
         return 1

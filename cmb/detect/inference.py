@@ -25,6 +25,7 @@ from cmb.candidates import dark_blob_response, delineate_candidates, find_peaks,
 from cmb.detect import CANDIDATE_COLUMNS
 from cmb.detect.model import LoadedModel
 from cmb.detect.patches import SCALES, PatchSampler, has_phase, hide_phase, phase_wrap_density, symmetric_views
+from cmb.detect.vessel_evidence import DEFAULT_VESSEL_RULE, evidence_reliable, measure_vessel_evidence, vessel_rule
 
 __all__ = ["DEFAULT_SCREEN", "Candidates", "find_candidates", "hand_features", "score_candidates", "view_averaged_logits",
            "wrapped_phase", "calibrate", "Detection", "detect"]
@@ -195,14 +196,18 @@ class Detection:
     threshold: float
     seconds: dict
     n_phase_hidden: int = 0  # candidates scored without their phase (wrapped: :func:`wrapped_phase`)
+    vessel: dict = field(default_factory=dict)  # the vessel rule's settings, reliability and counts
 
 
 def detect(image: nib.Nifti1Image, mask: np.ndarray, phase: np.ndarray | None, model: LoadedModel,
-           threshold: float | None = None, batch_size: int = 256) -> Detection:
+           threshold: float | None = None, batch_size: int = 256, vessel_rule_enabled: bool = True) -> Detection:
     """Detect CMBs in one preprocessed magnitude (``image``) with its brain ``mask`` and optional phase.
 
     Returns every candidate, strongest screen response first, with its calibrated
-    ``confidence`` and ``above_threshold`` (``threshold``, else the model card's).
+    ``confidence`` and ``above_threshold`` (``threshold``, else the model card's), its
+    vessel evidence and whether the vessel rule rejects it (``vessel_rule_enabled``;
+    the settings are the model card's ``vessel_rule`` over
+    :data:`~cmb.detect.vessel_evidence.DEFAULT_VESSEL_RULE`).
     """
     card = model.card
     magnitude = np.asarray(image.dataobj, dtype=np.float32)
@@ -237,7 +242,21 @@ def detect(image: nib.Nifti1Image, mask: np.ndarray, phase: np.ndarray | None, m
         "phase_used": (phase is not None) & ~phase_hidden,
         "confidence": conf,
         "above_threshold": conf >= thr,
-    })[CANDIDATE_COLUMNS]
+    })
+    rule = {**DEFAULT_VESSEL_RULE, **card.get("vessel_rule", {})}
+    rule["enabled"] = bool(rule["enabled"] and vessel_rule_enabled)
+    measured = conf >= float(rule["min_confidence_fraction"]) * thr
+    evidence = measure_vessel_evidence(magnitude, mask, zooms, image.affine, tab, cands.labels, measured, rule)
+    vein = vessel_rule(evidence, zooms, rule) & measured
+    for col in evidence.columns:
+        out[col] = evidence[col].to_numpy()
+    out["rejected"] = vein
+    out["rejected_reason"] = np.where(vein, "vessel", "n/a")
+    out = out[CANDIDATE_COLUMNS]
+    t2 = time.perf_counter()
+    vessel = {"settings": rule, "reliable": evidence_reliable(zooms, rule), "n_measured": int(measured.sum()),
+              "n_rejected": int(vein.sum()), "n_rejected_above_threshold": int((vein & (conf >= thr)).sum())}
     lut = np.concatenate([[0.0], conf]).astype(np.float32)
     prob = lut[cands.labels]
-    return Detection(out, cands.labels, prob, thr, {**cands.seconds, "network": t1 - t0}, int(phase_hidden.sum()))
+    return Detection(out, cands.labels, prob, thr, {**cands.seconds, "network": t1 - t0, "vessel": t2 - t1},
+                     int(phase_hidden.sum()), vessel)

@@ -31,9 +31,10 @@ _NA = "n/a"
 #: Columns of the detections tables shown in the subject page.
 TABLE_COLUMNS = ["cmb_id", "confidence", "mars_category", "mars_region", "hemisphere", "atlas_label",
                  "x_mm", "y_mm", "z_mm", "i", "j", "k", "mni_x", "mni_y", "mni_z", "diameter_mm",
-                 "volume_mm3", "sphericity", "phase_sign", "phase_used", "rejected_reason"]
+                 "volume_mm3", "sphericity", "phase_sign", "phase_used", "vessel_length_mm", "vessel_elongation",
+                 "vessel_angle_b0_deg", "rejected_reason"]
 NUMERIC = {"cmb_id", "confidence", "x_mm", "y_mm", "z_mm", "i", "j", "k", "mni_x", "mni_y", "mni_z",
-           "diameter_mm", "volume_mm3", "sphericity"}
+           "diameter_mm", "volume_mm3", "sphericity", "vessel_length_mm", "vessel_elongation", "vessel_angle_b0_deg"}
 TRIPLET_HALF_MM = 16.0
 MAX_FIGURES = {"detections": 100, "rejected": 30, "below": 20}
 #: Most rows shown per table (the most confident first); every row is in the TSV.
@@ -193,6 +194,13 @@ def render_subject_report(
     def rows_of(sel: pd.DataFrame) -> list[dict]:
         return [{c: r.get(c, _NA) for c in TABLE_COLUMNS} for r in sel.to_dict("records")]
 
+    def rejection_text(r: dict) -> str:
+        reason = r.get("rejected_reason", _NA)
+        if reason != "vessel":
+            return reason
+        return (f"vessel (dark structure {r.get('vessel_length_mm', _NA)} mm long, elongation "
+                f"{r.get('vessel_elongation', _NA)}, {r.get('vessel_angle_b0_deg', _NA)}\u00b0 to B0)")
+
     def figures_of(sel: pd.DataFrame, cap: int) -> list[dict]:
         if vol is None or not len(sel):
             return []
@@ -215,7 +223,7 @@ def render_subject_report(
             where = ", ".join(v for v in (r.get("mars_region", _NA).replace("_", " "), r.get("hemisphere", _NA),
                                            r.get("atlas_label", _NA)) if v and v != _NA) or "location n/a"
             out.append({"cmb_id": r["cmb_id"], "confidence": r["confidence"], "where": where,
-                        "reason": r.get("rejected_reason", _NA), "png": data_uri(jpg, "image/jpeg"),
+                        "reason": rejection_text(r), "png": data_uri(jpg, "image/jpeg"),
                         "width": w, "height": h})
         return out
 
