@@ -8,12 +8,20 @@
 
 Conditions (one table row each):
 
-- ``full``: the shipped model, magnitude + phase where present, at the model card's threshold;
-- ``no-phase``: the same model given the magnitude only;
+- ``full``: the shipped model, magnitude + phase where present, at the model card's threshold,
+  with the vessel rule (candidates rejected as ``vessel`` are not detections);
+- ``full-no-vessel-rule``: the same detections with the vessel rule's rejections kept (the ablation);
+- ``no-phase``: the same model given the magnitude only (with the vessel rule);
 - ``screen-only`` (no stage 2): every screen candidate kept as a detection (its
   sensitivity is stage 1's; ``sens_at_1fp`` ranks the candidates by screen score);
 
 plus stage-1 sensitivity (CMBs hit by any candidate), time per scan and peak RSS.
+
+Where the truth describes the veins (``*_veins.tsv`` segments of ``cmb crosssim``, or
+the vein rows of ``cmb synth``'s ``*_mimics.tsv``), the false positives of ``full``
+and of the ablation are counted by the angle of the nearest vein to B0 and by the
+distance to the nearest vein end; where the truth marks CMBs that touch a vein
+(``touches_vein``), their sensitivity is given apart.
 Each condition's full evaluation (per-subject CSV, cohort JSON, FROC CSV/PNG) goes to
 ``--out/<condition>/``.
 """
@@ -63,7 +71,8 @@ def main(argv=None) -> int:
     if not scans:
         print(f"no annotated preprocessed scans under {args.derivatives}", file=sys.stderr)
         return 2
-    pairs = {"full": [], "no-phase": [], "screen-only": []}
+    pairs = {"full": [], "full-no-vessel-rule": [], "no-phase": [], "screen-only": []}
+    veins = {}
     seconds = {"full": [], "no-phase": []}
     found = n_truth = 0
     for scan in scans:
@@ -75,7 +84,10 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             res = detect(img, mask, ph, model)
             seconds[name].append(time.perf_counter() - t0)
-            pairs[name].append((scan.key, scan.acquisition, res.table, truth))
+            pairs[name].append((scan.key, scan.acquisition, res.table[~res.table["rejected"]], truth))
+            if name == "full":
+                pairs["full-no-vessel-rule"].append((scan.key, scan.acquisition, res.table, truth))
+        veins[scan.key] = vein_segments(scan.truth)
         screen = res.table.assign(confidence=res.table["screen_score"])
         pairs["screen-only"].append((scan.key, scan.acquisition, screen, truth))
         m = match_cohort([(scan.key, scan.acquisition, screen, truth)])
@@ -85,13 +97,15 @@ def main(argv=None) -> int:
               f"{seconds['full'][-1]:.1f} s", file=sys.stderr)
 
     rows = []
-    for name in ("full", "no-phase", "screen-only"):
-        match = match_cohort(pairs[name])
+    matches = {}
+    for name in ("full", "full-no-vessel-rule", "no-phase", "screen-only"):
+        match = matches[name] = match_cohort(pairs[name])
         froc = froc_curve(match)
         t = 0.0 if name == "screen-only" else thr
         write_evaluation(args.out / name, match, t)
         _, cohort = evaluate_cohort(pairs[name], t)
-        rows.append(_row(name, cohort, froc, float(np.median(seconds.get(name, [np.nan])))))
+        rows.append(_row(name, cohort, froc, float(np.median(seconds.get(name.replace("-no-vessel-rule", ""),
+                                                                            [np.nan])))))
     table = pd.DataFrame(rows)
     pd.set_option("display.width", 200)
     print(f"model {args.model} (sha256 {model.card['weights_sha256'][:12]}), threshold {thr:.3f}, device {device.type}, "
@@ -101,8 +115,100 @@ def main(argv=None) -> int:
     by_acq = pd.read_csv(args.out / "full" / "subjects.csv")
     if "acquisition" in by_acq:
         print(by_acq.groupby("acquisition")[["n_truth", "tp", "fp"]].sum().to_string())
+    for name in ("full", "full-no-vessel-rule"):
+        fps = false_positives_near_veins(matches[name], veins, thr)
+        if len(fps):
+            fps.to_csv(args.out / name / "false_positives_veins.csv", index=False)
+            print(f"{name}: {len(fps)} false positives, {int(fps['on_vein'].sum())} on a vein")
+            print(fps.groupby("angle_to_b0", observed=False).size().rename("fp").to_frame().T.to_string())
+            print(fps.groupby("to_vein_end", observed=False).size().rename("fp").to_frame().T.to_string())
+        touching = touching_vein_sensitivity(matches[name], thr)
+        if touching is not None:
+            print(f"{name}: CMBs touching a vein found {touching[0]}/{touching[1]} = "
+                  f"{touching[0] / max(touching[1], 1):.3f}")
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     return 0
+
+
+def vein_segments(truth_path: Path) -> pd.DataFrame:
+    """Straight vein segments of a scan's truth (scanner mm): ``start, end, radius_mm, free_start, free_end``.
+
+    ``*_veins.tsv`` (cmb crosssim) lists segments with their free ends; cmb synth's
+    ``*_mimics.tsv`` gives each vein's start and end, or its centre, direction and
+    length (a chord of a gently bent vein).
+    """
+    prefix = truth_path.name.split("_label-CMB")[0]
+    cols = ["sx", "sy", "sz", "ex", "ey", "ez", "radius_mm", "free_start", "free_end"]
+    seg = truth_path.with_name(f"{prefix}_veins.tsv")
+    if seg.exists():
+        t = pd.read_csv(seg, sep="\t")
+        return pd.DataFrame({
+            "sx": t["start_x"], "sy": t["start_y"], "sz": t["start_z"], "ex": t["end_x"], "ey": t["end_y"],
+            "ez": t["end_z"], "radius_mm": t["radius_mm"],
+            "free_start": t["is_vein_end_start"].astype(str).str.lower() == "true",
+            "free_end": t["is_vein_end_end"].astype(str).str.lower() == "true"})
+    mim = truth_path.with_name(f"{prefix}_mimics.tsv")
+    if not mim.exists():
+        return pd.DataFrame(columns=cols)
+    t = pd.read_csv(mim, sep="\t")
+    t = t[t["type"].astype(str).str.startswith("vein")]
+    if "start_x" in t:
+        start, end = t[["start_x", "start_y", "start_z"]].to_numpy(float), t[["end_x", "end_y", "end_z"]].to_numpy(float)
+    else:
+        c = t[["x_mm", "y_mm", "z_mm"]].to_numpy(float)
+        half = t[["direction_x", "direction_y", "direction_z"]].to_numpy(float) * t[["length_mm"]].to_numpy(float) / 2
+        start, end = c - half, c + half
+    return pd.DataFrame({"sx": start[:, 0], "sy": start[:, 1], "sz": start[:, 2], "ex": end[:, 0], "ey": end[:, 1],
+                         "ez": end[:, 2], "radius_mm": t["radius_mm"].to_numpy(float), "free_start": True,
+                         "free_end": True})
+
+
+def false_positives_near_veins(match, veins: dict, threshold: float, on_vein_mm: float = 1.5) -> pd.DataFrame:
+    """Each false positive at ``threshold`` with its nearest vein: distance to its axis, its angle to B0, the
+    distance to the nearest free vein end, binned (``on_vein``: within ``on_vein_mm`` of the vein's wall)."""
+    det = match.detections
+    det = det[(det["confidence"] >= threshold) & det["truth_id"].isna()]
+    rows = []
+    for r in det.itertuples():
+        seg = veins.get(r.subject)
+        p = np.array([r.x_mm, r.y_mm, r.z_mm])
+        if seg is None or not len(seg):
+            rows.append((r.subject, r.acquisition, np.nan, np.nan, np.nan, False))
+            continue
+        a, b = seg[["sx", "sy", "sz"]].to_numpy(float), seg[["ex", "ey", "ez"]].to_numpy(float)
+        d = b - a
+        t = np.clip(((p - a) * d).sum(1) / np.maximum((d * d).sum(1), 1e-9), 0, 1)
+        dist = np.linalg.norm(a + t[:, None] * d - p, axis=1)
+        n = int(np.argmin(dist))
+        angle = float(np.degrees(np.arccos(min(abs(d[n, 2]) / max(np.linalg.norm(d[n]), 1e-9), 1.0))))
+        ends = np.vstack([a[seg["free_start"].to_numpy(bool)], b[seg["free_end"].to_numpy(bool)]])
+        to_end = float(np.linalg.norm(ends - p, axis=1).min()) if len(ends) else np.nan
+        on = bool(dist[n] <= seg["radius_mm"].iloc[n] + on_vein_mm)
+        rows.append((r.subject, r.acquisition, float(dist[n]), angle, to_end, on))
+    out = pd.DataFrame(rows, columns=["subject", "acquisition", "vein_distance_mm", "vein_angle_b0_deg",
+                                      "vein_end_distance_mm", "on_vein"])
+    off = "not on a vein"
+    out["angle_to_b0"] = pd.Categorical(np.where(
+        out["on_vein"], pd.cut(out["vein_angle_b0_deg"], [-1, 20, 45, 90], labels=["0-20", "20-45", "45-90"])
+        .astype(str), off), ["0-20", "20-45", "45-90", off])
+    out["to_vein_end"] = pd.Categorical(np.where(
+        out["on_vein"], pd.cut(out["vein_end_distance_mm"], [-1, 3, 10, 1e9], labels=["<=3 mm", "3-10 mm", ">10 mm"])
+        .astype(str), off), ["<=3 mm", "3-10 mm", ">10 mm", off])
+    return out
+
+
+def touching_vein_sensitivity(match, threshold: float) -> tuple[int, int] | None:
+    """(found, total) of the CMBs the truth marks ``touches_vein``; None when it marks none."""
+    truth = match.truth
+    if "touches_vein" not in truth:
+        return None
+    touching = truth[truth["touches_vein"].astype(str).str.lower() == "true"]
+    if not len(touching):
+        return None
+    det = match.detections
+    hit = det[(det["confidence"] >= threshold) & det["truth_id"].notna()]
+    found = set(zip(hit["subject"], hit["truth_id"].astype(int)))
+    return sum((s, int(t)) in found for s, t in zip(touching["subject"], touching["truth_id"])), len(touching)
 
 
 if __name__ == "__main__":

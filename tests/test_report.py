@@ -45,21 +45,24 @@ def _subject(tmp: Path, shape=(64, 72, 40), zooms=(1.5, 1.5, 2.5), n_cmb=4, comp
     image = np.where(mask, 100.0, 5.0) + rng.normal(0, 3, shape)
     mars = np.where(mask, np.where(grid[0] < shape[0] // 2, 1, 107), 0).astype(np.int16)
     rows = []
-    spots = [tuple(int(v) for v in rng.integers([s // 4 for s in shape], [3 * s // 4 for s in shape])) for _ in range(n_cmb + 3)]
+    spots = [tuple(int(v) for v in rng.integers([s // 4 for s in shape], [3 * s // 4 for s in shape])) for _ in range(n_cmb + 4)]
     for n, c in enumerate(spots):
         image[c[0] - 1:c[0] + 2, c[1] - 1:c[1] + 2, c[2]] = 20.0
         xyz = nib.affines.apply_affine(aff, c)
-        kind = "cmb" if n < n_cmb else ("csf", "outside_brain", "below")[n - n_cmb]
+        kind = "cmb" if n < n_cmb else ("csf", "outside_brain", "vessel", "below")[n - n_cmb]
         rows.append({"participant_id": "sub-01", "session_id": "n/a", "cmb_id": n + 1,
                      "confidence": 0.9 - 0.05 * n if kind != "below" else 0.1,
-                     "above_threshold": kind != "below", "rejected": kind in ("csf", "outside_brain"),
-                     "rejected_reason": kind if kind in ("csf", "outside_brain") else "n/a",
+                     "above_threshold": kind != "below", "rejected": kind in ("csf", "outside_brain", "vessel"),
+                     "rejected_reason": kind if kind in ("csf", "outside_brain", "vessel") else "n/a",
                      "is_cmb": kind == "cmb", "x_mm": xyz[0], "y_mm": xyz[1], "z_mm": xyz[2],
                      "i": c[0], "j": c[1], "k": c[2], "mni_x": xyz[0], "mni_y": xyz[1], "mni_z": xyz[2],
                      "volume_mm3": 20.0, "diameter_mm": 3.4,
                      "mars_category": "lobar" if kind == "cmb" else "non-parenchyma",
                      "mars_region": "frontal" if kind == "cmb" else "csf", "hemisphere": "L",
-                     "atlas_label": "ctx-lh-superiorfrontal", "phase_sign": "paramagnetic"})
+                     "atlas_label": "ctx-lh-superiorfrontal", "phase_sign": "paramagnetic",
+                     "vessel_length_mm": 21.5 if kind == "vessel" else 3.0,
+                     "vessel_elongation": 9.3 if kind == "vessel" else 1.2,
+                     "vessel_angle_b0_deg": 6.0 if kind == "vessel" else 40.0})
     ext = ".nii.gz" if compressed else ".nii"
     files = {}
     for name, data in (("image", image.astype(np.float32)), ("phase", rng.normal(0, 0.3, shape).astype(np.float32)),
@@ -112,8 +115,9 @@ def test_subject_page_has_every_section(subject_page):
     for section in ("summary", "detections", "rejected", "registration", "brainmask", "provenance"):
         assert f'id="{section}"' in html
     assert "deep_or_mixed" in html or "strictly_lobar" in html
-    assert html.count('alt="CMB ') == 7  # a triplet per detection, rejected and below-threshold candidate
-    assert "Rejected by the anatomical filter (2)" in html and "Below threshold (1)" in html
+    assert html.count('alt="CMB ') == 8  # a triplet per detection, rejected and below-threshold candidate
+    assert "Rejected by the vessel rule or the anatomical filter (3)" in html and "Below threshold (1)" in html
+    assert "rejected: vessel (dark structure 21.5 mm long, elongation 9.30, 6.0\u00b0 to B0)" in html
     assert "figure exploded" in html  # the failed stage's message
 
 

@@ -22,8 +22,9 @@ This module measures that continuation, in millimetres on the scan's own
 - **Tubularity.** Multi-scale Hessian analysis at the candidate's centre
   (``tubularity``): the Frangi vesselness ratios of a dark line, computed on a
   0.5 mm isotropic resampling of the neighbourhood (never in voxel units), at
-  Gaussian scales of 0.5-1.5 mm: about 0.85 on the axis of a tube, 0.1 at the centre
-  of a ball, 0 for a sheet or a bright spot.
+  Gaussian scales of 0.5-1.5 mm with the blur of the acquired voxels equalized across
+  axes: about 0.85 on the axis of a tube, 0.1 at the centre of a ball, 0 for a sheet
+  or a bright spot.
 
 The **vessel rule** (:func:`vessel_rule`) rejects a candidate as ``vessel`` when its
 dark structure is long, elongated, thin and has no bulge at the candidate. The rule's
@@ -119,9 +120,11 @@ def _structure_geometry(points_mm: np.ndarray, zooms: np.ndarray, centre_mm: np.
 def tubularity(mag: np.ndarray, zooms, centre_vox, scales_mm=_TUBE_SCALES_MM, iso_mm: float = _ISO_MM) -> float:
     """Frangi vesselness of a *dark* line at ``centre_vox``, best over Gaussian ``scales_mm``.
 
-    The neighbourhood is resampled (trilinear) to ``iso_mm`` isotropic voxels first, so
-    the Hessian's scales are millimetres on every grid; the result does not depend on
-    the voxel size beyond what the acquisition blurred.
+    In millimetres on any grid: the neighbourhood is resampled (cubic spline) to
+    ``iso_mm`` isotropic voxels, and each axis is smoothed so that, with the blur of
+    its acquired voxel (a box of variance ``voxel^2 / 12``), every axis has the same
+    total blur. Without that equalization, a vein across 2 mm slices has a flattened
+    cross-section, which Frangi's ratios read as a sheet (why Frangi filters fail on SWI).
 
     >>> x, y, z = np.mgrid[:40, :40, :40] * 0.5
     >>> tube = 1.0 - 0.8 * np.exp(-((x - 10) ** 2 + (y - 10) ** 2) / (2 * 0.6 ** 2))
@@ -130,24 +133,30 @@ def tubularity(mag: np.ndarray, zooms, centre_vox, scales_mm=_TUBE_SCALES_MM, is
     (0.9, 0.1)
     """
     zooms = np.asarray(zooms, float)
-    half_mm = 3.0 * max(scales_mm) + iso_mm
+    voxel_var = zooms ** 2 / 12.0
+    widest = float(voxel_var.max())
+    half_mm = 3.0 * np.sqrt(max(scales_mm) ** 2 + widest) + iso_mm
     n = int(np.ceil(half_mm / iso_mm))
     offsets = np.arange(-n, n + 1) * iso_mm
     grid = np.stack(np.meshgrid(offsets, offsets, offsets, indexing="ij"))  # mm, voxel frame
-    coords = np.asarray(centre_vox, float)[:, None, None, None] + grid / zooms[:, None, None, None]
-    patch = ndi.map_coordinates(np.asarray(mag, np.float32), coords.reshape(3, -1), order=1,
-                                mode="nearest").reshape(grid.shape[1:])
+    c = np.asarray(centre_vox, float)
+    lo = np.maximum(np.floor(c - (half_mm / zooms) - 3).astype(int), 0)
+    hi = np.minimum(np.ceil(c + (half_mm / zooms) + 4).astype(int), np.asarray(mag.shape))
+    crop = np.asarray(mag[tuple(slice(a, b) for a, b in zip(lo, hi))], np.float64)
+    coords = (c - lo)[:, None, None, None] + grid / zooms[:, None, None, None]
+    patch = ndi.map_coordinates(crop, coords.reshape(3, -1), order=3, mode="nearest").reshape(grid.shape[1:])
     best, best_strength = 0.0, 0.0
     for s in scales_mm:
-        sv = s / iso_mm
+        total = s * s + widest  # the same total blur (mm^2) on every axis
+        sigma_vox = np.sqrt(np.maximum(total - voxel_var, 0.0)) / iso_mm
         h = np.empty((3, 3))
         for a in range(3):
             for b in range(a, 3):
                 order = [0, 0, 0]
                 order[a] += 1
                 order[b] += 1
-                h[a, b] = h[b, a] = ndi.gaussian_filter(patch, sv, order=order, mode="nearest")[n, n, n]
-        lam = np.linalg.eigvalsh(h * s * s / iso_mm ** 2)  # scale-normalized, per mm^2
+                h[a, b] = h[b, a] = ndi.gaussian_filter(patch, sigma_vox, order=order, mode="nearest")[n, n, n]
+        lam = np.linalg.eigvalsh(h * total / iso_mm ** 2)  # scale-normalized
         lam = lam[np.argsort(np.abs(lam))]
         l1, l2, l3 = lam
         strength = float(np.sqrt(l2 * l2 + l3 * l3))
