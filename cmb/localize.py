@@ -85,7 +85,7 @@ DETECTION_COLUMNS = [
     "volume_mm3", "diameter_mm", "mars_category", "mars_region", "hemisphere", "atlas_label",
     "parenchyma_fraction", "n_voxels", "screen_score", "sphericity", "phase_mean", "phase_sign",
     "phase_used", "vessel_length_mm", "vessel_width_mm", "vessel_elongation", "vessel_angle_b0_deg",
-    "vessel_slices", "vessel_bulge", "tubularity",
+    "vessel_slices", "vessel_bulge", "vessel_darkening", "tubularity",
 ]
 #: Values of ``rejected_reason`` (``n/a`` when not rejected): ``vessel`` comes from the
 #: detect stage's vessel rule (:mod:`cmb.detect.vessel_evidence`), the others from the
@@ -100,7 +100,7 @@ _FLOAT_FORMAT = {
     "diameter_mm": "{:.2f}", "parenchyma_fraction": "{:.3f}", "screen_score": "{:.4f}",
     "sphericity": "{:.3f}", "phase_mean": "{:.4f}", "vessel_length_mm": "{:.1f}", "vessel_width_mm": "{:.2f}",
     "vessel_elongation": "{:.2f}", "vessel_angle_b0_deg": "{:.1f}", "vessel_slices": "{:.1f}",
-    "vessel_bulge": "{:.2f}", "tubularity": "{:.3f}",
+    "vessel_bulge": "{:.2f}", "vessel_darkening": "{:.2f}", "tubularity": "{:.3f}",
 }
 _INT_COLUMNS = ("cmb_id", "i", "j", "k", "n_voxels")
 _BOOL_COLUMNS = ("above_threshold", "rejected", "is_cmb", "phase_used")
@@ -608,7 +608,7 @@ def localize_subject(
     })
     for col in ("volume_mm3", "diameter_mm", "screen_score", "sphericity", "phase_mean", "phase_sign",
                 "phase_used", "vessel_length_mm", "vessel_width_mm", "vessel_elongation", "vessel_angle_b0_deg",
-                "vessel_slices", "vessel_bulge", "tubularity"):
+                "vessel_slices", "vessel_bulge", "vessel_darkening", "tubularity"):
         table[col] = loc[col].to_numpy() if col in loc else [None] * n
     table["is_cmb"] = table["above_threshold"] & ~table["rejected"]
     table = table.sort_values("cmb_id", kind="stable").reset_index(drop=True)

@@ -171,12 +171,13 @@ def test_angle_to_b0_follows_the_affine():
 
 def test_the_rule_needs_more_slices_on_thick_slices():
     evidence = pd.DataFrame({"vessel_length_mm": [12.0], "vessel_width_mm": [2.0], "vessel_elongation": [6.0],
-                             "vessel_angle_b0_deg": [3.0], "vessel_slices": [3.0], "vessel_bulge": [1.0],
+                             "vessel_angle_b0_deg": [3.0], "vessel_slices": [3.0], "vessel_bulge": [1.0], "vessel_darkening": [1.1],
                              "tubularity": [0.5]})
     assert vessel_rule(evidence, (1.0, 1.0, 3.0))[0]
     assert not vessel_rule(evidence, (1.0, 1.0, 5.0))[0]
     assert not vessel_rule(evidence, (1.0, 1.0, 3.0), {"enabled": False})[0]
     assert not vessel_rule(evidence.assign(vessel_bulge=4.0), (1.0, 1.0, 3.0))[0]  # a CMB on a vein
+    assert not vessel_rule(evidence.assign(vessel_darkening=2.2), (1.0, 1.0, 3.0))[0]  # blooming, darkest at its centre
 
 
 def test_int16_scaled_input_writes_the_vessel_reason_and_sidecar(tmp_path):

@@ -27,7 +27,7 @@ per candidate and these columns (:data:`CANDIDATE_COLUMNS`):
     Calibrated probability that the candidate is a CMB.
 ``above_threshold``
     ``confidence >= threshold`` (the operating threshold of the model card, or config).
-``vessel_length_mm, vessel_width_mm, vessel_elongation, vessel_angle_b0_deg, vessel_slices, vessel_bulge, tubularity``
+``vessel_length_mm, vessel_width_mm, vessel_elongation, vessel_angle_b0_deg, vessel_slices, vessel_bulge, vessel_darkening, tubularity``
     The vessel evidence (:mod:`cmb.detect.vessel_evidence`): the dark structure the
     candidate belongs to, measured at a lower threshold, and the Hessian tubularity at
     its centre; ``n/a`` for candidates far below the threshold (not measured).
@@ -40,5 +40,5 @@ CANDIDATE_COLUMNS = [
     "candidate_id", "i", "j", "k", "x_mm", "y_mm", "z_mm", "volume_mm3", "diameter_mm",
     "screen_score", "sphericity", "phase_mean", "phase_sign", "phase_used", "confidence",
     "above_threshold", "vessel_length_mm", "vessel_width_mm", "vessel_elongation", "vessel_angle_b0_deg",
-    "vessel_slices", "vessel_bulge", "tubularity", "rejected", "rejected_reason",
+    "vessel_slices", "vessel_bulge", "vessel_darkening", "tubularity", "rejected", "rejected_reason",
 ]

@@ -18,7 +18,10 @@ This module measures that continuation, in millimetres on the scan's own
 - **Bulge.** A microbleed that touches a vein belongs to the vein's dark structure,
   but it is a local thickening of it: ``vessel_bulge`` is the structure's
   cross-section area at the candidate over its median cross-section away from the
-  candidate (about 1 along a vein, at a vein's end or bend; 4-10 for a CMB on a vein).
+  candidate (about 1 along a vein, at a vein's end or bend; 4-10 for a CMB on a vein),
+  and ``vessel_darkening`` its peak darkness at the candidate over the median peak
+  darkness along it (about 1 along a vein; 2 or more at a CMB, whose blooming is darkest
+  at its centre and fades along B0).
 - **Tubularity.** Multi-scale Hessian analysis at the candidate's centre
   (``tubularity``): the Frangi vesselness ratios of a dark line, computed on a
   0.5 mm isotropic resampling of the neighbourhood (never in voxel units), at
@@ -27,7 +30,7 @@ This module measures that continuation, in millimetres on the scan's own
   or a bright spot.
 
 The **vessel rule** (:func:`vessel_rule`) rejects a candidate as ``vessel`` when its
-dark structure is long, elongated, thin and has no bulge at the candidate. The rule's
+dark structure is long, elongated, thin, and neither thicker nor darker at the candidate. The rule's
 settings are in :data:`DEFAULT_VESSEL_RULE`; a model card's ``vessel_rule`` entry
 overrides them. With slices thicker than ``thick_slice_mm``, a through-plane structure
 must span more slices before it is called a vein (a blooming CMB covers two 5 mm
@@ -52,9 +55,10 @@ DEFAULT_VESSEL_RULE = {
     "background_mm": 4.0,
     "box_mm": 20.0,  # half-size of the neighbourhood searched
     "min_length_mm": 9.0,
-    "min_elongation": 3.0,
+    "min_elongation": 4.0,
     "max_width_mm": 4.0,
     "max_bulge": 2.5,
+    "max_darkening": 1.8,
     "thick_slice_mm": 4.0,
     "min_slices": 3.0,  # a through-plane structure must span this many slices ...
     "thick_min_slices": 4.0,  # ... or this many, when slices are thicker than thick_slice_mm
@@ -63,7 +67,7 @@ DEFAULT_VESSEL_RULE = {
 
 #: Columns that :func:`measure_vessel_evidence` adds (NaN where not measured).
 VESSEL_COLUMNS = ["vessel_length_mm", "vessel_width_mm", "vessel_elongation", "vessel_angle_b0_deg",
-                  "vessel_slices", "vessel_bulge", "tubularity"]
+                  "vessel_slices", "vessel_bulge", "vessel_darkening", "tubularity"]
 
 _TUBE_SCALES_MM = (0.5, 0.75, 1.0, 1.5)
 _ISO_MM = 0.5
@@ -87,7 +91,7 @@ def _darkness(mag: np.ndarray, mask: np.ndarray, zooms: np.ndarray, background_m
 
 
 def _structure_geometry(points_mm: np.ndarray, zooms: np.ndarray, centre_mm: np.ndarray,
-                        blob_radius_mm: float) -> dict:
+                        blob_radius_mm: float, darkness: np.ndarray | None = None) -> dict:
     """Length, width, elongation, long axis and bulge of a set of voxel centres (mm, voxel frame).
 
     The width is the diameter of the median cross-section (a disc of that area), so a
@@ -113,8 +117,14 @@ def _structure_geometry(points_mm: np.ndarray, zooms: np.ndarray, centre_mm: np.
     near = np.abs(at) <= max(1.0, blob_radius_mm)
     far = (np.abs(at) > blob_radius_mm + 2.5) & occupied
     bulge = float(area[near].max() / np.median(area[far])) if near.any() and far.sum() >= 6 else float("inf")
+    dark_bulge = float("inf")
+    if darkness is not None and np.isfinite(bulge):
+        peak = np.zeros(len(counts))
+        np.maximum.at(peak, bins - lo, darkness)
+        peak = ndi.maximum_filter1d(peak, window, mode="constant")
+        dark_bulge = float(peak[near].max() / max(np.median(peak[far]), 1e-6))
     return {"length": length, "width": width, "elongation": length / max(width, 1e-6), "axis": axis,
-            "bulge": bulge}
+            "bulge": bulge, "dark_bulge": dark_bulge}
 
 
 def tubularity(mag: np.ndarray, zooms, centre_vox, scales_mm=_TUBE_SCALES_MM, iso_mm: float = _ISO_MM) -> float:
@@ -216,22 +226,28 @@ def measure_vessel_evidence(magnitude: np.ndarray, mask: np.ndarray, zooms, affi
         local = tuple(c - lo)
         blob[local] = True
         peak = float(dark[blob].max())
+        # Seeded at the centre voxel and its neighbours: the blob itself (half the screen's
+        # peak response) can be wider than a thin vein and would widen it at the candidate.
+        seed = np.zeros(dark.shape, bool)
+        seed[tuple(slice(max(v - 1, 0), v + 2) for v in local)] = True
         fg = inner & (dark >= max(float(s["level"]) * peak, float(s["min_darkness"])))
-        fg |= blob & inner
+        fg[local] = True
         cc = cc3d.connected_components(fg, connectivity=26)
-        structure = np.isin(cc, np.unique(cc[blob & inner]))
-        pts = np.argwhere(structure) * zooms
-        geo = _structure_geometry(pts, zooms, np.asarray(local) * zooms, float(radius[row]))
+        structure = np.isin(cc, np.setdiff1d(np.unique(cc[seed & fg]), [0]))
+        pts = np.argwhere(structure)
+        geo = _structure_geometry(pts * zooms, zooms, np.asarray(local) * zooms, float(radius[row]),
+                                  dark[tuple(pts.T)])
         axis_world = rot @ geo["axis"]
         angle = float(np.degrees(np.arccos(min(abs(axis_world[2]) / np.linalg.norm(axis_world), 1.0))))
         slices = geo["length"] * abs(geo["axis"][2]) / zooms[2]  # slices the long axis runs through
         out.loc[row, VESSEL_COLUMNS] = [geo["length"], geo["width"], geo["elongation"], angle, slices, geo["bulge"],
-                                        tubularity(mag, zooms, c)]
+                                        geo["dark_bulge"], tubularity(mag, zooms, c)]
     return out
 
 
 def vessel_rule(evidence: pd.DataFrame, zooms, settings: dict | None = None) -> np.ndarray:
-    """``(N,)`` bool: the candidates whose dark structure is a vein (long, elongated, thin, no bulge).
+    """``(N,)`` bool: the candidates whose dark structure is a vein (long, elongated, thin, neither
+    thicker nor darker at the candidate).
 
     A structure that runs through the slices must also span ``min_slices`` of them
     (``thick_min_slices`` when slices are thicker than ``thick_slice_mm``).
@@ -248,5 +264,6 @@ def vessel_rule(evidence: pd.DataFrame, zooms, settings: dict | None = None) -> 
                 & (e["vessel_elongation"].to_numpy(float) >= float(s["min_elongation"]))
                 & (e["vessel_width_mm"].to_numpy(float) <= float(s["max_width_mm"]))
                 & (e["vessel_bulge"].to_numpy(float) <= float(s["max_bulge"]))
+                & (e["vessel_darkening"].to_numpy(float) <= float(s["max_darkening"]))
                 & (~through_plane | (slices >= need)))
     return np.asarray(vein, bool)
