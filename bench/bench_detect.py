@@ -116,6 +116,11 @@ def main(argv=None) -> int:
     if "acquisition" in by_acq:
         print(by_acq.groupby("acquisition")[["n_truth", "tp", "fp"]].sum().to_string())
     for name in ("full", "full-no-vessel-rule"):
+        subjects = pd.read_csv(args.out / name / "subjects.csv")
+        free = subjects[subjects["n_truth"] == 0]
+        if len(free):
+            print(f"{name}: {len(free)} CMB-free scans, {free['fp'].mean():.2f} false positives per scan "
+                  f"({', '.join(str(int(v)) for v in free['fp'])})")
         fps = false_positives_near_veins(matches[name], veins, thr)
         if len(fps):
             fps.to_csv(args.out / name / "false_positives_veins.csv", index=False)
