@@ -12,7 +12,7 @@ import pytest
 
 from cmb.cohort_tables import (COUNT_COLUMNS, SubjectFiles, count_detections, data_dictionary, mars_pattern,
                                read_sites, stage_status, write_cohort_tables)
-from cmb.localize import DETECTION_COLUMNS
+from cmb.localize import DETECTION_COLUMNS, REJECT_REASONS
 from cmb.mars_region import REGIONS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
@@ -104,7 +104,7 @@ def test_data_dictionary_describes_every_column(cohort):
         meta = json.loads((cohort["root"] / "cohort" / f"{name}.json").read_text())
         assert list(meta) == list(columns)
         assert all(meta[c]["Description"] for c in columns)
-    assert set(data_dictionary("detections")["rejected_reason"]["Levels"]) == {"csf", "outside_brain", "n/a"}
+    assert set(data_dictionary("detections")["rejected_reason"]["Levels"]) == {*REJECT_REASONS, "n/a"}
 
 
 def test_ratings_template_lists_every_scan(cohort):
