@@ -374,6 +374,7 @@ def test_end_to_end_detections_cohort_tables_and_reports(cohort_run):
     proc, out = cohort_run["proc"], cohort_run["out"]
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
     rows = 0
+    vessel_rows = {}
     for sub in ("01", "02"):
         anat = _anat(out, sub)
         det = pd.read_csv(anat / f"sub-{sub}_desc-cmb_detections.tsv", sep="\t", dtype=str, keep_default_na=False)
@@ -383,6 +384,10 @@ def test_end_to_end_detections_cohort_tables_and_reports(cohort_run):
         scored = json.loads((anat / f"sub-{sub}_desc-candidates_cmb.json").read_text())
         no_phase = scored["n_scored_without_phase"] if scored["phase_used"] else len(det)
         assert set(det["phase_used"]) <= {"true", "false"} and (det["phase_used"] == "false").sum() == no_phase
+        # the vessel rule's rejections come through from the detect stage, with their measurements
+        vessel = det[det["rejected_reason"] == "vessel"]
+        assert len(vessel) == scored["n_rejected_vessel"] and (vessel["vessel_length_mm"] != "n/a").all()
+        vessel_rows[sub] = len(vessel)
         ingested = nib.load(anat / f"sub-{sub}_part-mag_desc-ingested_swi.nii.gz")
         for name in ("label-CMB_dseg", "label-CMB_probseg"):
             img = nib.load(anat / f"sub-{sub}_{name}.nii.gz")
@@ -410,6 +415,7 @@ def test_end_to_end_detections_cohort_tables_and_reports(cohort_run):
         row = counts.set_index("participant_id").loc[pid]
         mine = detections[(detections["participant_id"] == pid) & (detections["is_cmb"] == "true")]
         assert row["status"] == "ok" and int(row["n_cmb"]) == len(mine)
+        assert int(row["n_rejected_vessel"]) == vessel_rows[pid[4:]]
     for name in ("cmb_counts.json", "cmb_detections.json", "cmb_ratings_template.tsv", "cmb_counts_long.csv",
                  "figures/cmb_count_distribution.svg", "figures/cmb_region_counts.svg"):
         assert (out / "cohort" / name).stat().st_size > 0, name
