@@ -50,10 +50,10 @@ __all__ = ["DEFAULT_VESSEL_RULE", "VESSEL_COLUMNS", "measure_vessel_evidence", "
 #: Settings of the vessel measurements and rule (one source; a model card's ``vessel_rule`` overrides).
 DEFAULT_VESSEL_RULE = {
     "enabled": True,
-    "level": 0.4,  # the dark structure: darkness above this fraction of the candidate's peak darkness
+    "level": 0.5,  # the dark structure: darkness above this fraction of the candidate's peak darkness
     "min_darkness": 0.08,  # ... and above this absolute relative darkness
     "background_mm": 4.0,
-    "box_mm": 20.0,  # half-size of the neighbourhood searched
+    "box_mm": 14.0,  # half-size of the neighbourhood searched
     "min_length_mm": 9.0,
     "min_elongation": 4.0,
     "max_width_mm": 4.0,
