@@ -32,7 +32,12 @@ def _add_synth(sub) -> None:
                    "or weights like lobar=0.6,deep=0.3,infratentorial=0.1")
     p.add_argument("--count-profile", default="population", help=f"CMB count distribution: {', '.join(COUNT_PROFILES)}")
     p.add_argument("--n-cmb", type=int, default=None, help="fixed number of CMBs per subject")
-    p.add_argument("--n-veins", type=int, default=None, help="number of small veins per subject (default 14-25)")
+    p.add_argument("--n-veins", type=int, default=None,
+                   help="number of small veins per subject (default 14-25; 25-60 with --vein-model randomized)")
+    p.add_argument("--vein-model", default="anatomical",
+                   help="anatomical (medullary and pial veins) or randomized (mostly domain-randomized veins: "
+                        "every orientation, a third along B0, 0.15-1.5 mm, straight, curved and branching; "
+                        "15%% of CMBs against a vein)")
     p.add_argument("--t1w", dest="with_t1w", action="store_true", help="also write a 1 mm T1w in the same head pose")
     p.add_argument("--sessions", type=int, default=0, help="sessions per subject (0: no ses- entity)")
     p.add_argument("--phase", dest="phase_filter", default="raw", help="raw (wrapped) or hp (SWI high-pass) phase")
@@ -86,7 +91,9 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_synth(sub)
     _add_profile(sub)
-    commands = {"detect": ("cmb.detect.__main__", "detect CMBs in one preprocessed scan"),
+    commands = {"crosssim": ("cmb.crosssim.__main__", "generate a cohort from the second, independent simulator "
+                                                       "(cross-simulator validation)"),
+                "detect": ("cmb.detect.__main__", "detect CMBs in one preprocessed scan"),
                 "train": ("cmb.detect.training", "train or fine-tune the detector on annotated scans"),
                 "calibrate": ("cmb.detect.calibration", "refit a detector's calibration and threshold on annotated scans"),
                 "evaluate": ("cmb.evaluation", "score detections against ground truth (sensitivity, FPavg, FROC)")}

@@ -24,10 +24,16 @@ from cmb.synth.lesions import (
     to_subject_space,
 )
 from cmb.synth.presets import LAYOUTS, PRESET_NAMES, draw_acquisition
+from cmb.synth.random_veins import TOUCH_SHARE, place_random_veins, place_touching_cmbs
 from cmb.synth.scan import simulate_scan, simulate_t1w
 from cmb.synth.truth import write_truth
 
-__all__ = ["SynthOptions", "SynthError", "synthesize", "validate_options"]
+__all__ = ["SynthOptions", "SynthError", "VEIN_MODELS", "synthesize", "validate_options"]
+
+# anatomical: medullary and pial veins only; randomized: a quarter of those, the rest
+# domain-randomized (cmb.synth.random_veins), and a share of CMBs placed against veins.
+VEIN_MODELS = ("anatomical", "randomized")
+_ANATOMICAL_SHARE = 0.25  # of the veins of a randomized subject
 
 
 class SynthError(ValueError):
@@ -55,6 +61,7 @@ class SynthOptions:
     te_ms: tuple[float, ...] | None = None
     field_strength: float | None = None
     n_veins: int | None = None
+    vein_model: str = "anatomical"
     overwrite: bool = False
     preview: bool = False
 
@@ -94,6 +101,10 @@ def validate_options(o: SynthOptions) -> None:
         raise SynthError(f"--phase-units must be auto, rad, deg or int12, got {o.phase_units!r}")
     if o.paramagnetic_phase not in ("auto", "positive", "negative"):
         raise SynthError(f"--paramagnetic-phase must be auto, positive or negative, got {o.paramagnetic_phase!r}")
+    if o.vein_model not in VEIN_MODELS:
+        raise SynthError(f"--vein-model must be one of {', '.join(VEIN_MODELS)}, got {o.vein_model!r}")
+    if o.n_veins is not None and not 0 <= o.n_veins <= 200:
+        raise SynthError(f"--n-veins must be between 0 and 200, got {o.n_veins}")
     if o.sessions < 0 or o.sessions > 20:
         raise SynthError(f"--sessions must be within 0-20, got {o.sessions}")
     out = Path(o.out)
@@ -158,22 +169,31 @@ def synthesize_subject(o: SynthOptions, sub: str, rng: np.random.Generator, out:
         site = replace(site, b0=o.field_strength)
     model = build_head_model(acq.model_step)
     warp = random_warp(rng)
-    contrast = TissueContrast().jittered(rng)
+    contrast = TissueContrast().jittered(rng, scale=acq.contrast_jitter)
     maps = parameter_maps(model, contrast, acq.b0)
     n_cmb = o.n_cmb if o.n_cmb is not None else draw_cmb_count(rng, o.count_profile)
     te_ref = min(acq.tes, key=lambda te: abs(te - 0.02))
-    lesions = place_cmbs(model, warp, n_cmb, rng, parse_location_prior(o.location_prior), b0=acq.b0, te=te_ref)
-    n_veins = o.n_veins if o.n_veins is not None else int(rng.integers(14, 26))
-    lesions += place_veins(model, warp, rng, n_medullary=n_veins // 2, n_pial=n_veins - n_veins // 2)
+    prior = parse_location_prior(o.location_prior)
+    if o.vein_model == "randomized":
+        # The poses come first: the veins are aimed in the first scan's scanner space.
+        scans = _subject_plan(o, rng)
+        poses = [random_pose(rng) for _ in scans]
+        lesions = _randomized_lesions(o, model, warp, poses[0], n_cmb, prior, acq.b0, te_ref, rng)
+    else:
+        scans, poses = None, None
+        lesions = place_cmbs(model, warp, n_cmb, rng, prior, b0=acq.b0, te=te_ref)
+        n_veins = o.n_veins if o.n_veins is not None else int(rng.integers(14, 26))
+        lesions += place_veins(model, warp, rng, n_medullary=n_veins // 2, n_pial=n_veins - n_veins // 2)
     lesions += place_calcifications(model, warp, rng)
     to_subject_space(lesions, warp)
     para = site.paramagnetic_phase if o.paramagnetic_phase == "auto" else o.paramagnetic_phase
     units = _VENDOR_PHASE_UNITS[site.manufacturer] if o.phase_units == "auto" else o.phase_units
     t1 = t1w_map(model) if o.with_t1w else None
-    scans = _subject_plan(o, rng)
-    for ses, run in scans:
+    if scans is None:
+        scans = _subject_plan(o, rng)
+    for n_scan, (ses, run) in enumerate(scans):
         ent = ScanEntities(sub, ses, run)
-        pose = random_pose(rng)
+        pose = poses[n_scan] if poses else random_pose(rng)
         storage = "LPS" if rng.random() < 0.5 else "RAS"
         result = simulate_scan(model, maps, warp, pose, acq, lesions, rng, paramagnetic_phase=para, storage=storage)
         written = write_scan(out, ent, acq, site, result, phase_units=units, phase_filter=o.phase_filter)
@@ -187,6 +207,12 @@ def synthesize_subject(o: SynthOptions, sub: str, rng: np.random.Generator, out:
             "location_prior": o.location_prior, "reference_echo": result.reference_echo,
             "images": {k: str(v.relative_to(out)) for k, v in written.items()},
         }
+        if o.preset == "randomized" or o.vein_model != "anatomical":
+            params.update({
+                "vein_model": o.vein_model, "site": site.name, "model": site.model,
+                "repetition_time": acq.tr, "flip_angle": acq.flip_deg, "fov_mm": acq.fov_mm,
+                "bias_field_scale": acq.bias_scale, "contrast_jitter_scale": acq.contrast_jitter,
+            })
         write_truth(ent.folder(out / "derivatives" / TRUTH_PIPELINE, datatype), ent.prefix, lesions, result, pose,
                     warp, params)
         if t1 is not None:
@@ -197,3 +223,17 @@ def synthesize_subject(o: SynthOptions, sub: str, rng: np.random.Generator, out:
         "site": site.name, "cohort_profile": o.location_prior, "preset": acq.name, "n_scans": len(scans),
         "n_cmb": sum(les.source.kind == "cmb" for les in lesions),
     }
+
+
+def _randomized_lesions(o: SynthOptions, model, warp, pose, n_cmb: int, prior, b0: float, te: float,
+                        rng: np.random.Generator) -> list:
+    """Veins (a quarter anatomical, the rest randomized), then CMBs: a share against a vein, the rest clear of them."""
+    n_veins = o.n_veins if o.n_veins is not None else int(rng.integers(25, 61))
+    n_anatomical = int(round(_ANATOMICAL_SHARE * n_veins))
+    veins = place_veins(model, warp, rng, n_medullary=n_anatomical // 2, n_pial=n_anatomical - n_anatomical // 2)
+    veins += place_random_veins(model, warp, pose, rng, n_veins - n_anatomical, first_id=len(veins))
+    touching = place_touching_cmbs(model, warp, pose, veins, int(rng.binomial(n_cmb, TOUCH_SHARE)), rng, prior,
+                                   b0=b0, te=te)
+    cmbs = touching + place_cmbs(model, warp, n_cmb - len(touching), rng, prior, b0=b0, te=te, avoid_veins=veins,
+                                 existing=touching)
+    return cmbs + veins

@@ -20,7 +20,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial.transform import Rotation
 
-__all__ = ["SubjectWarp", "random_warp", "random_pose", "acquisition_affine"]
+__all__ = ["SubjectWarp", "random_warp", "random_pose", "acquisition_affine", "distance_to_path", "vein_clearance"]
 
 
 @dataclass(frozen=True)
@@ -108,3 +108,31 @@ def acquisition_affine(rng: np.random.Generator, voxel_mm, matrix, max_tilt_deg:
     half = (np.asarray(matrix) - 1) / 2.0
     m[:3, 3] = np.asarray(centre) - m[:3, :3] @ half
     return m
+
+
+def distance_to_path(points: np.ndarray, path: np.ndarray) -> np.ndarray:
+    """Distance (mm) of each of ``points`` (n, 3) to the polyline ``path`` (m, 3).
+
+    >>> distance_to_path(np.array([[0.0, 2.0, 5.0], [0.0, 0.0, 13.0]]), np.array([[0.0, 0, 0], [0, 0, 10]]))
+    array([2., 3.])
+    """
+    points = np.atleast_2d(np.asarray(points, float))
+    path = np.atleast_2d(np.asarray(path, float))
+    if len(path) == 1:
+        return np.linalg.norm(points - path[0], axis=1)
+    a, ab = path[:-1], np.diff(path, axis=0)
+    pa = points[:, None, :] - a[None]
+    t = np.clip((pa * ab).sum(-1) / np.maximum((ab * ab).sum(-1), 1e-12), 0.0, 1.0)
+    return np.linalg.norm(pa - t[..., None] * ab, axis=-1).min(1)
+
+
+def vein_clearance(points: np.ndarray, paths, radii) -> np.ndarray:
+    """Distance (mm) of each point to the nearest vein wall (negative inside a vein; inf without veins).
+
+    ``paths`` are the veins' axes (polylines), ``radii`` their radii, all in one space.
+    """
+    points = np.atleast_2d(np.asarray(points, float))
+    out = np.full(len(points), np.inf)
+    for path, r in zip(paths, radii):
+        np.minimum(out, distance_to_path(points, path) - r, out=out)
+    return out

@@ -17,11 +17,12 @@ from scipy.spatial import cKDTree
 
 from cmb.mars_region import CSF_LABEL, MarsMap, build_mars_map, decode_label, label_table
 from cmb.synth.anatomy import HeadModel
-from cmb.synth.geometry import SubjectWarp
+from cmb.synth.geometry import SubjectWarp, vein_clearance
 from cmb.synth.physics import Source, rad_per_ppm
 
-__all__ = ["LOCATION_PRIORS", "COUNT_PROFILES", "Lesion", "draw_cmb_count", "place_cmbs", "place_veins",
-           "place_calcifications", "to_subject_space", "parse_location_prior", "blooming_factor", "truth_mars_map"]
+__all__ = ["LOCATION_PRIORS", "COUNT_PROFILES", "TOUCH_MARGIN_MM", "Lesion", "draw_cmb_count", "place_cmbs",
+           "place_veins", "place_calcifications", "to_subject_space", "parse_location_prior", "blooming_factor",
+           "truth_mars_map", "vein_paths"]
 
 LOCATION_PRIORS = {
     "mixed": {"lobar": 0.5, "deep": 0.35, "infratentorial": 0.15},
@@ -58,6 +59,9 @@ def parse_location_prior(spec: str) -> dict[str, float]:
         raise ValueError(f"location prior {spec!r}: weights must be >= 0 and not all zero")
     return {k: v / total for k, v in weights.items()}
 
+
+# A CMB touches a vein when its centre is within its radius + the vein's radius + this of the vein's axis.
+TOUCH_MARGIN_MM = 0.5
 
 # (probability, low, high) of the per-subject CMB count.
 COUNT_PROFILES = {
@@ -147,12 +151,19 @@ def blooming_factor(chi_ppm: float, b0: float, te: float) -> float:
 
 
 def place_cmbs(model: HeadModel, warp: SubjectWarp, n: int, rng: np.random.Generator,
-               prior: dict[str, float], b0: float = 3.0, te: float = 0.02) -> list[Lesion]:
+               prior: dict[str, float], b0: float = 3.0, te: float = 0.02,
+               avoid_veins: list[Lesion] | None = None, existing: list[Lesion] = ()) -> list[Lesion]:
     """Draw ``n`` microbleeds in parenchyma, by MARS category with probabilities ``prior``.
 
     The apparent diameter on an image at field ``b0`` and echo time ``te`` is drawn
     between 2 and 10 mm (mostly 2-5); the physical radius follows from the blooming.
+    With ``avoid_veins`` (vein lesions, still in MNI space), a CMB is kept 1 mm
+    further from their walls than touching (:data:`TOUCH_MARGIN_MM`), so that
+    touching ones are only those placed to touch. CMBs in ``existing`` are kept
+    clear of, and numbered after.
     """
+    if avoid_veins:
+        paths, radii = vein_paths(avoid_veins)
     sites = _parenchyma_sites(model)
     cats = [c for c in ("lobar", "deep", "infratentorial") if len(sites[c])]
     p = np.array([prior.get(c, 0.0) for c in cats], float)
@@ -167,7 +178,9 @@ def place_cmbs(model: HeadModel, warp: SubjectWarp, n: int, rng: np.random.Gener
         chi = float(rng.uniform(0.6, 2.0))
         apparent = float(np.clip(rng.lognormal(np.log(3.3), 0.35), 2.0, 10.0))
         radius = float(np.clip(apparent / 2 / blooming_factor(chi, b0, te), 0.25, 3.0))
-        if any(np.linalg.norm(mni - o.mni) < 4.0 * (radius + o.source.radius_mm) + 2.0 for o in out):
+        if any(np.linalg.norm(mni - o.mni) < 4.0 * (radius + o.source.radius_mm) + 2.0 for o in (*existing, *out)):
+            continue
+        if avoid_veins and vein_clearance(mni, paths, radii)[0] <= radius + TOUCH_MARGIN_MM + 1.0:
             continue
         labels = _labels_at(model, mni)
         if labels[0] != cat:
@@ -179,10 +192,22 @@ def place_cmbs(model: HeadModel, warp: SubjectWarp, n: int, rng: np.random.Gener
             chi_ppm=chi,
             pd_scale=float(rng.uniform(0.6, 1.0)),
             r2s_extra=float(rng.uniform(50, 250)),
-            label=len(out) + 1,
+            label=len(existing) + len(out) + 1,
         )
         out.append(Lesion(src, mni, *labels))
     return out
+
+
+def vein_paths(lesions: list[Lesion]) -> tuple[list[np.ndarray], list[float]]:
+    """Axis (the whole path) and radius of each vein among ``lesions``, once per vein."""
+    seen, paths, radii = set(), [], []
+    for les in lesions:
+        extra = les.source.extra
+        if les.source.kind == "vein" and extra["vein_id"] not in seen:
+            seen.add(extra["vein_id"])
+            paths.append(extra["path"])
+            radii.append(les.source.radius_mm)
+    return paths, radii
 
 
 def _polyline(start, end, rng, n=6, wiggle=1.5):

@@ -172,7 +172,7 @@ def simulate_scan(model: HeadModel, maps: np.ndarray, warp: SubjectWarp, pose: n
     # Smooth factors (bias, receiver phase, background field) are combined at the
     # sampling resolution and upsampled once per echo, as amplitude and phase.
     s_kji = pd.shape
-    bias = np.exp(_smooth_field(s_kji, rng, 0.12)) * _texture(s_kji, rng)
+    bias = np.exp(_smooth_field(s_kji, rng, acq.bias_scale)) * _texture(s_kji, rng)
     phi0 = _smooth_field(s_kji, rng, 0.6, order=1) + np.float32(rng.uniform(-np.pi, np.pi))
     brain = None
 
