@@ -93,6 +93,8 @@ def main(argv=None) -> int:
     _add_profile(sub)
     commands = {"crosssim": ("cmb.crosssim.__main__", "generate a cohort from the second, independent simulator "
                                                        "(cross-simulator validation)"),
+                "plan": ("cmb.ingest_plan", "dry run of input selection: per subject/session the files chosen, "
+                                            "the candidates, the files ignored, and why"),
                 "detect": ("cmb.detect.__main__", "detect CMBs in one preprocessed scan"),
                 "train": ("cmb.detect.training", "train or fine-tune the detector on annotated scans"),
                 "calibrate": ("cmb.detect.calibration", "refit a detector's calibration and threshold on annotated scans"),

@@ -32,6 +32,8 @@ NaN/Inf voxels                      fix if fewer than ``max_nonfinite_fraction``
 all voxels zero / all equal         error
 ==================================  =========================================================
 
+:func:`ghosting_index` scores an image's motion ghosting, to choose among repeats.
+
 :func:`check_same_grid` compares two images (magnitude and phase, or echoes):
 different shapes, or affines differing by more than ``atol_mm``, are an error.
 """
@@ -47,7 +49,7 @@ import numpy as np
 
 from cmb.failures import InputDataError, one_line
 
-__all__ = ["check_same_grid", "load_image", "voxel_sizes"]
+__all__ = ["check_same_grid", "ghosting_index", "load_image", "voxel_sizes"]
 
 _log = logging.getLogger(__name__)
 
@@ -188,12 +190,14 @@ def load_image(
     messages += _check_affine(path, img)
     zooms = voxel_sizes(img.affine)
     if np.any(zooms > max_voxel_mm + 1e-3):
-        raise _fail(path, f"voxels of {_mm(zooms)} are larger than {max_voxel_mm:g} mm")
+        raise _fail(path, f"voxels of {_mm(zooms)} are larger than {max_voxel_mm:g} mm; "
+                          f"to accept them (e.g. thick-slice 2D GRE), raise ingest.max_voxel_mm")
     if min_fov_mm:
         extent = np.asarray(shape[:3]) * zooms
         if np.any(extent < min_fov_mm):
             raise _fail(path, f"partial field of view: {shape[0]} x {shape[1]} x {shape[2]} voxels "
-                              f"cover {_mm(extent)}, less than {min_fov_mm:g} mm in some axis")
+                              f"cover {_mm(extent)}, less than {min_fov_mm:g} mm in some axis; "
+                              f"ingest.min_fov_mm sets the limit (null disables it)")
     dtype = img.get_data_dtype()
     if dtype.kind == "c" or dtype.fields is not None:
         raise _fail(path, f"unsupported voxel type {dtype} (complex or RGB); store magnitude and "
@@ -211,7 +215,7 @@ def load_image(
         fraction = n_bad / data.size
         if fraction >= max_nonfinite_fraction:
             raise _fail(path, f"{n_bad} NaN/Inf voxels ({100 * fraction:.2g}% of the image, limit "
-                              f"{100 * max_nonfinite_fraction:g}%)")
+                              f"{100 * max_nonfinite_fraction:g}%, set by ingest.max_nonfinite_fraction)")
         data[bad] = 0
         messages.append(f"{path}: {n_bad} NaN/Inf voxels ({100 * fraction:.2g}%) set to 0")
     if data.size and not np.any(data):
@@ -256,3 +260,50 @@ def check_same_grid(img_a, img_b, name_a: str, name_b: str, atol_mm: float = 0.0
     if diff > atol_mm:
         raise _fail(name_b, f"grid differs from {name_a}: affines differ by up to {diff:.3g} mm "
                             f"(tolerance {atol_mm:g} mm)")
+
+
+def ghosting_index(data: np.ndarray, voxel_mm, margin_mm: float = 8.0) -> float | None:
+    """Signal in the air around the head, as a fraction of the signal in it.
+
+    Motion during a scan replicates the head along the phase-encoding direction
+    as ghosts in the background (the idea of MRIQC's ghost-to-signal ratio and of
+    its background-based quality measures); noise and ringing raise it too. Lower
+    is better. The head is the smoothed image above half its Otsu threshold, holes
+    filled, grown by ``margin_mm``; the background is every other voxel that is
+    not exactly 0 (zero-filled padding is not air).
+
+    Returns ``None`` when the background is under 5% of the field of view (a tight
+    crop), where the index would measure too little.
+
+    >>> rng = np.random.default_rng(0)
+    >>> head = np.zeros((40, 40, 20)); head[10:30, 10:30, 5:15] = 100.0
+    >>> clean = head + rng.rayleigh(2.0, head.shape)
+    >>> ghosted = clean + 0.2 * np.roll(head, 20, axis=1)
+    >>> ghosting_index(clean, (1, 1, 1)) < ghosting_index(ghosted, (1, 1, 1))
+    True
+    """
+    from scipy import ndimage
+    from skimage.filters import threshold_otsu
+
+    data = np.nan_to_num(np.asarray(data, dtype=np.float32))
+    if data.ndim == 4:
+        data = data[..., 0]
+    voxel_mm = np.asarray(voxel_mm, dtype=float)[:3]
+    smooth = ndimage.gaussian_filter(data, sigma=1.0 / voxel_mm)
+    sample = smooth[smooth > 0]
+    if sample.size < 100:
+        return None
+    rng = np.random.default_rng(0)
+    sample = rng.choice(sample, size=min(sample.size, 200_000), replace=False)
+    head = smooth > 0.5 * threshold_otsu(sample)
+    labels, n = ndimage.label(head)
+    if n == 0:
+        return None
+    sizes = ndimage.sum_labels(head, labels, index=np.arange(1, n + 1))
+    head = labels == (1 + int(np.argmax(sizes)))
+    head = ndimage.binary_fill_holes(head)
+    air = (ndimage.distance_transform_edt(~head, sampling=voxel_mm) > margin_mm) & (data != 0)
+    if air.sum() < 0.05 * data.size:
+        return None
+    inside = float(np.median(data[head]))
+    return float(np.mean(data[air]) / inside) if inside > 0 else None

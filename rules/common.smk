@@ -4,14 +4,16 @@
   Participant labels are strings: a YAML ``02`` (read as the integer 2) is turned
   back into "02". Nested ``--config`` values arrive as strings and are typed by the
   schema (cmb.config_values).
-- ``plan_inputs`` (cmb.ingest) chooses one input per subject/session when the DAG
+- ``plan_inputs`` (cmb.ingest_plan) chooses one input per subject/session when the DAG
   is built; the records decide which optional files (phase, T1w) each subject gets.
 - Paths are BIDS names from snakebids ``bids()`` under ``sub-{subject}{sesdir}/``
   (``{sesdir}``/``{sesfile}`` are empty for a scan without session).
 """
 
+import json
 import os
 import shlex
+from pathlib import Path
 import textwrap
 
 import jsonschema
@@ -23,7 +25,7 @@ from snakemake.utils import validate
 
 from cmb import __version__ as CMB_VERSION
 from cmb.config_values import coerce_to_schema
-from cmb.ingest import plan_inputs
+from cmb.ingest_plan import plan_inputs
 from cmb.template import TEMPLATE_NAME
 
 set_bids_spec("v0_15_0")
@@ -134,6 +136,8 @@ def _plan():
             participant_label=config["participant_label"] or None,
             exclude_participant_label=config["exclude_participant_label"] or None,
             preference=config["ingest"]["preference"],
+            pin_entities=config["ingest"]["pin_entities"],
+            body_parts=config["ingest"]["body_parts"],
         )
     except (ValueError, TypeError, OSError) as e:
         raise WorkflowError(f"cannot plan the inputs of bids_dir {config['bids_dir']}: {e}") from None
@@ -157,7 +161,7 @@ def session_label(wildcards):
 
 
 def record(wildcards):
-    """The input record (cmb.ingest.InputRecord) of a job's subject/session."""
+    """The input record (cmb.ingest_plan.InputRecord) of a job's subject/session."""
     return RECORDS[(wildcards.subject, session_label(wildcards))]
 
 
@@ -367,7 +371,20 @@ def ingest_record_args(wildcards):
     args += ["--bids-dir", rec.bids_dir]
     if rec.echo_times:
         args += ["--echo-times", *(repr(t) for t in rec.echo_times)]
+    if rec.alternatives:
+        args += ["--alternatives", json.dumps(rec.alternatives, separators=(",", ":"))]
     return shlex.join(args)
+
+
+def alternative_inputs(wildcards):
+    """The plan's other candidates of the subject's input kind (ingestion reads them all)."""
+    rec = record(wildcards)
+    return [f for f in rec.input_files() if f not in rec.magnitude and f not in (rec.phase or ())]
+
+
+def alternative_t1w_inputs(wildcards):
+    rec = record(wildcards)
+    return [f for f in rec.t1w_alternatives if f != rec.t1w]
 
 
 def ingest_mag_args(wildcards, input):
@@ -380,8 +397,12 @@ def ingest_t1w_args(wildcards):
     (the "t2starw" kind); the reason names it as the T1w."""
     rec = record(wildcards)
     reason = f"T1w of {rec.participant_id}: {rec.reason.split('; ')[-1]}"
-    return shlex.join(session_args(wildcards) + ["--kind", "t2starw", "--reason", reason,
-                                                 "--bids-dir", rec.bids_dir])
+    args = session_args(wildcards) + ["--kind", "t2starw", "--reason", reason, "--bids-dir", rec.bids_dir]
+    if rec.t1w_alternatives:
+        alternatives = [{"magnitude": [t], "phase": None, "echo_times": None, "label": f"T1w ({Path(t).name})"}
+                        for t in rec.t1w_alternatives]
+        args += ["--alternatives", json.dumps(alternatives, separators=(",", ":"))]
+    return shlex.join(args)
 
 
 def register_args(wildcards, input, output):

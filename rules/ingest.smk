@@ -9,7 +9,9 @@ paths and input functions):
 - with a T1w: ``desc-ingested_T1w.nii.gz`` (rule ingest_t1w).
 
 Each image gets a JSON report next to it (the chosen files, why, their SHA-256,
-fixes applied). "swi" names the susceptibility-weighted magnitude whatever the
+fixes applied). Where the plan found several candidates of the input kind (or
+several T1w), all are inputs of the job, which keeps the one with the least
+ghosting and reports the figures (``candidates_quality``). "swi" names the susceptibility-weighted magnitude whatever the
 input kind (SWI, GRE, echo-combined MEGRE or T2starw); the report says which.
 """
 
@@ -18,6 +20,7 @@ rule ingest_swi:
     """Check the chosen magnitude (echoes combined) of a subject without phase."""
     input:
         mag=lambda wc: record(wc).magnitude,
+        alternatives=alternative_inputs,
     output:
         mag=INGESTED_SWI,
         report=out_path(desc="ingested", suffix="swi.json"),
@@ -47,6 +50,7 @@ rule ingest_swi_phase:
     input:
         mag=lambda wc: record(wc).magnitude,
         phase=lambda wc: record(wc).phase,
+        alternatives=alternative_inputs,
     output:
         mag=INGESTED_MAG,
         phase=INGESTED_PHASE,
@@ -75,6 +79,7 @@ rule ingest_t1w:
     """Check the subject's T1w (same session, else subject level)."""
     input:
         t1w=lambda wc: record(wc).t1w,
+        alternatives=alternative_t1w_inputs,
     output:
         t1w=INGESTED_T1W,
         report=out_path(desc="ingested", suffix="T1w.json"),

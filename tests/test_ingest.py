@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from cmb.failures import InputDataError
-from cmb.ingest import DEFAULT_PREFERENCE, InputRecord, ingest_subject, main, plan_inputs, read_sidecar
+from cmb.ingest import ingest_subject, main
+from cmb.ingest_plan import DEFAULT_PREFERENCE, InputRecord, plan_inputs, read_sidecar
 
 PI32 = np.float32(np.pi)
 
@@ -127,7 +128,9 @@ def test_latest_run_wins_numerically(tmp_path):
     files = [f"sub-01/anat/sub-01_run-{r}_T2starw.nii.gz" for r in (1, 2, 10)]
     (rec,) = _plan(tmp_path, files)
     assert rec.magnitude[0].endswith("run-10_T2starw.nii.gz")
-    assert "2 other t2starw candidate(s)" in rec.reason
+    assert "provisional among 3 t2starw candidates" in rec.reason
+    assert [a["magnitude"][0][-21:] for a in rec.alternatives] == [
+        "_run-10_T2starw.nii.gz"[-21:], "1_run-2_T2starw.nii.gz"[-21:], "1_run-1_T2starw.nii.gz"[-21:]]
 
 
 def test_no_acq_before_acq_then_alphabetical(tmp_path):
@@ -362,7 +365,9 @@ def test_4d_swi_is_refused(tmp_path, make_nifti):
     root = _bids(tmp_path / "bids", [])
     _real(make_nifti, root, "sub-01/anat/sub-01_swi.nii.gz", shape=(40, 40, 30, 2))
     (rec,) = plan_inputs(root, tmp_path / "db")
-    with pytest.raises(InputDataError, match=r"sub-01_swi.nii.gz: 4D image with 2 volumes"):
+    assert rec.kind is None  # refused when the DAG is built, naming the file
+    assert "ruled out: sub-01_swi.nii.gz: 4D image of shape (40, 40, 30, 2)" in rec.reason
+    with pytest.raises(InputDataError, match=r"sub-01_swi.nii.gz: 4D image of shape"):
         ingest_subject(rec, tmp_path / "m.nii.gz")
 
 
@@ -392,9 +397,10 @@ def test_cli_run_soft_failure_writes_record_and_placeholders(tmp_path, make_nift
 def test_cli_plan_and_run_as_subprocess(tmp_path, gre_subject):
     root, _, _ = gre_subject
     plan_json = tmp_path / "plan.json"
-    cmd = [sys.executable, "-m", "cmb.ingest", "plan", "--bids-dir", str(root), "--db-dir",
-           str(tmp_path / "db"), "--participant-label", "02", "--out", str(plan_json)]
-    subprocess.run(cmd, check=True, capture_output=True)
+    cmd = [sys.executable, "-m", "cmb.cli", "plan", str(root), "--db-dir",
+           str(tmp_path / "db"), "--participant-label", "02", "--json", str(plan_json)]
+    shown = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    assert "sub-02: gre_phase" in shown and "phase:" in shown
     (rec,) = json.loads(plan_json.read_text())
     assert rec["subject"] == "02" and rec["kind"] == "gre_phase"
     run = [sys.executable, "-m", "cmb.ingest", "run", "--subject", "02", "--kind", rec["kind"],
@@ -407,7 +413,7 @@ def test_cli_plan_and_run_as_subprocess(tmp_path, gre_subject):
     assert json.loads((tmp_path / "o" / "r.json").read_text())["metadata"]["Manufacturer"] == "Philips"
     help_text = subprocess.run([sys.executable, "-m", "cmb.ingest", "--help"], capture_output=True,
                                text=True, check=True).stdout
-    assert "plan" in help_text and "run" in help_text
+    assert "run" in help_text
 
 
 def test_two_datasets_can_share_the_index_folder(tmp_path):
@@ -427,11 +433,11 @@ def test_unreadable_sidecar_is_skipped(tmp_path):
 
 
 def test_entities_fallback_uses_public_pybids_api(tmp_path, monkeypatch):
-    from cmb.ingest import _entities_by_file, index_bids
+    from cmb.ingest_plan import _indexed_files, index_bids
 
     _bids(tmp_path / "bids", ["sub-01/anat/sub-01_run-2_T2starw.nii.gz"])
     layout = index_bids(tmp_path / "bids", tmp_path / "db")
-    fast = _entities_by_file(layout)
+    fast = _indexed_files(layout)
     monkeypatch.delattr("bids.layout.models.Tag")  # as if pybids internals had changed
-    slow = _entities_by_file(layout)
+    slow = _indexed_files(layout)
     assert slow == fast and next(iter(fast.values()))["run"] == "2"

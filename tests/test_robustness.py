@@ -30,7 +30,7 @@ import pytest
 from cmb.atomic import atomic_path, save_nifti
 from cmb.failures import InputDataError, ResourceError, is_resource_error, run_stage
 from cmb.ingest import main as ingest_main
-from cmb.ingest import plan_inputs
+from cmb.ingest_plan import plan_inputs
 from cmb.phase_convention import manufacturer_from_report, resolve_paramagnetic_phase
 
 AFFINE = np.diag([2.0, 2.0, 2.5, 1.0])

@@ -235,7 +235,8 @@ def test_7t_is_accepted_and_scales_the_physics(tmp_path):
 
 
 def test_randomized_preset_scan_ingests(tmp_path):
-    from cmb.ingest import ingest_subject, plan_inputs
+    from cmb.ingest import ingest_subject
+    from cmb.ingest_plan import plan_inputs
 
     # Seed 65 draws a small 7 T multi-echo scan (1.1 M voxels): the costly ones are the fine ones.
     acq, site = draw_acquisition("randomized", np.random.default_rng([65, 1]))
