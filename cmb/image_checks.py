@@ -268,8 +268,9 @@ def ghosting_index(data: np.ndarray, voxel_mm, margin_mm: float = 8.0) -> float 
     Motion during a scan replicates the head along the phase-encoding direction
     as ghosts in the background (the idea of MRIQC's ghost-to-signal ratio and of
     its background-based quality measures); noise and ringing raise it too. Lower
-    is better. The head is the smoothed image above half its Otsu threshold, holes
-    filled, grown by ``margin_mm``; the background is every other voxel that is
+    is better. The head is the largest part of the smoothed image above its Otsu threshold, holes
+    filled, grown by ``margin_mm`` (the Otsu threshold
+    between air and head stays above ghosts of less than about half the signal); the background is every other voxel that is
     not exactly 0 (zero-filled padding is not air).
 
     Returns ``None`` when the background is under 5% of the field of view (a tight
@@ -295,7 +296,7 @@ def ghosting_index(data: np.ndarray, voxel_mm, margin_mm: float = 8.0) -> float 
         return None
     rng = np.random.default_rng(0)
     sample = rng.choice(sample, size=min(sample.size, 200_000), replace=False)
-    head = smooth > 0.5 * threshold_otsu(sample)
+    head = smooth > threshold_otsu(sample)
     labels, n = ndimage.label(head)
     if n == 0:
         return None

@@ -286,9 +286,11 @@ def test_duplicate_runs_and_extensions(tmp_path, make_nifti):
     make_nifti(anat / "sub-01_run-10_T2starw.nii", seed=99)  # the same scan stored twice
     (rec,) = plan_inputs(tmp_path / "bids", tmp_path / "db")
     assert rec.magnitude == (str(anat / "sub-01_run-10_T2starw.nii.gz"),)
-    assert "lose to the highest run" in rec.reason
+    assert "ties to the highest run" in rec.reason
     for run in (1, 2):
-        assert f"sub-01_run-{run}_T2starw.nii.gz" in rec.reason  # the losers are named
+        assert f"sub-01_run-{run}_T2starw.nii.gz" in rec.reason  # the other candidates are named
+    assert [a["magnitude"] for a in rec.alternatives] == [[str(anat / f"sub-01_run-{r}_T2starw.nii.gz")]
+                                                          for r in (10, 2, 1)]  # .nii.gz over .nii
 
 
 def _annexed(root: Path, rel: str, content: bytes | None) -> Path:
