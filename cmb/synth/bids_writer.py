@@ -81,8 +81,12 @@ def _sidecar(acq: Acquisition, site: Site, te: float, image_type: list[str], ext
 
 
 def write_scan(root: Path, ent: ScanEntities, acq: Acquisition, site: Site, result, phase_units: str,
-               phase_filter: str) -> dict[str, Path]:
+               phase_filter: str, paramagnetic_phase: str | None = None) -> dict[str, Path]:
     """Write the images of one scan under ``root`` in the naming variant ``acq.layout``.
+
+    ``paramagnetic_phase`` is the sign the phase was simulated with (default: the
+    site's); the vendor SWI's phase mask uses it, as a scanner computes SWI before any
+    converter could flip the stored phase.
 
     Returns the written paths by role (``mag``, ``phase``, ``swi``...).
     """
@@ -120,7 +124,7 @@ def write_scan(root: Path, ent: ScanEntities, acq: Acquisition, site: Site, resu
     elif layout in ("swi-swi", "swi-anat"):
         # Vendor SWI: magnitude times a phase mask that suppresses paramagnetic phase.
         hp = homodyne_phase(result.magnitude[0] * np.exp(1j * result.phase[0]), acq.voxel_mm)
-        para = hp if site.paramagnetic_phase == "positive" else -hp
+        para = hp if (paramagnetic_phase or site.paramagnetic_phase) == "positive" else -hp
         mask = np.clip(1.0 - para / np.pi, 0.0, 1.0) ** 4
         swi = _scaled_uint(result.magnitude[0] * mask, ref=ref)
         datatype = "swi" if layout == "swi-swi" else "anat"

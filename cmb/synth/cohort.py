@@ -196,7 +196,8 @@ def synthesize_subject(o: SynthOptions, sub: str, rng: np.random.Generator, out:
         pose = poses[n_scan] if poses else random_pose(rng)
         storage = "LPS" if rng.random() < 0.5 else "RAS"
         result = simulate_scan(model, maps, warp, pose, acq, lesions, rng, paramagnetic_phase=para, storage=storage)
-        written = write_scan(out, ent, acq, site, result, phase_units=units, phase_filter=o.phase_filter)
+        written = write_scan(out, ent, acq, site, result, phase_units=units, phase_filter=o.phase_filter,
+                             paramagnetic_phase=para)
         datatype = next(iter(written.values())).parent.name
         params = {
             "seed": o.seed, "participant_id": f"sub-{sub}", "session": ses, "run": run, "preset": acq.name,
