@@ -152,7 +152,9 @@ def choose_phase_echo(n_echoes: int, echo_times: Sequence[float] | None = None,
         e = int(phase_echo)
         index = e if e > 0 else n_echoes + 1 + e
         if not 1 <= index <= n_echoes:
-            raise InputDataError(f"phase_echo={phase_echo} but the phase has {n_echoes} echo(es)")
+            raise InputDataError(f"ingest.phase_echo is {phase_echo} but the phase has {n_echoes} echo(es); "
+                                 f"set it within 1..{n_echoes} (or -1 for the last), or null for the TE "
+                                 f"closest to 20 ms")
         return index, f"phase from echo {index} of {n_echoes} ({te(index)}as configured)"
     if known:
         index = int(np.argmin([abs(t - TARGET_PHASE_TE_S) for t in echo_times])) + 1

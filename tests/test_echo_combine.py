@@ -89,7 +89,7 @@ def test_choose_phase_echo():
     assert choose_phase_echo(4, [0.005, None, 0.02, 0.03])[0] == 4  # incomplete TEs: unknown
     assert choose_phase_echo(4, phase_echo=-2)[0] == 3
     assert "as configured" in choose_phase_echo(4, phase_echo=1)[1]
-    with pytest.raises(InputDataError, match="phase_echo=5"):
+    with pytest.raises(InputDataError, match="ingest.phase_echo is 5 but the phase has 4 echo"):
         choose_phase_echo(4, phase_echo=5)
     with pytest.raises(InputDataError):
         choose_phase_echo(4, phase_echo=0)
