@@ -190,6 +190,9 @@ class PhaseSignEstimate:
         One line: what was measured, or why it is not confident.
     name : str
         The phase file it was measured on (for messages).
+    vein_angle_b0_deg, vein_interior_rad, vein_score : tuple of float
+        Per vein: angle of its long axis to B0, median phase inside it, and its
+        score ``t_c`` (diagnostics; not in :meth:`to_dict`).
     """
 
     paramagnetic_phase: str | None
@@ -203,10 +206,15 @@ class PhaseSignEstimate:
     min_z: float
     note: str
     name: str = "phase"
+    vein_angle_b0_deg: tuple[float, ...] = field(default=(), repr=False)
+    vein_interior_rad: tuple[float, ...] = field(default=(), repr=False)
+    vein_score: tuple[float, ...] = field(default=(), repr=False)
 
     def to_dict(self) -> dict:
-        """JSON-ready fields (floats rounded)."""
+        """JSON-ready summary (floats rounded; the per-vein tuples are left out)."""
         out = asdict(self)
+        for key in ("vein_angle_b0_deg", "vein_interior_rad", "vein_score"):
+            del out[key]
         out["z"] = round(float(self.z), 2)
         out["agreement"] = None if self.agreement is None else round(float(self.agreement), 3)
         out["interior_phase_rad"] = None if self.interior_phase_rad is None else round(float(self.interior_phase_rad), 4)
@@ -239,13 +247,13 @@ def _relative_darkness(mag: np.ndarray, mask: np.ndarray, zooms: np.ndarray, bac
     return np.where(mask & (w > 0.3), np.clip(d, 0.0, None), 0.0).astype(np.float32)
 
 
-def _vein_segments(dark: np.ndarray, zooms: np.ndarray, s: dict) -> tuple[np.ndarray, list[int]]:
-    """Label the connected dark structures and keep the thin elongated ones (veins)."""
+def _vein_segments(dark: np.ndarray, zooms: np.ndarray, s: dict) -> tuple[np.ndarray, list[int], list[np.ndarray]]:
+    """Label the connected dark structures; the labels and long axes (voxel frame, mm) of the veins."""
     labels, n = cc3d.connected_components(dark, connectivity=26, return_N=True)
     if n == 0:
-        return labels, []
+        return labels, [], []
     sizes = np.bincount(labels.ravel())
-    kept = []
+    kept, axes = [], []
     for c, sl in enumerate(ndi.find_objects(labels), 1):
         if sl is None or sizes[c] < s["min_voxels_along"]:
             continue
@@ -259,7 +267,8 @@ def _vein_segments(dark: np.ndarray, zooms: np.ndarray, s: dict) -> tuple[np.nda
         if (length >= s["min_length_mm"] and length / step >= s["min_voxels_along"]
                 and length >= s["min_elongation"] * width and width <= s["max_width_mm"]):
             kept.append(c)
-    return labels, kept
+            axes.append(axis)
+    return labels, kept, axes
 
 
 def estimate_paramagnetic_phase(magnitude: np.ndarray, highpass_phase: np.ndarray, mask: np.ndarray,
@@ -330,7 +339,7 @@ def estimate_paramagnetic_phase(magnitude: np.ndarray, highpass_phase: np.ndarra
         return result(None, 0.0, "empty brain mask")
     inner = ndi.distance_transform_edt(np.pad(mask, 1), sampling=zooms)[1:-1, 1:-1, 1:-1] > s["edge_mm"]
     darkness = _relative_darkness(mag, mask, zooms, s["background_mm"], s["csf_level"])
-    labels, veins = _vein_segments(inner & (darkness > s["darkness"]), zooms, s)
+    labels, veins, axes = _vein_segments(inner & (darkness > s["darkness"]), zooms, s)
     if not veins:
         return result(None, 0.0, f"no dark tubular structure (vein) found more than {s['edge_mm']:g} mm inside "
                                  "the brain mask")
@@ -340,11 +349,13 @@ def estimate_paramagnetic_phase(magnitude: np.ndarray, highpass_phase: np.ndarra
     vox = np.argwhere(vein_id > 0)
     ids = vein_id[tuple(vox.T)] - 1
     weight = darkness[tuple(vox.T)].astype(np.float64)
-    interior = float(np.median(ndi.median(hp, vein_id, index=np.arange(1, len(veins) + 1))))
+    interior_each = np.asarray(ndi.median(hp, vein_id, index=np.arange(1, len(veins) + 1)), float)
+    b0 = b0_in_index_frame(affine)
+    angles = np.degrees(np.arccos(np.clip(np.abs(np.asarray(axes) @ b0), 0.0, 1.0)))
     # the veins' field, seen through the measured phase: D is its own adjoint
-    field = field_from_chi(np.where(mask, hp, 0.0).astype(np.float32), zooms, b0_in_index_frame(affine))
-    field[~inner] = 0.0
-    per_vein = np.bincount(ids, weights=weight * field[tuple(vox.T)], minlength=len(veins))
+    vein_field = field_from_chi(np.where(mask, hp, 0.0).astype(np.float32), zooms, b0)
+    vein_field[~inner] = 0.0
+    per_vein = np.bincount(ids, weights=weight * vein_field[tuple(vox.T)], minlength=len(veins))
     total = float(per_vein.sum())
 
     rng = np.random.default_rng(int(s["seed"]))
@@ -361,9 +372,12 @@ def estimate_paramagnetic_phase(magnitude: np.ndarray, highpass_phase: np.ndarra
         ok[ok] = inner[tuple(moved[ok].T)]
         if ok.mean() < 0.5:
             continue
-        null.append(float(np.sum(weight[ok] * field[tuple(moved[ok].T)])) / float(ok.mean()))
+        null.append(float(np.sum(weight[ok] * vein_field[tuple(moved[ok].T)])) / float(ok.mean()))
     common = {"n_veins": len(veins), "n_voxels": int(len(vox)), "n_placements": len(null),
-              "interior_phase_rad": interior}
+              "interior_phase_rad": float(np.median(interior_each)),
+              "vein_angle_b0_deg": tuple(float(a) for a in angles),
+              "vein_interior_rad": tuple(float(v) for v in interior_each),
+              "vein_score": tuple(float(t) for t in per_vein)}
     if len(null) < 2 or not np.std(null) > 0:
         return result(None, 0.0, f"{len(veins)} vein(s), but no random placement to compare them with", **common)
     z = (total - float(np.mean(null))) / float(np.std(null))

@@ -12,7 +12,8 @@ Steps (one function each, chained by :func:`preprocess_subject`):
    intensity;
 4. :func:`normalize_intensity`: median of the brain = 1;
 5. :func:`highpass_phase`: homodyne high-pass filter of the phase (complex image
-   divided by its Gaussian low-pass), returned with paramagnetic = positive.
+   divided by its Gaussian low-pass), returned with paramagnetic = positive; the
+   sign is decided by :mod:`cmb.phase_convention` (vendor rule and the scan's veins).
 
 Command line::
 
@@ -292,9 +293,12 @@ def preprocess_subject(
     out_json : path, optional
         Report: parameters, volumes, timings.
     paramagnetic_phase : {"positive", "negative", "auto"}
-        Sign of a paramagnetic shift in the input phase (vendor dependent);
-        ``"auto"`` takes it from the Manufacturer in ``ingest_report``
-        (:mod:`cmb.phase_convention`; an unknown vendor is an error).
+        Sign of a paramagnetic shift in the input phase. ``"auto"``: the vendor
+        rule (the Manufacturer in ``ingest_report``) checked against the sign measured
+        on the scan's veins, which wins when confident; without a known vendor the
+        veins decide, or the subject is refused (:mod:`cmb.phase_convention`). An
+        explicit sign is used as set. The decision, both estimates and the QC flags
+        are written to the phase sidecar (``PhaseConvention``) and the report.
     highpass_sigma_mm : float
         Homodyne low-pass width (:func:`highpass_phase`).
     n4_spacing_mm, n4_iterations : optional
@@ -314,18 +318,16 @@ def preprocess_subject(
         The report.
     """
     from cmb.brain_mask import compute_brain_mask
-    from cmb.phase_convention import manufacturer_from_report, resolve_paramagnetic_phase
+    from cmb.phase_convention import (PHASE_SETTINGS, estimate_paramagnetic_phase, manufacturer_from_report,
+                                      resolve_paramagnetic_phase)
 
     if phase is not None and out_phase is None:
         raise ValueError("a phase image was given: out_phase is required")
-    phase_setting, phase_sign_reason = paramagnetic_phase, None
-    if phase is not None or paramagnetic_phase != "auto":  # checked before any work
-        manufacturer = None
-        if paramagnetic_phase == "auto" and ingest_report is not None:
-            manufacturer = manufacturer_from_report(ingest_report)
-        paramagnetic_phase, phase_sign_reason = resolve_paramagnetic_phase(
-            paramagnetic_phase, manufacturer, ingest_report or phase)
-        _log.info("phase sign: %s", phase_sign_reason)
+    if paramagnetic_phase not in PHASE_SETTINGS:  # checked before any work
+        raise ValueError(f"paramagnetic_phase must be one of {PHASE_SETTINGS}, not {paramagnetic_phase!r}")
+    manufacturer = None
+    if phase is not None and paramagnetic_phase == "auto" and ingest_report is not None:
+        manufacturer = manufacturer_from_report(ingest_report)  # an unreadable report fails before any work
     timings = {}
     t_all = t0 = time.perf_counter()
     _ants()  # the first import of ANTsPy takes seconds: timed on its own
@@ -356,12 +358,47 @@ def preprocess_subject(
 
     t0 = time.perf_counter()
     norm, scale = normalize_intensity(np.asanyarray(corrected.dataobj), mask, normalize)
-    out_img = _like(ras, norm, np.float32)
-    save_nifti(out_img, out_mag)
+    timings["normalize_s"] = time.perf_counter() - t0
+
+    hp, phase_meta = None, None
+    if phase is not None:  # decided before anything is written: a refused sign leaves no output
+        t0 = time.perf_counter()
+        ph = np.asanyarray(reorient_to_ras(ph_img).dataobj).astype(np.float32)
+        hp = highpass_phase(np.nan_to_num(ph), np.asanyarray(ras.dataobj), zooms, sigma_mm=highpass_sigma_mm,
+                            paramagnetic_phase="positive", mask=mask)  # as stored: not flipped yet
+        timings["phase_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        estimate = estimate_paramagnetic_phase(norm, hp, mask, ras.affine, name=str(phase))
+        decision = resolve_paramagnetic_phase(paramagnetic_phase, manufacturer, ingest_report or phase, estimate)
+        timings["phase_sign_check_s"] = time.perf_counter() - t0
+        _log.info("phase sign: %s", decision.reason)
+        for line in decision.warnings:
+            _log.warning("phase sign: %s", line)
+        if decision.paramagnetic_phase == "negative":
+            hp = -hp
+        phase_meta = {
+            "Units": "rad",
+            "HighPassFilter": "homodyne (complex / Gaussian low-pass, k-space)",
+            "HighPassSigmaMM": highpass_sigma_mm,
+            "InputParamagneticPhase": decision.paramagnetic_phase,
+            "InputParamagneticPhaseSetting": paramagnetic_phase,
+            "InputParamagneticPhaseReason": decision.reason,
+            "InputParamagneticPhaseSource": decision.source,
+            "PhaseConvention": decision.to_dict(),
+            "QCFlags": list(decision.flags),
+            "ParamagneticPhase": "positive",
+            "Description": "high-pass filtered phase; a paramagnetic source (CMB, vein) is positive",
+        }
+
+    t0 = time.perf_counter()
+    save_nifti(_like(ras, norm, np.float32), out_mag)
     save_nifti(_like(ras, mask.astype(np.uint8), np.uint8), out_mask)
     if out_bias is not None:
         save_nifti(_like(ras, field.astype(np.float32), np.float32), out_bias)
-    timings["normalize_write_s"] = time.perf_counter() - t0
+    if hp is not None:
+        save_nifti(_like(ras, hp, np.float32), out_phase)
+        write_json(_sidecar(out_phase), phase_meta)
+    timings["write_s"] = time.perf_counter() - t0
 
     report = {
         "inputs": {"magnitude": str(mag), "phase": None if phase is None else str(phase)},
@@ -376,25 +413,8 @@ def preprocess_subject(
         "brain_mask": mask_info,
         "normalization": {"method": normalize, "scale": scale},
     }
-    if phase is not None:
-        t0 = time.perf_counter()
-        ph = np.asanyarray(reorient_to_ras(ph_img).dataobj).astype(np.float32)
-        hp = highpass_phase(np.nan_to_num(ph), np.asanyarray(ras.dataobj), zooms, sigma_mm=highpass_sigma_mm,
-                            paramagnetic_phase=paramagnetic_phase, mask=mask)
-        save_nifti(_like(ras, hp, np.float32), out_phase)
-        phase_meta = {
-            "Units": "rad",
-            "HighPassFilter": "homodyne (complex / Gaussian low-pass, k-space)",
-            "HighPassSigmaMM": highpass_sigma_mm,
-            "InputParamagneticPhase": paramagnetic_phase,
-            "InputParamagneticPhaseSetting": phase_setting,
-            "InputParamagneticPhaseReason": phase_sign_reason,
-            "ParamagneticPhase": "positive",
-            "Description": "high-pass filtered phase; a paramagnetic source (CMB, vein) is positive",
-        }
-        write_json(_sidecar(out_phase), phase_meta)
+    if phase_meta is not None:
         report["phase"] = phase_meta
-        timings["phase_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_all
     report["timings"] = {k: round(v, 3) for k, v in timings.items()}
     if out_json is not None:
@@ -429,8 +449,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out-json", help="preprocessing report")
     p.add_argument("--out-bias", help="bias field (optional, QC)")
     p.add_argument("--paramagnetic-phase", choices=("auto", *PHASE_CONVENTIONS), default="positive",
-                   help="sign of a paramagnetic shift in the input phase (vendor dependent); auto: "
-                        "by the Manufacturer in --ingest-report (Siemens/Philips negative, GE positive)")
+                   help="sign of a paramagnetic shift in the input phase; auto: the vendor rule (Manufacturer "
+                        "in --ingest-report: Siemens/Philips negative, GE positive) checked against the sign "
+                        "measured on the scan's veins (cmb.phase_convention)")
     p.add_argument("--ingest-report", help="the input's ingest report (JSON), read by --paramagnetic-phase auto")
     p.add_argument("--highpass-sigma-mm", type=float, default=4.0, help="homodyne Gaussian low-pass width")
     p.add_argument("--n4-spacing-mm", type=float, default=4.0, help="voxel size N4 runs at")
