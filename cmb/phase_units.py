@@ -31,6 +31,20 @@ An already filtered phase stored in odd units cannot be told apart from this
 case: force ``units`` for such data. Detect on all echoes of a multi-echo phase
 together: a short first echo alone may not fill its range.
 
+``integer`` is only used when the data fill that range (the 0.1th and 99.9th
+percentiles within 10% of both ends, as a wrapped phase does): an integer phase
+that does not fill it, such as a filtered phase bunched near 0, would be scaled by
+the wrong power of two, so it is refused with the reason.
+
+The sidecar decides where the range cannot (``metadata=``, the phase image's JSON
+sidecar): GE stores phase as integer milliradians (radians x 1000, within
++-3142). Its filtered phase (``FILT_PHA`` in ``ImageType``, the SWAN/SWI filtered
+phase series) rarely reaches +-pi, so by range alone it looked like a 12-bit
++-1024 or +-2048 phase and came out about 3 times too large (pi / 1024 per unit
+instead of 1 / 1000). With ``Manufacturer`` GE or ``FILT_PHA``, an integer phase
+within +-3142 is read as milliradians whatever its range; a ``FILT_PHA`` phase
+outside it is refused with the reason.
+
 A constant (or 99.8%-constant) phase and a range that matches no rule raise
 :class:`cmb.failures.InputDataError`; pass ``units=`` explicitly to override.
 """
@@ -39,11 +53,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from cmb.failures import InputDataError
+from cmb.phase_convention import vendor_paramagnetic_phase
 
 __all__ = ["UNITS", "PhaseScaling", "detect_phase_units", "phase_scaling", "rescale_phase", "wrap_to_pi"]
 
@@ -55,6 +72,8 @@ _PI32 = np.float32(np.pi)
 _MAX_SAMPLE = 2_000_000
 _TAIL_FRACTION = 0.001
 _SPREAD_FRACTION = 0.2
+_FILL_FRACTION = 0.9  # an integer phase must reach this fraction of its stored range at both ends
+_GE_MILLIRADIANS = 1000 * math.pi + 1.0  # GE integer phase: radians x 1000
 
 
 @dataclass(frozen=True)
@@ -146,7 +165,32 @@ def _scaled(lo: float, hi: float, mn: float, mx: float, sample: np.ndarray) -> P
         f"pi/{_fmt(m)} = {_fmt(factor)}")
 
 
-def detect_phase_units(values: np.ndarray, name: str = "phase") -> PhaseScaling:
+def _image_type(metadata: Mapping) -> list[str]:
+    value = metadata.get("ImageType")
+    if isinstance(value, str):
+        value = re.split(r"[\\/ ,]+", value)
+    return [str(v).upper() for v in value] if isinstance(value, (list, tuple)) else []
+
+
+def _sidecar_scaling(metadata: Mapping, lo: float, hi: float, rng: str, name: str) -> PhaseScaling | None:
+    """Milliradians for a GE integer phase (by ``Manufacturer`` or ``FILT_PHA``); ``None`` when the sidecar
+    does not decide."""
+    filtered = any("FILT_PHA" in t for t in _image_type(metadata))
+    vendor = vendor_paramagnetic_phase(metadata.get("Manufacturer"))[0]
+    if not filtered and vendor != "GE":
+        return None
+    what = "GE filtered phase (ImageType FILT_PHA)" if filtered else "GE phase (Manufacturer)"
+    if lo >= -_GE_MILLIRADIANS and hi <= _GE_MILLIRADIANS:
+        return PhaseScaling("milliradians", 0.0, 1e-3, f"{what} is stored as integer radians x 1000: range {rng} "
+                                                       "multiplied by 1/1000")
+    if filtered:
+        raise InputDataError(
+            f"{name}: {what} is stored as integer radians x 1000, within +-3142, but 99.8% of it lies within "
+            f"[{_fmt(lo)}, {_fmt(hi)}]; set the phase units explicitly (one of {', '.join(UNITS[1:])})")
+    return None  # a GE integer phase in another range: the range rules decide
+
+
+def detect_phase_units(values: np.ndarray, name: str = "phase", metadata: Mapping | None = None) -> PhaseScaling:
     """Find how ``values`` encode phase, by the rules of the module docstring.
 
     Parameters
@@ -155,6 +199,9 @@ def detect_phase_units(values: np.ndarray, name: str = "phase") -> PhaseScaling:
         The phase voxels (any shape); non-finite values are ignored.
     name : str, optional
         File name used in error messages.
+    metadata : mapping, optional
+        The phase image's JSON sidecar; ``Manufacturer`` and ``ImageType`` decide
+        the units of a GE integer phase.
 
     Returns
     -------
@@ -174,6 +221,9 @@ def detect_phase_units(values: np.ndarray, name: str = "phase") -> PhaseScaling:
     'integer'
     >>> detect_phase_units(rng.uniform(-0.0036744, 0.0036744, 1000)).units
     'scaled'
+    >>> ge = {"Manufacturer": "GE MEDICAL SYSTEMS", "ImageType": ["DERIVED", "PRIMARY", "FILT_PHA"]}
+    >>> detect_phase_units(np.round(rng.normal(0, 300, 1000)), metadata=ge).scale
+    0.001
     """
     s = _sample(values)
     if s.size == 0:
@@ -188,6 +238,11 @@ def detect_phase_units(values: np.ndarray, name: str = "phase") -> PhaseScaling:
                              "cannot detect its units")
     reach = max(-lo, hi)
     rng = f"[{_fmt(mn)}, {_fmt(mx)}]"
+    is_integer = bool(np.all(s == np.round(s)))
+    if metadata and is_integer:
+        by_sidecar = _sidecar_scaling(metadata, lo, hi, rng, name)
+        if by_sidecar is not None:
+            return by_sidecar
 
     def outside(a: float, b: float) -> str:
         n = int(np.count_nonzero((s < a) | (s > b)))
@@ -213,10 +268,22 @@ def detect_phase_units(values: np.ndarray, name: str = "phase") -> PhaseScaling:
     if within(-1000 * np.pi, 1000 * np.pi, 10 * np.pi) and reach >= 950 * np.pi:
         return PhaseScaling("milliradians", 0.0, 1e-3, f"phase range {rng} is milliradians: "
                             "multiplied by 1/1000" + outside(-1010 * np.pi, 1010 * np.pi))
-    if hi - lo > 360.5 and np.all(s == np.round(s)):
+    if hi - lo > 360.5 and is_integer:
         scaling = _integer_scaling(math.floor(lo), math.ceil(hi), rng)
         a = scaling.offset - np.pi / scaling.scale
         b = scaling.offset + np.pi / scaling.scale - 1
+        span = b + 1 - a
+        if lo > a + (1 - _FILL_FRACTION) * span or hi < b + 1 - (1 - _FILL_FRACTION) * span:
+            hint = ""
+            if scaling.offset == 0.0 and reach <= _GE_MILLIRADIANS:
+                hint = (f"; if it is GE phase stored as radians x 1000 (a filtered phase, ImageType FILT_PHA), "
+                        f"that range would scale it {1000 * scaling.scale:.2f} times too much: give the sidecar "
+                        "(Manufacturer, ImageType) or set the units to milliradians")
+            raise InputDataError(
+                f"{name}: integer phase over {rng} (99.8% within [{_fmt(lo)}, {_fmt(hi)}]) does not fill a stored "
+                f"phase range (the nearest, {int(a)}..{int(b)}, would need at least {100 * _FILL_FRACTION:.0f}% "
+                f"of it at both ends, as a wrapped phase has): filtered, masked or unwrapped phase cannot be "
+                f"scaled by its range{hint}; set the phase units explicitly (one of {', '.join(UNITS[1:])})")
         return dataclasses.replace(scaling, description=scaling.description + outside(a, b))
     scaled = _scaled(lo, hi, mn, mx, s)
     if scaled is not None:
@@ -245,7 +312,8 @@ def _forced(units: str, values: np.ndarray, name: str) -> PhaseScaling:
                         f"phase units set to scaled: +-{_fmt(m)} multiplied by pi/{_fmt(m)}")
 
 
-def rescale_phase(values: np.ndarray, units: str = "auto", name: str = "phase") -> tuple[np.ndarray, str]:
+def rescale_phase(values: np.ndarray, units: str = "auto", name: str = "phase", *,
+                  metadata: Mapping | None = None) -> tuple[np.ndarray, str]:
     """Rescale a phase array to float32 radians in [-pi, pi).
 
     Parameters
@@ -256,6 +324,8 @@ def rescale_phase(values: np.ndarray, units: str = "auto", name: str = "phase") 
         One of :data:`UNITS`; ``"auto"`` (default) uses :func:`detect_phase_units`.
     name : str, optional
         File name used in messages.
+    metadata : mapping, optional
+        The phase image's JSON sidecar (see :func:`detect_phase_units`).
 
     Returns
     -------
@@ -271,13 +341,16 @@ def rescale_phase(values: np.ndarray, units: str = "auto", name: str = "phase") 
     ([[-3.142, 0.0], [1.571, 3.141]], 'phase stored as raw integers [-4096, 4095]')
     """
     values = np.asarray(values)
-    scaling = phase_scaling(values, units, name)
+    scaling = phase_scaling(values, units, name, metadata=metadata)
     return scaling.apply(values), scaling.description
 
 
-def phase_scaling(values: np.ndarray, units: str = "auto", name: str = "phase") -> PhaseScaling:
+def phase_scaling(values: np.ndarray, units: str = "auto", name: str = "phase", *,
+                  metadata: Mapping | None = None) -> PhaseScaling:
     """The map to radians for ``values``: detected (``"auto"``) or for the given units.
 
+    ``metadata`` is the phase image's JSON sidecar (``Manufacturer``, ``ImageType``),
+    used by ``"auto"`` where it decides the units (:func:`detect_phase_units`).
     Use it to detect on all echoes of a multi-echo phase and apply the result to one:
 
     >>> echoes = np.random.default_rng(0).uniform(-180, 180, (4, 4, 4, 3))
@@ -287,4 +360,4 @@ def phase_scaling(values: np.ndarray, units: str = "auto", name: str = "phase") 
     if units not in UNITS:
         raise ValueError(f"units must be one of {UNITS}, not {units!r}")
     values = np.asarray(values)
-    return detect_phase_units(values, name) if units == "auto" else _forced(units, values, name)
+    return detect_phase_units(values, name, metadata) if units == "auto" else _forced(units, values, name)

@@ -131,3 +131,66 @@ def test_wrap_is_half_open_in_float32():
     w = wrap_to_pi(x)
     assert w.dtype == np.float32 and w.max() < PI32 and w.min() >= -PI32
     assert w[0] == -PI32
+
+
+# --------------------------------------------------------------------------- GE phase, decided by the sidecar
+
+GE_FILTERED = {"Manufacturer": "GE MEDICAL SYSTEMS", "ManufacturersModelName": "DISCOVERY MR750",
+               "ImageType": ["DERIVED", "PRIMARY", "FILT_PHA"]}
+
+
+def _filtered_phase(seed=3):
+    """A realistic SWI filtered phase in radians: tissue within about +-0.2 rad, veins to about -1 rad."""
+    rng = np.random.default_rng(seed)
+    rad = rng.normal(0.0, 0.08, (40, 40, 20))
+    rad[5:35, 20, 10] = -0.95  # a vein
+    rad[12, 8:30, 6] = 0.7
+    return rad
+
+
+def test_ge_filtered_phase_is_scaled_into_pi_by_the_sidecar():
+    rad = _filtered_phase()
+    stored = np.round(rad * 1000).astype(np.int16)  # GE: radians x 1000
+    assert -1100 < stored.min() and stored.max() < 1100  # far from filling +-3142
+    scaling = phase_scaling(stored, metadata=GE_FILTERED)
+    assert scaling.units == "milliradians" and scaling.scale == pytest.approx(1e-3)
+    out = scaling.apply(stored)
+    assert _in_range(out) and np.abs(out - rad).max() <= 0.5e-3 + 1e-6
+    assert "FILT_PHA" in scaling.description
+
+
+def test_ge_filtered_phase_without_the_sidecar_is_refused_not_scaled_three_times_too_much():
+    stored = np.round(_filtered_phase() * 1000).astype(np.int16)
+    with pytest.raises(InputDataError, match=r"^sub-01_part-phase_swi.nii.gz: integer phase .* does not fill a stored "
+                                             r"phase range.*would scale it 6\.14 times too much"):  # 1000 pi / 512
+        rescale_phase(stored, name="sub-01_part-phase_swi.nii.gz")
+
+
+@pytest.mark.parametrize("image_type", ["DERIVED\\PRIMARY\\FILT_PHA", ["ORIGINAL", "PRIMARY", "FILT_PHA"]])
+def test_filt_pha_alone_decides_even_without_a_manufacturer(image_type):
+    stored = np.round(_filtered_phase() * 1000).astype(np.int16)
+    rad, how = rescale_phase(stored, metadata={"ImageType": image_type})
+    assert "radians x 1000" in how and np.abs(rad).max() < 1.0
+
+
+def test_ge_filtered_phase_outside_its_range_is_refused_with_the_reason():
+    stored = np.round(RNG.uniform(-4096, 4095, 5000))
+    with pytest.raises(InputDataError, match=r"FILT_PHA\) is stored as integer radians x 1000, within \+-3142"):
+        phase_scaling(stored, metadata=GE_FILTERED, name="p.nii")
+
+
+def test_ge_raw_phase_and_other_vendors():
+    ge_raw = np.round(TRUE * 1000)  # wrapped, fills +-3142
+    for metadata in (None, {"Manufacturer": "GE MEDICAL SYSTEMS", "ImageType": ["ORIGINAL", "PRIMARY", "P"]}):
+        rad, _ = rescale_phase(ge_raw, metadata=metadata)
+        assert _circular_error(rad, TRUE).max() < 1e-3
+    siemens = np.round((TRUE + np.pi) / (2 * np.pi) * 4096).clip(0, 4095)
+    assert "(x - 2048) * pi / 2048" in phase_scaling(siemens, metadata={"Manufacturer": "Siemens"}).description
+    float_rad = phase_scaling(TRUE, metadata=GE_FILTERED)  # the sidecar decides integers only
+    assert float_rad.units == "radians"
+
+
+def test_integer_phase_that_does_not_fill_its_range_is_refused():
+    partial = np.round(RNG.uniform(0, 2500, 5000))  # unsigned, not 0..4095
+    with pytest.raises(InputDataError, match=r"does not fill a stored phase range \(the nearest, 0\.\.4095"):
+        rescale_phase(partial, name="p.nii")
