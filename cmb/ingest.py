@@ -190,7 +190,8 @@ def ingest_subject(
     if combo.phase is not None:
         # detect on all echoes together: they share one encoding, and a short first
         # echo alone may not fill its range
-        scaling = phase_scaling(combo.phase_all_echoes, phase_units, rec.phase[0])
+        scaling = phase_scaling(combo.phase_all_echoes, phase_units, rec.phase[0],
+                                metadata=read_sidecar(rec.phase[0], rec.bids_dir or None))
         units = {"units": scaling.units, "description": scaling.description}
         fixes.append(f"{rec.phase[0]}: {scaling.description}")
         combo.phase = _replace_data(combo.phase, scaling.apply(np.asanyarray(combo.phase.dataobj)))
