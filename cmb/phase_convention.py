@@ -79,7 +79,6 @@ import os
 import re
 from dataclasses import asdict, dataclass, field
 
-import cc3d
 import numpy as np
 from scipy import ndimage as ndi
 
@@ -98,6 +97,8 @@ __all__ = [
     "estimate_paramagnetic_phase",
     "resolve_paramagnetic_phase",
     "manufacturer_from_report",
+    "read_phase_convention",
+    "phase_convention_columns",
 ]
 
 #: Accepted values of ``paramagnetic_phase``.
@@ -249,6 +250,8 @@ def _relative_darkness(mag: np.ndarray, mask: np.ndarray, zooms: np.ndarray, bac
 
 def _vein_segments(dark: np.ndarray, zooms: np.ndarray, s: dict) -> tuple[np.ndarray, list[int], list[np.ndarray]]:
     """Label the connected dark structures; the labels and long axes (voxel frame, mm) of the veins."""
+    import cc3d  # here, not at import: the report environment reads sidecars with this module and has no cc3d
+
     labels, n = cc3d.connected_components(dark, connectivity=26, return_N=True)
     if n == 0:
         return labels, [], []
@@ -557,3 +560,55 @@ def manufacturer_from_report(path: str | os.PathLike) -> str | None:
     meta = report.get("metadata") if isinstance(report, dict) else None
     value = meta.get("Manufacturer") if isinstance(meta, dict) else None
     return value if isinstance(value, str) else None
+
+
+# --------------------------------------------------------------------------- reading it back
+
+
+def read_phase_convention(phase_image: str | os.PathLike) -> dict | None:
+    """The ``PhaseConvention`` entry of a preprocessed phase's JSON sidecar (same name, ``.json``).
+
+    ``None`` when the sidecar is missing, an empty placeholder or has no entry.
+    """
+    path = os.fspath(phase_image)
+    stem = path[:-7] if path.endswith(".nii.gz") else path[:-4] if path.endswith(".nii") else path
+    try:
+        with open(stem + ".json", encoding="utf-8") as f:
+            text = f.read()
+        meta = json.loads(text) if text.strip() else None
+    except (OSError, ValueError):
+        return None
+    conv = meta.get("PhaseConvention") if isinstance(meta, dict) else None
+    return conv if isinstance(conv, dict) else None
+
+
+def phase_convention_columns(convention: dict | None) -> dict:
+    """The cohort-table columns of a ``PhaseConvention`` entry (``n/a`` without one: no phase).
+
+    >>> d = resolve_paramagnetic_phase("auto", "SIEMENS", estimate=PhaseSignEstimate(
+    ...     "positive", 7.5, True, 0.9, 20, 600, 200, 0.1, 3.0, ""))
+    >>> c = phase_convention_columns(d.to_dict())
+    >>> c["paramagnetic_phase"], c["phase_sign_source"], c["phase_convention_mismatch"], c["phase_sign_z"]
+    ('positive', 'data', 'true', '7.50')
+    >>> phase_convention_columns(None)["phase_convention_mismatch"]
+    'n/a'
+    """
+    na = "n/a"
+    if not convention:
+        return {k: na for k in ("paramagnetic_phase", "phase_sign_source", "phase_sign_vendor", "phase_sign_data",
+                                "phase_sign_z", "phase_sign_agreement", "phase_convention_mismatch",
+                                "phase_convention_unconfident")}
+    est = convention.get("estimate") or {}
+    z = est.get("z")
+    flags = convention.get("flags") or []
+    return {
+        "paramagnetic_phase": convention.get("paramagnetic_phase") or na,
+        "phase_sign_source": convention.get("source") or na,
+        "phase_sign_vendor": convention.get("vendor_paramagnetic_phase") or na,
+        "phase_sign_data": (na if not est else (est.get("paramagnetic_phase") or na) if est.get("confident")
+                            else "unconfident"),
+        "phase_sign_z": na if z is None else f"{float(z):.2f}",
+        "phase_sign_agreement": convention.get("agreement") or na,
+        "phase_convention_mismatch": "true" if MISMATCH_FLAG in flags else "false",
+        "phase_convention_unconfident": "true" if UNCONFIDENT_FLAG in flags else "false",
+    }
