@@ -87,8 +87,15 @@ def _add_profile(sub) -> None:
 
 
 def main(argv=None) -> int:
+    args_in = sys.argv[1:] if argv is None else list(argv)
+    if args_in[:1] == ["run"]:  # the rest of the line is Snakemake's, not argparse's
+        from cmb.workflow_run import main as run_workflow
+
+        return run_workflow(args_in[1:])
     parser = argparse.ArgumentParser(prog="cmb", description="Cohort-scale cerebral microbleed detection.")
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="run the whole workflow with Snakemake (cmb run --help; every further "
+                               "argument goes to snakemake)")
     _add_synth(sub)
     _add_profile(sub)
     commands = {"crosssim": ("cmb.crosssim.__main__", "generate a cohort from the second, independent simulator "
