@@ -110,12 +110,12 @@ def test_cmbs_in_parenchyma_with_mars_label_of_the_atlas(cohort):
 
 def test_truth_labels_come_from_the_1mm_mars_map_for_a_2mm_head_model(tmp_path):
     # The tiny preset's head model is 2 mm; its truth must still match the 1 mm map the
-    # workflow uses by default. Of these 50 CMBs, 42 are visible, and one of those sits
+    # workflow uses by default. Of these 50 CMBs, 45 are visible (MARS map version 2), and some sit
     # where the two maps disagree.
     synthesize(SynthOptions(out=tmp_path, n_subjects=2, seed=11, preset="tiny", n_cmb=25), log=lambda m: None)
     mars = build_mars_map(load_mni(1))
     rows = [r for p, _ in _scans(tmp_path) for r in pd.read_csv(_truth(p, "_label-CMB_dseg.tsv"), sep="\t").itertuples()]
-    assert len(rows) == 42
+    assert len(rows) == 45
     for r in rows:
         assert decode_label(_mars_value(mars, r)) == (r.mars_category, r.mars_region, r.hemisphere)
 

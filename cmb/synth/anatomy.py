@@ -15,7 +15,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from cmb.cache import load_arrays, save_arrays
-from cmb.mars_region import build_mars_map
+from cmb.mars_region import MARS_MAP_VERSION, build_mars_map
 from cmb.template import load_mni
 
 __all__ = ["HeadModel", "TissueContrast", "build_head_model", "parameter_maps", "t1w_map"]
@@ -188,7 +188,7 @@ _ARRAYS = ("affine", "gm", "wm", "csf", "brain", "t1", "dk", "mars", "head", "ve
 @functools.lru_cache(maxsize=2)
 def build_head_model(step: int = 1) -> HeadModel:
     """The MNI head model at ``step`` mm, from the on-disk cache when possible."""
-    key = f"headmodel-step{step}"
+    key = f"headmodel-step{step}-mars{MARS_MAP_VERSION}"
     cached = load_arrays(key)
     if cached is not None:
         arrays, meta = cached

@@ -15,7 +15,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
-from cmb.mars_region import CSF_LABEL, MarsMap, build_mars_map, decode_label, label_table
+from cmb.mars_region import CSF_LABEL, MARS_MAP_VERSION, MarsMap, build_mars_map, decode_label, label_table
 from cmb.synth.anatomy import HeadModel
 from cmb.synth.geometry import SubjectWarp, vein_clearance
 from cmb.synth.physics import Source, rad_per_ppm
@@ -102,9 +102,9 @@ def _parenchyma_sites(model: HeadModel) -> dict[str, np.ndarray]:
     parenchyma = ndi.binary_erosion(parenchyma, iterations=max(1, int(round(1.5 / model.step))))
     sites = {}
     lut = label_table()
-    cats = np.full(CSF_LABEL + 1, "", dtype=object)
+    cats = np.full(int(lut["index"].max()) + 1, "", dtype=object)
     cats[lut["index"].to_numpy()] = lut["mars_category"].to_numpy()
-    cat_map = cats[np.clip(model.mars, 0, CSF_LABEL)]
+    cat_map = cats[np.clip(model.mars, 0, len(cats) - 1)]
     for cat in ("lobar", "deep", "infratentorial"):
         sites[cat] = np.argwhere(parenchyma & (cat_map == cat))
     return sites
@@ -121,11 +121,11 @@ def truth_mars_map() -> MarsMap:
     from cmb.cache import load_arrays, save_arrays
     from cmb.template import load_mni
 
-    cached = load_arrays("mars-res1")
+    cached = load_arrays(f"mars{MARS_MAP_VERSION}-res1")
     if cached is not None:
         return MarsMap(cached[0]["labels"], cached[0]["affine"])
     mars = build_mars_map(load_mni(1))
-    save_arrays("mars-res1", {"labels": mars.labels, "affine": mars.affine}, {})
+    save_arrays(f"mars{MARS_MAP_VERSION}-res1", {"labels": mars.labels, "affine": mars.affine}, {})
     return mars
 
 
