@@ -57,13 +57,14 @@ from scipy import ndimage as ndi
 
 from cmb import __version__
 from cmb.atomic import atomic_path, save_nifti, write_json
-from cmb.mars_region import CSF_LABEL, OUTSIDE_LABEL, RIGHT_OFFSET, decode_label
+from cmb.mars_region import CATEGORY, CSF_LABEL, OUTSIDE_LABEL, REGIONS, RIGHT_OFFSET, decode_label, is_parenchyma
 
 __all__ = [
     "DETECTION_COLUMNS",
     "REJECT_REASONS",
     "majority_vote",
     "localize_candidates",
+    "label_neighbourhood",
     "input_voxels",
     "to_input_grid",
     "format_detections",
@@ -83,7 +84,8 @@ DETECTION_COLUMNS = [
     "rejected_reason", "is_cmb",
     "x_mm", "y_mm", "z_mm", "i", "j", "k", "mni_x", "mni_y", "mni_z",
     "volume_mm3", "diameter_mm", "mars_category", "mars_region", "hemisphere", "atlas_label",
-    "parenchyma_fraction", "n_voxels", "screen_score", "sphericity", "phase_mean", "phase_sign",
+    "mars_category_confidence", "mars_region_second", "borderline", "mars_border_distance_mm",
+    "atlas_label_distance_mm", "parcellation_source", "parenchyma_fraction", "n_voxels", "screen_score", "sphericity", "phase_mean", "phase_sign",
     "phase_used", "vessel_length_mm", "vessel_width_mm", "vessel_elongation", "vessel_angle_b0_deg",
     "vessel_slices", "vessel_bulge", "vessel_darkening", "tubularity",
 ]
@@ -97,21 +99,17 @@ _NA = "n/a"
 _FLOAT_FORMAT = {
     "confidence": "{:.4f}", "x_mm": "{:.2f}", "y_mm": "{:.2f}", "z_mm": "{:.2f}",
     "mni_x": "{:.2f}", "mni_y": "{:.2f}", "mni_z": "{:.2f}", "volume_mm3": "{:.2f}",
-    "diameter_mm": "{:.2f}", "parenchyma_fraction": "{:.3f}", "screen_score": "{:.4f}",
+    "diameter_mm": "{:.2f}", "parenchyma_fraction": "{:.3f}", "mars_category_confidence": "{:.3f}",
+    "mars_border_distance_mm": "{:.1f}", "atlas_label_distance_mm": "{:.1f}", "screen_score": "{:.4f}",
     "sphericity": "{:.3f}", "phase_mean": "{:.4f}", "vessel_length_mm": "{:.1f}", "vessel_width_mm": "{:.2f}",
     "vessel_elongation": "{:.2f}", "vessel_angle_b0_deg": "{:.1f}", "vessel_slices": "{:.1f}",
     "vessel_bulge": "{:.2f}", "vessel_darkening": "{:.2f}", "tubularity": "{:.3f}",
 }
 _INT_COLUMNS = ("cmb_id", "i", "j", "k", "n_voxels")
-_BOOL_COLUMNS = ("above_threshold", "rejected", "is_cmb", "phase_used")
+_BOOL_COLUMNS = ("above_threshold", "rejected", "is_cmb", "phase_used", "borderline")
 
 
 # --------------------------------------------------------------------------- voting
-
-
-def _is_parenchyma(labels: np.ndarray) -> np.ndarray:
-    labels = np.asarray(labels)
-    return ((labels >= 1) & (labels < RIGHT_OFFSET)) | ((labels > RIGHT_OFFSET) & (labels < CSF_LABEL))
 
 
 def _mars_rank(label: int) -> tuple[int, int]:
@@ -173,6 +171,115 @@ def majority_vote(ids: np.ndarray, labels: np.ndarray, centre: dict[int, int],
 # --------------------------------------------------------------------------- localization
 
 
+#: How far (mm) from a candidate's centre a different MARS category is looked for
+#: (``mars_border_distance_mm`` is ``n/a`` beyond).
+BORDER_SEARCH_MM = 10.0
+
+
+def _category_index(labels: np.ndarray) -> np.ndarray:
+    """0 lobar, 1 deep, 2 infratentorial for parenchyma labels; -1 elsewhere."""
+    labels = np.asarray(labels)
+    region = np.where(labels > RIGHT_OFFSET, labels - RIGHT_OFFSET, labels)
+    cat_of_code = np.array([-1] + [("lobar", "deep", "infratentorial").index(CATEGORY[r]) for r in REGIONS])
+    return np.where(is_parenchyma(labels), cat_of_code[np.clip(region, 0, len(REGIONS))], -1)
+
+
+def label_neighbourhood(
+    mars: np.ndarray,
+    centres: np.ndarray,
+    labels: np.ndarray,
+    radii_mm: np.ndarray,
+    zooms,
+    *,
+    registration_uncertainty_mm: float = 2.0,
+    label_search_mm: float = 5.0,
+    borderline_min_share: float = 0.2,
+) -> pd.DataFrame:
+    """How sure each candidate's MARS label is, from the labels around its centre.
+
+    Parameters
+    ----------
+    mars : (X, Y, Z) ndarray of int
+        Native MARS map (:mod:`cmb.mars_region` codes).
+    centres : (n, 3) ndarray of int
+        Centre voxels.
+    labels : (n,) ndarray of int
+        The label each candidate was given (-1: none).
+    radii_mm : (n,) ndarray
+        Candidate radius (mm).
+    zooms : sequence of float
+        Voxel size (mm) of the grid.
+    registration_uncertainty_mm : float
+        Added to the radius: the sphere whose label mix gives the confidence.
+    label_search_mm : float
+        A candidate whose label is not parenchyma takes the nearest parenchyma label
+        within this distance (``fallback_label``); beyond it, none (-1).
+    borderline_min_share : float
+        Share of the sphere's parenchyma the second-choice region must hold to count.
+
+    Returns
+    -------
+    DataFrame, one row per candidate
+        ``mars_category_confidence`` (share of the sphere's parenchyma voxels in the
+        label's category; NaN without parenchyma), ``mars_region_second`` (the most
+        frequent other region, ``n/a`` when it holds less than ``borderline_min_share``),
+        ``borderline`` (that region is of another category), ``mars_border_distance_mm``
+        (to the nearest voxel of another category, NaN beyond :data:`BORDER_SEARCH_MM`),
+        ``atlas_label_distance_mm`` (from the centre to the nearest voxel carrying the
+        final label; 0 when the centre does), ``fallback_label``.
+
+    Examples
+    --------
+    >>> mars = np.full((20, 10, 10), 1, np.int16); mars[10:] = 8  # frontal | internal capsule at x = 10
+    >>> nb = label_neighbourhood(mars, np.array([[3, 5, 5], [9, 5, 5]]), np.array([1, 1]), np.array([1.0, 1.0]), (1, 1, 1))
+    >>> nb[["mars_region_second", "borderline", "mars_border_distance_mm"]].values.tolist()
+    [['n/a', False, 7.0], ['internal_capsule', True, 1.0]]
+    """
+    mars = np.asarray(mars)
+    zooms = np.asarray(zooms, float)
+    shape = np.asarray(mars.shape)
+    reach = max(BORDER_SEARCH_MM, label_search_mm, float(np.max(radii_mm, initial=0)) + registration_uncertainty_mm)
+    half = np.ceil(reach / zooms).astype(int)
+    rows = []
+    for c, lab, r in zip(np.asarray(centres, int), np.asarray(labels, int), np.asarray(radii_mm, float)):
+        lo, hi = np.maximum(c - half, 0), np.minimum(c + half + 1, shape)
+        box = mars[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].astype(np.int64)
+        grids = np.meshgrid(*[(np.arange(a, b) - cc) * z for a, b, cc, z in zip(lo, hi, c, zooms)], indexing="ij")
+        dist = np.sqrt(sum(g ** 2 for g in grids))
+        par = is_parenchyma(box)
+        fallback = -1
+        if not is_parenchyma(np.array([lab]))[0] and lab not in (CSF_LABEL,):
+            near = par & (dist <= label_search_mm)
+            if near.any():
+                fallback = int(box[near][np.argmin(dist[near])])
+        final = fallback if fallback >= 0 else lab
+        row = {"fallback_label": fallback, "mars_category_confidence": np.nan, "mars_region_second": _NA,
+               "borderline": False, "mars_border_distance_mm": np.nan, "atlas_label_distance_mm": np.nan}
+        carries = box == final
+        if final >= 0 and carries.any():
+            row["atlas_label_distance_mm"] = float(dist[carries].min())
+        cat = _category_index(np.array([final]))[0]
+        if cat >= 0:
+            sphere = par & (dist <= r + registration_uncertainty_mm)
+            cats = _category_index(box)
+            if sphere.any():
+                row["mars_category_confidence"] = float((cats[sphere] == cat).mean())
+                regions = np.where(box[sphere] > RIGHT_OFFSET, box[sphere] - RIGHT_OFFSET, box[sphere])
+                own_region = final - RIGHT_OFFSET if final > RIGHT_OFFSET else final
+                values, counts = np.unique(regions[regions != own_region], return_counts=True)
+                if len(values) and counts.max() >= borderline_min_share * sphere.sum():
+                    second = int(values[np.argmax(counts)])
+                    row["mars_region_second"] = REGIONS[second - 1]
+                    row["borderline"] = bool(_category_index(np.array([second]))[0] != cat)
+            other = (cats >= 0) & (cats != cat) & (dist <= BORDER_SEARCH_MM)
+            if other.any():
+                row["mars_border_distance_mm"] = float(dist[other].min())
+        rows.append(row)
+    cols = ["mars_category_confidence", "mars_region_second", "borderline", "mars_border_distance_mm",
+            "atlas_label_distance_mm", "fallback_label"]
+    return pd.DataFrame(rows, columns=cols)
+
+
 def _centre_index(table: pd.DataFrame, shape: Sequence[int]) -> np.ndarray:
     ijk = table[["i", "j", "k"]].to_numpy(dtype=float)
     ijk = np.rint(ijk).astype(np.int64) if len(ijk) else np.zeros((0, 3), np.int64)
@@ -207,6 +314,10 @@ def localize_candidates(
     reject_csf: bool = True,
     reject_outside_brain: bool = True,
     min_parenchyma_fraction: float = 0.5,
+    zooms=(1.0, 1.0, 1.0),
+    registration_uncertainty_mm: float = 2.0,
+    label_search_mm: float = 5.0,
+    borderline_min_share: float = 0.2,
 ) -> pd.DataFrame:
     """MARS labels and the anatomical false-positive filter for a candidate table.
 
@@ -226,13 +337,19 @@ def localize_candidates(
     min_parenchyma_fraction : float
         A candidate centred in CSF or MARS "outside" is rejected only when fewer than
         this fraction of its voxels are parenchyma.
+    zooms : sequence of float
+        Voxel size (mm) of the grid.
+    registration_uncertainty_mm, label_search_mm, borderline_min_share : float
+        See :func:`label_neighbourhood`. A candidate that is kept but whose vote gave no
+        parenchyma label (unknown, or outside with the outside filter off) takes the nearest
+        parenchyma label within ``label_search_mm``.
 
     Returns
     -------
     DataFrame
         ``candidates`` (same order) plus ``mars_label`` (int, -1 when unknown),
         ``mars_category, mars_region, hemisphere, parenchyma_fraction, n_voxels,
-        rejected, rejected_reason``.
+        rejected, rejected_reason`` and the :func:`label_neighbourhood` columns.
 
     Examples
     --------
@@ -263,7 +380,7 @@ def localize_candidates(
         vox_lab = np.asarray(mars)[tuple(vox.T)].astype(np.int64)
         centre_lab = np.asarray(mars)[tuple(centres.T)].astype(np.int64)
         centre = dict(zip(ids.tolist(), centre_lab.tolist()))
-        par = _is_parenchyma(vox_lab)
+        par = is_parenchyma(vox_lab)
         n_par = pd.Series(own[par]).value_counts()
         frac = np.array([n_par.get(int(c), 0) / max(out["n_voxels"][n], 1) for n, c in enumerate(ids)])
         voted = majority_vote(own[par], vox_lab[par], centre, rank=_mars_rank)
@@ -282,6 +399,20 @@ def localize_candidates(
         reasons[outside] = "outside_brain"
         labels[outside] = OUTSIDE_LABEL
 
+    neighbourhood = None
+    if mars is not None:
+        if "diameter_mm" in out:
+            radii = pd.to_numeric(out["diameter_mm"], errors="coerce").to_numpy(float) / 2
+        else:
+            radii = (3 * out["n_voxels"].to_numpy(float) * np.prod(zooms) / (4 * np.pi)) ** (1 / 3)
+        radii = np.nan_to_num(radii, nan=0.0)
+        neighbourhood = label_neighbourhood(
+            mars, centres, labels, radii, zooms, registration_uncertainty_mm=registration_uncertainty_mm,
+            label_search_mm=label_search_mm, borderline_min_share=borderline_min_share)
+        fallback = neighbourhood["fallback_label"].to_numpy(np.int64)
+        use = (reasons == _NA) & (fallback >= 0)
+        labels[use] = fallback[use]
+
     decoded = [decode_label(v) if v >= 0 else (_NA, _NA, _NA) for v in labels]
     out["mars_label"] = labels
     out["mars_category"] = [d[0] for d in decoded]
@@ -290,6 +421,10 @@ def localize_candidates(
     out["parenchyma_fraction"] = frac
     out["rejected"] = reasons != _NA
     out["rejected_reason"] = reasons
+    for col in ("mars_category_confidence", "mars_region_second", "borderline", "mars_border_distance_mm",
+                "atlas_label_distance_mm"):
+        out[col] = (neighbourhood[col].to_numpy() if neighbourhood is not None
+                    else [_NA if col == "mars_region_second" else False if col == "borderline" else np.nan] * len(out))
     out.attrs["voxels"] = (vox, own)
     return out
 
@@ -538,6 +673,10 @@ def localize_subject(
     reject_csf: bool = True,
     reject_outside_brain: bool = True,
     min_parenchyma_fraction: float = 0.5,
+    registration_uncertainty_mm: float = 2.0,
+    label_search_mm: float = 5.0,
+    borderline_min_share: float = 0.2,
+    parcellation_source: str = "atlas:MNI152NLin2009cAsym-DK",
     source_dir: str | os.PathLike | None = None,
     snakemake_version: str | None = None,
 ) -> pd.DataFrame:
@@ -575,7 +714,10 @@ def localize_subject(
 
     loc = localize_candidates(cand, dseg, mars_arr, mask, reject_csf=reject_csf,
                               reject_outside_brain=reject_outside_brain,
-                              min_parenchyma_fraction=min_parenchyma_fraction)
+                              min_parenchyma_fraction=min_parenchyma_fraction,
+                              zooms=np.sqrt((grid[:3, :3] ** 2).sum(0)),
+                              registration_uncertainty_mm=registration_uncertainty_mm,
+                              label_search_mm=label_search_mm, borderline_min_share=borderline_min_share)
     vox, own = loc.attrs.pop("voxels")
     n = len(loc)
     mni = np.full((n, 3), np.nan)
@@ -605,6 +747,9 @@ def localize_subject(
         "mars_category": loc["mars_category"], "mars_region": loc["mars_region"],
         "hemisphere": loc["hemisphere"], "atlas_label": atlas,
         "parenchyma_fraction": loc["parenchyma_fraction"], "n_voxels": loc["n_voxels"],
+        **{c: loc[c] for c in ("mars_category_confidence", "mars_region_second", "borderline",
+                               "mars_border_distance_mm", "atlas_label_distance_mm")},
+        "parcellation_source": [parcellation_source if mars_arr is not None else _NA] * n,
     })
     for col in ("volume_mm3", "diameter_mm", "screen_score", "sphericity", "phase_mean", "phase_sign",
                 "phase_used", "vessel_length_mm", "vessel_width_mm", "vessel_elongation", "vessel_angle_b0_deg",
@@ -663,6 +808,11 @@ def localize_subject(
             "reject_csf": bool(reject_csf),
             "reject_outside_brain": bool(reject_outside_brain),
             "min_parenchyma_fraction": float(min_parenchyma_fraction),
+            "parcellation_source": parcellation_source,
+            "lookup_table": "cmb.mars_region.FREESURFER_MARS (Gregoire et al. 2009; docs/mars.md)",
+            "registration_uncertainty_mm": float(registration_uncertainty_mm),
+            "label_search_mm": float(label_search_mm),
+            "borderline_min_share": float(borderline_min_share),
         },
         "Detection": None if cand_meta is None else {k: cand_meta.get(k) for k in
                                                       ("threshold", "model_sha256", "model_name", "device",
@@ -719,6 +869,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-csf", action="store_true", help="do not reject candidates centred in CSF/ventricles")
     p.add_argument("--keep-outside-brain", action="store_true", help="do not reject candidates outside the brain")
     p.add_argument("--min-parenchyma-fraction", type=float, default=0.5)
+    p.add_argument("--registration-uncertainty-mm", type=float, default=2.0)
+    p.add_argument("--label-search-mm", type=float, default=5.0)
+    p.add_argument("--borderline-min-share", type=float, default=0.2)
     p.add_argument("--out-table", required=True)
     p.add_argument("--out-json", required=True)
     p.add_argument("--out-dseg")
@@ -736,6 +889,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         inv_affine=args.inv_affine, inv_warp=args.inv_warp, quality=args.quality, ingest_report=args.ingest_report,
         model_card=args.model_card, config_sha256=args.config_sha256, reject_csf=not args.keep_csf,
         reject_outside_brain=not args.keep_outside_brain, min_parenchyma_fraction=args.min_parenchyma_fraction,
+        registration_uncertainty_mm=args.registration_uncertainty_mm, label_search_mm=args.label_search_mm,
+        borderline_min_share=args.borderline_min_share,
         out_table=args.out_table, out_json=args.out_json, out_dseg=args.out_dseg, out_prob=args.out_prob,
         snakemake_version=args.snakemake_version,
     )

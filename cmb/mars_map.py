@@ -50,6 +50,8 @@ def write_mars_map(
     juxtacortical_mm: float = 5.0,
     capsule_mm: float = 6.0,
     resolution_mm: int = 1,
+    insula_juxtacortical_mm: float = 1.0,
+    label_search_mm: float = 5.0,
 ) -> nib.Nifti1Image:
     """Build the MARS map on the packaged MNI grid and write it (and its TSV).
 
@@ -59,7 +61,7 @@ def write_mars_map(
         NIfTI (int16 labels, see :func:`cmb.mars_region.label_table`).
     out_tsv : path, optional
         The label table.
-    juxtacortical_mm, capsule_mm : float
+    juxtacortical_mm, capsule_mm, insula_juxtacortical_mm, label_search_mm : float
         Passed to :func:`cmb.mars_region.build_mars_map`.
     resolution_mm : int
         Integer step of the 1 mm template grid.
@@ -74,7 +76,8 @@ def write_mars_map(
 
     t0 = time.perf_counter()
     mars = build_mars_map(load_mni(int(resolution_mm)), juxtacortical_mm=juxtacortical_mm,
-                          capsule_mm=capsule_mm)
+                          capsule_mm=capsule_mm, insula_juxtacortical_mm=insula_juxtacortical_mm,
+                          label_search_mm=label_search_mm)
     img = nib.Nifti1Image(mars.labels.astype(np.int16), mars.affine)
     img.header.set_data_dtype(np.int16)
     img.header.set_xyzt_units("mm")
@@ -98,10 +101,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--juxtacortical-mm", type=float, default=5.0)
     p.add_argument("--capsule-mm", type=float, default=6.0)
     p.add_argument("--resolution-mm", type=int, default=1, help="integer step of the 1 mm MNI grid")
+    p.add_argument("--insula-juxtacortical-mm", type=float, default=1.0)
+    p.add_argument("--label-search-mm", type=float, default=5.0)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     write_mars_map(args.out_dseg, args.out_tsv, juxtacortical_mm=args.juxtacortical_mm,
-                   capsule_mm=args.capsule_mm, resolution_mm=args.resolution_mm)
+                   capsule_mm=args.capsule_mm, resolution_mm=args.resolution_mm,
+                   insula_juxtacortical_mm=args.insula_juxtacortical_mm, label_search_mm=args.label_search_mm)
     return 0
 
 

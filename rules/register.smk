@@ -25,6 +25,8 @@ rule build_mars_map:
         juxtacortical_mm=config["mars"]["juxtacortical_mm"],
         capsule_mm=config["mars"]["capsule_mm"],
         resolution_mm=config["mars"]["resolution_mm"],
+        insula_juxtacortical_mm=config["mars"]["insula_juxtacortical_mm"],
+        label_search_mm=config["mars"]["label_search_mm"],
     log:
         f"{OUT}/logs/build_mars_map/log.txt",
     benchmark:
@@ -39,7 +41,9 @@ rule build_mars_map:
     shell:
         "python -m cmb.mars_map --out-dseg {output.dseg:q} --out-tsv {output.tsv:q}"
         " --juxtacortical-mm {params.juxtacortical_mm} --capsule-mm {params.capsule_mm}"
-        " --resolution-mm {params.resolution_mm} &> {log:q}"
+        " --resolution-mm {params.resolution_mm}"
+        " --insula-juxtacortical-mm {params.insula_juxtacortical_mm}"
+        " --label-search-mm {params.label_search_mm} &> {log:q}"
 
 
 rule register_to_mni:
