@@ -39,6 +39,7 @@ import pandas as pd
 from cmb.atomic import atomic_path, write_text
 from cmb.failures import read_record
 from cmb.mars_region import CATEGORY, REGIONS
+from cmb.phase_convention import MISMATCH_FLAG, UNCONFIDENT_FLAG, phase_convention_columns, read_phase_convention
 
 __all__ = [
     "COUNT_COLUMNS",
@@ -102,6 +103,7 @@ class SubjectFiles:
     records: Sequence[str | os.PathLike] = field(default_factory=list)  # status records, pipeline order
     report: str | None = None  # subject HTML, relative to the cohort report
     site: str | None = None
+    phase: str | os.PathLike | None = None  # preprocessed phase: its sidecar holds the phase convention
 
 
 # --------------------------------------------------------------------------- one subject
@@ -227,6 +229,7 @@ def qc_checks(row: dict, qc: dict | None = None) -> dict:
     flags = [name for name, key in (("failed", None), ("registration", "qc_registration"),
                                     ("brain_mask", "qc_brain_mask"), ("extreme_count", "qc_extreme_count"))
              if (key is None and row.get("status") == "failed") or (key and out[key] in ("warn", "fail"))]
+    flags += [flag for flag in (MISMATCH_FLAG, UNCONFIDENT_FLAG) if row.get(flag) == "true"]
     out["qc_flags"] = ";".join(flags) if flags else _NA
     return out
 
@@ -280,6 +283,7 @@ def _subject_row(s: SubjectFiles, qc: dict | None) -> tuple[dict, pd.DataFrame |
     row["registration_nmi"] = _fmt(reg.get("nmi"), ".4f")
     row["registration_mask_dice"] = _fmt(reg.get("mask_dice"), ".4f")
     row["brain_mask_volume_ml"] = _fmt(summary.get("brain_mask_volume_ml"), ".1f")
+    row.update(phase_convention_columns(read_phase_convention(s.phase) if s.phase else None))
     row.update(qc_checks(row, qc))
     return row, det
 

@@ -671,7 +671,11 @@ def _localize_options():
     c = config["localize"]
     from snakemake import __version__ as snakemake_version
 
+    m = config["mars"]
     args = ["--min-parenchyma-fraction", repr(float(c["min_parenchyma_fraction"])),
+            "--registration-uncertainty-mm", repr(float(m["registration_uncertainty_mm"])),
+            "--label-search-mm", repr(float(m["label_search_mm"])),
+            "--borderline-min-share", repr(float(m["borderline_min_share"])),
             "--config-sha256", CONFIG_SHA256, "--snakemake-version", snakemake_version]
     args += [] if c["reject_csf"] else ["--keep-csf"]
     return args + ([] if c["reject_outside_brain"] else ["--keep-outside-brain"])
@@ -734,6 +738,7 @@ def cohort_subjects():
             participant_id=rec.subject, session_id=rec.session,
             detections=fill(LOCALIZED["table"], wc), sidecar=fill(LOCALIZED["sidecar"], wc),
             records=subject_stage_records(wc), site=sites.get(f"sub-{rec.subject}"),
+            phase=preprocessed(wc).get("phase"),
         ))
     return out
 

@@ -156,3 +156,31 @@ def test_long_counts_match_the_wide_table(cohort):
         assert r["n_cmb"] == wide.loc[r["participant_id"], f"n_{r['mars_region']}_{r['hemisphere']}"]
     meta = json.loads((cohort["root"] / "cohort" / "cmb_counts_long.json").read_text())
     assert list(meta) == list(long.columns)
+
+
+def test_phase_convention_mismatch_reaches_the_counts_and_qc_flags(tmp_path):
+    from cmb.phase_convention import PhaseSignEstimate, resolve_paramagnetic_phase
+
+    rows = {}
+    for pid, estimate_sign, confident in (("flipped", "positive", True), ("vague", "positive", False),
+                                          ("agrees", "negative", True)):
+        estimate = PhaseSignEstimate(estimate_sign, 7.5 if confident else 1.2, confident, 0.9, 20, 600, 200, 0.1,
+                                     3.0, "")
+        decision = resolve_paramagnetic_phase("auto", "SIEMENS", estimate=estimate)
+        phase = tmp_path / f"sub-{pid}_part-phase_desc-preproc_GRE.nii.gz"
+        phase.write_bytes(b"")
+        (tmp_path / f"sub-{pid}_part-phase_desc-preproc_GRE.json").write_text(
+            json.dumps({"PhaseConvention": decision.to_dict()}))
+        rows[pid] = SubjectFiles(participant_id=pid, session_id=None, phase=phase,
+                                 records=[{"status": "ok", "stage": "ingest"}])
+    rows["nophase"] = SubjectFiles(participant_id="nophase", session_id=None,
+                                   records=[{"status": "ok", "stage": "ingest"}])
+    counts, _ = write_cohort_tables(rows.values(), tmp_path / "c.csv", tmp_path / "d.csv")
+    c = pd.read_csv(tmp_path / "c.csv", dtype=str, keep_default_na=False).set_index("participant_id")
+    assert c.loc["sub-flipped", ["paramagnetic_phase", "phase_sign_source", "phase_convention_mismatch"]].tolist() == [
+        "positive", "data", "true"]
+    assert "phase_convention_mismatch" in c.loc["sub-flipped", "qc_flags"].split(";")
+    assert c.loc["sub-vague", ["paramagnetic_phase", "phase_sign_data", "phase_convention_unconfident"]].tolist() == [
+        "negative", "unconfident", "true"]
+    assert c.loc["sub-agrees", "phase_convention_mismatch"] == "false" and c.loc["sub-agrees", "qc_flags"] == "n/a"
+    assert c.loc["sub-nophase", "phase_convention_mismatch"] == "n/a"
