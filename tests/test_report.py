@@ -139,6 +139,28 @@ def test_subject_page_of_a_failed_subject_renders(tmp_path):
     assert_self_contained(html)
 
 
+def test_subject_page_shows_the_phase_convention_and_its_flag(tmp_path):
+    from cmb.phase_convention import PhaseSignEstimate, resolve_paramagnetic_phase
+
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    phase = tmp_path / "sub-03_part-phase_desc-preproc_GRE.nii.gz"
+    phase.write_bytes(b"")
+    decision = resolve_paramagnetic_phase("auto", "Philips", estimate=PhaseSignEstimate(
+        "positive", 6.1, True, 0.85, 14, 400, 200, 0.1, 3.0, ""))
+    (tmp_path / "sub-03_part-phase_desc-preproc_GRE.json").write_text(json.dumps({"PhaseConvention": decision.to_dict()}))
+    out = tmp_path / "sub-03_report.html"
+    render_subject_report(participant_id="03", session_id=None, out=out, detections=empty, sidecar=empty, image=empty,
+                          phase=phase, mask=empty, mars=empty, figure_brain_mask=empty, figure_registration=empty)
+    html = out.read_text()
+    section = html[html.index('id="phase-convention"'):]
+    assert "phase_convention_mismatch</span> the data overruled the vendor rule" in section
+    assert "<td>positive</td><td>data</td><td>negative</td><td>positive</td><td>6.10</td>" in section
+    render_subject_report(participant_id="03", session_id=None, out=out, detections=empty, sidecar=empty, image=empty,
+                          mask=empty, mars=empty, figure_brain_mask=empty, figure_registration=empty)
+    assert 'id="phase-convention"' not in out.read_text()  # no phase, no section
+
+
 def test_subject_report_is_fast_at_swi_size(tmp_path):
     files = _subject(tmp_path, shape=(512, 448, 72), zooms=(0.5, 0.5, 2.0), n_cmb=30, compressed=False)
     t0 = time.perf_counter()

@@ -132,6 +132,7 @@ def render_subject_report(
     Returns timings (s) of the parts.
     """
     from cmb.cohort_tables import count_detections, stage_status
+    from cmb.phase_convention import phase_convention_columns, read_phase_convention
     from cmb.report.reportlets import (data_uri, flicker_frames, image_size, intensity_window, overlay_png,
                                        triplet_png)
 
@@ -279,6 +280,7 @@ def render_subject_report(
         "registration": {k: v for k, v in reg.items() if v is not None},
         "brain_mask_figure": brain_fig, "brain_volume": summary.get("brain_mask_volume_ml"),
         "records": recs, "provenance": prov,
+        "phase_convention": (phase_convention_columns(read_phase_convention(phase)) if phase else None),
     }
     t1 = time.perf_counter()
     html = environment().get_template("subject.html.j2").render(**context)
