@@ -28,7 +28,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--figure-brain-mask", help="brain-mask QC figure (SVG/PNG)")
     s.add_argument("--figure-registration", help="registration QC figure (SVG/PNG)")
     s.add_argument("--records", nargs="*", default=[], help="status records of the subject's stages, in order")
+    s.add_argument("--t1w", help="ingested T1w (an optional viewer layer)")
+    s.add_argument("--viewer-js", help="NiiVue as installed by 'python -m cmb.report viewer' (adds the Review section)")
     s.add_argument("--out", required=True)
+    v = sub.add_parser("viewer", help="write the vendored NiiVue viewer (script, licence) into a folder")
+    v.add_argument("--out", required=True, help="folder, e.g. <output_dir>/viewer")
     c = sub.add_parser("cohort", help="the cohort page")
     c.add_argument("--counts", required=True, help="cohort/cmb_counts.csv")
     c.add_argument("--detections", required=True, help="cohort/cmb_detections.csv")
@@ -47,7 +51,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             participant_id=args.subject, session_id=args.session, out=args.out, detections=args.detections,
             sidecar=args.sidecar, image=args.image, phase=args.phase, mask=args.mask, mars=args.mars,
             candidates_dseg=args.candidates_dseg, figure_brain_mask=args.figure_brain_mask,
-            figure_registration=args.figure_registration, records=args.records)
+            figure_registration=args.figure_registration, records=args.records, t1w=args.t1w,
+            viewer_js=args.viewer_js)
+    elif args.command == "viewer":
+        from cmb.report.viewer import install_viewer
+
+        _log.info("wrote %s", install_viewer(args.out))
+        return 0
     else:
         t = render_cohort_report(args.counts, args.detections, args.out, failures_csv=args.failures,
                                  out_counts_figure=args.out_counts_figure, out_regions_figure=args.out_regions_figure)

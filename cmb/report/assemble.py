@@ -126,8 +126,16 @@ def render_subject_report(
     figure_registration=None,
     records: Sequence = (),
     max_figures: dict | None = None,
+    t1w=None,
+    viewer_js=None,
+    embed_budget_bytes: int | None = None,
 ) -> dict:
     """Write one subject's QC page; every input may be missing or an empty placeholder.
+
+    With ``viewer_js`` (NiiVue as written by :func:`cmb.report.viewer.install_viewer`),
+    the page has a Review section: the volume viewer, per-candidate verdicts and their
+    export (:mod:`cmb.verdicts`); its layers are embedded within ``embed_budget_bytes``
+    (default :data:`cmb.report.viewer.EMBED_BUDGET_BYTES`).
 
     Returns timings (s) of the parts.
     """
@@ -260,6 +268,14 @@ def render_subject_report(
         brain_fig = data_uri(overlay_png(vol, msk, img.affine, windows[0]), "image/png")
     timings["qc_figures_s"] = time.perf_counter() - t1
 
+    t1 = time.perf_counter()
+    review = None
+    if viewer_js is not None and vol is not None:
+        review = _review_context(out, title, img, vol, msk, windows[0], image, phase, ph, t1w, det,
+                                 [det_sel.head(caps_rows["detections"]), rej_sel.head(caps_rows["rejected"]),
+                                  below_sel.head(caps_rows["below"])], candidates_dseg, viewer_js, embed_budget_bytes)
+    timings["viewer_s"] = time.perf_counter() - t1
+
     prov: list = []
     if meta is not None:
         _flat("", {"Provenance": meta.get("Provenance"), "Detection": meta.get("Detection"),
@@ -279,7 +295,7 @@ def render_subject_report(
         "flicker": flicker, "registration_figure": _figure_uri(figure_registration),
         "registration": {k: v for k, v in reg.items() if v is not None},
         "brain_mask_figure": brain_fig, "brain_volume": summary.get("brain_mask_volume_ml"),
-        "records": recs, "provenance": prov,
+        "records": recs, "provenance": prov, "review": review,
         "phase_convention": (phase_convention_columns(read_phase_convention(phase)) if phase else None),
     }
     t1 = time.perf_counter()
@@ -288,6 +304,44 @@ def render_subject_report(
     timings["render_s"] = time.perf_counter() - t1
     timings["total_s"] = time.perf_counter() - t0
     return timings
+
+
+def _review_context(out, title, img, vol, msk, window, image, phase, ph, t1w, det, selections, candidates_dseg,
+                    viewer_js, budget) -> dict:
+    """The Review section: viewer layers, the candidates to judge and the page's data block."""
+    from cmb.report.viewer import EMBED_BUDGET_BYTES, viewer_layers
+    from cmb.verdicts import ATTACH_TOLERANCE_MM, REASONS
+
+    budget = EMBED_BUDGET_BYTES if budget is None else int(budget)
+    listed = pd.concat(selections) if selections else None  # the overlay shows the candidates listed for review
+    layers = viewer_layers(Path(out), image=image, vol=vol, mask=msk, window=window, phase=phase, ph=ph, t1w=t1w,
+                           det=listed, candidates_dseg=candidates_dseg, budget_bytes=budget)
+    status_text = {"detected": "detected", "rejected": "rejected", "below_threshold": "below threshold"}
+    cands, shown = [], []
+    for kind, sel in zip(("detected", "rejected", "below_threshold"), selections):
+        for r in sel.to_dict("records"):
+            try:
+                xyz = [float(r["x_mm"]), float(r["y_mm"]), float(r["z_mm"])]
+                diameter = float(r.get("diameter_mm", "nan"))
+            except ValueError:
+                continue
+            ijk = [r.get(c, _NA) for c in ("i", "j", "k")]
+            reason = r.get("rejected_reason", _NA)
+            cands.append({"cmb_id": int(r["cmb_id"]), "x_mm": xyz[0], "y_mm": xyz[1], "z_mm": xyz[2],
+                          "i": ijk[0], "j": ijk[1], "k": ijk[2], "confidence": r.get("confidence", _NA),
+                          "radius_mm": round(diameter / 2, 2) if math.isfinite(diameter) else 0, "status": kind})
+            where = ", ".join(v for v in (r.get("mars_region", _NA).replace("_", " "), r.get("hemisphere", _NA))
+                              if v and v != _NA) or "n/a"
+            shown.append({**cands[-1], "where": where, "xyz": ", ".join(f"{v:.1f}" for v in xyz),
+                          "status_text": status_text[kind] + (f" ({reason})" if kind == "rejected" else "")})
+    data = {"scan": title, "storage_key": hashlib.sha256(str(Path(out).resolve()).encode()).hexdigest()[:12],
+            "candidates": cands, "layers": layers["layers"], "inverse_affine": np.linalg.inv(img.affine).tolist(),
+            "attach_tolerance_mm": ATTACH_TOLERANCE_MM}
+    viewer_src = Path(os.path.relpath(Path(viewer_js).resolve(), Path(out).resolve().parent)).as_posix()
+    return {"scan": title, "layers": layers["layers"], "candidates": shown, "reasons": REASONS, "data": data,
+            "viewer_src": viewer_src, "embedded_mb": f"{layers['embedded_bytes'] / 1e6:.1f}",
+            "budget_mb": f"{budget / 1e6:.1f}",
+            "served": ", ".join(la["label"] for la in layers["layers"] if "url" in la)}
 
 
 # --------------------------------------------------------------------------- cohort
