@@ -105,7 +105,9 @@ def main(argv=None) -> int:
                 "detect": ("cmb.detect.__main__", "detect CMBs in one preprocessed scan"),
                 "train": ("cmb.detect.training", "train or fine-tune the detector on annotated scans"),
                 "calibrate": ("cmb.detect.calibration", "refit a detector's calibration and threshold on annotated scans"),
-                "evaluate": ("cmb.evaluation", "score detections against ground truth (sensitivity, FPavg, FROC)")}
+                "evaluate": ("cmb.evaluation", "score detections against ground truth (sensitivity, FPavg, FROC)"),
+                "review": ("cmb.review_server", "serve a workflow output folder read-only on 127.0.0.1 for the "
+                                                "subject pages' viewer (prints the URL)")}
     wanted = argv[0] if argv else (sys.argv[1] if len(sys.argv) > 1 else None)
     for name, (module, text) in commands.items():
         if wanted in (None, name, "-h", "--help"):  # import torch only for the command that needs it

@@ -251,3 +251,71 @@ def test_review_columns_of_the_cohort_table(tmp_path, review_page, caplog):
     cols = review_columns(scans, files)
     assert cols.iloc[0][["reviewed", "verdict", "n_reviewers"]].tolist() == ["false", "confirmed", "2"]
     assert "sub-09: no such scan" in caplog.text
+
+
+# ------------------------------------------------------------------ cmb review
+
+
+@pytest.fixture
+def served(review_page, tmp_path):
+    import threading
+
+    from cmb.review_server import make_server
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("outside")
+    (review_page["root"] / "sub-01" / "link").symlink_to(secret)
+    (review_page["root"] / ".snakemake").mkdir()
+    (review_page["root"] / ".snakemake" / "x").write_text("hidden")
+    server = make_server(review_page["root"])
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address
+    server.shutdown()
+    server.server_close()
+
+
+def _get(address, path, method="GET"):
+    conn = http.client.HTTPConnection(*address, timeout=10)
+    conn.putrequest(method, path, skip_host=False, skip_accept_encoding=True)  # the path is sent as is
+    conn.endheaders()
+    r = conn.getresponse()
+    body = r.read()
+    conn.close()
+    return r.status, body
+
+
+def test_review_server_serves_the_folder_read_only(served):
+    host, port = served
+    assert host == "127.0.0.1" and port > 0
+    status, body = _get(served, "/sub-01/sub-01_report.html")
+    assert status == 200 and b'id="review"' in body
+    assert _get(served, "/viewer/niivue.umd.js")[0] == 200
+    assert _get(served, "/sub-01/anat/image.nii.gz")[0] == 200
+    for path in ("/../secret.txt", "/sub-01/../../secret.txt", "/%2e%2e/secret.txt", "/sub-01/%2E%2E%2F%2E%2E/secret.txt",
+                 "/sub-01/link", "/.snakemake/x", "/sub-01/", "//etc/passwd", "/..%5c..%5csecret.txt"):
+        status, body = _get(served, path)
+        assert status == 404 and b"outside" not in body and b"hidden" not in body, path
+    assert _get(served, "/sub-01/sub-01_report.html", "POST")[0] == 405
+    assert _get(served, "/sub-01/sub-01_report.html", "PUT")[0] == 405
+
+
+def test_review_server_refuses_a_remote_address_without_the_flag(tmp_path):
+    from cmb.review_server import make_server
+
+    with pytest.raises(ValueError, match="not a loopback address.*--allow-remote"):
+        make_server(tmp_path, "0.0.0.0")
+    make_server(tmp_path, "0.0.0.0", allow_remote=True).server_close()
+
+
+def test_cmb_review_prints_its_url(review_page):
+    proc = subprocess.Popen([sys.executable, "-m", "cmb.cli", "review", str(review_page["root"])],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        m = __import__("re").search(r"http://127\.0\.0\.1:(\d+)/", line)
+        assert m, line + proc.stderr.read()
+        assert _get(("127.0.0.1", int(m.group(1))), "/sub-01/sub-01_report.html")[0] == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
