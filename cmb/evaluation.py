@@ -65,6 +65,7 @@ __all__ = [
     "truth_from_points",
     "as_truth",
     "load_truth",
+    "truth_from_verdicts",
     "read_detections",
     "match_detections",
     "match_subject",
@@ -122,12 +123,18 @@ class Truth:
         Label image; voxels of CMB ``truth_id`` hold that value, background 0.
     affine : (4, 4) ndarray, optional
         Voxel-to-scanner (RAS mm) transform of ``labels``.
+    non_cmb : DataFrame, optional
+        Reviewers' verdicts only (:mod:`cmb.verdicts`): ``x_mm, y_mm, z_mm, radius_mm`` of the
+        places a reviewer rejected. Then only the candidates that hit a CMB or one of
+        these were reviewed; the others are unknown, not negatives. None for complete
+        ground truth (every candidate that hits no CMB is a negative).
     """
 
     table: pd.DataFrame
     labels: np.ndarray | None = None
     affine: np.ndarray | None = None
     boxes: dict = field(default_factory=dict, repr=False)  # truth_id -> bounding box slices in labels
+    non_cmb: pd.DataFrame | None = None
 
     @property
     def n(self) -> int:
@@ -283,7 +290,9 @@ def load_truth(path, *, split_components: bool = False) -> Truth:
     ``*.nii``/``*.nii.gz``: a label image; a sibling table with the same name and
     ``.tsv`` (such as the synthetic ``*_label-CMB_dseg.tsv``) is read too when it
     exists, unless ``split_components`` (a binary mask, one CMB per connected
-    component: :func:`truth_from_labels`). ``*.tsv``/``*.csv``: point annotations only.
+    component: :func:`truth_from_labels`). ``*.tsv``/``*.csv``: point annotations only;
+    a table with a ``verdict`` column is a reviewer's verdict file: it is read with
+    every other reviewer's file of the same scan beside it (:func:`truth_from_verdicts`).
     """
     path = Path(path)
     if _is_nifti(path):
@@ -292,7 +301,39 @@ def load_truth(path, *, split_components: bool = False) -> Truth:
         tsv = path.with_name(re.sub(r"\.nii(\.gz)?$", ".tsv", path.name))
         table = pd.read_csv(tsv, sep="\t") if tsv.exists() else None
         return truth_from_labels(nib.load(path), table=table)
+    if path.suffix == ".tsv" and _is_verdict_table(path):
+        from cmb.verdicts import read_verdicts, scan_verdict_files
+
+        return truth_from_verdicts([read_verdicts(p) for p in scan_verdict_files(path)])
     return truth_from_points(pd.read_csv(path, sep=_table_sep(path)))
+
+
+def truth_from_verdicts(tables) -> Truth:
+    """Ground truth from reviewers' verdicts on one scan (one table per reviewer, :mod:`cmb.verdicts`).
+
+    The reviewers' consensus: ``accept`` and ``added`` rows are CMBs (point rule);
+    ``reject`` rows go to :attr:`Truth.non_cmb`; ``unsure`` rows and ties are left out.
+
+    >>> v = pd.DataFrame({"x_mm": [0.0, 30.0, 60.0], "y_mm": [0.0] * 3, "z_mm": [0.0] * 3,
+    ...                   "verdict": ["accept", "reject", "unsure"], "reason": ["n/a", "vein", "n/a"]})
+    >>> t = truth_from_verdicts([v])
+    >>> t.n, t.non_cmb["x_mm"].tolist()
+    (1, [30.0])
+    """
+    from cmb.verdicts import CMB_VERDICTS, NON_CMB_VERDICTS, consensus
+
+    cons = consensus(list(tables))
+    cmb = cons[cons["verdict"].isin(CMB_VERDICTS)]
+    truth = truth_from_points(cmb[[*_XYZ, "verdict", "reviewer"]].assign(
+        radius_mm=pd.to_numeric(cmb["radius_mm"], errors="coerce").fillna(0.0)))
+    non = cons[cons["verdict"].isin(NON_CMB_VERDICTS)]
+    non = non[_XYZ].astype(float).assign(radius_mm=pd.to_numeric(non["radius_mm"], errors="coerce").fillna(0.0))
+    return Truth(truth.table, non_cmb=non.reset_index(drop=True))
+
+
+def _is_verdict_table(path: Path) -> bool:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return "verdict" in f.readline().rstrip("\r\n").split("\t")
 
 
 def as_truth(obj) -> Truth:
@@ -1083,6 +1124,8 @@ def find_scans(detections_dir, truth_dir, pattern: str = "*detections.tsv") -> t
         key = _scan_key(path.name)
         if key in truth and _is_nifti(truth[key]) and not _is_nifti(path):
             continue  # the image (with its table) wins over the table alone
+        if key in truth and _same_scan_verdicts(truth[key], path):
+            continue  # reviewers' files of one scan: load_truth reads them together
         if key in truth and _is_nifti(truth[key]) == _is_nifti(path):
             raise ValueError(f"two ground truths for {key}: {truth[key]} and {path}")
         truth[key] = path
@@ -1094,6 +1137,12 @@ def find_scans(detections_dir, truth_dir, pattern: str = "*detections.tsv") -> t
         dets[key] = path
     scans = [(key, _acquisition(path), dets.get(key), path) for key, path in sorted(truth.items())]
     return scans, [str(dets[k]) for k in sorted(set(dets) - set(truth))]
+
+
+def _same_scan_verdicts(a: Path, b: Path) -> bool:
+    from cmb.verdicts import is_verdict_file
+
+    return a.parent == b.parent and is_verdict_file(a) and is_verdict_file(b)
 
 
 def derivative_scans(derivatives_dir, truth_dir, table_suffix: str) -> tuple[list, list[str]]:

@@ -6,7 +6,10 @@ exactly what the detect stage gives it, and ground truth in a derivatives folder
 - ``*_label-CMB_dseg.nii.gz`` label maps (one value per CMB, as in VALDO and the
   synthetic generator's ``cmb-truth``), optionally with a sibling ``.tsv``;
 - or ``*_label-CMB_dseg.tsv`` point tables (``x_mm, y_mm, z_mm`` scanner RAS and an
-  optional ``radius_mm``), for annotations made as points.
+  optional ``radius_mm``), for annotations made as points;
+- or reviewers' verdict files (``*_rater-<name>_label-CMB_dseg.tsv``, :mod:`cmb.verdicts`,
+  exported from the subject pages): accepted and added CMBs are positives, rejected
+  candidates negatives, and candidates without a verdict are left out (not negatives).
 
 Each scan's ground truth is found by the ``sub``/``ses``/``run`` entities of the
 raw input that the ingest stage chose (its JSON report names it).
@@ -58,7 +61,7 @@ from cmb.detect.patches import (DEFAULT_PHASE_WRAP_LIMIT, FEATURES, N_SYMMETRIES
                                 has_phase, hide_phase)
 from cmb.annotations import Scan, paired_scans
 from cmb.evaluation import (MARGIN_MM, MIN_POINT_RADIUS_MM, _hits, choose_threshold, froc_curve, load_truth,
-                            match_cohort, sensitivity_at_fp)
+                            match_cohort, sensitivity_at_fp, truth_from_points)
 
 __all__ = ["ScanSamples", "sample_scan", "TrainConfig", "train_model"]
 
@@ -102,11 +105,17 @@ def sample_scan(scan: Scan, screen: dict | None = None, n_hard: int = 300, n_ran
     else:
         hits = np.zeros((len(tab), truth.n), bool)
     positive = hits.any(1)
+    reviewed = np.ones(len(tab), bool)
+    if truth.non_cmb is not None:  # reviewers' verdicts: candidates nobody judged are unknown, not negatives
+        rejected = truth_from_points(truth.non_cmb)
+        reviewed = positive.copy()
+        if rejected.n and len(tab):
+            reviewed |= _hits(xyz, rejected, MARGIN_MM, MIN_POINT_RADIUS_MM)[0].any(1)
     if keep_all:
-        rows = np.arange(len(tab))
+        rows = np.flatnonzero(reviewed)
     else:
         rng = np.random.default_rng(seed)
-        neg = np.flatnonzero(~positive)  # tab is sorted by screen score, strongest first
+        neg = np.flatnonzero(~positive & reviewed)  # tab is sorted by screen score, strongest first
         hard = neg[:n_hard]
         rest = neg[n_hard:]
         rand = rng.choice(rest, size=min(n_random, rest.size), replace=False) if rest.size else rest
@@ -500,6 +509,13 @@ def _wrap_limit(text: str) -> float | None:
     return value
 
 
+def _init_model(text: str) -> Path:
+    """An argparse type: a model folder, or ``shipped`` for the shipped default."""
+    from cmb.detect.__main__ import DEFAULT_MODEL
+
+    return DEFAULT_MODEL if text == "shipped" else Path(text)
+
+
 def add_runtime_arguments(p) -> None:
     """``--threads``, ``--cpu`` and ``--no-progress``, shared by ``cmb train`` and ``cmb calibrate``."""
     p.add_argument("--threads", type=int, default=0, help="CPU threads for PyTorch (default: its own choice)")
@@ -527,7 +543,8 @@ def build_parser(parser=None):
     p.add_argument("--truth", required=True, type=Path, action="append",
                    help="folder of *_label-CMB_dseg.nii.gz / .tsv annotations")
     p.add_argument("--out", required=True, type=Path, help="model folder to write")
-    p.add_argument("--init", type=Path, help="fine-tune from this model folder (e.g. the shipped default)")
+    p.add_argument("--init", type=_init_model, help="fine-tune from this model folder; 'shipped' is the shipped "
+                                                     "default (cmb/detect/weights/default)")
     p.add_argument("--name", default="cmb-candidate-net")
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--val-from", type=int, action="append",

@@ -1,0 +1,69 @@
+"""Closing the reviewer loop: verdict files as the ground truth of `cmb calibrate`, `cmb train`
+and `cmb evaluate`, and the cohort table's review columns through the workflow."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cmb.detect.__main__ import DEFAULT_MODEL
+from cmb.detect.calibration import recalibrate
+from cmb.detect.model import load_model
+from cmb.detect.training import build_parser as train_parser, sample_scan
+from cmb.evaluation import load_truth
+from cmb.verdicts import write_verdicts
+from test_detect import detected, scan  # noqa: F401 - module fixtures: a preprocessed tiny scan, detected
+
+
+def _verdict_file(table: pd.DataFrame, n_accept: int, n_reject: int, folder, reviewer="alice"):
+    """Accept the ``n_accept`` most confident candidates, reject the next ``n_reject``; the rest unreviewed."""
+    top = table.sort_values("confidence", ascending=False, kind="stable").head(n_accept + n_reject)
+    v = pd.DataFrame({"x_mm": top["x_mm"], "y_mm": top["y_mm"], "z_mm": top["z_mm"],
+                      "verdict": ["accept"] * n_accept + ["reject"] * n_reject,
+                      "reason": ["n/a"] * n_accept + ["other"] * n_reject, "candidate_id": top["candidate_id"],
+                      "radius_mm": 0.0, "confidence": top["confidence"]})
+    return write_verdicts(v, folder, "sub-01", reviewer)
+
+
+def _kept(table: pd.DataFrame, card: dict, shipped: dict) -> int:
+    """Candidates at or above the operating point of ``card`` (same logits as the shipped detection)."""
+    c = table["confidence"].clip(1e-7, 1 - 1e-7).to_numpy(float)
+    z = (np.log(c / (1 - c)) - shipped["calibration"]["b"]) / shipped["calibration"]["a"]
+    t = card["threshold"]
+    return int((card["calibration"]["a"] * z + card["calibration"]["b"] >= np.log(t / (1 - t))).sum())
+
+
+def test_verdict_truth_leaves_unreviewed_candidates_out(scan, detected, tmp_path):  # noqa: F811
+    table = detected[0]
+    vfile = _verdict_file(table, 3, 10, tmp_path)
+    truth = load_truth(vfile)
+    assert truth.n == 3 and len(truth.non_cmb) == 10
+    samples = sample_scan(replace(scan, truth=vfile), load_model(DEFAULT_MODEL).card.get("screen"), keep_all=True)
+    assert len(table) > 1000 and 13 <= len(samples.labels) <= 20  # the judged ones, not the 2,000+ others
+    assert int(samples.labels.sum()) >= 3
+
+
+def test_verdicts_move_the_calibrated_threshold_the_expected_way(scan, detected, tmp_path):  # noqa: F811
+    table = detected[0]
+    shipped = load_model(DEFAULT_MODEL).card
+    n_above = int(table["above_threshold"].sum())
+    assert n_above >= 4
+    kept = {}
+    for name, n_accept in (("more", n_above + 4), ("fewer", n_above - 2)):
+        vfile = _verdict_file(table, n_accept, 20, tmp_path / name)
+        card = recalibrate(DEFAULT_MODEL, [replace(scan, truth=vfile)], tmp_path / f"model-{name}",
+                           tta=shipped["tta"], progress=False, phase_wrap_limit=shipped["phase_wrap_limit"])
+        kept[name] = _kept(table, card, shipped)
+    # a reviewer who accepts 4 candidates below the threshold lowers it; one who rejects
+    # the 2 least confident detections raises it (within one candidate of the cut: the
+    # table's confidences have 4 decimals, and a point can hit a neighbouring candidate)
+    assert kept["more"] > n_above > kept["fewer"], (kept, n_above)
+    assert abs(kept["more"] - (n_above + 4)) <= 1 and abs(kept["fewer"] - (n_above - 2)) <= 1, (kept, n_above)
+
+
+def test_train_init_shipped_is_the_shipped_model():
+    args = train_parser().parse_args(["--derivatives", "d", "--truth", "t", "--out", "o", "--init", "shipped"])
+    assert args.init == DEFAULT_MODEL and (args.init / "model_card.json").exists()
