@@ -1238,6 +1238,7 @@ def run(args: argparse.Namespace) -> int:
                 recorded = recorded_threshold(d for _, _, d, _ in scans)
                 threshold = 0.5 if recorded is None else recorded
         paths = write_evaluation(args.out, match, threshold)
+        agreement = _write_reviewer_agreement(args.truth, args.out)
     except (ValueError, OSError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
@@ -1247,7 +1248,21 @@ def run(args: argparse.Namespace) -> int:
     print(f"{cohort['n_subjects']} scans, {cohort['n_truth']} CMBs, threshold {threshold:.4g}: "
           f"sensitivity {cohort['sensitivity']}, precision {cohort['precision']}, F1 {cohort['f1']}, "
           f"FPavg {cohort['fp_avg']}; outputs in {args.out}")
+    for r in agreement.itertuples():
+        print(f"reviewers {r.reviewer_a} and {r.reviewer_b}: {r.n_scans} scans, {r.n_candidates} candidates, "
+              f"agreement {r.agreement:.3f}, kappa {r.kappa:.3f} (reviewers.csv)")
     return 0
+
+
+def _write_reviewer_agreement(truth_dir, out_dir) -> pd.DataFrame:
+    """``reviewers.csv`` (:func:`cmb.verdicts.reviewer_agreement`) when scans have verdicts of two or more reviewers."""
+    from cmb.verdicts import find_verdict_files, read_verdicts, reviewer_agreement
+
+    scans = {k: [read_verdicts(p) for p in v] for k, v in find_verdict_files(truth_dir).items() if len(v) > 1}
+    table = reviewer_agreement(scans)
+    if len(table):
+        write_text(Path(out_dir) / "reviewers.csv", table.to_csv(index=False))
+    return table
 
 
 def main(argv=None) -> int:

@@ -67,3 +67,25 @@ def test_verdicts_move_the_calibrated_threshold_the_expected_way(scan, detected,
 def test_train_init_shipped_is_the_shipped_model():
     args = train_parser().parse_args(["--derivatives", "d", "--truth", "t", "--out", "o", "--init", "shipped"])
     assert args.init == DEFAULT_MODEL and (args.init / "model_card.json").exists()
+
+
+def test_evaluate_scores_the_tool_against_reviewers_and_reviewers_against_each_other(tmp_path, capsys):
+    from cmb.evaluation import main as evaluate_main
+
+    det = pd.DataFrame({"x_mm": [0.0, 20.0, 40.0, 60.0], "y_mm": [0.0] * 4, "z_mm": [0.0] * 4,
+                        "confidence": [0.9, 0.8, 0.7, 0.6]})
+    (tmp_path / "det").mkdir()
+    det.to_csv(tmp_path / "det" / "sub-01_detections.tsv", sep="\t", index=False)
+    base = det.assign(candidate_id=[1, 2, 3, 4], reason="n/a", radius_mm=0.0)
+    write_verdicts(base.assign(verdict=["accept", "accept", "reject", "accept"],
+                               reason=["n/a", "n/a", "vein", "n/a"]), tmp_path / "v", "sub-01", "alice")
+    write_verdicts(base.assign(verdict=["accept", "accept", "reject", "reject"],
+                               reason=["n/a", "n/a", "vein", "calcification"]), tmp_path / "v", "sub-01", "bob")
+    assert evaluate_main(["--detections", str(tmp_path / "det"), "--truth", str(tmp_path / "v"),
+                          "--out", str(tmp_path / "out"), "--threshold", "0.5"]) == 0
+    out = capsys.readouterr().out
+    # consensus: 2 CMBs (1, 2), 3 rejected, 4 a tie (no CMB in the truth): both found
+    assert "1 scans, 2 CMBs" in out and "sensitivity 1.0" in out
+    assert "reviewers alice and bob: 1 scans, 4 candidates, agreement 0.750, kappa 0.500" in out
+    agree = pd.read_csv(tmp_path / "out" / "reviewers.csv")
+    assert agree[["n_both_cmb", "n_only_a", "n_only_b"]].values.tolist() == [[2, 1, 0]]
