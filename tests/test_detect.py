@@ -127,6 +127,29 @@ def _same_candidates(a: pd.DataFrame, b: pd.DataFrame, threshold: float, atol: f
     assert ((flipped["confidence_x"] - threshold).abs() < atol).all(), flipped
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is visible: the fallback needs a machine without one")
+def test_a_gpu_requested_where_none_is_visible_runs_on_the_cpu_with_one_warning_line(scan, detected, tmp_path, caplog):
+    """The CLI without --cpu (detection.use_gpu true, the default) on a machine without a
+    usable GPU: one warning (one line) that names the reason and the setting, the CPU
+    path, and the --cpu run's bytes. (The job log gets it as one line through the CLI's
+    logging format; .ci/container_test.sh counts it in the image's detect_cmb logs.)"""
+    out = _outputs(tmp_path)
+    args = ["--image", str(scan.image), "--mask", str(scan.mask), "--phase", str(scan.phase),
+            "--out-table", out["cmb.tsv"], "--out-sidecar", out["cmb.json"], "--out-dseg", out["dseg.nii.gz"],
+            "--out-prob", out["probseg.nii.gz"]]
+    caplog.set_level("INFO")
+    assert detect_main(args) == 0
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "\n" not in warned[0], warned
+    assert "GPU requested but" in warned[0] and "running on the CPU" in warned[0]
+    assert "detection.use_gpu: false" in warned[0]
+    assert json.loads(Path(out["cmb.json"]).read_text())["device"] == "cpu"
+    assert Path(out["cmb.tsv"]).read_bytes() == Path(detected[2]["cmb.tsv"]).read_bytes()
+    caplog.clear()
+    assert detect_main(args + ["--cpu"]) == 0  # asked for the CPU: no warning
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
 @requires_cuda
 def test_cuda_gives_the_cpu_results(scan, detected, tmp_path):
     cpu_table, cpu_side, _ = detected

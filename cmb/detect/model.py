@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,9 +81,32 @@ class CandidateNet(nn.Module):
 ARCHITECTURES = {"CandidateNet": CandidateNet}
 
 
-def select_device(prefer_gpu: bool = True) -> torch.device:
-    """CUDA when it is there (and wanted), else CPU."""
-    return torch.device("cuda") if prefer_gpu and torch.cuda.is_available() else torch.device("cpu")
+def select_device(prefer_gpu: bool = True, setting: str = "detection.use_gpu") -> torch.device:
+    """CUDA when it is there (and wanted), else CPU.
+
+    A GPU asked for (``prefer_gpu``, the config key ``setting``) where none is visible
+    gives the CPU, with one warning line on the ``cmb.detect`` logger that says why (torch
+    built without CUDA, or no device visible) and how to silence it. Torch's own warnings
+    from probing CUDA (a driver that is there but unusable) are folded into that line."""
+    if not prefer_gpu:
+        return torch.device("cpu")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        available = torch.cuda.is_available()
+    if available:
+        return torch.device("cuda")
+    if torch.version.cuda is None:
+        why = f"this torch ({torch.__version__}) is a CPU-only build"
+    else:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        why = f"no CUDA device is visible (torch {torch.__version__}, CUDA {torch.version.cuda}"
+        why += f", CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else ")"
+    notes = "; ".join(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))
+    logging.getLogger("cmb.detect").warning(
+        "GPU requested but %s%s: running on the CPU (same results, slower); "
+        "set %s: false (or --cpu) to silence this",
+        why, f" [{notes}]" if notes else "", setting)
+    return torch.device("cpu")
 
 
 def sha256_file(path: Path) -> str:
