@@ -361,11 +361,23 @@ def _write_csv(table: pd.DataFrame, path) -> None:
 
 def write_cohort_tables(subjects: Iterable[SubjectFiles], out_counts, out_detections, *,
                         qc: dict | None = None, out_ratings=None, out_counts_long=None,
-                        log=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                        log=None, verdicts: Sequence = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Write ``cmb_counts.csv`` and ``cmb_detections.csv``, each with its data dictionary
     (same name, ``.json``), optionally the long-form region counts (with its dictionary),
-    a reviewer ratings template (TSV) and a one-line log."""
+    a reviewer ratings template (TSV) and a one-line log.
+
+    With ``verdicts`` (reviewers' verdict files, :mod:`cmb.verdicts`), ``cmb_counts.csv``
+    gains the review columns (:data:`cmb.verdicts.REVIEW_COLUMNS`)."""
+    from cmb.verdicts import REVIEW_COLUMNS, review_columns
+
+    subjects = list(subjects)
     counts, det = build_counts(subjects, qc)
+    if verdicts:
+        ids = counts.set_index(["participant_id", "session_id"]).index  # build_counts' sub-/ses- labels
+        scans = [(f"sub-{s.participant_id.removeprefix('sub-')}",
+                  f"ses-{s.session_id.removeprefix('ses-')}" if s.session_id else _NA, s.detections) for s in subjects]
+        review = review_columns([sc for sc in scans if (sc[0], sc[1]) in ids], verdicts)
+        counts = counts.merge(review, on=["participant_id", "session_id"], how="left").fillna(_NA)
     _write_csv(counts, out_counts)
     _write_csv(det, out_detections)
     tables = [(out_counts, "counts"), (out_detections, "detections")]
@@ -373,7 +385,8 @@ def write_cohort_tables(subjects: Iterable[SubjectFiles], out_counts, out_detect
         _write_csv(counts_long(counts), out_counts_long)
         tables.append((out_counts_long, "counts_long"))
     for path, name in tables:  # keys in column order
-        write_text(Path(path).with_suffix(".json"), json.dumps(data_dictionary(name), indent=2) + "\n")
+        dictionary = {**data_dictionary(name), **(REVIEW_COLUMNS if name == "counts" and verdicts else {})}
+        write_text(Path(path).with_suffix(".json"), json.dumps(dictionary, indent=2) + "\n")
     if out_ratings is not None:
         ratings = counts[["participant_id", "session_id"]].assign(rating="", reviewer="", comment="")
         with atomic_path(out_ratings) as tmp:
