@@ -24,6 +24,8 @@
 #   --archive PATH     [CMB_ARCHIVE] also save the image as an OCI archive there
 #   --work DIR         [CMB_BUILD_WORK, default a new folder in $TMPDIR] build folder (wheels)
 #   --wheels DIR       [CMB_WHEELS] reuse a wheel folder made by an earlier build (no pip downloads)
+#   --ref REF          [CMB_REF] take the workflow from git commit REF (git archive) instead of
+#                      the working tree's tracked files (which include uncommitted edits)
 #   --keep             keep the build folder
 #   DEBIAN_MIRROR      debootstrap's mirror (default: debootstrap's own, deb.debian.org)
 #
@@ -38,6 +40,7 @@ tag=${CMB_IMAGE:-}
 archive=${CMB_ARCHIVE:-}
 work=${CMB_BUILD_WORK:-}
 wheels=${CMB_WHEELS:-}
+ref=${CMB_REF:-}
 keep=0
 suite=bookworm
 while [ $# -gt 0 ]; do
@@ -47,8 +50,9 @@ while [ $# -gt 0 ]; do
         --archive) archive=$2; shift 2 ;;
         --work) work=$2; shift 2 ;;
         --wheels) wheels=$2; shift 2 ;;
+        --ref) ref=$2; shift 2 ;;
         --keep) keep=1; shift ;;
-        -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
         *) echo "build.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -58,8 +62,15 @@ for tool in debootstrap buildah podman python3; do
     command -v "$tool" >/dev/null || { echo "build.sh: $tool not found (apt-get install debootstrap buildah podman runc)" >&2; exit 2; }
 done
 
-version=$(sed -n 's/^__version__ = "\(.*\)"/\1/p' "$repo/cmb/__init__.py")
-revision=$(git -C "$repo" describe --always --dirty 2>/dev/null || echo unknown)
+if [ -n "$ref" ]; then
+    git -C "$repo" rev-parse --verify -q "$ref^{commit}" >/dev/null \
+        || { echo "build.sh: --ref $ref is not a commit of $repo" >&2; exit 2; }
+    version=$(git -C "$repo" show "$ref:cmb/__init__.py" | sed -n 's/^__version__ = "\(.*\)"/\1/p')
+    revision=$(git -C "$repo" describe --always "$ref")
+else
+    version=$(sed -n 's/^__version__ = "\(.*\)"/\1/p' "$repo/cmb/__init__.py")
+    revision=$(git -C "$repo" describe --always --dirty 2>/dev/null || echo unknown)
+fi
 tag=${tag:-cmb:$version-$torch_kind}
 torch_pin=$(grep -E '^torch==' "$repo/requirements-cpu.txt")
 # setuptools builds the editable install of cmb (pyproject: setuptools>=68); not in the pin list
@@ -97,11 +108,14 @@ debootstrap --variant=minbase --include=python3,python3-venv,libgomp1,procps \
     "$suite" "$mnt" ${DEBIAN_MIRROR:-} >"$work/debootstrap.log" 2>&1 \
     || { tail -20 "$work/debootstrap.log" >&2; exit 1; }
 
-# 3. The workflow: tracked files only (no venv, demo or outputs), as the working tree has them.
+# 3. The workflow: tracked files only (no venv, demo or outputs), as the working tree has
+# them, or as commit --ref has them.
 stamp "workflow into /opt/cmb (revision $revision)"
 mkdir -p "$mnt/opt/cmb" "$mnt/tmp/wheels"
 parts=(Snakefile rules config profiles envs cmb pyproject.toml README.md requirements-cpu.txt)
-if git -C "$repo" rev-parse --git-dir >/dev/null 2>&1; then
+if [ -n "$ref" ]; then
+    git -C "$repo" archive --format=tar "$ref" -- "${parts[@]}" | tar -xf - -C "$mnt/opt/cmb"
+elif git -C "$repo" rev-parse --git-dir >/dev/null 2>&1; then
     (cd "$repo" && git ls-files -z -- "${parts[@]}" | tar --null -T - --ignore-failed-read -cf -) \
         | tar -xf - -C "$mnt/opt/cmb"
 else
