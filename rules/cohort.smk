@@ -52,9 +52,12 @@ rule collect_failures:
 rule collect_cohort_tables:
     """cohort/cmb_counts.csv (one row per subject/session), cmb_counts_long.csv (one row per
     scan, region and hemisphere) and cmb_detections.csv (every above-threshold detection,
-    counted or rejected), with their data dictionaries and a ratings template."""
+    counted or rejected), with their data dictionaries and a ratings template; once
+    review.verdicts_dir holds verdict files, cmb_counts.csv gains the review columns
+    (cmb.verdicts.review_columns)."""
     input:
-        cohort_table_inputs(),
+        tables=cohort_table_inputs(),
+        verdicts=verdict_files(),  # a new or changed verdict file reruns this rule only
     output:
         **COHORT,
     params:
@@ -72,7 +75,8 @@ rule collect_cohort_tables:
         from cmb.cohort_tables import write_cohort_tables
 
         write_cohort_tables(cohort_subjects(), output.counts, output.detections, qc=dict(params.qc),
-                            out_ratings=output.ratings, out_counts_long=output.counts_long, log=log[0])
+                            out_ratings=output.ratings, out_counts_long=output.counts_long, log=log[0],
+                            verdicts=list(input.verdicts))
 
 
 rule report_cohort:

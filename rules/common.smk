@@ -614,6 +614,18 @@ COHORT = {
     "counts_long_json": f"{OUT}/cohort/cmb_counts_long.json",
     "ratings": f"{OUT}/cohort/cmb_ratings_template.tsv",
 }
+# the reviewer loop (docs/review.md): NiiVue once per output folder; verdict files, read only
+VIEWER = {name: f"{OUT}/viewer/{name}" for name in ("niivue.umd.js", "LICENSE", "README.md")}
+VERDICTS_DIR = config["review"]["verdicts_dir"] or os.path.join(os.path.dirname(OUT) or ".", "cmb-verdicts")
+
+
+def verdict_files():
+    """Every reviewer's verdict file under VERDICTS_DIR (found when the DAG is built)."""
+    from cmb.verdicts import find_verdict_files
+
+    return [str(p) for files in find_verdict_files(VERDICTS_DIR).values() for p in files]
+
+
 COHORT_REPORT = {
     "html": f"{OUT}/cohort/cmb_report.html",
     "counts_figure": f"{OUT}/cohort/figures/cmb_count_distribution.svg",
@@ -701,6 +713,7 @@ def report_inputs(wildcards):
         "records": subject_stage_records(wildcards),
     })
     files.update({f"figure_{k}": fill(v, wildcards) for k, v in QC_FIGURES.items()})
+    files["viewer_js"] = VIEWER["niivue.umd.js"]
     return files
 
 
@@ -708,6 +721,9 @@ def report_args(wildcards, input, output):
     args = session_args(wildcards) + ["--records", *input.records]
     if "phase" in input.keys():
         args += ["--phase", input.phase]
+    if "t1w" in input.keys():
+        args += ["--t1w", input.t1w]
+    args += ["--embed-budget-bytes", str(config["review"]["embed_budget_bytes"])]
     return {
         "soft": soft_args("report", "report_subject", wildcards, output.html, output.status),
         "args": shlex.join(args),

@@ -36,4 +36,25 @@ rule report_subject:
         " python -m cmb.report subject {params.args[args]} --detections {input.detections:q}"
         " --sidecar {input.sidecar:q} --image {input.image:q} --mask {input.mask:q} --mars {input.mars:q}"
         " --candidates-dseg {input.candidates_dseg:q} --figure-brain-mask {input.figure_brain_mask:q}"
-        " --figure-registration {input.figure_registration:q} --out {output.html:q} &>> {log:q}"
+        " --figure-registration {input.figure_registration:q} --viewer-js {input.viewer_js:q}"
+        " --out {output.html:q} &>> {log:q}"
+
+
+rule install_viewer:
+    """The vendored NiiVue volume viewer (script, licence, README), once per output folder:
+    every subject page's Review section loads it by a relative path, offline."""
+    output:
+        **VIEWER,
+    log:
+        f"{OUT}/logs/install_viewer/log.txt",
+    benchmark:
+        f"{OUT}/benchmarks/install_viewer/benchmark.tsv"
+    threads: 1
+    resources:
+        mem_mb=lambda wc, attempt: 500 * attempt,
+        runtime=lambda wc, attempt: 5 * attempt,
+    localrule: True
+    conda:
+        "../envs/report.yaml"
+    shell:
+        "python -m cmb.report viewer --out {OUT:q}/viewer &> {log:q}"

@@ -29,6 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--figure-registration", help="registration QC figure (SVG/PNG)")
     s.add_argument("--records", nargs="*", default=[], help="status records of the subject's stages, in order")
     s.add_argument("--t1w", help="ingested T1w (an optional viewer layer)")
+    s.add_argument("--embed-budget-bytes", type=int, help="largest total of embedded viewer layers (bytes)")
     s.add_argument("--viewer-js", help="NiiVue as installed by 'python -m cmb.report viewer' (adds the Review section)")
     s.add_argument("--out", required=True)
     v = sub.add_parser("viewer", help="write the vendored NiiVue viewer (script, licence) into a folder")
@@ -52,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sidecar=args.sidecar, image=args.image, phase=args.phase, mask=args.mask, mars=args.mars,
             candidates_dseg=args.candidates_dseg, figure_brain_mask=args.figure_brain_mask,
             figure_registration=args.figure_registration, records=args.records, t1w=args.t1w,
-            viewer_js=args.viewer_js)
+            viewer_js=args.viewer_js, embed_budget_bytes=args.embed_budget_bytes)
     elif args.command == "viewer":
         from cmb.report.viewer import install_viewer
 
