@@ -71,10 +71,13 @@ def _nearest_existing(path: Path) -> Path:
     return p
 
 
-def check_paths(items: dict[str, str]) -> list[str]:
+def check_paths(items: dict[str, str], default_work_dir: bool = True) -> list[str]:
     """One message per path given on the command line that cannot work: a ``bids_dir``
     that is not a folder, an ``output_dir`` / ``work_dir`` that cannot be created or
-    written. Paths set in a ``--configfile`` are left to the workflow."""
+    written. With ``output_dir`` given and ``work_dir`` not (and ``default_work_dir``:
+    no ``--configfile`` that could set it), the workflow's default work folder
+    ``<output_dir>-work`` is checked too: in a container with a read-only root it is
+    outside the output bind mount. Paths set in a ``--configfile`` are left to the workflow."""
     problems = []
     hint = ("in a container, bind it there (podman run -v HOST_DIR:{p}:ro ..., "
             "apptainer exec --bind HOST_DIR:{p} ...)")
@@ -85,17 +88,20 @@ def check_paths(items: dict[str, str]) -> list[str]:
             problems.append(f"bids_dir {bids}: no such folder; " + hint.format(p=bids))
         elif not os.access(p, os.R_OK | os.X_OK):
             problems.append(f"bids_dir {bids}: not readable by user id {os.getuid()}")
-    for key in ("output_dir", "work_dir"):
-        value = items.get(key)
-        if not value:
-            continue
+    writable = {k: items[k] for k in ("output_dir", "work_dir") if items.get(k)}
+    defaulted = default_work_dir and "output_dir" in writable and "work_dir" not in items
+    if defaulted:
+        writable["work_dir"] = os.path.normpath(writable["output_dir"]) + "-work"
+    for key, value in writable.items():
         target = Path(value)
         base = _nearest_existing(target.absolute())
         if not base.is_dir() or not os.access(base, os.W_OK | os.X_OK):
             why = "read-only" if base.is_dir() else "not a folder"
-            problems.append(f"{key} {value}: {base} is {why} here, so it cannot be written; in a container, "
+            name = f"work_dir (empty, so <output_dir>-work) {value}" if key == "work_dir" and defaulted else f"{key} {value}"
+            fix = "; or set work_dir=A_WRITABLE_FOLDER" if key == "work_dir" and defaulted else ""
+            problems.append(f"{name}: {base} is {why} here, so it cannot be written; in a container, "
                             f"bind a writable folder there (podman run -v HOST_DIR:{value} ..., "
-                            f"apptainer exec --bind HOST_DIR:{value} ...)")
+                            f"apptainer exec --bind HOST_DIR:{value} ...){fix}")
     return problems
 
 
@@ -133,7 +139,8 @@ def main(argv: list[str]) -> int:
     if not (root / "Snakefile").is_file():
         print(f"cmb run: no Snakefile in {root} (set CMB_WORKFLOW_DIR to the workflow folder)", file=sys.stderr)
         return 2
-    problems = check_paths(config_items(argv))
+    problems = check_paths(config_items(argv), default_work_dir=not any(
+        a in ("--configfile", "--configfiles") or a.startswith("--configfile") for a in argv))
     for line in problems:
         print(f"cmb run: error: {line}", file=sys.stderr)
     if problems:
