@@ -33,7 +33,7 @@ try:
 except ImportError:  # pragma: no cover - the test extra is not installed
     sync_playwright = None
 BROWSER_FLAGS = ["--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--no-sandbox",
-                 "--host-resolver-rules=MAP * ~NOTFOUND"]
+                 "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"]
 needs_browser = pytest.mark.skipif(CHROMIUM is None or sync_playwright is None,
                                    reason="chromium or playwright not installed")
 
@@ -319,3 +319,37 @@ def test_cmb_review_prints_its_url(review_page):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@needs_browser
+def test_browser_reads_layers_over_budget_through_cmb_review(tmp_path):
+    import threading
+
+    from cmb.review_server import make_server
+
+    root = tmp_path / "derivatives"
+    files = _subject(_mkdir(root / "sub-01" / "anat"))
+    out = root / "sub-01" / "sub-01_report.html"
+    _render(files, out, viewer_js=install_viewer(root / "viewer"), embed_budget_bytes=1000)
+    server = make_server(root)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host, port = server.server_address[:2]
+    requests = []
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_FLAGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(f"http://{host}:{port}/sub-01/sub-01_report.html")
+            page.wait_for_function("window.cmbReview && window.cmbReview.ready", timeout=90_000)
+            assert page.locator("#review-status").text_content() == "viewer ready"
+            canvas = page.locator("#review-canvas")
+            canvas.scroll_into_view_if_needed()
+            px = _pixels(canvas.screenshot())
+            assert (px > 30).mean() > 0.05 and px.std() > 20
+            browser.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert f"http://{host}:{port}/sub-01/anat/image.nii.gz" in requests
+    assert all(u.startswith((f"http://{host}:{port}/", "data:", "blob:")) for u in requests), requests
