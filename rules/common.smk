@@ -714,6 +714,8 @@ def report_inputs(wildcards):
     })
     files.update({f"figure_{k}": fill(v, wildcards) for k, v in QC_FIGURES.items()})
     files["viewer_js"] = VIEWER["niivue.umd.js"]
+    if has_t1w(wildcards):  # a layer of the viewer
+        files["t1w"] = ingested(wildcards)["t1w"]
     return files
 
 
