@@ -89,3 +89,27 @@ def test_evaluate_scores_the_tool_against_reviewers_and_reviewers_against_each_o
     assert "reviewers alice and bob: 1 scans, 4 candidates, agreement 0.750, kappa 0.500" in out
     agree = pd.read_csv(tmp_path / "out" / "reviewers.csv")
     assert agree[["n_both_cmb", "n_only_a", "n_only_b"]].values.tolist() == [[2, 1, 0]]
+
+
+def test_cohort_table_gains_review_columns_once_verdicts_exist(tmp_path):
+    from cmb.cohort_tables import SubjectFiles, write_cohort_tables
+    from test_report import _subject
+
+    files = _subject(tmp_path)
+    subjects = [SubjectFiles("01", None, detections=files["detections"], sidecar=files["sidecar"],
+                             records=files["records"])]
+    counts, _ = write_cohort_tables(subjects, tmp_path / "c" / "cmb_counts.csv", tmp_path / "c" / "cmb_detections.csv")
+    assert "reviewed" not in counts.columns
+    det = pd.read_csv(files["detections"], sep="\t")
+    cmb = det[det["is_cmb"]]
+    v = cmb.assign(verdict=["reject"] + ["accept"] * (len(cmb) - 1), reason=["vein"] + ["n/a"] * (len(cmb) - 1),
+                   candidate_id=cmb["cmb_id"])
+    vfile = write_verdicts(v, tmp_path / "verdicts", "sub-01", "alice")
+    before = vfile.read_bytes()
+    counts, _ = write_cohort_tables(subjects, tmp_path / "c" / "cmb_counts.csv", tmp_path / "c" / "cmb_detections.csv",
+                                    verdicts=[vfile])
+    row = pd.read_csv(tmp_path / "c" / "cmb_counts.csv", dtype=str).iloc[0]
+    assert row[["reviewed", "verdict", "n_reviewers", "n_cmb_reviewed"]].tolist() == \
+        ["true", "corrected", "1", str(len(cmb) - 1)]
+    assert "n_reviewers" in (tmp_path / "c" / "cmb_counts.json").read_text()
+    assert vfile.read_bytes() == before  # the reviewer's file is never rewritten
