@@ -25,8 +25,9 @@ OLD_CMB_COLUMNS = ["index", "name", "x_mm", "y_mm", "z_mm", "i", "j", "k", "radi
                    "chi_ppm", "mars_category", "mars_region", "hemisphere", "atlas_label", "mni_x", "mni_y", "mni_z"]
 OLD_MIMIC_COLUMNS = ["type", "x_mm", "y_mm", "z_mm", "i", "j", "k", "radius_mm", "length_mm", "direction_x",
                      "direction_y", "direction_z", "through_plane", "chi_ppm"]
-# Images and the old truth columns of `tiny`, seed 11, 3 CMBs, computed before the randomized veins existed.
-DEFAULT_FINGERPRINT = "d47bd1aac91cca6efa51af81dabf403069082ae0ec79676deeefa85103798fab"
+# Images and the old truth columns of `tiny`, seed 11, 3 CMBs, without randomized veins. Recomputed when
+# MARS_MAP_VERSION 2 (cmb.mars_region) moved where lesions are placed; the randomized veins must not move it.
+DEFAULT_FINGERPRINT = "e00519e612fcfbb5a09af6c474d6addc6f41ff9756e3786d79876a765b985eb1"
 
 
 def _fingerprint(root: Path) -> str:
@@ -76,9 +77,10 @@ def test_randomized_veins_in_the_mimics_table(randomized):
     d = (end - start) / np.linalg.norm(end - start, axis=1, keepdims=True)
     np.testing.assert_allclose(d, veins[["direction_x", "direction_y", "direction_z"]], atol=1e-3)
     np.testing.assert_allclose(np.degrees(np.arccos(np.abs(d[:, 2]))), veins.angle_to_b0_deg, atol=0.05)
-    # Aimed in scanner space: a third within 20 degrees of B0, some exactly along it, the rest spread out.
+    # Aimed in scanner space: a third within 20 degrees of B0, the rest spread out. (The share exactly along
+    # B0, 7 %, is too small to show reliably in 38 veins: random_direction's doctest checks it on 2000.)
     assert 0.25 <= (rand.angle_to_b0_deg <= 20).mean() <= 0.55
-    assert (rand.angle_to_b0_deg < 1.0).any() and (rand.angle_to_b0_deg > 70).any()
+    assert (rand.angle_to_b0_deg > 70).any()
     # Straight veins: the start-to-end chord is the path.
     straight = rand[rand["vein_shape"] == "straight"]
     chord = straight[["end_x", "end_y", "end_z"]].to_numpy() - straight[["start_x", "start_y", "start_z"]].to_numpy()

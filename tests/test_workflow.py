@@ -87,6 +87,7 @@ def expected_jobs(plain: int = 0, phase: int = 0, t1w: int = 0) -> Counter:
         "report_cohort": 1,
         "build_mars_map": 1,
         "write_dataset_description": 1,
+        "install_viewer": 1,
         "collect_failures": 1,
         "all": 1,
     })

@@ -60,6 +60,8 @@ def random_direction(rng: np.random.Generator, b0_share: float = B0_SHARE) -> np
     >>> d = np.array([random_direction(np.random.default_rng(s)) for s in range(2000)])
     >>> bool(0.35 < np.mean(np.abs(d[:, 2]) > np.cos(np.radians(20))) < 0.45)
     True
+    >>> bool(0.05 < np.mean(np.abs(d[:, 2]) == 1.0) < 0.09)  # exactly along B0: B0_SHARE * PARALLEL_SHARE
+    True
     """
     if rng.random() < b0_share:
         if rng.random() < PARALLEL_SHARE:
