@@ -146,7 +146,7 @@ else
 fi
 
 # GPU asked for (detection.use_gpu true, the default), none visible: one warning line per job
-logs=$(find "$T/ctr/out/logs/detect_cmb" -type f 2>/dev/null | sort)
+logs=$(find "$T/ctr/out/logs/detect_cmb" -type f 2>/dev/null | sort || true)
 if [[ -z $logs ]]; then
     fail "no detect_cmb log in the image's run"
 else

@@ -39,6 +39,9 @@ def _add_synth(sub) -> None:
                         "every orientation, a third along B0, 0.15-1.5 mm, straight, curved and branching; "
                         "15%% of CMBs against a vein)")
     p.add_argument("--t1w", dest="with_t1w", action="store_true", help="also write a 1 mm T1w in the same head pose")
+    p.add_argument("--parcellation", action="store_true",
+                   help="with --t1w: its true aparc+aseg labels, fMRIPrep-named, in derivatives/synth-parcellation "
+                        "(for mars.parcellation_dir)")
     p.add_argument("--sessions", type=int, default=0, help="sessions per subject (0: no ses- entity)")
     p.add_argument("--phase", dest="phase_filter", default="raw", help="raw (wrapped) or hp (SWI high-pass) phase")
     p.add_argument("--phase-units", default="auto", help="auto (by vendor), rad, deg or int12")

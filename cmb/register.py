@@ -51,6 +51,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from cmb.atomic import atomic_path, save_nifti, write_json
+from cmb.parcellation import ATLAS_SOURCE, ParcellationError, parcellation_mars_labels, read_parcellation
 from cmb.template import TEMPLATE_NAME, template_t1_path
 
 __all__ = [
@@ -691,6 +692,11 @@ def register_subject(
     syn: bool = True,
     syn_iterations: Sequence[int] = (40, 20),
     interpolation: str = "nearestNeighbor",
+    parcellation: str | os.PathLike | None = None,
+    parcellation_root: str | os.PathLike | None = None,
+    parcellation_refused: str | None = None,
+    mars_options: dict | None = None,
+    parcellation_min_dice: float = 0.8,
 ) -> dict:
     """Register one subject to MNI, save transforms and quality, warp the MARS map.
 
@@ -718,6 +724,19 @@ def register_subject(
         See :func:`register_to_mni`.
     interpolation : str
         Label interpolation (:func:`warp_labels_to_native`).
+    parcellation : path, optional
+        The session's own T1w-space parcellation (:mod:`cmb.parcellation`): with a T1w,
+        the native MARS map comes from it instead of the warped atlas. Without a T1w, or
+        when it does not fit the SWI brain (``parcellation_min_dice``), the atlas map is
+        kept and the reason goes to the report (``parcellation_refused``).
+    parcellation_root : path, optional
+        ``mars.parcellation_dir`` (``parcellation_source`` names the file relative to it).
+    parcellation_refused : str, optional
+        Why the workflow found no usable parcellation for the session (recorded as
+        ``parcellation_refused``; the atlas route is used).
+    mars_options : dict, optional
+        juxtacortical_mm, insula_juxtacortical_mm, capsule_mm, label_search_mm for the
+        parcellation's MARS map (as the MNI map was built with).
 
     Returns
     -------
@@ -731,6 +750,7 @@ def register_subject(
     mask_img = nib.load(mask)
     xfm = xfm_paths(out_prefix, source=source_space)
     report: dict = {"image": str(image), "mask": str(mask), "template": TEMPLATE_NAME}
+    swi_to_t1 = None
     if t1w is not None:
         t0 = time.perf_counter()
         t1_img = nib.as_closest_canonical(nib.load(t1w))
@@ -765,6 +785,13 @@ def register_subject(
             mars = build_mars_map(load_mni(1))
             mars_img = nib.Nifti1Image(mars.labels, mars.affine)
         native = warp_labels_to_native(mars_img, img, xfm, interpolation=interpolation)
+        report["parcellation_source"] = ATLAS_SOURCE
+        if parcellation_refused:
+            _log.warning("%s", parcellation_refused)
+            report["parcellation_refused"] = parcellation_refused
+        elif parcellation is not None:
+            native = _parcellation_route(native, img, mask_img, swi_to_t1, parcellation, parcellation_root,
+                                         mars_options or {}, parcellation_min_dice, report)
         save_nifti(native, out_mars)
         if out_mars_tsv is not None:
             write_label_table(out_mars_tsv)
@@ -786,6 +813,37 @@ def register_subject(
     if out_quality is not None:
         write_json(out_quality, report)
     return report
+
+
+def _parcellation_route(atlas_native: nib.Nifti1Image, img: nib.Nifti1Image, mask_img: nib.Nifti1Image,
+                        swi_to_t1: np.ndarray | None, parcellation, root, mars_options: dict, min_dice: float,
+                        report: dict) -> nib.Nifti1Image:
+    """The native MARS map from the session's parcellation, or the atlas map with the reason it was refused."""
+    t0 = time.perf_counter()
+    if swi_to_t1 is None:
+        reason = (f"{parcellation}: the session has no T1w, so the T1w-space parcellation cannot be mapped onto "
+                  "the SWI; the atlas route is used (add the T1w, or clear mars.parcellation_dir)")
+    else:
+        try:
+            parc = read_parcellation(parcellation, root)
+            labels, info = parcellation_mars_labels(
+                parc, img, np.asanyarray(mask_img.dataobj) > 0, swi_to_t1,
+                np.asanyarray(atlas_native.dataobj).astype(np.int16), min_brain_dice=min_dice, **mars_options)
+        except ParcellationError as err:
+            reason = f"{err}; the atlas route is used"
+        else:
+            out = nib.Nifti1Image(labels, img.affine)
+            out.header.set_data_dtype(np.int16)
+            out.header.set_xyzt_units("mm")
+            report["parcellation_source"] = parc.source
+            report["parcellation"] = {"file": str(parc.path), **info,
+                                      "seconds": round(time.perf_counter() - t0, 2)}
+            _log.info("MARS map from %s: brain Dice %.3f, category agreement with the atlas route %.3f",
+                      parc.path, info["brain_dice"], info["atlas_category_agreement"])
+            return out
+    _log.warning("%s", reason)
+    report["parcellation_refused"] = reason
+    return atlas_native
 
 
 def _write_dk_table(names: dict[int, str], path) -> None:
@@ -833,6 +891,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--syn-iterations", default="40,20", help="SyN iterations per level, comma-separated")
     p.add_argument("--interpolation", default="nearestNeighbor", choices=["nearestNeighbor", "genericLabel"])
     p.add_argument("--threads", type=int, default=None, help="ITK threads")
+    p.add_argument("--parcellation", help="the session's T1w-space parcellation (cmb.parcellation): the native "
+                                          "MARS map comes from it (needs --t1w)")
+    p.add_argument("--parcellation-root", help="mars.parcellation_dir (for parcellation_source)")
+    p.add_argument("--parcellation-refused", help="why the session has no usable parcellation (the workflow's "
+                                                  "search): recorded in the report, the atlas route is used")
+    p.add_argument("--parcellation-min-dice", type=float, default=0.8)
+    for opt in ("juxtacortical-mm", "insula-juxtacortical-mm", "capsule-mm", "label-search-mm"):
+        p.add_argument(f"--{opt}", type=float, help="MARS geometry of the parcellation's map (as for the MNI map)")
     return p
 
 
@@ -845,6 +911,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         mars_mni=args.mars_mni, out_mars=args.out_mars, out_mars_tsv=args.out_mars_tsv, out_dk=args.out_dk,
         source_space=args.source_space, step_mm=args.step_mm, syn=not args.no_syn,
         syn_iterations=tuple(int(i) for i in args.syn_iterations.split(",")), interpolation=args.interpolation,
+        parcellation=args.parcellation, parcellation_root=args.parcellation_root,
+        parcellation_refused=args.parcellation_refused,
+        parcellation_min_dice=args.parcellation_min_dice,
+        mars_options={k: getattr(args, k) for k in ("juxtacortical_mm", "insula_juxtacortical_mm", "capsule_mm",
+                                                     "label_search_mm") if getattr(args, k) is not None},
     )
     _log.info("quality: %s", json.dumps(report["quality"]))
     _log.info("timings: %s", json.dumps(report["timings"]))

@@ -26,6 +26,7 @@ from snakemake.utils import validate
 from cmb import __version__ as CMB_VERSION
 from cmb.config_values import coerce_to_schema
 from cmb.ingest_plan import plan_inputs
+from cmb.parcellation import ParcellationError, find_parcellation
 from cmb.template import TEMPLATE_NAME
 
 set_bids_spec("v0_15_0")
@@ -305,7 +306,27 @@ def register_inputs(wildcards):
     files = {k: v for k, v in preprocessed(wildcards).items() if k in ("image", "mask")}
     if has_t1w(wildcards):
         files["t1w"] = ingested(wildcards)["t1w"]
+    found, _ = parcellation(wildcards)
+    if found is not None:
+        files["parcellation"] = str(found)
     return files
+
+
+def parcellation(wildcards):
+    """The session's own parcellation under mars.parcellation_dir (cmb.parcellation), and why there is none."""
+    root = config["mars"]["parcellation_dir"]
+    if not root:
+        return None, None
+    try:
+        found = find_parcellation(root, wildcards.subject, session_label(wildcards),
+                                  config["mars"]["parcellation_desc"])
+    except ParcellationError as err:
+        return None, f"{err}; the atlas route is used"
+    if found is None:
+        ses = session_label(wildcards)
+        return None, (f"no parcellation of sub-{wildcards.subject}{f' ses-{ses}' if ses else ''} under {root} "
+                      "(mars.parcellation_dir); the atlas route is used")
+    return found, None
 
 
 def qc_inputs(wildcards):
@@ -411,7 +432,20 @@ def register_args(wildcards, input, output):
         "soft": soft_args("register", "register_to_mni", wildcards, non_status(output), output.status, upstream),
         "t1w": shlex.join(["--t1w", input.t1w]) if "t1w" in input.keys() else "",
         "prefix": shlex.quote(fill(XFM_PREFIX, wildcards)),
+        "parcellation": shlex.join(_parcellation_args(wildcards, input)),
     }
+
+
+def _parcellation_args(wildcards, input):
+    m = config["mars"]
+    if not m["parcellation_dir"]:
+        return []
+    args = ["--parcellation-root", m["parcellation_dir"], "--parcellation-min-dice", repr(float(m["parcellation_min_dice"]))]
+    for key in ("juxtacortical_mm", "insula_juxtacortical_mm", "capsule_mm", "label_search_mm"):
+        args += ["--" + key.replace("_", "-"), repr(float(m[key]))]
+    if "parcellation" in input.keys():
+        return args + ["--parcellation", input.parcellation]
+    return args + ["--parcellation-refused", parcellation(wildcards)[1]]
 
 
 def qc_args(wildcards, output):

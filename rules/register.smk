@@ -77,7 +77,7 @@ rule register_to_mni:
         " python -m cmb.register --image {input.image:q} --mask {input.mask:q} {params.args[t1w]}"
         " --out-prefix {params.args[prefix]} --out-quality {output.quality:q}"
         " --mars-mni {input.mars:q} --out-mars {output.mars:q} --out-mars-tsv {output.mars_tsv:q}"
-        " {params.options} --threads {threads} &>> {log:q}"
+        " {params.options} {params.args[parcellation]} --threads {threads} &>> {log:q}"
 
 
 rule plot_qc:

@@ -103,7 +103,7 @@ def test_browser_review_loop(review_page, tmp_path):
         # the canvas shows the volume: non-blank pixels
         canvas = page.locator("#review-canvas")
         canvas.scroll_into_view_if_needed()
-        first = _pixels(canvas.screenshot())
+        first = gray_pixels(canvas.screenshot())
         assert (first > 30).mean() > 0.05 and first.std() > 20
 
         # the first candidate is selected; clicking another row moves the viewer there
@@ -111,7 +111,7 @@ def test_browser_review_loop(review_page, tmp_path):
         page.locator(f'#review-table tr[data-cid="{ids[2]}"] td').first.click()
         assert np.allclose(page.evaluate("window.cmbReview.cursor()"), xyz[2], atol=2.6)
         assert not np.allclose(xyz[2], xyz[0], atol=2.6)
-        moved = _pixels(canvas.screenshot())
+        moved = gray_pixels(canvas.screenshot())
         assert np.abs(moved.astype(int) - first.astype(int)).mean() > 0.5  # the slices changed
         page.keyboard.press("n")  # next candidate
         assert np.allclose(page.evaluate("window.cmbReview.cursor()"), xyz[3], atol=2.6)
@@ -169,7 +169,7 @@ def test_browser_review_loop(review_page, tmp_path):
         [u for u in requests if not u.startswith(("file:", "data:", "blob:"))]
 
 
-def _pixels(png: bytes) -> np.ndarray:
+def gray_pixels(png: bytes) -> np.ndarray:
     from PIL import Image
 
     with Image.open(io.BytesIO(png)) as im:
@@ -345,7 +345,7 @@ def test_browser_reads_layers_over_budget_through_cmb_review(tmp_path):
             assert page.locator("#review-status").text_content() == "viewer ready"
             canvas = page.locator("#review-canvas")
             canvas.scroll_into_view_if_needed()
-            px = _pixels(canvas.screenshot())
+            px = gray_pixels(canvas.screenshot())
             assert (px > 30).mean() > 0.05 and px.std() > 20
             browser.close()
     finally:

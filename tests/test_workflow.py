@@ -21,6 +21,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from test_review import BROWSER_FLAGS, CHROMIUM, gray_pixels, needs_browser, sync_playwright
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -424,6 +426,36 @@ def test_end_to_end_detections_cohort_tables_and_reports(cohort_run):
     for pid in ("sub-01", "sub-02", "sub-03"):
         assert f'href="../{pid}/{pid}_report.html"' in html
     assert "Failed scans (1)" in html and "truncated" in html
+
+
+@needs_browser
+def test_workflow_subject_page_draws_its_volume_offline(cohort_run):
+    """The subject page the real workflow wrote opens from disk in headless chromium: the NiiVue
+    viewer installed by the workflow draws the magnitude (non-blank canvas), every layer is read,
+    and no request leaves the machine."""
+    out = cohort_run["out"]
+    assert cohort_run["proc"].returncode == 0
+    page_file = out / "sub-01" / "sub-01_report.html"
+    requests = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_FLAGS)
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        context.route("**/*", lambda route: (requests.append(route.request.url),
+                                             route.continue_() if route.request.url.startswith(("file:", "data:", "blob:"))
+                                             else route.abort()))
+        page = context.new_page()
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(page_file.as_uri())
+        page.wait_for_function("window.cmbReview && window.cmbReview.ready", timeout=90_000)
+        canvas = page.locator("#review-canvas")
+        canvas.scroll_into_view_if_needed()
+        pixels = gray_pixels(canvas.screenshot())
+        browser.close()
+    assert errors == [], errors
+    assert (pixels > 30).mean() > 0.05 and pixels.std() > 20
+    assert any(u.endswith("viewer/niivue.umd.js") for u in requests)
+    assert all(u.startswith(("file:", "data:", "blob:")) for u in requests), requests
 
 
 @pytest.mark.slow

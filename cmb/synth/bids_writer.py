@@ -144,6 +144,28 @@ def write_t1w(root: Path, ent: ScanEntities, site: Site, data: np.ndarray, affin
     return path
 
 
+PARCELLATION_PIPELINE = "synth-parcellation"
+
+
+def write_parcellation(root: Path, ent: ScanEntities, labels: np.ndarray, affine: np.ndarray,
+                       names: dict[int, str]) -> Path:
+    """The T1w's true aparc+aseg labels, the way fMRIPrep names a FreeSurfer parcellation in T1w space
+    (``derivatives/synth-parcellation/sub-X/anat/sub-X_desc-aparcaseg_dseg.nii.gz`` + its ``.tsv``)."""
+    base = root / "derivatives" / PARCELLATION_PIPELINE
+    path = ent.folder(base, "anat") / f"{ent.prefix}_desc-aparcaseg_dseg.nii.gz"
+    save_nifti(_image(labels.astype(np.int16), affine, np.int16), path)
+    present = sorted(int(v) for v in np.unique(labels) if v != 0)
+    write_text(path.with_name(path.name.replace(".nii.gz", ".tsv")),
+               "index\tname\n" + "".join(f"{v}\t{names[v]}\n" for v in present))
+    desc = base / "dataset_description.json"
+    if not desc.is_file():
+        write_json(desc, {"Name": "cmb synth: true aparc+aseg labels of the T1w scans", "BIDSVersion": "1.9.0",
+                          "DatasetType": "derivative", "GeneratedBy": [{"Name": "cmb synth",
+                                                                        "Version": cmb.__version__}],
+                          "SourceDatasets": [{"URL": "../../"}]})
+    return path
+
+
 def write_dataset_files(root: Path, participants: pd.DataFrame, command: str, seed: int) -> None:
     """dataset_description.json, participants.tsv/json and README, for the raw and truth datasets."""
     generated = [{"Name": "cmb synth", "Version": cmb.__version__, "CodeURL": "https://github.com/cmb-project/cmb"}]

@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 
 from cmb.synth.anatomy import TissueContrast, build_head_model, parameter_maps, t1w_map
-from cmb.synth.bids_writer import TRUTH_PIPELINE, ScanEntities, write_dataset_files, write_scan, write_t1w
+from cmb.synth.bids_writer import (TRUTH_PIPELINE, ScanEntities, write_dataset_files, write_parcellation, write_scan,
+                                   write_t1w)
 from cmb.synth.geometry import random_pose, random_warp
 from cmb.synth.lesions import (
     COUNT_PROFILES,
@@ -25,7 +26,7 @@ from cmb.synth.lesions import (
 )
 from cmb.synth.presets import LAYOUTS, PRESET_NAMES, draw_acquisition
 from cmb.synth.random_veins import TOUCH_SHARE, place_random_veins, place_touching_cmbs
-from cmb.synth.scan import simulate_scan, simulate_t1w
+from cmb.synth.scan import simulate_scan, simulate_t1w, t1w_parcellation
 from cmb.synth.truth import write_truth
 
 __all__ = ["SynthOptions", "SynthError", "VEIN_MODELS", "synthesize", "validate_options"]
@@ -51,6 +52,7 @@ class SynthOptions:
     count_profile: str = "population"
     n_cmb: int | None = None  # fixed count per subject (overrides the profile)
     with_t1w: bool = False
+    parcellation: bool = False  # with the T1w: its true aparc+aseg labels in derivatives/synth-parcellation
     sessions: int = 0  # 0: no session entity; mixed draws per subject when left at 0
     phase_filter: str = "raw"  # "raw" wrapped phase or "hp" SWI-style high-passed phase
     phase_units: str = "auto"  # auto (by vendor), rad, deg, int12
@@ -70,6 +72,8 @@ def validate_options(o: SynthOptions) -> None:
     """Raise :class:`SynthError` for a request that cannot be honoured; writes nothing."""
     if o.n_subjects <= 0:
         raise SynthError(f"--n-subjects must be a positive integer, got {o.n_subjects}")
+    if o.parcellation and not o.with_t1w:
+        raise SynthError("--parcellation labels the T1w: add --t1w")
     if o.preset not in PRESET_NAMES:
         raise SynthError(f"unknown preset {o.preset!r}; choose one of {', '.join(PRESET_NAMES)}")
     if o.layout is not None and o.layout not in LAYOUTS:
@@ -219,6 +223,9 @@ def synthesize_subject(o: SynthOptions, sub: str, rng: np.random.Generator, out:
         if t1 is not None:
             data, aff = simulate_t1w(model, t1, warp, pose, rng)
             write_t1w(out, ent, site, data, aff)
+            if o.parcellation:
+                write_parcellation(out, ent, t1w_parcellation(model, warp, pose, aff, data.shape), aff,
+                                   model.dk_names)
     return {
         "participant_id": f"sub-{sub}", "age": int(rng.integers(55, 90)), "sex": "F" if rng.random() < 0.5 else "M",
         "site": site.name, "cohort_profile": o.location_prior, "preset": acq.name, "n_scans": len(scans),

@@ -31,7 +31,7 @@ from cmb.synth.physics import (
 )
 from cmb.synth.presets import Acquisition
 
-__all__ = ["ScanResult", "simulate_scan", "simulate_t1w", "sample_model"]
+__all__ = ["ScanResult", "simulate_scan", "simulate_t1w", "t1w_parcellation", "sample_model"]
 
 _COARSE = 4  # the warp is evaluated every 4 voxels and interpolated (it is smooth)
 FOV_CENTRE_MNI = (0.0, -20.0, 6.0)  # centre of the brain's extent, cerebellum included
@@ -54,7 +54,7 @@ def _positions(n: int, n_s: int) -> np.ndarray:
 
 
 def sample_model(maps_zyx: torch.Tensor, model: HeadModel, warp: SubjectWarp, pose: np.ndarray, affine: np.ndarray,
-                 sample_shape, full_shape, slice_offsets=(0.0,)) -> torch.Tensor:
+                 sample_shape, full_shape, slice_offsets=(0.0,), mode: str = "bilinear") -> torch.Tensor:
     """Sample model maps at the grid points of a (possibly coarser) acquisition grid.
 
     ``maps_zyx`` is ``(1, C, Z, Y, X)`` (:func:`cmb.synth.anatomy.parameter_maps`);
@@ -64,7 +64,8 @@ def sample_model(maps_zyx: torch.Tensor, model: HeadModel, warp: SubjectWarp, po
     The sampled grid spans the full grid corner to corner (``align_corners``
     semantics), so it can be upsampled exactly with trilinear interpolation.
     Values are averaged over ``slice_offsets`` (fractions of a voxel along the
-    third axis) to model partial volume in thick slices.
+    third axis) to model partial volume in thick slices. ``mode="nearest"`` samples
+    label maps.
     """
     inv_pose = np.linalg.inv(pose)
     model_shape = np.array(model.shape, float)
@@ -83,7 +84,7 @@ def sample_model(maps_zyx: torch.Tensor, model: HeadModel, warp: SubjectWarp, po
         grid = torch.from_numpy(norm.astype(np.float32)).reshape(1, *coarse, 3).permute(0, 4, 3, 2, 1)
         grid = F.interpolate(grid, size=tuple(sample_shape)[::-1], mode="trilinear", align_corners=True)
         grid = grid.permute(0, 2, 3, 4, 1).contiguous()
-        out = F.grid_sample(maps_zyx, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        out = F.grid_sample(maps_zyx, grid, mode=mode, padding_mode="zeros", align_corners=True)
         acc = out if acc is None else acc.add_(out)
         del grid, out
     return acc / len(slice_offsets)
@@ -253,3 +254,12 @@ def simulate_t1w(model: HeadModel, t1_map: np.ndarray, warp: SubjectWarp, pose: 
     data = data * np.exp(_smooth_field(kji, rng, 0.08))
     noise = 0.02 * (rng.standard_normal(kji, dtype=np.float32) + 1j * rng.standard_normal(kji, dtype=np.float32))
     return np.abs(data + noise).astype(np.float32).T, affine
+
+
+def t1w_parcellation(model: HeadModel, warp: SubjectWarp, pose: np.ndarray, affine: np.ndarray,
+                     matrix=(176, 216, 176)) -> np.ndarray:
+    """The head model's Desikan-Killiany aparc+aseg labels on a T1w grid: the parcellation a FreeSurfer run on
+    that T1w would aim at (the true anatomy the subject was drawn from), as ``(i, j, k)`` int32."""
+    labels = torch.from_numpy(np.ascontiguousarray(model.dk.T).astype(np.float32))[None, None]
+    out = sample_model(labels, model, warp, pose, affine, matrix, matrix, mode="nearest")[0, 0].numpy()
+    return np.rint(out).astype(np.int32).T
