@@ -158,6 +158,23 @@ def test_dry_run_preference_from_config(tmp_path):
     assert text.count("--kind none") == 2
 
 
+def test_dry_run_register_gets_the_sessions_own_parcellation(tmp_path):
+    """mars.parcellation_dir: a subject with an fMRIPrep aparcaseg gets it as a registration input; one without
+    gets the reason, and the atlas route (docs/mars.md)."""
+    fmriprep = tmp_path / "derivatives" / "fmriprep"
+    parc = fmriprep / "sub-01" / "anat" / "sub-01_desc-aparcaseg_dseg.nii.gz"
+    parc.parent.mkdir(parents=True)
+    parc.write_bytes(b"")
+    _, text = dry_run(DATA / "bids_anat_swi", tmp_path, f"mars={{parcellation_dir: {fmriprep}}}")
+    (one,) = shell_commands(text, "cmb.register --image " + str(tmp_path / "out" / "sub-01"))
+    (two,) = shell_commands(text, "cmb.register --image " + str(tmp_path / "out" / "sub-02"))
+    assert f"--parcellation {parc}" in one and "--parcellation-refused" not in one
+    assert f"--parcellation-root {fmriprep}" in one and "--parcellation-min-dice 0.8" in one
+    assert "--parcellation-refused 'no parcellation of sub-02 under" in two and "--parcellation " not in two
+    _, plain = dry_run(DATA / "bids_anat_swi", tmp_path / "plain")
+    assert "--parcellation" not in plain
+
+
 def test_dry_run_paths_with_spaces_are_quoted(tmp_path):
     bids = tmp_path / "my data (v1)"
     shutil.copytree(DATA / "bids_anat_swi", bids)
