@@ -282,6 +282,8 @@ def _subject_row(s: SubjectFiles, qc: dict | None) -> tuple[dict, pd.DataFrame |
     reg = summary.get("registration") or {}
     row["registration_nmi"] = _fmt(reg.get("nmi"), ".4f")
     row["registration_mask_dice"] = _fmt(reg.get("mask_dice"), ".4f")
+    anatomy = bool(summary.get("anatomy_available")) if meta else False
+    row["parcellation_source"] = ((meta.get("Localization") or {}).get("parcellation_source") or _NA) if anatomy else _NA
     row["brain_mask_volume_ml"] = _fmt(summary.get("brain_mask_volume_ml"), ".1f")
     row.update(phase_convention_columns(read_phase_convention(s.phase) if s.phase else None))
     row.update(qc_checks(row, qc))

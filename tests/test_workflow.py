@@ -429,12 +429,16 @@ def test_end_to_end_detections_cohort_tables_and_reports(cohort_run):
     assert counts["participant_id"].tolist() == ["sub-01", "sub-02", "sub-03"]
     bad = counts.set_index("participant_id").loc["sub-03"]
     assert bad["status"] == "failed" and bad["failing_stage"] == "ingest" and bad["n_cmb"] == "n/a"
+    assert bad["parcellation_source"] == "n/a"
     detections = pd.read_csv(out / "cohort" / "cmb_detections.csv", dtype=str, keep_default_na=False)
     assert len(detections) == rows
     for pid in ("sub-01", "sub-02"):
         row = counts.set_index("participant_id").loc[pid]
         mine = detections[(detections["participant_id"] == pid) & (detections["is_cmb"] == "true")]
         assert row["status"] == "ok" and int(row["n_cmb"]) == len(mine)
+        assert row["parcellation_source"] == "atlas:MNI152NLin2009cAsym-DK"
+        assert set(detections.loc[detections["participant_id"] == pid, "parcellation_source"]) <= {
+            "atlas:MNI152NLin2009cAsym-DK"}
         assert int(row["n_rejected_vessel"]) == vessel_rows[pid[4:]]
     for name in ("cmb_counts.json", "cmb_detections.json", "cmb_ratings_template.tsv", "cmb_counts_long.csv",
                  "figures/cmb_count_distribution.svg", "figures/cmb_region_counts.svg"):
