@@ -30,7 +30,7 @@ onstart:
         print("cmb: local run, Snakemake's job-rate limiter is off", file=sys.stderr)
 
 
-# With --sdm apptainer every job runs in this image (containers/cmb.def; docs/cluster.md).
+# With --sdm apptainer every job runs in this image (containers/build.sh; docs/cluster.md).
 container: config["container"] or None
 
 

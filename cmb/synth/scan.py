@@ -91,6 +91,16 @@ def sample_model(maps_zyx: torch.Tensor, model: HeadModel, warp: SubjectWarp, po
 
 
 @functools.lru_cache(maxsize=2)
+def _filled_dk(model: HeadModel) -> np.ndarray:
+    dk = np.asarray(model.dk)
+    gap = (dk == 0) & ((model.gm + model.wm) > 0.5)
+    if not gap.any():
+        return dk
+    _, idx = ndi.distance_transform_edt(dk == 0, return_indices=True)
+    return np.where(gap, dk[tuple(idx)], dk)
+
+
+@functools.lru_cache(maxsize=2)
 def _brain_probability_zyx(model: HeadModel) -> np.ndarray:
     return np.ascontiguousarray((model.gm + model.wm + model.csf).T)[None]
 
@@ -259,7 +269,11 @@ def simulate_t1w(model: HeadModel, t1_map: np.ndarray, warp: SubjectWarp, pose: 
 def t1w_parcellation(model: HeadModel, warp: SubjectWarp, pose: np.ndarray, affine: np.ndarray,
                      matrix=(176, 216, 176)) -> np.ndarray:
     """The head model's Desikan-Killiany aparc+aseg labels on a T1w grid: the parcellation a FreeSurfer run on
-    that T1w would aim at (the true anatomy the subject was drawn from), as ``(i, j, k)`` int32."""
-    labels = torch.from_numpy(np.ascontiguousarray(model.dk.T).astype(np.float32))[None, None]
+    that T1w would aim at (the true anatomy the subject was drawn from), as ``(i, j, k)`` int32.
+
+    The packaged atlas leaves some tissue unlabelled (its thin cortex, the vermis), where the simulator still
+    renders grey and white matter; FreeSurfer labels every such voxel, so they take the nearest label here.
+    """
+    labels = torch.from_numpy(np.ascontiguousarray(_filled_dk(model).T).astype(np.float32))[None, None]
     out = sample_model(labels, model, warp, pose, affine, matrix, matrix, mode="nearest")[0, 0].numpy()
     return np.rint(out).astype(np.int32).T
