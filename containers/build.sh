@@ -148,7 +148,7 @@ install -d -o 1000 -g 1000 -m 0755 "$mnt/home/cmb"
 rm -rf "$mnt"/var/lib/apt/lists/* "$mnt"/var/cache/apt/* "$mnt"/var/cache/debconf/*-old \
     "$mnt"/usr/share/doc/* "$mnt"/usr/share/man/* "$mnt"/usr/share/info/* "$mnt"/var/log/* \
     "$mnt"/usr/share/locale/* "$mnt"/root/.cache
-find "$mnt/opt/venv" -name '*.pyi' -delete
+# (*.pyi stay: lazy_loader reads them at import time, snakebids for one)
 buildah umount "$ctr" >/dev/null
 
 # 6. Image configuration and commit.
