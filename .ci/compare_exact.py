@@ -17,7 +17,10 @@ allowed to differ are these provenance fields:
   ``config_sha256`` (the hash of the whole config, which holds ``bids_dir`` and
   ``output_dir``); every other path is compared after the two runs' folders are
   replaced by placeholders: A_OUT and B_OUT by ``<OUT>``, and each ``--paths A=B`` pair
-  (the BIDS input, bound at another path in the container) by ``<PATHn>``;
+  (the BIDS input, bound at another path in the container) by ``<PATHn>`` (the pairs are replaced first, so a pair may name the output folder as the
+  run saw it: ``A_OUT=/data/out``);
+- the pages' browser-storage keys (``storage_key``, the ratings key): a hash of the
+  output folder's path;
 - times: the JSON keys ``timings``, ``seconds`` (stage durations) and ``time`` (the
   status records' finish time), and the SVG ``<dc:date>`` element.
 
@@ -45,6 +48,9 @@ IGNORED_KEYS = {"software", "cmb_version", "torch_version", "git", "model_dir", 
 MASK = "<provenance>"
 SVG_PATTERNS = [re.compile(r"<dc:date>[^<]*</dc:date>"),
                 re.compile(r"Matplotlib v[0-9][^,<\"]*, https://matplotlib\.org/")]
+# the pages' browser-storage keys: a hash of the output folder's path (ratings, verdicts)
+HTML_PATTERNS = [re.compile(r'("storage_key": ")[0-9a-f]{12}(")'),
+                 re.compile(r'("cmb-ratings:" \+ document\.title \+ ":)[0-9a-f]{12}(")')]
 # an HTML table row of a flattened JSON document: <th>a.b[0].c</th><td>...</td>
 HTML_ROW = re.compile(r"(<th>)([^<]*)(</th>\s*<td>)(.*?)(</td>)", re.S)
 
@@ -94,6 +100,8 @@ def canonical(rel: str, data: bytes, subs: list[tuple[str, str]]) -> bytes:
         for pat in SVG_PATTERNS:
             text = pat.sub(MASK, text)
     if rel.endswith(".html"):
+        for pat in HTML_PATTERNS:
+            text = pat.sub(lambda m: m.group(1) + MASK + m.group(2), text)
         text = HTML_ROW.sub(lambda m: m.group(1) + m.group(2) + m.group(3)
                             + (MASK if _key_ignored(m.group(2)) else m.group(4)) + m.group(5), text)
     return text.encode("utf-8")
@@ -106,8 +114,9 @@ def first_difference(a: bytes, b: bytes) -> str:
 
 
 def compare(a_root: Path, b_root: Path, pairs: list[tuple[str, str]]) -> tuple[list[str], dict[str, int]]:
-    subs_a = [(str(a_root.absolute()), "<OUT>")] + [(a, f"<PATH{i}>") for i, (a, _) in enumerate(pairs)]
-    subs_b = [(str(b_root.absolute()), "<OUT>")] + [(b, f"<PATH{i}>") for i, (_, b) in enumerate(pairs)]
+    # the pairs first: one may name the output folder as a run saw it (/data/out in the container)
+    subs_a = [(a, f"<PATH{i}>") for i, (a, _) in enumerate(pairs)] + [(str(a_root.absolute()), "<OUT>")]
+    subs_b = [(b, f"<PATH{i}>") for i, (_, b) in enumerate(pairs)] + [(str(b_root.absolute()), "<OUT>")]
     problems: list[str] = []
     counts = {"identical": 0, "masked": 0}
     kinds: dict[str, int] = {}

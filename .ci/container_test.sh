@@ -178,7 +178,7 @@ set -e
 if [[ $rc -eq 0 && -f $T/host/out/cohort/cmb_counts.csv ]]; then
     pass "the same workflow ran bare-metal in $((SECONDS - h0)) s"
     if "$BIN/python" "$REPO/.ci/compare_exact.py" "$T/host/out" "$T/ctr/out" \
-        --paths "$T/bids=/data/bids" --paths "$T/host/work=/data/work" \
+        --paths "$T/host/out=/data/out" --paths "$T/bids=/data/bids" --paths "$T/host/work=/data/work" \
         --paths "$T/workflow=/opt/cmb" >"$T/compare.txt" 2>&1; then
         pass "the image's outputs equal the bare-metal run's: $(head -n 1 "$T/compare.txt")"
     else

@@ -21,6 +21,7 @@ import argparse
 import os
 from collections.abc import Sequence
 
+import matplotlib
 import nibabel as nib
 import numpy as np
 from matplotlib.colors import ListedColormap
@@ -73,8 +74,11 @@ def _window(data: np.ndarray, mask: np.ndarray | None) -> tuple[float, float]:
 
 
 def _save(fig: Figure, out) -> None:
+    matplotlib.rcParams["svg.hashsalt"] = "cmb"  # stable SVG ids: the same figure gives the same bytes
     with atomic_path(out) as tmp:
-        fig.savefig(tmp, format=str(out).rsplit(".", 1)[-1], dpi=100, facecolor="black")
+        fmt = str(out).rsplit(".", 1)[-1]
+        # no date in an SVG: a rerun (or the same run in the container) writes the same bytes
+        fig.savefig(tmp, format=fmt, dpi=100, facecolor="black", metadata={"Date": None} if fmt == "svg" else None)
 
 
 def plot_registration(image, dseg, out: str | os.PathLike, *, title: str | None = None,
