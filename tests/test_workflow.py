@@ -480,6 +480,38 @@ def test_workflow_subject_page_draws_its_volume_offline(cohort_run):
 
 
 @pytest.mark.slow
+def test_a_new_verdict_file_reruns_the_cohort_tables_only(cohort_run):
+    """A reviewer's verdict file under review.verdicts_dir (default <output_dir>/../cmb-verdicts) is an input of
+    the cohort tables: the next run rewrites them with the review columns and reruns no detection."""
+    import pandas as pd
+
+    from cmb.verdicts import write_verdicts
+
+    out = cohort_run["out"]
+    assert cohort_run["proc"].returncode == 0
+    det = pd.read_csv(_anat(out, "01") / "sub-01_desc-cmb_detections.tsv", sep="\t")
+    kept = det[det["is_cmb"]].head(2)
+    assert len(kept), "sub-01 has no counted CMB to review"
+    verdicts = kept.assign(verdict="reject", reason="vein", candidate_id=kept["cmb_id"])
+    vfile = write_verdicts(verdicts, out.parent / "cmb-verdicts", "sub-01", "alice")
+    config = ("--config", f"bids_dir={cohort_run['bids']}", f"output_dir={out}")
+    counts, text = job_counts_of(run_snakemake(cohort_run["base"], "-n", *config))
+    assert counts == Counter({"collect_cohort_tables": 1, "report_cohort": 1, "all": 1}), text[-3000:]
+    proc = run_snakemake(cohort_run["base"], "--profile", str(REPO / "profiles" / "local"), "--cores", "2", *config)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    row = pd.read_csv(out / "cohort" / "cmb_counts.csv", dtype=str).set_index("participant_id").loc["sub-01"]
+    assert row["reviewed"] == "true" and row["n_reviewers"] == "1"
+    assert int(row["n_cmb_reviewed"]) == int(row["n_cmb"]) - len(kept)
+    assert vfile.is_file()
+
+
+def job_counts_of(proc) -> tuple[Counter, str]:
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text[-3000:]
+    return job_counts(text), text
+
+
+@pytest.mark.slow
 def test_train_and_evaluate_targets_skip_the_failed_subject(tmp_path):
     """The training and evaluation targets (issue 4) on a real run: a model is trained on the
     subjects that were preprocessed, their detections are scored, and a broken subject is left out."""
