@@ -27,7 +27,7 @@ overlaps it poorly and is refused, and registration then keeps the atlas route.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
@@ -58,7 +58,6 @@ class Parcellation:
     affine: np.ndarray  # voxel -> world (the T1w's scanner RAS)
     names: dict[int, str] | None = None
     source: str = ""  # for the tables: "parcellation:<path relative to parcellation_dir>"
-    info: dict = field(default_factory=dict)
 
 
 def _entities(name: str) -> dict[str, str]:
