@@ -233,3 +233,10 @@ def test_parcellation_route_gives_the_true_mars_categories(synth_routes):
     # the subject's millimetres) differs from it at borders; the atlas route adds registration error.
     # Pooled figures: docs/benchmarks.md, bench/bench_parcellation.py.
     assert n >= 25 and right >= 0.9 and right >= atlas_right, (n, right, atlas_right)
+
+
+def test_synth_parcellation_needs_the_t1w(tmp_path):
+    from cmb.synth import SynthError, SynthOptions, validate_options
+
+    with pytest.raises(SynthError, match="--parcellation labels the T1w: add --t1w"):
+        validate_options(SynthOptions(out=tmp_path, n_subjects=1, parcellation=True))
