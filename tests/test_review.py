@@ -34,6 +34,7 @@ except ImportError:  # pragma: no cover - the test extra is not installed
     sync_playwright = None
 BROWSER_FLAGS = ["--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--no-sandbox",
                  "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"]
+LOCAL_SCHEMES = ("file:", "data:", "blob:")
 needs_browser = pytest.mark.skipif(CHROMIUM is None or sync_playwright is None,
                                    reason="chromium or playwright not installed")
 
@@ -86,18 +87,9 @@ def test_browser_review_loop(review_page, tmp_path):
                         det[(det["rejected"] != "true") & (det["above_threshold"] != "true")]])
     ids = listed["cmb_id"].astype(int).tolist()
     xyz = listed[["x_mm", "y_mm", "z_mm"]].astype(float).to_numpy()
-    requests = []
+    requests, errors = [], []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_FLAGS)
-        context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
-        context.route("**/*", lambda route: (requests.append(route.request.url),
-                                             route.continue_() if route.request.url.startswith(("file:", "data:", "blob:"))
-                                             else route.abort()))
-        page = context.new_page()
-        errors = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(review_page["out"].as_uri())
-        page.wait_for_function("window.cmbReview && window.cmbReview.ready", timeout=90_000)
+        browser, page = open_viewer_offline(p, review_page["out"], requests, errors)
         assert page.locator("#review-status").text_content() == "viewer ready"
 
         # the canvas shows the volume: non-blank pixels
@@ -165,8 +157,24 @@ def test_browser_review_loop(review_page, tmp_path):
         assert "candidate 1000 of an earlier run" in page.locator("#review-orphans").text_content()
         assert errors == [], errors
         browser.close()
-    assert requests and all(u.startswith(("file:", "data:", "blob:")) for u in requests), \
-        [u for u in requests if not u.startswith(("file:", "data:", "blob:"))]
+    assert requests and all(u.startswith(LOCAL_SCHEMES) for u in requests), \
+        [u for u in requests if not u.startswith(LOCAL_SCHEMES)]
+
+
+def open_viewer_offline(playwright, page_file: Path, requests: list, errors: list):
+    """Chromium on ``page_file`` with its viewer ready; every request goes to ``requests`` and only file:,
+    data: and blob: ones are served (anything that would leave the machine is aborted), page errors to
+    ``errors``. Returns (browser, page)."""
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_FLAGS)
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    context.route("**/*", lambda route: (requests.append(route.request.url),
+                                         route.continue_() if route.request.url.startswith(LOCAL_SCHEMES)
+                                         else route.abort()))
+    page = context.new_page()
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(page_file.as_uri())
+    page.wait_for_function("window.cmbReview && window.cmbReview.ready", timeout=90_000)
+    return browser, page
 
 
 def gray_pixels(png: bytes) -> np.ndarray:

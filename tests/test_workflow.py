@@ -21,7 +21,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from test_review import BROWSER_FLAGS, CHROMIUM, gray_pixels, needs_browser, sync_playwright
+from test_review import LOCAL_SCHEMES, gray_pixels, needs_browser, open_viewer_offline, sync_playwright
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"
@@ -457,18 +457,9 @@ def test_workflow_subject_page_draws_its_volume_offline(cohort_run):
     out = cohort_run["out"]
     assert cohort_run["proc"].returncode == 0
     page_file = out / "sub-01" / "sub-01_report.html"
-    requests = []
+    requests, errors = [], []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_FLAGS)
-        context = browser.new_context(viewport={"width": 1400, "height": 1000})
-        context.route("**/*", lambda route: (requests.append(route.request.url),
-                                             route.continue_() if route.request.url.startswith(("file:", "data:", "blob:"))
-                                             else route.abort()))
-        page = context.new_page()
-        errors = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(page_file.as_uri())
-        page.wait_for_function("window.cmbReview && window.cmbReview.ready", timeout=90_000)
+        browser, page = open_viewer_offline(p, page_file, requests, errors)
         canvas = page.locator("#review-canvas")
         canvas.scroll_into_view_if_needed()
         pixels = gray_pixels(canvas.screenshot())
@@ -476,7 +467,7 @@ def test_workflow_subject_page_draws_its_volume_offline(cohort_run):
     assert errors == [], errors
     assert (pixels > 30).mean() > 0.05 and pixels.std() > 20
     assert any(u.endswith("viewer/niivue.umd.js") for u in requests)
-    assert all(u.startswith(("file:", "data:", "blob:")) for u in requests), requests
+    assert all(u.startswith(LOCAL_SCHEMES) for u in requests), requests
 
 
 @pytest.mark.slow
