@@ -10,6 +10,7 @@
   (``{sesdir}``/``{sesfile}`` are empty for a scan without session).
 """
 
+import functools
 import json
 import os
 import shlex
@@ -314,17 +315,20 @@ def register_inputs(wildcards):
 
 def parcellation(wildcards):
     """The session's own parcellation under mars.parcellation_dir (cmb.parcellation), and why there is none."""
-    root = config["mars"]["parcellation_dir"]
-    if not root:
+    if not config["mars"]["parcellation_dir"]:
         return None, None
+    return _find_parcellation(wildcards.subject, session_label(wildcards))
+
+
+@functools.lru_cache(maxsize=None)  # input functions run several times per job: search the folder once
+def _find_parcellation(subject, session):
+    root = config["mars"]["parcellation_dir"]
     try:
-        found = find_parcellation(root, wildcards.subject, session_label(wildcards),
-                                  config["mars"]["parcellation_desc"])
+        found = find_parcellation(root, subject, session, config["mars"]["parcellation_desc"])
     except ParcellationError as err:
         return None, f"{err}; the atlas route is used"
     if found is None:
-        ses = session_label(wildcards)
-        return None, (f"no parcellation of sub-{wildcards.subject}{f' ses-{ses}' if ses else ''} under {root} "
+        return None, (f"no parcellation of sub-{subject}{f' ses-{session}' if session else ''} under {root} "
                       "(mars.parcellation_dir); the atlas route is used")
     return found, None
 
