@@ -16,6 +16,7 @@ import pytest
 
 from cmb.localize import (DETECTION_COLUMNS, format_detections, input_voxels, localize_candidates, localize_subject,
                           majority_vote, read_detections_table, to_input_grid, write_table)
+from cmb.parcellation import ATLAS_SOURCE
 from cmb.synth.oracle_detections import subject_inputs, truth_candidates
 
 REPO = Path(__file__).resolve().parents[1]
@@ -359,3 +360,20 @@ def test_failed_registration_still_gives_a_table(localized, tmp_path):
     assert (text["mars_region"].isin(["n/a", "outside_brain"])).all() and (text["mni_x"] == "n/a").all()
     meta = json.loads((tmp_path / "t.json").read_text())
     assert not meta["Summary"]["anatomy_available"] and "SyN diverged" in meta["AnatomyNote"]
+
+
+@pytest.mark.slow
+def test_the_parcellation_source_comes_from_registrations_quality_record(localized, tmp_path):
+    # registration decides which map localize reads (the MNI atlas, or the session's own parcellation):
+    # its quality JSON names it, and the table's column and the sidecar follow that record
+    r = next(iter(localized.values()))
+    assert set(r["text"]["parcellation_source"]) == {ATLAS_SOURCE}
+    record = json.loads(Path(r["kwargs"]["quality"]).read_text())
+    source = "fmriprep:sub-01/anat/sub-01_desc-aparcaseg_dseg.nii.gz"
+    quality = tmp_path / "quality.json"
+    quality.write_text(json.dumps({**record, "parcellation_source": source}))
+    text = localize_subject(**{**r["kwargs"], "quality": quality}, out_table=tmp_path / "t.tsv",
+                            out_json=tmp_path / "t.json")
+    assert set(text["parcellation_source"]) == {source}
+    loc = json.loads((tmp_path / "t.json").read_text())["Localization"]
+    assert loc["parcellation_source"] == source and "own parcellation" in loc["atlas"]
