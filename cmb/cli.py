@@ -17,7 +17,7 @@ def _te_list(text: str) -> tuple[float, ...]:
 
 
 def _add_synth(sub) -> None:
-    from cmb.synth.lesions import COUNT_PROFILES, LOCATION_PRIORS
+    from cmb.synth.lesions import CMB_SIZE_MODELS, COUNT_PROFILES, LOCATION_PRIORS
     from cmb.synth.presets import LAYOUTS, PRESET_NAMES
 
     p = sub.add_parser("synth", help="generate a synthetic BIDS cohort with ground truth",
@@ -38,6 +38,9 @@ def _add_synth(sub) -> None:
                    help="anatomical (medullary and pial veins) or randomized (mostly domain-randomized veins: "
                         "every orientation, a third along B0, 0.15-1.5 mm, straight, curved and branching; "
                         "15%% of CMBs against a vein)")
+    p.add_argument("--cmb-sizes", default=None, choices=sorted(CMB_SIZE_MODELS),
+                   help="apparent CMB diameters: typical (log-normal around 3.3 mm) or wide (log-uniform 2-10 mm); "
+                        "default: wide with --preset randomized, else typical")
     p.add_argument("--t1w", dest="with_t1w", action="store_true", help="also write a 1 mm T1w in the same head pose")
     p.add_argument("--parcellation", action="store_true",
                    help="with --t1w: its true aparc+aseg labels, fMRIPrep-named, in derivatives/synth-parcellation "

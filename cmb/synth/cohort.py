@@ -16,6 +16,7 @@ from cmb.synth.bids_writer import (TRUTH_PIPELINE, ScanEntities, write_dataset_f
                                    write_t1w)
 from cmb.synth.geometry import random_pose, random_warp
 from cmb.synth.lesions import (
+    CMB_SIZE_MODELS,
     COUNT_PROFILES,
     draw_cmb_count,
     parse_location_prior,
@@ -64,6 +65,7 @@ class SynthOptions:
     field_strength: float | None = None
     n_veins: int | None = None
     vein_model: str = "anatomical"
+    cmb_sizes: str | None = None  # a CMB_SIZE_MODELS key; None: "wide" with the randomized preset, else "typical"
     overwrite: bool = False
     preview: bool = False
 
@@ -107,6 +109,8 @@ def validate_options(o: SynthOptions) -> None:
         raise SynthError(f"--paramagnetic-phase must be auto, positive or negative, got {o.paramagnetic_phase!r}")
     if o.vein_model not in VEIN_MODELS:
         raise SynthError(f"--vein-model must be one of {', '.join(VEIN_MODELS)}, got {o.vein_model!r}")
+    if o.cmb_sizes is not None and o.cmb_sizes not in CMB_SIZE_MODELS:
+        raise SynthError(f"--cmb-sizes must be one of {', '.join(CMB_SIZE_MODELS)}, got {o.cmb_sizes!r}")
     if o.n_veins is not None and not 0 <= o.n_veins <= 200:
         raise SynthError(f"--n-veins must be between 0 and 200, got {o.n_veins}")
     if o.sessions < 0 or o.sessions > 20:
@@ -178,14 +182,15 @@ def synthesize_subject(o: SynthOptions, sub: str, rng: np.random.Generator, out:
     n_cmb = o.n_cmb if o.n_cmb is not None else draw_cmb_count(rng, o.count_profile)
     te_ref = min(acq.tes, key=lambda te: abs(te - 0.02))
     prior = parse_location_prior(o.location_prior)
+    sizes = cmb_size_model(o)
     if o.vein_model == "randomized":
         # The poses come first: the veins are aimed in the first scan's scanner space.
         scans = _subject_plan(o, rng)
         poses = [random_pose(rng) for _ in scans]
-        lesions = _randomized_lesions(o, model, warp, poses[0], n_cmb, prior, acq.b0, te_ref, rng)
+        lesions = _randomized_lesions(o, model, warp, poses[0], n_cmb, prior, acq.b0, te_ref, rng, sizes)
     else:
         scans, poses = None, None
-        lesions = place_cmbs(model, warp, n_cmb, rng, prior, b0=acq.b0, te=te_ref)
+        lesions = place_cmbs(model, warp, n_cmb, rng, prior, b0=acq.b0, te=te_ref, size_model=sizes)
         n_veins = o.n_veins if o.n_veins is not None else int(rng.integers(14, 26))
         lesions += place_veins(model, warp, rng, n_medullary=n_veins // 2, n_pial=n_veins - n_veins // 2)
     lesions += place_calcifications(model, warp, rng)
@@ -212,8 +217,9 @@ def synthesize_subject(o: SynthOptions, sub: str, rng: np.random.Generator, out:
             "location_prior": o.location_prior, "reference_echo": result.reference_echo,
             "images": {k: str(v.relative_to(out)) for k, v in written.items()},
         }
-        if o.preset == "randomized" or o.vein_model != "anatomical":
+        if o.preset == "randomized" or o.vein_model != "anatomical" or sizes != "typical":
             params.update({
+                "cmb_sizes": sizes,
                 "vein_model": o.vein_model, "site": site.name, "model": site.model,
                 "repetition_time": acq.tr, "flip_angle": acq.flip_deg, "fov_mm": acq.fov_mm,
                 "bias_field_scale": acq.bias_scale, "contrast_jitter_scale": acq.contrast_jitter,
@@ -233,15 +239,20 @@ def synthesize_subject(o: SynthOptions, sub: str, rng: np.random.Generator, out:
     }
 
 
+def cmb_size_model(o: SynthOptions) -> str:
+    """The CMB size model of a request: ``cmb_sizes``, else ``wide`` for the randomized preset."""
+    return o.cmb_sizes or ("wide" if o.preset == "randomized" else "typical")
+
+
 def _randomized_lesions(o: SynthOptions, model, warp, pose, n_cmb: int, prior, b0: float, te: float,
-                        rng: np.random.Generator) -> list:
+                        rng: np.random.Generator, sizes: str = "typical") -> list:
     """Veins (a quarter anatomical, the rest randomized), then CMBs: a share against a vein, the rest clear of them."""
     n_veins = o.n_veins if o.n_veins is not None else int(rng.integers(25, 61))
     n_anatomical = int(round(_ANATOMICAL_SHARE * n_veins))
     veins = place_veins(model, warp, rng, n_medullary=n_anatomical // 2, n_pial=n_anatomical - n_anatomical // 2)
     veins += place_random_veins(model, warp, pose, rng, n_veins - n_anatomical, first_id=len(veins))
     touching = place_touching_cmbs(model, warp, pose, veins, int(rng.binomial(n_cmb, TOUCH_SHARE)), rng, prior,
-                                   b0=b0, te=te)
+                                   b0=b0, te=te, size_model=sizes)
     cmbs = touching + place_cmbs(model, warp, n_cmb - len(touching), rng, prior, b0=b0, te=te, avoid_veins=veins,
-                                 existing=touching)
+                                 existing=touching, size_model=sizes)
     return cmbs + veins

@@ -34,7 +34,7 @@ from scipy import ndimage as ndi
 from cmb.mars_region import CSF_LABEL
 from cmb.synth.anatomy import HeadModel
 from cmb.synth.geometry import SubjectWarp, vein_clearance
-from cmb.synth.lesions import TOUCH_MARGIN_MM, Lesion, _labels_at, blooming_factor, vein_paths
+from cmb.synth.lesions import TOUCH_MARGIN_MM, Lesion, _labels_at, draw_cmb_size, vein_paths
 from cmb.synth.physics import Source, _margin_mm
 
 __all__ = ["B0_SHARE", "B0_CONE_DEG", "RADIUS_MM", "LENGTH_MM", "SHAPES", "TOUCH_SHARE", "random_direction",
@@ -277,7 +277,7 @@ def _vein_lesions(model: HeadModel, frame: _Frame, vein: dict, rng: np.random.Ge
 
 def place_touching_cmbs(model: HeadModel, warp: SubjectWarp, pose: np.ndarray, veins: list[Lesion], n: int,
                         rng: np.random.Generator, prior: dict[str, float], b0: float = 3.0, te: float = 0.02,
-                        existing: list[Lesion] = ()) -> list[Lesion]:
+                        existing: list[Lesion] = (), size_model: str = "typical") -> list[Lesion]:
     """Up to ``n`` microbleeds against one of ``veins`` (vein lesions, in MNI space).
 
     The touching distance is the CMB's radius + the vein's radius +
@@ -312,8 +312,7 @@ def place_touching_cmbs(model: HeadModel, warp: SubjectWarp, pose: np.ndarray, v
         i = int(np.clip(np.searchsorted(cum, s) - 1, 0, len(seg) - 1))
         on_axis = path[i] + (s - cum[i]) / max(cum[i + 1] - cum[i], 1e-9) * seg[i]
         chi = float(rng.uniform(0.6, 2.0))
-        apparent = float(np.clip(rng.lognormal(np.log(3.3), 0.35), 2.0, 10.0))
-        radius = float(np.clip(apparent / 2 / blooming_factor(chi, b0, te), 0.25, 3.0))
+        _, radius = draw_cmb_size(rng, chi, b0, te, size_model)
         touch = r_vein + radius + TOUCH_MARGIN_MM
         dist = rng.uniform(max(r_vein, 0.35 * touch), 0.85 * touch)
         x = on_axis + dist * _unit(np.cross(seg[i], rng.normal(size=3)))
