@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from cmb.cli import main
-from cmb.synth import SynthOptions, synthesize, validate_options
+from cmb.synth import SynthError, SynthOptions, synthesize, validate_options
+from cmb.synth.cohort import cmb_size_model
 from cmb.synth.anatomy import _r2s_at_field, build_head_model
 from cmb.synth.geometry import acquisition_affine, distance_to_path, random_pose, random_warp
 from cmb.synth.lesions import LOCATION_PRIORS, blooming_factor, place_cmbs, place_veins, to_subject_space
@@ -273,3 +274,21 @@ def test_bad_options_exit_2(tmp_path, capsys, args, message):
     assert main(["synth", "--out", str(out), "--n-subjects", "1", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and not out.exists()
+
+
+def test_the_randomized_preset_draws_cmbs_of_every_size(tmp_path):
+    assert cmb_size_model(SynthOptions(out=tmp_path, n_subjects=1, preset="randomized")) == "wide"
+    assert cmb_size_model(SynthOptions(out=tmp_path, n_subjects=1, preset="mixed")) == "typical"
+    with pytest.raises(SynthError, match="--cmb-sizes"):
+        validate_options(SynthOptions(out=tmp_path, n_subjects=1, cmb_sizes="huge"))
+    radii = {}
+    for sizes in ("typical", "wide"):
+        out = tmp_path / sizes
+        synthesize(SynthOptions(out=out, n_subjects=1, seed=7, preset="tiny", n_cmb=30, cmb_sizes=sizes),
+                   log=lambda m: None)
+        truth = out / TRUTH / "sub-01/swi"
+        assert json.loads((truth / "sub-01_synth.json").read_text()).get("cmb_sizes", "typical") == sizes
+        radii[sizes] = pd.read_csv(truth / "sub-01_label-CMB_dseg.tsv", sep="\t")["radius_mm"]
+    # the same blooming at the same field and TE: a wide draw holds far more large CMBs
+    big = {k: float((v > np.quantile(radii["typical"], 0.9)).mean()) for k, v in radii.items()}
+    assert big["wide"] >= 0.3 > big["typical"]
