@@ -22,9 +22,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from cmb.evaluation import _acquisition, _scan_key
 
-__all__ = ["Scan", "truth_files", "paired_scans", "derivative_table"]
+__all__ = ["Scan", "scan_key", "acquisition_label", "is_nifti", "truth_files", "paired_scans", "derivative_table",
+           "find_scans", "derivative_scans"]
 
 _log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def truth_files(truth_dir) -> dict[str, Path]:
     for path in sorted(Path(truth_dir).rglob("*_label-CMB_dseg.*")):
         if not re.search(r"\.(nii|nii\.gz|tsv)$", path.name):
             continue
-        key = _scan_key(path.name)
+        key = scan_key(path.name)
         if key in found and not path.name.endswith(".tsv"):
             found[key] = path
         found.setdefault(key, path)
@@ -71,7 +71,7 @@ def paired_scans(derivatives_dir, truth_dir) -> list[Scan]:
             continue
         rep = json.loads(report.read_text())
         source = Path(rep["inputs"]["magnitude"][0]["path"]).name
-        key = _scan_key(source)
+        key = scan_key(source)
         stem = report.name[: -len("_desc-ingested_swi.json")]
         folder = report.parent
         image = folder / f"{stem}_desc-preproc_swi.nii.gz"
@@ -85,7 +85,7 @@ def paired_scans(derivatives_dir, truth_dir) -> list[Scan]:
         if key not in truths:
             _log.warning("%s: no ground truth under %s, left out", key, truth_dir)
             continue
-        scans.append(Scan(key, _acquisition(truths[key]), image, mask, phase, truths[key]))
+        scans.append(Scan(key, acquisition_label(truths[key]), image, mask, phase, truths[key]))
     return scans
 
 
@@ -93,3 +93,84 @@ def derivative_table(scan: Scan, suffix: str = "desc-candidates_cmb.tsv") -> Pat
     """A per-scan table written next to the scan's preprocessed image, e.g. the detect stage's candidates."""
     stem = scan.image.name.split("_desc-preproc")[0].replace("_part-mag", "")
     return scan.image.parent / f"{stem}_{suffix}"
+
+
+def is_nifti(path: Path) -> bool:
+    return path.name.endswith((".nii", ".nii.gz"))
+
+
+_KEY_ENTITIES = ("sub", "ses", "run")
+
+
+def scan_key(name: str) -> str:
+    """``sub-X[_ses-Y][_run-N]`` from a BIDS file name (run index compared as an integer)."""
+    ents = dict(re.findall(r"(?:^|_)([a-zA-Z]+)-([a-zA-Z0-9]+)(?=_|\.)", name))
+    if "sub" not in ents:
+        raise ValueError(f"{name}: no sub- entity")
+    if "run" in ents and ents["run"].isdigit():
+        ents["run"] = str(int(ents["run"]))
+    return "_".join(f"{k}-{ents[k]}" for k in _KEY_ENTITIES if k in ents)
+
+
+def acquisition_label(truth_path: Path) -> str:
+    """Acquisition label: the synthetic ``preset``, else the ``acq-`` entity, else ``unknown``."""
+    prefix = re.sub(r"_label-CMB_dseg\.(nii\.gz|nii|tsv)$", "", truth_path.name)
+    params = truth_path.with_name(f"{prefix}_synth.json")
+    if params.exists():
+        try:
+            return str(json.loads(params.read_text())["preset"])
+        except (ValueError, KeyError):
+            pass
+    acq = re.search(r"(?:^|_)acq-([a-zA-Z0-9]+)", truth_path.name)
+    return acq.group(1) if acq else "unknown"
+
+
+def find_scans(detections_dir, truth_dir, pattern: str = "*detections.tsv") -> tuple[list, list[str]]:
+    """Pair detection tables with ground truth by their ``sub``/``ses``/``run`` entities.
+
+    Truth files are ``*_label-CMB_dseg.nii.gz`` (or ``.nii``; with their sibling
+    ``.tsv``), or only ``*_label-CMB_dseg.tsv`` (point annotations) when there is
+    no image. Detection files match ``pattern`` under ``detections_dir``.
+
+    Returns
+    -------
+    scans : list of (subject, acquisition, detections path or None, truth path)
+        Sorted by subject key; None where no detection file was found.
+    unmatched : list of str
+        Detection files with no ground truth.
+    """
+    truth = {}
+    for path in sorted(Path(truth_dir).rglob("*_label-CMB_dseg.*")):
+        if not (is_nifti(path) or path.name.endswith(".tsv")):
+            continue
+        key = scan_key(path.name)
+        if key in truth and is_nifti(truth[key]) and not is_nifti(path):
+            continue  # the image (with its table) wins over the table alone
+        if key in truth and _same_scan_verdicts(truth[key], path):
+            continue  # reviewers' files of one scan: load_truth reads them together
+        if key in truth and is_nifti(truth[key]) == is_nifti(path):
+            raise ValueError(f"two ground truths for {key}: {truth[key]} and {path}")
+        truth[key] = path
+    dets = {}
+    for path in sorted(Path(detections_dir).rglob(pattern)):
+        key = scan_key(path.name)
+        if key in dets:
+            raise ValueError(f"two detection files for {key}: {dets[key]} and {path}")
+        dets[key] = path
+    scans = [(key, acquisition_label(path), dets.get(key), path) for key, path in sorted(truth.items())]
+    return scans, [str(dets[k]) for k in sorted(set(dets) - set(truth))]
+
+
+def _same_scan_verdicts(a: Path, b: Path) -> bool:
+    from cmb.verdicts import is_verdict_file
+
+    return a.parent == b.parent and is_verdict_file(a) and is_verdict_file(b)
+
+
+def derivative_scans(derivatives_dir, truth_dir, table_suffix: str) -> tuple[list, list[str]]:
+    """As :func:`find_scans`, for the per-scan tables of a cmb workflow output folder ."""
+    scans = []
+    for scan in paired_scans(derivatives_dir, truth_dir):
+        table = derivative_table(scan, table_suffix)
+        scans.append((scan.key, scan.acquisition, table if table.exists() else None, scan.truth))
+    return scans, []

@@ -26,12 +26,10 @@ a rerun writes byte-identical files.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import pandas as pd
@@ -40,12 +38,11 @@ from cmb.atomic import atomic_path, write_text
 from cmb.failures import read_record
 from cmb.mars_region import CATEGORY, REGIONS
 from cmb.phase_convention import MISMATCH_FLAG, UNCONFIDENT_FLAG, phase_convention_columns, read_phase_convention
+from cmb.tables import COUNT_COLUMNS, DETECTION_COLUMNS, data_dictionary
 
 __all__ = [
-    "COUNT_COLUMNS",
     "DEFAULT_QC",
     "SubjectFiles",
-    "data_dictionary",
     "mars_pattern",
     "stage_status",
     "count_detections",
@@ -68,28 +65,6 @@ DEFAULT_QC = {
     "max_cmb": 50,
     "max_above_threshold": 100,
 }
-
-
-@functools.lru_cache(maxsize=1)
-def _dictionaries() -> dict:
-    text = resources.files("cmb").joinpath("data_dictionary.json").read_text(encoding="utf-8")
-    return json.loads(text)
-
-
-def data_dictionary(table: str) -> dict:
-    """BIDS-style column descriptions of ``"detections"`` or ``"counts"``.
-
-    >>> data_dictionary("counts")["mars_pattern"]["Levels"]["strictly_lobar"]
-    'all localized CMBs lobar'
-    """
-    try:
-        return dict(_dictionaries()[table])
-    except KeyError:
-        raise ValueError(f"no data dictionary for table {table!r} (detections, counts, counts_long)") from None
-
-
-#: Columns of ``cmb_counts.csv``, in order.
-COUNT_COLUMNS = list(_dictionaries()["counts"])
 
 
 @dataclass
@@ -315,8 +290,6 @@ def build_detections(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
     >>> build_detections([t])["cmb_id"].tolist()
     ['1', '2']
     """
-    from cmb.localize import DETECTION_COLUMNS
-
     tables = [t[t["above_threshold"].astype(str).str.lower() == "true"] for t in tables]
     if not any(len(t) for t in tables):
         return pd.DataFrame(columns=DETECTION_COLUMNS)

@@ -50,6 +50,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
+from cmb.annotations import derivative_scans, find_scans, is_nifti
 from cmb.atomic import atomic_path, write_json, write_text
 
 __all__ = [
@@ -84,7 +85,6 @@ __all__ = [
     "write_froc",
     "plot_froc",
     "write_evaluation",
-    "find_scans",
     "build_parser",
     "run",
     "main",
@@ -276,10 +276,6 @@ def truth_from_labels(labels, affine=None, table: pd.DataFrame | None = None, *,
     return Truth(out, data, affine, boxes)
 
 
-def _is_nifti(path: Path) -> bool:
-    return path.name.endswith((".nii", ".nii.gz"))
-
-
 def _table_sep(path: Path) -> str:
     return "," if path.suffix == ".csv" else "\t"
 
@@ -295,7 +291,7 @@ def load_truth(path, *, split_components: bool = False) -> Truth:
     every other reviewer's file of the same scan beside it (:func:`truth_from_verdicts`).
     """
     path = Path(path)
-    if _is_nifti(path):
+    if is_nifti(path):
         if split_components:
             return truth_from_labels(nib.load(path), split_components=True)
         tsv = path.with_name(re.sub(r"\.nii(\.gz)?$", ".tsv", path.name))
@@ -1077,85 +1073,6 @@ def write_evaluation(out_dir, match: CohortMatch, threshold: float | None,
 
 
 # ------------------------------------------------------------------------------ CLI
-_KEY_ENTITIES = ("sub", "ses", "run")
-
-
-def _scan_key(name: str) -> str:
-    """``sub-X[_ses-Y][_run-N]`` from a BIDS file name (run index compared as an integer)."""
-    ents = dict(re.findall(r"(?:^|_)([a-zA-Z]+)-([a-zA-Z0-9]+)(?=_|\.)", name))
-    if "sub" not in ents:
-        raise ValueError(f"{name}: no sub- entity")
-    if "run" in ents and ents["run"].isdigit():
-        ents["run"] = str(int(ents["run"]))
-    return "_".join(f"{k}-{ents[k]}" for k in _KEY_ENTITIES if k in ents)
-
-
-def _acquisition(truth_path: Path) -> str:
-    """Acquisition label: the synthetic ``preset``, else the ``acq-`` entity, else ``unknown``."""
-    prefix = re.sub(r"_label-CMB_dseg\.(nii\.gz|nii|tsv)$", "", truth_path.name)
-    params = truth_path.with_name(f"{prefix}_synth.json")
-    if params.exists():
-        try:
-            return str(json.loads(params.read_text())["preset"])
-        except (ValueError, KeyError):
-            pass
-    acq = re.search(r"(?:^|_)acq-([a-zA-Z0-9]+)", truth_path.name)
-    return acq.group(1) if acq else "unknown"
-
-
-def find_scans(detections_dir, truth_dir, pattern: str = "*detections.tsv") -> tuple[list, list[str]]:
-    """Pair detection tables with ground truth by their ``sub``/``ses``/``run`` entities.
-
-    Truth files are ``*_label-CMB_dseg.nii.gz`` (or ``.nii``; with their sibling
-    ``.tsv``), or only ``*_label-CMB_dseg.tsv`` (point annotations) when there is
-    no image. Detection files match ``pattern`` under ``detections_dir``.
-
-    Returns
-    -------
-    scans : list of (subject, acquisition, detections path or None, truth path)
-        Sorted by subject key; None where no detection file was found.
-    unmatched : list of str
-        Detection files with no ground truth.
-    """
-    truth = {}
-    for path in sorted(Path(truth_dir).rglob("*_label-CMB_dseg.*")):
-        if not (_is_nifti(path) or path.name.endswith(".tsv")):
-            continue
-        key = _scan_key(path.name)
-        if key in truth and _is_nifti(truth[key]) and not _is_nifti(path):
-            continue  # the image (with its table) wins over the table alone
-        if key in truth and _same_scan_verdicts(truth[key], path):
-            continue  # reviewers' files of one scan: load_truth reads them together
-        if key in truth and _is_nifti(truth[key]) == _is_nifti(path):
-            raise ValueError(f"two ground truths for {key}: {truth[key]} and {path}")
-        truth[key] = path
-    dets = {}
-    for path in sorted(Path(detections_dir).rglob(pattern)):
-        key = _scan_key(path.name)
-        if key in dets:
-            raise ValueError(f"two detection files for {key}: {dets[key]} and {path}")
-        dets[key] = path
-    scans = [(key, _acquisition(path), dets.get(key), path) for key, path in sorted(truth.items())]
-    return scans, [str(dets[k]) for k in sorted(set(dets) - set(truth))]
-
-
-def _same_scan_verdicts(a: Path, b: Path) -> bool:
-    from cmb.verdicts import is_verdict_file
-
-    return a.parent == b.parent and is_verdict_file(a) and is_verdict_file(b)
-
-
-def derivative_scans(derivatives_dir, truth_dir, table_suffix: str) -> tuple[list, list[str]]:
-    """As :func:`find_scans`, for the per-scan tables of a cmb workflow output folder (:mod:`cmb.annotations`)."""
-    from cmb.annotations import derivative_table, paired_scans
-
-    scans = []
-    for scan in paired_scans(derivatives_dir, truth_dir):
-        table = derivative_table(scan, table_suffix)
-        scans.append((scan.key, scan.acquisition, table if table.exists() else None, scan.truth))
-    return scans, []
-
-
 def recorded_threshold(tables) -> float | None:
     """The operating threshold the detect stage recorded for these scans (``*_desc-candidates_cmb.json``).
 
@@ -1228,7 +1145,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"no detection file for {len(missing)} scan(s): {', '.join(missing[:10])}"
                              " (use --missing-as-empty to score them as empty)")
         pairs = [(s, a, None if d is None else read_detections(d),
-                  load_truth(t, split_components=args.binary_masks and _is_nifti(t))) for s, a, d, t in scans]
+                  load_truth(t, split_components=args.binary_masks and is_nifti(t))) for s, a, d, t in scans]
         match = match_cohort(pairs, margin_mm=args.margin_mm, min_point_radius_mm=args.min_point_radius_mm)
         if args.choose_threshold or args.target_sensitivity is not None:
             threshold = choose_threshold(froc_curve(match), args.target_sensitivity)

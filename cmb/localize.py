@@ -59,10 +59,9 @@ from cmb import __version__
 from cmb.atomic import atomic_path, save_nifti, write_json
 from cmb.mars_region import CATEGORY, CSF_LABEL, OUTSIDE_LABEL, REGIONS, RIGHT_OFFSET, decode_label, is_parenchyma
 from cmb.parcellation import ATLAS_SOURCE
+from cmb.tables import DETECTION_COLUMNS, REJECT_REASONS, data_dictionary
 
 __all__ = [
-    "DETECTION_COLUMNS",
-    "REJECT_REASONS",
     "majority_vote",
     "localize_candidates",
     "label_neighbourhood",
@@ -78,22 +77,6 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
-
-#: Columns of the per-subject detections TSV and of the cohort ``cmb_detections.csv``.
-DETECTION_COLUMNS = [
-    "participant_id", "session_id", "cmb_id", "confidence", "above_threshold", "rejected",
-    "rejected_reason", "is_cmb",
-    "x_mm", "y_mm", "z_mm", "i", "j", "k", "mni_x", "mni_y", "mni_z",
-    "volume_mm3", "diameter_mm", "mars_category", "mars_region", "hemisphere", "atlas_label",
-    "mars_category_confidence", "mars_region_second", "borderline", "mars_border_distance_mm",
-    "atlas_label_distance_mm", "parcellation_source", "parenchyma_fraction", "n_voxels", "screen_score", "sphericity", "phase_mean", "phase_sign",
-    "phase_used", "vessel_length_mm", "vessel_width_mm", "vessel_elongation", "vessel_angle_b0_deg",
-    "vessel_slices", "vessel_bulge", "vessel_darkening", "tubularity",
-]
-#: Values of ``rejected_reason`` (``n/a`` when not rejected): ``vessel`` comes from the
-#: detect stage's vessel rule (:mod:`cmb.detect.vessel_evidence`), the others from the
-#: anatomical filter.
-REJECT_REASONS = ("vessel", "outside_brain", "csf")
 
 _NA = "n/a"
 # Fixed text formats: the tables are byte-identical from one run to the next.
@@ -845,8 +828,6 @@ def localize_subject(
 
 
 def _column_dictionary() -> dict:
-    from cmb.cohort_tables import data_dictionary
-
     return data_dictionary("detections")
 
 

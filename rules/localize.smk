@@ -7,7 +7,7 @@ MNI coordinates and input-image voxel indices; the anatomical false-positive fil
 (config ``localize``) marks candidates centred in CSF/ventricles or outside the brain
 as rejected, with the reason. Outputs::
 
-    sub-X_desc-cmb_detections.tsv    one row per candidate (cmb.localize.DETECTION_COLUMNS)
+    sub-X_desc-cmb_detections.tsv    one row per candidate (cmb.tables.DETECTION_COLUMNS)
     sub-X_desc-cmb_detections.json   provenance (versions, git commit, model card and config
                                      hashes, input checksums), QC summary, column dictionary
     sub-X_label-CMB_dseg.nii.gz      counted CMBs (is_cmb) labelled with cmb_id, input grid

@@ -10,10 +10,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cmb.cohort_tables import (COUNT_COLUMNS, SubjectFiles, count_detections, data_dictionary, mars_pattern,
-                               read_sites, stage_status, write_cohort_tables)
-from cmb.localize import DETECTION_COLUMNS, REJECT_REASONS
+from cmb.cohort_tables import (SubjectFiles, count_detections, mars_pattern, read_sites, stage_status,
+                               write_cohort_tables)
 from cmb.mars_region import REGIONS
+from cmb.tables import COUNT_COLUMNS, DETECTION_COLUMNS, REJECT_REASONS, data_dictionary
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from bench_report import synthetic_cohort  # noqa: E402

@@ -17,8 +17,8 @@ from cmb.crosssim.fields import cylinder_field, rad_per_ppm, sphere_field, spher
 from cmb.crosssim.forward import Contrast, draw_acquisition, simulate_scan
 from cmb.crosssim.geometry import CLASSES, PARENCHYMA, random_head
 from cmb.crosssim.sources import place_calcifications, place_microbleeds, place_veins
-from cmb.evaluation import _acquisition, load_truth
-from cmb.annotations import truth_files
+from cmb.annotations import acquisition_label, truth_files
+from cmb.evaluation import load_truth
 
 TRUTH = Path("derivatives") / "cmb-truth"
 
@@ -185,7 +185,7 @@ def test_truth_is_read_by_the_evaluation(cohort):
     assert 1 <= truth.n <= 4 and truth.table["has_mask"].all()
     assert {"touches_vein", "mars_category", "radius_mm"} <= set(truth.table.columns)
     assert load_truth(files["sub-02"]).n == 0
-    assert _acquisition(files["sub-01"]) == "tiny"
+    assert acquisition_label(files["sub-01"]) == "tiny"
     folder = files["sub-01"].parent
     veins = pd.read_csv(folder / "sub-01_veins.tsv", sep="\t")
     assert {"vein_id", "segment", "start_x", "end_z", "radius_mm", "angle_to_b0_deg", "is_vein_end_start",

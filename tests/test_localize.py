@@ -14,10 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cmb.localize import (DETECTION_COLUMNS, format_detections, input_voxels, localize_candidates, localize_subject,
+from cmb.localize import (format_detections, input_voxels, localize_candidates, localize_subject,
                           majority_vote, read_detections_table, to_input_grid, write_table)
 from cmb.parcellation import ATLAS_SOURCE
 from cmb.synth.oracle_detections import subject_inputs, truth_candidates
+from cmb.tables import DETECTION_COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
 FRONTAL_L, THALAMUS_R, CSF, OUTSIDE = 1, 107, 200, 0

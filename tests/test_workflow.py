@@ -388,8 +388,7 @@ def test_end_to_end_detections_cohort_tables_and_reports(cohort_run):
     """Localization, per-subject detections and maps, cohort CSVs and the QC pages (issue 5)."""
     import pandas as pd
 
-    from cmb.cohort_tables import COUNT_COLUMNS
-    from cmb.localize import DETECTION_COLUMNS
+    from cmb.tables import COUNT_COLUMNS, DETECTION_COLUMNS
 
     proc, out = cohort_run["proc"], cohort_run["out"]
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]

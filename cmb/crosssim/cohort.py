@@ -13,7 +13,7 @@ Per scan, under ``derivatives/cmb-truth/sub-<label>/<datatype>/`` (``<prefix>`` 
 - ``<prefix>_mimics.tsv``: calcifications and air cavities;
 - ``<prefix>_desc-brain_mask.nii.gz``: parenchyma, CSF and ventricles on the acquired grid;
 - ``<prefix>_synth.json``: every parameter of the scan (``simulator: cmb crosssim``;
-  ``preset`` is what :func:`cmb.evaluation._acquisition` reports).
+  ``preset`` is what :func:`cmb.annotations.acquisition_label` reports).
 
 The cohort is written to a hidden temporary folder next to ``--out`` and renamed into
 place at the end: an interrupted run leaves no partial cohort.

@@ -381,7 +381,7 @@ def render_cohort_report(counts_csv, detections_csv, out, *, failures_csv=None, 
     from cmb.report.reportlets import count_histogram_svg, data_uri, region_bars_svg
 
     t0 = time.perf_counter()
-    from cmb.cohort_tables import COUNT_COLUMNS
+    from cmb.tables import COUNT_COLUMNS
 
     counts = pd.read_csv(counts_csv, dtype=str, keep_default_na=False)
     counts = counts.reindex(columns=COUNT_COLUMNS, fill_value=_NA)  # a table of an older version: n/a
