@@ -22,7 +22,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-
 __all__ = ["Scan", "scan_key", "acquisition_label", "is_nifti", "truth_files", "paired_scans", "derivative_table",
            "find_scans", "derivative_scans"]
 
@@ -46,16 +45,26 @@ class Scan:
 
 
 def truth_files(truth_dir) -> dict[str, Path]:
-    """Ground-truth file of each scan key under ``truth_dir`` (label image preferred over a point table)."""
-    found: dict[str, Path] = {}
+    """Ground-truth file of each scan key under ``truth_dir``.
+
+    ``*_label-CMB_dseg.nii.gz`` (or ``.nii``; with their sibling ``.tsv``), or only
+    ``*_label-CMB_dseg.tsv`` (point annotations) when there is no image; reviewers'
+    verdict files of one scan count once (:func:`cmb.evaluation.load_truth` reads them
+    together). Two images, or two tables, for one scan are an error naming both.
+    """
+    truth: dict[str, Path] = {}
     for path in sorted(Path(truth_dir).rglob("*_label-CMB_dseg.*")):
-        if not re.search(r"\.(nii|nii\.gz|tsv)$", path.name):
+        if not (is_nifti(path) or path.name.endswith(".tsv")):
             continue
         key = scan_key(path.name)
-        if key in found and not path.name.endswith(".tsv"):
-            found[key] = path
-        found.setdefault(key, path)
-    return found
+        if key in truth and is_nifti(truth[key]) and not is_nifti(path):
+            continue  # the image (with its table) wins over the table alone
+        if key in truth and _same_scan_verdicts(truth[key], path):
+            continue
+        if key in truth and is_nifti(truth[key]) == is_nifti(path):
+            raise ValueError(f"two ground truths for {key}: {truth[key]} and {path}")
+        truth[key] = path
+    return truth
 
 
 def paired_scans(derivatives_dir, truth_dir) -> list[Scan]:
@@ -128,9 +137,8 @@ def acquisition_label(truth_path: Path) -> str:
 def find_scans(detections_dir, truth_dir, pattern: str = "*detections.tsv") -> tuple[list, list[str]]:
     """Pair detection tables with ground truth by their ``sub``/``ses``/``run`` entities.
 
-    Truth files are ``*_label-CMB_dseg.nii.gz`` (or ``.nii``; with their sibling
-    ``.tsv``), or only ``*_label-CMB_dseg.tsv`` (point annotations) when there is
-    no image. Detection files match ``pattern`` under ``detections_dir``.
+    Truth files as :func:`truth_files` finds them; detection files match ``pattern``
+    under ``detections_dir``.
 
     Returns
     -------
@@ -139,18 +147,7 @@ def find_scans(detections_dir, truth_dir, pattern: str = "*detections.tsv") -> t
     unmatched : list of str
         Detection files with no ground truth.
     """
-    truth = {}
-    for path in sorted(Path(truth_dir).rglob("*_label-CMB_dseg.*")):
-        if not (is_nifti(path) or path.name.endswith(".tsv")):
-            continue
-        key = scan_key(path.name)
-        if key in truth and is_nifti(truth[key]) and not is_nifti(path):
-            continue  # the image (with its table) wins over the table alone
-        if key in truth and _same_scan_verdicts(truth[key], path):
-            continue  # reviewers' files of one scan: load_truth reads them together
-        if key in truth and is_nifti(truth[key]) == is_nifti(path):
-            raise ValueError(f"two ground truths for {key}: {truth[key]} and {path}")
-        truth[key] = path
+    truth = truth_files(truth_dir)
     dets = {}
     for path in sorted(Path(detections_dir).rglob(pattern)):
         key = scan_key(path.name)
@@ -168,7 +165,7 @@ def _same_scan_verdicts(a: Path, b: Path) -> bool:
 
 
 def derivative_scans(derivatives_dir, truth_dir, table_suffix: str) -> tuple[list, list[str]]:
-    """As :func:`find_scans`, for the per-scan tables of a cmb workflow output folder ."""
+    """As :func:`find_scans`, for the per-scan tables of a cmb workflow output folder."""
     scans = []
     for scan in paired_scans(derivatives_dir, truth_dir):
         table = derivative_table(scan, table_suffix)
