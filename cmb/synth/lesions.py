@@ -66,8 +66,8 @@ TOUCH_MARGIN_MM = 0.5
 
 #: How the apparent (blooming) diameter of a CMB is drawn, in mm. ``typical``: log-normal around
 #: 3.3 mm, as in most cohorts (3% above 6 mm); ``wide``: log-uniform over the whole 2-10 mm of the
-#: definition (40% above 5 mm), so that a network also sees the large and the barely visible
-#: ones (a detector trained on ``typical`` alone rejected the 7-8 mm CMBs of ``cmb crosssim``).
+#: definition (40% above 5 mm), so that a network also sees the large ones
+#: (a detector trained on ``typical`` alone rejected the 7-8 mm CMBs of ``cmb crosssim``).
 CMB_SIZE_MODELS = {"typical": ("lognormal", 3.3, 0.35), "wide": ("loguniform", 2.0, 10.0)}
 
 
