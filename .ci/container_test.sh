@@ -89,7 +89,11 @@ else
         size=$(podman image inspect --format '{{.Size}}' "$IMAGE")
         pass "containers/build.sh built $IMAGE in $((SECONDS - b0)) s: $((size / 1000000)) MB, archive $(du -m "$T/cmb-oci.tar" | cut -f1) MiB"
         # the OCI layout that apptainer's oci-archive:// reads
-        if tar -tf "$T/cmb-oci.tar" | grep -qx 'oci-layout' && tar -tf "$T/cmb-oci.tar" | grep -qx 'index.json'; then
+        # (listed into a file first: grep -q closing the pipe early kills tar with SIGPIPE,
+        # which pipefail turns into a failed check although the entry is there)
+        tar -tf "$T/cmb-oci.tar" >"$T/cmb-oci.list"
+        if grep -qx -e 'oci-layout' -e './oci-layout' "$T/cmb-oci.list" \
+            && grep -qx -e 'index.json' -e './index.json' "$T/cmb-oci.list"; then
             pass "the archive is an OCI image layout (oci-layout, index.json)"
         else
             fail "the archive has no oci-layout/index.json: apptainer build oci-archive:// would refuse it"
