@@ -60,7 +60,7 @@ from cmb.detect.model import CandidateNet, load_model, save_model, select_device
 from cmb.detect.patches import (DEFAULT_PHASE_WRAP_LIMIT, FEATURES, N_SYMMETRIES, PATCH_CHANNELS, SCALES, PatchSampler,
                                 has_phase, hide_phase)
 from cmb.annotations import Scan, paired_scans
-from cmb.evaluation import (MARGIN_MM, MIN_POINT_RADIUS_MM, _hits, choose_threshold, froc_curve, load_truth,
+from cmb.evaluation import (MARGIN_MM, MIN_POINT_RADIUS_MM, choose_threshold, detection_hits, froc_curve, load_truth,
                             match_cohort, sensitivity_at_fp, truth_from_points)
 
 __all__ = ["ScanSamples", "sample_scan", "TrainConfig", "train_model"]
@@ -101,7 +101,7 @@ def sample_scan(scan: Scan, screen: dict | None = None, n_hard: int = 300, n_ran
     xyz = nib.affines.apply_affine(img.affine, ijk) if len(tab) else np.zeros((0, 3))
     truth = load_truth(scan.truth)
     if truth.n and len(tab):
-        hits, _ = _hits(xyz, truth, MARGIN_MM, MIN_POINT_RADIUS_MM)
+        hits, _ = detection_hits(xyz, truth, MARGIN_MM, MIN_POINT_RADIUS_MM)
     else:
         hits = np.zeros((len(tab), truth.n), bool)
     positive = hits.any(1)
@@ -110,7 +110,7 @@ def sample_scan(scan: Scan, screen: dict | None = None, n_hard: int = 300, n_ran
         rejected = truth_from_points(truth.non_cmb)
         reviewed = positive.copy()
         if rejected.n and len(tab):
-            reviewed |= _hits(xyz, rejected, MARGIN_MM, MIN_POINT_RADIUS_MM)[0].any(1)
+            reviewed |= detection_hits(xyz, rejected, MARGIN_MM, MIN_POINT_RADIUS_MM)[0].any(1)
     if keep_all:
         rows = np.flatnonzero(reviewed)
     else:
