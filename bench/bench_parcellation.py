@@ -4,7 +4,7 @@
 
 ``cmb synth --t1w --parcellation`` subjects: each T1w comes with its true aparc+aseg labels
 (fMRIPrep-named, ``derivatives/synth-parcellation``), the parcellation a FreeSurfer run on
-that T1w aims at. Each subject is registered once (cmb.register.register_subject: SWI->T1w
+that T1w aims at. Each subject is registered once (cmb.registration.register_subject: SWI->T1w
 rigid, T1w->MNI affine + SyN, the workflow's defaults) with the parcellation route; the atlas
 route's map is the MNI MARS map warped with the same transforms. At every true CMB's centre
 the two maps' MARS categories and regions are read and compared with the truth table
@@ -28,7 +28,7 @@ import pandas as pd
 from cmb.mars_map import write_mars_map
 from cmb.mars_region import decode_label
 from cmb.parcellation import find_parcellation
-from cmb.register import register_subject, warp_labels_to_native, xfm_paths
+from cmb.registration import register_subject, warp_labels_to_native, xfm_paths
 from cmb.synth import SynthOptions, synthesize
 
 

@@ -47,7 +47,7 @@ from cmb.phase_convention import (MISMATCH_FLAG, PhaseConventionDecision, PhaseS
                                   estimate_paramagnetic_phase, resolve_paramagnetic_phase)
 from cmb.phase_units import rescale_phase
 from cmb.preprocess import highpass_phase, n4_bias_correct, normalize_intensity, preprocess_subject
-from cmb.register import set_threads
+from cmb.registration.ants_adapter import set_threads
 from cmb.synth import SynthOptions, synthesize
 
 SYNTH = [  # (label, options)

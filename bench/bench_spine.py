@@ -54,7 +54,8 @@ def _naive(work: Path, threads: int) -> list[str]:
     import nibabel as nib
     import numpy as np
 
-    from cmb.register import ants_tempdir, mni_target, to_ants
+    from cmb.registration.ants_adapter import ants_tempdir, to_ants
+    from cmb.registration.register import mni_target
 
     img = nib.load(work / "out" / "sub-01_desc-preproc_T2starw.nii.gz")
     mask = np.asanyarray(nib.load(work / "out" / "sub-01_desc-brain_mask.nii.gz").dataobj) > 0
@@ -76,7 +77,8 @@ def _labels(work: Path, threads: int) -> list[str]:
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(threads)
     import nibabel as nib
 
-    from cmb.register import warp_labels_to_native, xfm_paths
+    from cmb.registration.ants_adapter import xfm_paths
+    from cmb.registration.warp_labels import warp_labels_to_native
 
     ref = nib.load(work / "out" / "sub-01_desc-preproc_T2starw.nii.gz")
     mars = nib.load(work / "tpl" / "tpl-MNI152NLin2009cAsym_res-1_desc-mars_dseg.nii.gz")
@@ -132,7 +134,7 @@ def main() -> None:
                   "--out-mask", str(out / "sub-01_desc-brain_mask.nii.gz"),
                   "--out-phase", str(out / "sub-01_desc-preproc_phase.nii.gz"),
                   "--out-json", str(out / "sub-01_desc-preproc.json")], env)
-    cmd = [py, "-m", "cmb.register", "--image", str(out / "sub-01_desc-preproc_T2starw.nii.gz"),
+    cmd = [py, "-m", "cmb.registration", "--image", str(out / "sub-01_desc-preproc_T2starw.nii.gz"),
            "--mask", str(out / "sub-01_desc-brain_mask.nii.gz"), "--out-prefix", str(out / "sub-01"),
            "--out-quality", str(out / "sub-01_desc-registration_qc.json"), "--mars-mni", str(mars),
            "--out-mars", str(out / "sub-01_desc-mars_dseg.nii.gz"),

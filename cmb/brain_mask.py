@@ -28,7 +28,9 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
-from cmb.register import _ants, _zooms, ants_tempdir, downsample_blocks, mni_target, to_ants, upsample_blocks
+from cmb.registration.ants_adapter import ants_tempdir, import_ants, to_ants
+from cmb.registration.grids import downsample_blocks, upsample_blocks, voxel_sizes
+from cmb.registration.register import mni_target
 
 __all__ = [
     "head_mask",
@@ -151,8 +153,8 @@ def template_brain_prior(work: nib.Nifti1Image, rough: np.ndarray, step_mm: int 
     matrix : (4, 4) ndarray
         RAS point matrix, subject world -> MNI world (for the record).
     """
-    ants = _ants()
-    zooms = _zooms(work.affine)
+    ants = import_ants()
+    zooms = voxel_sizes(work.affine)
     data = np.asanyarray(work.dataobj).astype(np.float32) * _dilate(rough, 3.0, zooms)
     small, aff, _ = downsample_blocks(data, work.affine, step_mm)
     fixed = to_ants(nib.Nifti1Image(small, aff))
@@ -245,7 +247,7 @@ def compute_brain_mask(img: nib.Nifti1Image, *, work_mm: float = 2.0, register_s
     """
     data = np.asanyarray(img.dataobj).astype(np.float32)
     small, aff, factors = downsample_blocks(data, img.affine, work_mm)
-    zooms = _zooms(aff)
+    zooms = voxel_sizes(aff)
     head = head_mask(small, zooms)
     rough = rough_brain_mask(small, head, zooms)
     work = nib.Nifti1Image(small, aff)
@@ -268,7 +270,7 @@ def compute_brain_mask(img: nib.Nifti1Image, *, work_mm: float = 2.0, register_s
         "template_prior_ml": round(float((prior > 0.5).sum()) * vox_ml, 1),
         "template_rough_dice": round(agreement, 4),
         "template_prior_used": bool(agreement >= min_agreement),
-        "brain_ml": round(float(full.sum()) * float(np.prod(_zooms(img.affine))) / 1000.0, 1),
+        "brain_ml": round(float(full.sum()) * float(np.prod(voxel_sizes(img.affine))) / 1000.0, 1),
         "subject_to_mni_affine": np.round(matrix, 6).tolist(),
     }
     return full, info

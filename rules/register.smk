@@ -74,7 +74,7 @@ rule register_to_mni:
         'export TMPDIR="$(mktemp -d "${{TMPDIR:-/tmp}}/cmb-register.XXXXXX")"; '
         "trap 'rm -rf \"$TMPDIR\"' EXIT; "
         "python -c \"$CMB_SOFT_STAGE\" {params.args[soft]} --"
-        " python -m cmb.register --image {input.image:q} --mask {input.mask:q} {params.args[t1w]}"
+        " python -m cmb.registration --image {input.image:q} --mask {input.mask:q} {params.args[t1w]}"
         " --out-prefix {params.args[prefix]} --out-quality {output.quality:q}"
         " --mars-mni {input.mars:q} --out-mars {output.mars:q} --out-mars-tsv {output.mars_tsv:q}"
         " {params.options} {params.args[parcellation]} --threads {threads} &>> {log:q}"

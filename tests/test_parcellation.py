@@ -178,7 +178,7 @@ def synth_routes(tmp_path_factory):
     """A `cmb synth` subject with its T1w's true aparc+aseg labels, registered once with the parcellation route;
     the atlas route's map warped with the same transforms."""
     from cmb.mars_map import write_mars_map
-    from cmb.register import register_subject, warp_labels_to_native, xfm_paths
+    from cmb.registration import register_subject, warp_labels_to_native, xfm_paths
     from cmb.synth import SynthOptions, synthesize
 
     base = tmp_path_factory.mktemp("parcellation")

@@ -20,7 +20,7 @@ from test_preprocess import ingest_like, truth_to_mni
 from cmb.mars_map import write_mars_map
 from cmb.mars_region import CODE, RIGHT_OFFSET, decode_label
 from cmb.preprocess import n4_bias_correct, reorient_to_ras
-from cmb.register import (
+from cmb.registration import (
     ants_tempdir,
     from_ants,
     main,

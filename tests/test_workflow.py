@@ -166,8 +166,8 @@ def test_dry_run_register_gets_the_sessions_own_parcellation(tmp_path):
     parc.parent.mkdir(parents=True)
     parc.write_bytes(b"")
     _, text = dry_run(DATA / "bids_anat_swi", tmp_path, f"mars={{parcellation_dir: {fmriprep}}}")
-    (one,) = shell_commands(text, "cmb.register --image " + str(tmp_path / "out" / "sub-01"))
-    (two,) = shell_commands(text, "cmb.register --image " + str(tmp_path / "out" / "sub-02"))
+    (one,) = shell_commands(text, "cmb.registration --image " + str(tmp_path / "out" / "sub-01"))
+    (two,) = shell_commands(text, "cmb.registration --image " + str(tmp_path / "out" / "sub-02"))
     assert f"--parcellation {parc}" in one and "--parcellation-refused" not in one
     assert f"--parcellation-root {fmriprep}" in one and "--parcellation-min-dice 0.8" in one
     assert "--parcellation-refused 'no parcellation of sub-02 under" in two and "--parcellation " not in two

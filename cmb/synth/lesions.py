@@ -23,7 +23,7 @@ from cmb.synth.physics import Source, rad_per_ppm
 __all__ = ["LOCATION_PRIORS", "COUNT_PROFILES", "CMB_SIZE_MODELS", "TOUCH_MARGIN_MM", "Lesion", "draw_cmb_count",
            "draw_cmb_size", "place_cmbs",
            "place_veins", "place_calcifications", "to_subject_space", "parse_location_prior", "blooming_factor",
-           "truth_mars_map", "vein_paths"]
+           "truth_mars_map", "labels_at", "vein_paths"]
 
 LOCATION_PRIORS = {
     "mixed": {"lobar": 0.5, "deep": 0.35, "infratentorial": 0.15},
@@ -155,7 +155,8 @@ def truth_mars_map() -> MarsMap:
     return mars
 
 
-def _labels_at(model: HeadModel, mni: np.ndarray) -> tuple[str, str, str, str]:
+def labels_at(model: HeadModel, mni: np.ndarray) -> tuple[str, str, str, str]:
+    """Truth labels of an MNI point: MARS category, region and hemisphere (:func:`truth_mars_map`), DK name."""
     ijk = tuple(np.round(model.mni_to_index(mni)).astype(int))
     mars = truth_mars_map()
     at = np.round(np.linalg.solve(mars.affine, np.append(mni, 1.0))[:3]).astype(int)
@@ -209,7 +210,7 @@ def place_cmbs(model: HeadModel, warp: SubjectWarp, n: int, rng: np.random.Gener
             continue
         if avoid_veins and vein_clearance(mni, paths, radii)[0] <= radius + TOUCH_MARGIN_MM + 1.0:
             continue
-        labels = _labels_at(model, mni)
+        labels = labels_at(model, mni)
         if labels[0] != cat:
             continue
         src = Source(
@@ -318,7 +319,7 @@ def place_veins(model: HeadModel, warp: SubjectWarp, rng: np.random.Generator, n
 
 def _vein_lesions(model, warp, pts_mni, radius, chi, kind, vein_id):
     """One lesion per short piece of the vein; pieces share ``vein_id`` and the whole path."""
-    labels = _labels_at(model, pts_mni[len(pts_mni) // 2])
+    labels = labels_at(model, pts_mni[len(pts_mni) // 2])
     extra = {"type": kind, "vein_id": vein_id, "path": pts_mni}
     for piece in _chunks(pts_mni):
         src = Source(kind="vein", points=piece, radius_mm=radius, chi_ppm=chi, pd_scale=0.9, r2s_extra=30.0,
@@ -345,7 +346,7 @@ def place_calcifications(model: HeadModel, warp: SubjectWarp, rng: np.random.Gen
             src = Source(kind="calcification", points=mni[None],
                          radius_mm=float(rng.uniform(1.0, 2.3)), chi_ppm=float(-rng.uniform(0.4, 1.2)),
                          pd_scale=float(rng.uniform(0.15, 0.4)), r2s_extra=80.0, extra={"type": kind})
-            out.append(Lesion(src, mni, *_labels_at(model, mni)))
+            out.append(Lesion(src, mni, *labels_at(model, mni)))
     return out
 
 

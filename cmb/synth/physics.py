@@ -32,6 +32,7 @@ __all__ = [
     "homodyne_phase",
     "Source",
     "PatchEffect",
+    "simulation_margin_mm",
     "simulate_sources",
 ]
 
@@ -193,7 +194,8 @@ def _guarded_volume(src: Source) -> float:
     return float(np.pi * src.radius_mm**2 * _length(core) + caps * 2 / 3 * np.pi * src.radius_mm**3)
 
 
-def _margin_mm(src: Source) -> float:
+def simulation_margin_mm(src: Source) -> float:
+    """How far (mm) around a source its fine-grid patch reaches (:func:`simulate_sources`)."""
     # The dipole field of a sphere falls as (r/d)^3, of a cylinder as (r/d)^2:
     # beyond these margins it changes the phase by well under 0.2 rad.
     return (4.0 if not src.is_tube else 5.0) * src.radius_mm + 1.5
@@ -219,7 +221,7 @@ def simulate_sources(
     b0_dir = b0_in_index_frame(affine)
     effects = []
     for src in sources:
-        margin = _margin_mm(src)
+        margin = simulation_margin_mm(src)
         lo_w = src.points.min(0) - margin
         hi_w = src.points.max(0) + margin
         corners = np.array([[x, y, z, 1] for x in (lo_w[0], hi_w[0]) for y in (lo_w[1], hi_w[1]) for z in (lo_w[2], hi_w[2])])

@@ -34,8 +34,8 @@ from scipy import ndimage as ndi
 from cmb.mars_region import CSF_LABEL
 from cmb.synth.anatomy import HeadModel
 from cmb.synth.geometry import SubjectWarp, vein_clearance
-from cmb.synth.lesions import TOUCH_MARGIN_MM, Lesion, _labels_at, draw_cmb_size, vein_paths
-from cmb.synth.physics import Source, _margin_mm
+from cmb.synth.lesions import TOUCH_MARGIN_MM, Lesion, draw_cmb_size, labels_at, vein_paths
+from cmb.synth.physics import Source, simulation_margin_mm
 
 __all__ = ["B0_SHARE", "B0_CONE_DEG", "RADIUS_MM", "LENGTH_MM", "SHAPES", "TOUCH_SHARE", "random_direction",
            "place_random_veins", "place_touching_cmbs"]
@@ -243,7 +243,7 @@ def _pieces(path: np.ndarray, radius: float, straight: bool) -> list[tuple[np.nd
     summed volume of the patches of an oblique vein. A straight piece keeps only its
     two ends (and guards).
     """
-    margin = _margin_mm(Source("vein", path[:2], radius, 0.0))
+    margin = simulation_margin_mm(Source("vein", path[:2], radius, 0.0))
     piece_mm = float(np.clip(np.sqrt(3.0) * margin, 4.0, 16.0))
     n_pieces = int(np.clip(round(_arc_length(path) / piece_mm), 1, len(path) - 1))
     bounds = np.round(np.linspace(0, len(path) - 1, n_pieces + 1)).astype(int)
@@ -264,7 +264,7 @@ def _vein_lesions(model: HeadModel, frame: _Frame, vein: dict, rng: np.random.Ge
     pieces = _pieces(vein["path"], vein["radius"], vein["straight"])
     mapped = frame.to_mni(np.vstack([vein["path"], *[p for p, _ in pieces]]))
     path_mni = mapped[: len(vein["path"])]
-    labels = _labels_at(model, path_mni[len(path_mni) // 2])
+    labels = labels_at(model, path_mni[len(path_mni) // 2])
     start = len(vein["path"])
     for pts, guards in pieces:
         extra = {"type": "vein_randomized", "vein_id": vein["id"], "path": path_mni, "shape": vein["shape"],
@@ -321,7 +321,7 @@ def place_touching_cmbs(model: HeadModel, warp: SubjectWarp, pose: np.ndarray, v
         mni = frame.to_mni(x)[0]
         if any(np.linalg.norm(mni - o.mni) < 4.0 * (radius + o.source.radius_mm) + 2.0 for o in (*existing, *out)):
             continue
-        labels = _labels_at(model, mni)
+        labels = labels_at(model, mni)
         if labels[0] not in cats or (labels[0] != cat and tries < 100 * n):  # the prior, where veins allow
             continue
         src = Source(kind="cmb", points=mni[None], radius_mm=radius, chi_ppm=chi,
