@@ -21,7 +21,7 @@ DEMO_SEED ?= 42
 DEMO_CMB ?= 6
 PYTEST_ARGS ?=
 
-.PHONY: env demo demo-data test clean-demo
+.PHONY: env demo demo-data test lint clean-demo
 
 env: $(STAMP)
 
@@ -43,6 +43,13 @@ demo-data: $(DEMO_BIDS)/dataset_description.json
 demo: $(STAMP) demo-data
 	$(BIN)/snakemake --profile profiles/local --config bids_dir=$(DEMO_BIDS) output_dir=$(DEMO_OUT)
 	@echo "Outputs: $(DEMO_OUT) (cohort tables and QC page: $(DEMO_OUT)/cohort/cmb_counts.csv, cmb_detections.csv, cmb_report.html; failures: $(DEMO_OUT)/failures.csv)"
+
+# Formatter and linters (pinned in requirements-dev.txt; configured in pyproject.toml): CI runs them first.
+lint: $(STAMP)
+	$(BIN)/python -m pip install -q -r requirements-dev.txt
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/snakefmt --check rules Snakefile
 
 # pytest's exit code 5 (no tests collected) fails this target like any other failure.
 test: $(STAMP)

@@ -5,7 +5,7 @@
 Configuration: config/config.yaml (validated against config/config.schema.yaml).
 """
 
-import sys
+import threading
 
 from snakemake.utils import min_version
 
@@ -21,13 +21,22 @@ include: "rules/common.smk"
 # Snakemake's job-rate limiter (--max-jobs-per-timespan, default 100/1s) re-arms a timer
 # on every scheduler pass, and every finished job adds one more such chain of passes,
 # each of which stats the inputs of every ready job: in a 200-subject local run the
-# scheduler alone took 0.65 of a core (docs/benchmarks.md; snakemake PR #3744). A local
-# run has nothing to rate-limit, and the scheduler still runs whenever a job finishes.
-# Cluster runs keep the limiter (it paces sbatch).
-onstart:
-    if workflow.local_exec and getattr(getattr(workflow, "scheduler", None), "job_rate_limiter", None):
-        workflow.scheduler.job_rate_limiter = None
-        print("cmb: local run, Snakemake's job-rate limiter is off", file=sys.stderr)
+# scheduler alone took 0.65 of a core (docs/benchmarks.md; snakemake PR #3744). The local
+# profile sets 100000/30s, which passes the same jobs with a thirtieth of the passes. Its
+# timers are not daemon threads (Python's threading.Timer), so Snakemake would wait up to
+# 30 s before it exits: once the run is over, the pending ones are cancelled.
+def cancel_pending_timers():
+    for thread in threading.enumerate():
+        if isinstance(thread, threading.Timer):
+            thread.cancel()
+
+
+onsuccess:
+    cancel_pending_timers()
+
+
+onerror:
+    cancel_pending_timers()
 
 
 # With --sdm apptainer every job runs in this image (containers/build.sh; docs/cluster.md).
@@ -56,10 +65,11 @@ include: "rules/report.smk"
 include: "rules/cohort.smk"
 
 
+# The failures table (it needs every subject job's status record, so every subject job
+# runs), the MNI MARS map, the dataset description, and the cohort tables
+# (cohort/cmb_counts.csv, cmb_detections.csv) and QC page (cohort/cmb_report.html).
 rule all:
-    """The failures table (it needs every subject job's status record, so every subject
-    job runs), the MNI MARS map, the dataset description, and the cohort tables
-    (cohort/cmb_counts.csv, cmb_detections.csv) and QC page (cohort/cmb_report.html)."""
+    default_target: True
     input:
         f"{OUT}/failures.csv",
         MNI_MARS,
@@ -67,4 +77,3 @@ rule all:
         COHORT["counts"],
         COHORT["detections"],
         COHORT_REPORT["html"],
-    default_target: True

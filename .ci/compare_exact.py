@@ -43,21 +43,37 @@ from pathlib import Path
 
 SKIP_DIRS = {"logs", "benchmarks"}
 # JSON keys (anywhere in a document) whose values name versions, paths or times
-IGNORED_KEYS = {"software", "cmb_version", "torch_version", "git", "model_dir", "config_sha256",
-                "timings", "seconds", "time"}
+IGNORED_KEYS = {
+    "software",
+    "cmb_version",
+    "torch_version",
+    "git",
+    "model_dir",
+    "config_sha256",
+    "timings",
+    "seconds",
+    "time",
+}
 MASK = "<provenance>"
-SVG_PATTERNS = [re.compile(r"<dc:date>[^<]*</dc:date>"),
-                re.compile(r"Matplotlib v[0-9][^,<\"]*, https://matplotlib\.org/")]
+SVG_PATTERNS = [
+    re.compile(r"<dc:date>[^<]*</dc:date>"),
+    re.compile(r"Matplotlib v[0-9][^,<\"]*, https://matplotlib\.org/"),
+]
 # the pages' browser-storage keys: a hash of the output folder's path (ratings, verdicts)
-HTML_PATTERNS = [re.compile(r'("storage_key": ")[0-9a-f]{12}(")'),
-                 re.compile(r'("cmb-ratings:" \+ document\.title \+ ":)[0-9a-f]{12}(")')]
+HTML_PATTERNS = [
+    re.compile(r'("storage_key": ")[0-9a-f]{12}(")'),
+    re.compile(r'("cmb-ratings:" \+ document\.title \+ ":)[0-9a-f]{12}(")'),
+]
 # an HTML table row of a flattened JSON document: <th>a.b[0].c</th><td>...</td>
 HTML_ROW = re.compile(r"(<th>)([^<]*)(</th>\s*<td>)(.*?)(</td>)", re.S)
 
 
 def files(root: Path) -> set[str]:
-    return {p.relative_to(root).as_posix() for p in root.rglob("*")
-            if p.is_file() and p.relative_to(root).parts[0] not in SKIP_DIRS}
+    return {
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and p.relative_to(root).parts[0] not in SKIP_DIRS
+    }
 
 
 def _key_ignored(dotted: str) -> bool:
@@ -70,7 +86,10 @@ def _key_ignored(dotted: str) -> bool:
 def mask_json(obj, key: str = ""):
     """The document with the values of ignored keys replaced by MASK."""
     if isinstance(obj, dict):
-        return {k: (MASK if _key_ignored(f"{key}.{k}") else mask_json(v, f"{key}.{k}")) for k, v in obj.items()}
+        return {
+            k: (MASK if _key_ignored(f"{key}.{k}") else mask_json(v, f"{key}.{k}"))
+            for k, v in obj.items()
+        }
     if isinstance(obj, list):
         return [mask_json(v, f"{key}[{i}]") for i, v in enumerate(obj)]
     return obj
@@ -102,21 +121,35 @@ def canonical(rel: str, data: bytes, subs: list[tuple[str, str]]) -> bytes:
     if rel.endswith(".html"):
         for pat in HTML_PATTERNS:
             text = pat.sub(lambda m: m.group(1) + MASK + m.group(2), text)
-        text = HTML_ROW.sub(lambda m: m.group(1) + m.group(2) + m.group(3)
-                            + (MASK if _key_ignored(m.group(2)) else m.group(4)) + m.group(5), text)
+        text = HTML_ROW.sub(
+            lambda m: (
+                m.group(1)
+                + m.group(2)
+                + m.group(3)
+                + (MASK if _key_ignored(m.group(2)) else m.group(4))
+                + m.group(5)
+            ),
+            text,
+        )
     return text.encode("utf-8")
 
 
 def first_difference(a: bytes, b: bytes) -> str:
     n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-    ctx = lambda s: s[max(0, n - 40):n + 40].decode("utf-8", "replace").replace("\n", "\\n")  # noqa: E731
+    ctx = lambda s: s[max(0, n - 40) : n + 40].decode("utf-8", "replace").replace("\n", "\\n")  # noqa: E731
     return f"at byte {n}: {ctx(a)!r} vs {ctx(b)!r}"
 
 
-def compare(a_root: Path, b_root: Path, pairs: list[tuple[str, str]]) -> tuple[list[str], dict[str, int]]:
+def compare(
+    a_root: Path, b_root: Path, pairs: list[tuple[str, str]]
+) -> tuple[list[str], dict[str, int]]:
     # the pairs first: one may name the output folder as a run saw it (/data/out in the container)
-    subs_a = [(a, f"<PATH{i}>") for i, (a, _) in enumerate(pairs)] + [(str(a_root.absolute()), "<OUT>")]
-    subs_b = [(b, f"<PATH{i}>") for i, (_, b) in enumerate(pairs)] + [(str(b_root.absolute()), "<OUT>")]
+    subs_a = [(a, f"<PATH{i}>") for i, (a, _) in enumerate(pairs)] + [
+        (str(a_root.absolute()), "<OUT>")
+    ]
+    subs_b = [(b, f"<PATH{i}>") for i, (_, b) in enumerate(pairs)] + [
+        (str(b_root.absolute()), "<OUT>")
+    ]
     problems: list[str] = []
     counts = {"identical": 0, "masked": 0}
     kinds: dict[str, int] = {}
@@ -144,8 +177,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("a_out", type=Path)
     p.add_argument("b_out", type=Path)
-    p.add_argument("--paths", action="append", default=[], metavar="A=B",
-                   help="a path as run A wrote it and as run B wrote it (e.g. the BIDS input)")
+    p.add_argument(
+        "--paths",
+        action="append",
+        default=[],
+        metavar="A=B",
+        help="a path as run A wrote it and as run B wrote it (e.g. the BIDS input)",
+    )
     args = p.parse_args(argv)
     pairs = []
     for item in args.paths:
@@ -159,8 +197,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     problems, counts = compare(args.a_out, args.b_out, pairs)
     kinds = ", ".join(f"{n} .{k}" for k, n in sorted(counts["kinds"].items()))
-    print(f"compared {counts['files']} files ({kinds}): {counts['identical']} identical bytes, "
-          f"{counts['masked']} identical apart from provenance fields (versions, paths, times)")
+    print(
+        f"compared {counts['files']} files ({kinds}): {counts['identical']} identical bytes, "
+        f"{counts['masked']} identical apart from provenance fields (versions, paths, times)"
+    )
     for line in problems:
         print(f"  DIFF {line}")
     if not counts["files"] or not any(k.startswith("nii") for k in counts["kinds"]):

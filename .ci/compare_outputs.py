@@ -53,15 +53,21 @@ def compare(a_root: Path, b_root: Path) -> tuple[list[str], dict[str, int]]:
             ia, ib = nib.load(a), nib.load(b)
             da, db = np.asanyarray(ia.dataobj), np.asanyarray(ib.dataobj)
             if da.shape != db.shape or da.dtype != db.dtype:
-                problems.append(f"NIfTI shape/dtype differs: {rel} {da.shape}/{da.dtype} vs {db.shape}/{db.dtype}")
+                problems.append(
+                    f"NIfTI shape/dtype differs: {rel} {da.shape}/{da.dtype} vs {db.shape}/{db.dtype}"
+                )
             elif np.array_equal(da, db, equal_nan=np.issubdtype(da.dtype, np.floating)):
                 pass
-            elif rel.endswith("_probseg.nii.gz") and np.allclose(da, db, rtol=PROBSEG_RTOL, atol=0, equal_nan=True):
+            elif rel.endswith("_probseg.nii.gz") and np.allclose(
+                da, db, rtol=PROBSEG_RTOL, atol=0, equal_nan=True
+            ):
                 counts["rounded"] += 1
             else:
                 diff = np.abs(da.astype(np.float64) - db.astype(np.float64))
-                problems.append(f"NIfTI data differs: {rel} (max |diff| {np.nanmax(diff):.3g}, "
-                                f"{int(np.count_nonzero(diff))} voxels)")
+                problems.append(
+                    f"NIfTI data differs: {rel} (max |diff| {np.nanmax(diff):.3g}, "
+                    f"{int(np.count_nonzero(diff))} voxels)"
+                )
             if not np.allclose(ia.affine, ib.affine, rtol=0, atol=1e-6):
                 problems.append(f"NIfTI affine differs: {rel}")
         elif rel.endswith(".mat"):
@@ -79,10 +85,15 @@ def main(argv: list[str]) -> int:
         return 2
     a_root, b_root = Path(argv[0]), Path(argv[1])
     problems, counts = compare(a_root, b_root)
-    print(f"compared {counts['table']} CSV/TSV tables, {counts['nifti']} NIfTI images, "
-          f"{counts['binary']} transforms; {counts['present']} other files checked for presence"
-          + (f"; {counts['rounded']} confidence map(s) equal within rtol {PROBSEG_RTOL:g}, not exactly"
-             if counts["rounded"] else ""))
+    print(
+        f"compared {counts['table']} CSV/TSV tables, {counts['nifti']} NIfTI images, "
+        f"{counts['binary']} transforms; {counts['present']} other files checked for presence"
+        + (
+            f"; {counts['rounded']} confidence map(s) equal within rtol {PROBSEG_RTOL:g}, not exactly"
+            if counts["rounded"]
+            else ""
+        )
+    )
     for line in problems:
         print(f"  DIFF {line}")
     if not counts["table"] or not counts["nifti"]:

@@ -1,19 +1,19 @@
 """Helpers of .ci/slurm_test.sh (a real single-node SLURM run of profiles/slurm).
 
-    python .ci/slurm_check.py default-resources PROFILE_YAML
-        print the profile's default-resources as KEY=VALUE words (to append one on the
-        command line: --default-resources on the command line replaces the profile's list)
+python .ci/slurm_check.py default-resources PROFILE_YAML
+    print the profile's default-resources as KEY=VALUE words (to append one on the
+    command line: --default-resources on the command line replaces the profile's list)
 
-    python .ci/slurm_check.py check --repo REPO --log SNAKEMAKE_LOG --slurmctld-log LOG
-                                    --scontrol SCONTROL_DUMP [--expect-gpu-rule detect_cmb]
-        assert that every non-local job of the run went through sbatch, that only rules
-        declared local ran on the submit host, and that the jobs of the GPU rule (when it
-        is in the DAG) asked SLURM for a GPU while the others did not. Prints each
-        assertion that ran; exit 1 on the first failed group of assertions.
+python .ci/slurm_check.py check --repo REPO --log SNAKEMAKE_LOG --slurmctld-log LOG
+                                --scontrol SCONTROL_DUMP [--expect-gpu-rule detect_cmb]
+    assert that every non-local job of the run went through sbatch, that only rules
+    declared local ran on the submit host, and that the jobs of the GPU rule (when it
+    is in the DAG) asked SLURM for a GPU while the others did not. Prints each
+    assertion that ran; exit 1 on the first failed group of assertions.
 
-    python .ci/slurm_check.py array --scontrol SCONTROL_DUMP --rule detect_cmb --expect N
-        assert that the N jobs of RULE ran as the tasks of one SLURM array job, each
-        asking for a GPU (a rerun with --slurm-array-jobs RULE).
+python .ci/slurm_check.py array --scontrol SCONTROL_DUMP --rule detect_cmb --expect N
+    assert that the N jobs of RULE ran as the tasks of one SLURM array job, each
+    asking for a GPU (a rerun with --slurm-array-jobs RULE).
 """
 
 from __future__ import annotations
@@ -38,7 +38,10 @@ def default_resources(profile: Path) -> list[str]:
 def declared_local_rules(repo: Path) -> set[str]:
     """Rules that run on the submit host: ``localrule: True``, ``localrules:`` or no action."""
     local: set[str] = set()
-    texts = [p.read_text(encoding="utf-8") for p in [repo / "Snakefile", *sorted((repo / "rules").glob("*.smk"))]]
+    texts = [
+        p.read_text(encoding="utf-8")
+        for p in [repo / "Snakefile", *sorted((repo / "rules").glob("*.smk"))]
+    ]
     for text in texts:
         for m in re.finditer(r"^localrules:\s*(.+)$", text, re.MULTILINE):
             local.update(n.strip() for n in m.group(1).split(",") if n.strip())
@@ -57,8 +60,10 @@ JOB_HEADER = re.compile(r"^\s*(?:\[[^\]]*\]\s*)?(localrule|rule)\s+(\w+):\s*$")
 def job_stats(log_text: str) -> Counter:
     """The head's "Job stats" table: jobs per rule in the DAG of the run."""
     stats: Counter = Counter()
-    m = re.search(r"^Job stats:\n.*?\n-+\s+-+\n(.*?)^total\s+\d+", log_text, re.MULTILINE | re.DOTALL)
-    for line in (m.group(1).splitlines() if m else []):
+    m = re.search(
+        r"^Job stats:\n.*?\n-+\s+-+\n(.*?)^total\s+\d+", log_text, re.MULTILINE | re.DOTALL
+    )
+    for line in m.group(1).splitlines() if m else []:
         parts = line.split()
         if len(parts) == 2 and parts[1].isdigit():
             stats[parts[0]] += int(parts[1])
@@ -74,7 +79,7 @@ def rule_blocks(text: str) -> list[tuple[str, str, str]]:
         if not m:
             continue
         wildcards = ""
-        for nxt in lines[i + 1:i + 15]:
+        for nxt in lines[i + 1 : i + 15]:
             if JOB_HEADER.match(nxt) or not nxt.strip():
                 break
             w = re.match(r"^\s*wildcards:\s*(.*)$", nxt)
@@ -87,7 +92,9 @@ def rule_blocks(text: str) -> list[tuple[str, str, str]]:
 
 def asks_for_gpu(scontrol_line: str) -> bool:
     """Whether a ``scontrol show job -o`` line requests or holds a GPU."""
-    return bool(re.search(r"TresPerJob=\S*gpu|TresPerNode=\S*gpu|AllocTRES=\S*gres/gpu", scontrol_line))
+    return bool(
+        re.search(r"TresPerJob=\S*gpu|TresPerNode=\S*gpu|AllocTRES=\S*gres/gpu", scontrol_line)
+    )
 
 
 def check(args) -> int:
@@ -107,14 +114,20 @@ def check(args) -> int:
     local = Counter(rule for kind, rule, _ in rule_blocks(log_text) if kind == "localrule")
     remote = stats - local  # jobs the head handed to the SLURM executor
     submitted = {}  # snakemake jobid -> (slurm jobid, log path)
-    for m in re.finditer(r"Job (\S+) has been submitted with SLURM jobid (\d+) \(log: ([^)]*)\)", log_text):
+    for m in re.finditer(
+        r"Job (\S+) has been submitted with SLURM jobid (\d+) \(log: ([^)]*)\)", log_text
+    ):
         submitted[m.group(1)] = (m.group(2), m.group(3))
     ctld_ids = set(re.findall(r"_slurm_rpc_submit_batch_job: JobId=(\d+)", ctld))
-    n_groups = sum(1 for _, path in submitted.values() if "/group_" in path)  # plugin's log folder names
-    print(f"  DAG: {sum(stats.values())} jobs; {sum(remote.values())} for SLURM "
-          f"({', '.join(f'{r} x{n}' for r, n in sorted(remote.items()))}) in {len(submitted)} sbatch "
-          f"submission(s), {n_groups} of them group jobs; {sum(local.values())} local "
-          f"({', '.join(sorted(local)) or 'none'})")
+    n_groups = sum(
+        1 for _, path in submitted.values() if "/group_" in path
+    )  # plugin's log folder names
+    print(
+        f"  DAG: {sum(stats.values())} jobs; {sum(remote.values())} for SLURM "
+        f"({', '.join(f'{r} x{n}' for r, n in sorted(remote.items()))}) in {len(submitted)} sbatch "
+        f"submission(s), {n_groups} of them group jobs; {sum(local.values())} local "
+        f"({', '.join(sorted(local)) or 'none'})"
+    )
     if not stats:
         print("  [FAIL] no 'Job stats' table in the Snakemake log")
         return 1
@@ -144,16 +157,23 @@ def check(args) -> int:
             problems.append(f"SLURM job log shows no finished job: {path}")
     in_slurm = Counter(rule for rule, _ in ran)
     if in_slurm != remote:
-        problems.append(f"jobs per rule for SLURM {dict(sorted(remote.items()))} != "
-                        f"jobs per rule in the SLURM job logs {dict(sorted(in_slurm.items()))}")
-    verdict(f"each of the {sum(remote.values())} non-local jobs ran inside a SLURM job "
-            f"(its own or its group's, per-job SLURM logs)", problems)
+        problems.append(
+            f"jobs per rule for SLURM {dict(sorted(remote.items()))} != "
+            f"jobs per rule in the SLURM job logs {dict(sorted(in_slurm.items()))}"
+        )
+    verdict(
+        f"each of the {sum(remote.values())} non-local jobs ran inside a SLURM job "
+        f"(its own or its group's, per-job SLURM logs)",
+        problems,
+    )
 
     # 3. only rules declared local ran on the submit host
     allowed = declared_local_rules(repo)
     stray = sorted(set(local) - allowed)
-    verdict("only rules declared local ran on the submit host",
-            [f"ran locally but not declared local: {', '.join(stray)}"] if stray else [])
+    verdict(
+        "only rules declared local ran on the submit host",
+        [f"ran locally but not declared local: {', '.join(stray)}"] if stray else [],
+    )
 
     # 4. GPU requests, from scontrol show job -o of every submitted job
     jobs = {}
@@ -183,7 +203,10 @@ def check(args) -> int:
     if gpu_rule and in_dag:
         if n_gpu == 0:
             problems.append(f"{gpu_rule} is in the DAG but no submitted SLURM job carries its name")
-        verdict(f"the {n_gpu} {gpu_rule} job(s) asked SLURM for a GPU (gres/gpu), no other job did", problems)
+        verdict(
+            f"the {n_gpu} {gpu_rule} job(s) asked SLURM for a GPU (gres/gpu), no other job did",
+            problems,
+        )
     else:
         print(f"  [SKIP] GPU request of {gpu_rule}: the rule is not in this workflow's DAG yet")
         verdict("no CPU job asked SLURM for a GPU", problems)
@@ -193,15 +216,20 @@ def check(args) -> int:
 
 def check_array(args) -> int:
     """The jobs of ``args.rule`` in the dump are ``args.expect`` tasks of one array job, each with a GPU."""
-    tasks = [line for line in Path(args.scontrol).read_text().splitlines()
-             if re.search(rf"\bComment=rule_{re.escape(args.rule)}(_wildcards_\S*)?(\s|$)", line) and "ArrayJobId=" in line]
+    tasks = [
+        line
+        for line in Path(args.scontrol).read_text().splitlines()
+        if re.search(rf"\bComment=rule_{re.escape(args.rule)}(_wildcards_\S*)?(\s|$)", line)
+        and "ArrayJobId=" in line
+    ]
     arrays = Counter(re.search(r"\bArrayJobId=(\d+)", line).group(1) for line in tasks)
-    no_gpu = [line[:200] for line in tasks
-              if not asks_for_gpu(line)]
+    no_gpu = [line[:200] for line in tasks if not asks_for_gpu(line)]
     ok = len(arrays) == 1 and next(iter(arrays.values())) == args.expect and not no_gpu
     tag = "PASS" if ok else "FAIL"
-    print(f"  [{tag}] with --slurm-array-jobs {args.rule}, its {args.expect} jobs ran as one SLURM array "
-          f"with a GPU each (array tasks per array job: {dict(arrays)})")
+    print(
+        f"  [{tag}] with --slurm-array-jobs {args.rule}, its {args.expect} jobs ran as one SLURM array "
+        f"with a GPU each (array tasks per array job: {dict(arrays)})"
+    )
     for line in no_gpu:
         print(f"         no GPU asked: {line}")
     return 0 if ok else 1

@@ -52,8 +52,12 @@ def main(argv=None) -> int:
     p.add_argument("--mag", required=True)
     p.add_argument("--phase", required=True)
     p.add_argument("--echo-times", help="seconds, comma-separated (the crop records none)")
-    p.add_argument("--paramagnetic-phase", default="negative", choices=["positive", "negative"],
-                   help="sign of a paramagnetic shift in the raw phase (unknown for the crop: both are reported)")
+    p.add_argument(
+        "--paramagnetic-phase",
+        default="negative",
+        choices=["positive", "negative"],
+        help="sign of a paramagnetic shift in the raw phase (unknown for the crop: both are reported)",
+    )
     p.add_argument("--model", default=str(DEFAULT_MODEL))
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
@@ -69,14 +73,23 @@ def main(argv=None) -> int:
             for rule in (True, False):
                 t = detect(img, mask, ph, model, vessel_rule_enabled=rule).table
                 kept = t[t["above_threshold"] & ~t["rejected"]]
-                rows.append({"phase": phase_name if ph is None else f"{phase_name} (paramagnetic {sign})",
-                             "vessel_rule": rule, "candidates": len(t),
-                             "above_threshold": int(t["above_threshold"].sum()),
-                             "rejected_vessel": int((t["above_threshold"] & t["rejected"]).sum()),
-                             "false_positives": len(kept),
-                             "max_confidence": float(t["confidence"].max()) if len(t) else float("nan")})
-    print(f"{args.mag}: {img.shape}, voxels {tuple(round(float(z), 3) for z in img.header.get_zooms()[:3])} mm, "
-          f"threshold {model.card['threshold']:.3f}")
+                rows.append(
+                    {
+                        "phase": phase_name
+                        if ph is None
+                        else f"{phase_name} (paramagnetic {sign})",
+                        "vessel_rule": rule,
+                        "candidates": len(t),
+                        "above_threshold": int(t["above_threshold"].sum()),
+                        "rejected_vessel": int((t["above_threshold"] & t["rejected"]).sum()),
+                        "false_positives": len(kept),
+                        "max_confidence": float(t["confidence"].max()) if len(t) else float("nan"),
+                    }
+                )
+    print(
+        f"{args.mag}: {img.shape}, voxels {tuple(round(float(z), 3) for z in img.header.get_zooms()[:3])} mm, "
+        f"threshold {model.card['threshold']:.3f}"
+    )
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return 0
 

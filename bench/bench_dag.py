@@ -28,7 +28,9 @@ REPO = Path(__file__).resolve().parents[1]
 def make_layout(root: Path, n: int, layout: str) -> int:
     """Write an n-subject BIDS tree of empty files; return the number of NIfTI files."""
     root.mkdir(parents=True, exist_ok=True)
-    (root / "dataset_description.json").write_text(json.dumps({"Name": "bench", "BIDSVersion": "1.10.0"}))
+    (root / "dataset_description.json").write_text(
+        json.dumps({"Name": "bench", "BIDSVersion": "1.10.0"})
+    )
     rows = ["participant_id"]
     count = 0
     if layout == "megre":
@@ -48,7 +50,11 @@ def make_layout(root: Path, n: int, layout: str) -> int:
             for p in names[1:]:
                 Path(str(p).replace(".nii.gz", ".json")).write_text('{"EchoTime": 0.02}')
         elif layout == "megre":
-            names += [anat / f"{sub}_echo-{e}_part-{part}_MEGRE.nii.gz" for e in (1, 2, 3) for part in ("mag", "phase")]
+            names += [
+                anat / f"{sub}_echo-{e}_part-{part}_MEGRE.nii.gz"
+                for e in (1, 2, 3)
+                for part in ("mag", "phase")
+            ]
         else:
             names += [anat / f"{sub}_swi.nii.gz"]
         for p in names:
@@ -60,17 +66,33 @@ def make_layout(root: Path, n: int, layout: str) -> int:
 
 def dry_run(bids: Path, out: Path, work: Path, *extra: str) -> tuple[float, int, str]:
     """Seconds for one ``snakemake -n``, the number of jobs, and the job table."""
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    cmd = [sys.executable, "-m", "snakemake", "-n", *extra, "-s", str(REPO / "Snakefile"),
-           "-d", str(work), "--config", f"bids_dir={bids}", f"output_dir={out}"]
+    env = dict(
+        os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-n",
+        *extra,
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(work),
+        "--config",
+        f"bids_dir={bids}",
+        f"output_dir={out}",
+    ]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        cmd, check=False, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL
+    )
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         sys.exit(f"snakemake -n failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     text = proc.stdout + proc.stderr
     m = re.search(r"^total\s+(\d+)", text, re.MULTILINE)
-    table = text[text.find("Job stats:"):] if "Job stats:" in text else ""
+    table = text[text.find("Job stats:") :] if "Job stats:" in text else ""
     return seconds, int(m.group(1)) if m else -1, table.split("\n\n")[0]
 
 
@@ -86,9 +108,15 @@ def print_measures(rows) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--subjects", type=int, default=2000)
-    p.add_argument("--layout", choices=["gre", "megre", "swi"], default="gre",
-                   help="gre: T1w + swi/ part-mag/phase GRE with sidecars; megre: T1w + 3-echo mag/phase")
-    p.add_argument("--keep", type=Path, help="build the layout here and keep it (default: a temp folder)")
+    p.add_argument(
+        "--layout",
+        choices=["gre", "megre", "swi"],
+        default="gre",
+        help="gre: T1w + swi/ part-mag/phase GRE with sidecars; megre: T1w + 3-echo mag/phase",
+    )
+    p.add_argument(
+        "--keep", type=Path, help="build the layout here and keep it (default: a temp folder)"
+    )
     args = p.parse_args(argv)
 
     base = args.keep or Path(tempfile.mkdtemp(prefix="cmb-bench-dag-"))

@@ -32,17 +32,40 @@ import pandas as pd
 def run_repeats(args, device: str, tmp: Path) -> tuple[list[dict], Path]:
     rows, first = [], None
     for r in range(args.repeats):
-        out = {k: str(tmp / f"{device}{r}_{k}") for k in ("table.tsv", "side.json", "dseg.nii.gz", "prob.nii.gz")}
-        cmd = [sys.executable, "-m", "cmb.detect", "--image", args.image, "--mask", args.mask,
-               "--out-table", out["table.tsv"], "--out-sidecar", out["side.json"], "--out-dseg", out["dseg.nii.gz"],
-               "--out-prob", out["prob.nii.gz"], "--threads", str(args.threads), "--batch-size", str(args.batch_size)]
+        out = {
+            k: str(tmp / f"{device}{r}_{k}")
+            for k in ("table.tsv", "side.json", "dseg.nii.gz", "prob.nii.gz")
+        }
+        cmd = [
+            sys.executable,
+            "-m",
+            "cmb.detect",
+            "--image",
+            args.image,
+            "--mask",
+            args.mask,
+            "--out-table",
+            out["table.tsv"],
+            "--out-sidecar",
+            out["side.json"],
+            "--out-dseg",
+            out["dseg.nii.gz"],
+            "--out-prob",
+            out["prob.nii.gz"],
+            "--threads",
+            str(args.threads),
+            "--batch-size",
+            str(args.batch_size),
+        ]
         cmd += ["--phase", args.phase] if args.phase else []
         cmd += ["--model", args.model] if args.model else []
         cmd += ["--cpu"] if device == "cpu" else []
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         t0 = time.perf_counter()
-        subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         wall = time.perf_counter() - t0
         rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         side = json.loads(Path(out["side.json"]).read_text())
@@ -50,9 +73,18 @@ def run_repeats(args, device: str, tmp: Path) -> tuple[list[dict], Path]:
             raise SystemExit(f"asked for {device}, the detect stage ran on {side['device']}")
         table = Path(out["table.tsv"]).read_bytes()
         first = first or table
-        rows.append({"device": device, "repeat": r + 1, "wall_s": wall, **{f"{k}_s": v for k, v in side["seconds"].items()},
-                     "candidates": side["n_candidates"], "peak_rss_mb": max(rss, before) / 1024,
-                     "gpu_peak_mb": side.get("gpu_peak_mb"), "same_table_as_repeat_1": table == first})
+        rows.append(
+            {
+                "device": device,
+                "repeat": r + 1,
+                "wall_s": wall,
+                **{f"{k}_s": v for k, v in side["seconds"].items()},
+                "candidates": side["n_candidates"],
+                "peak_rss_mb": max(rss, before) / 1024,
+                "gpu_peak_mb": side.get("gpu_peak_mb"),
+                "same_table_as_repeat_1": table == first,
+            }
+        )
     return rows, Path(out["table.tsv"])
 
 
@@ -63,12 +95,19 @@ def agreement(cpu_table: Path, cuda_table: Path) -> dict:
     m = a.merge(b, on=["i", "j", "k"], how="outer", suffixes=("_cpu", "_cuda"), indicator=True)
     both = m[m["_merge"] == "both"]
     diff = (both["confidence_cpu"] - both["confidence_cuda"]).abs()
-    return {"candidates_cpu": len(a), "candidates_cuda": len(b), "only_cpu": int((m["_merge"] == "left_only").sum()),
-            "only_cuda": int((m["_merge"] == "right_only").sum()),
-            "max_abs_confidence_diff": float(diff.max()) if len(diff) else 0.0,
-            "median_abs_confidence_diff": float(np.median(diff)) if len(diff) else 0.0,
-            "above_threshold_cpu": int(a["above_threshold"].sum()), "above_threshold_cuda": int(b["above_threshold"].sum()),
-            "above_threshold_disagreements": int((both["above_threshold_cpu"] != both["above_threshold_cuda"]).sum())}
+    return {
+        "candidates_cpu": len(a),
+        "candidates_cuda": len(b),
+        "only_cpu": int((m["_merge"] == "left_only").sum()),
+        "only_cuda": int((m["_merge"] == "right_only").sum()),
+        "max_abs_confidence_diff": float(diff.max()) if len(diff) else 0.0,
+        "median_abs_confidence_diff": float(np.median(diff)) if len(diff) else 0.0,
+        "above_threshold_cpu": int(a["above_threshold"].sum()),
+        "above_threshold_cuda": int(b["above_threshold"].sum()),
+        "above_threshold_disagreements": int(
+            (both["above_threshold_cpu"] != both["above_threshold_cuda"]).sum()
+        ),
+    }
 
 
 def main(argv=None) -> int:
@@ -91,8 +130,10 @@ def main(argv=None) -> int:
             rows += r
         agree = agreement(tables["cpu"], tables["cuda"]) if len(tables) == 2 else None
     shape = nib.load(args.image).shape
-    print(f"{args.image}: {shape}, {args.threads} threads, batch {args.batch_size}, "
-          f"load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"{args.image}: {shape}, {args.threads} threads, batch {args.batch_size}, "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     if agree:
         print("CPU vs CUDA:", json.dumps(agree))

@@ -44,8 +44,20 @@ def _synth(bids: Path, n: int, seed: int, t1w: bool) -> None:
         return
     tmp = bids.with_name(bids.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    cmd = [sys.executable, "-m", "cmb.cli", "synth", "--out", str(tmp), "--preset", "tiny",
-           "--n-subjects", str(n), "--seed", str(seed)] + (["--t1w"] if t1w else [])
+    cmd = [
+        sys.executable,
+        "-m",
+        "cmb.cli",
+        "synth",
+        "--out",
+        str(tmp),
+        "--preset",
+        "tiny",
+        "--n-subjects",
+        str(n),
+        "--seed",
+        str(seed),
+    ] + (["--t1w"] if t1w else [])
     print(f"generating {n} tiny subjects (not timed) ...", flush=True)
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     tmp.rename(bids)
@@ -55,8 +67,11 @@ def _targets(bids: Path, out: Path) -> list[str]:
     if WEIGHTS.is_file():
         return []  # the default target: failures.csv and everything it needs
     subs = sorted(p.name for p in bids.glob("sub-*") if p.is_dir())
-    return [f"{out}/status/{rule}/{s}/{s}_status.json" for s in subs
-            for rule in ("register_to_mni", "plot_brain_mask", "plot_registration")]
+    return [
+        f"{out}/status/{rule}/{s}/{s}_status.json"
+        for s in subs
+        for rule in ("register_to_mni", "plot_brain_mask", "plot_registration")
+    ]
 
 
 class _TreeSampler(threading.Thread):
@@ -114,10 +129,21 @@ def main(argv=None) -> int:
     p.add_argument("--cores", type=int, default=2)
     p.add_argument("--work", type=Path, default=Path("/tmp/cmb-bench-load"))
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--t1w", action="store_true", help="subjects with a T1w (registration through it)")
-    p.add_argument("--keep", action="store_true", help="keep the outputs of an earlier run (default: rerun all)")
-    p.add_argument("--config", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="more workflow settings, as snakemake --config, e.g. register='{syn: false}'")
+    p.add_argument(
+        "--t1w", action="store_true", help="subjects with a T1w (registration through it)"
+    )
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the outputs of an earlier run (default: rerun all)",
+    )
+    p.add_argument(
+        "--config",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="more workflow settings, as snakemake --config, e.g. register='{syn: false}'",
+    )
     args = p.parse_args(argv)
 
     work = args.work.absolute()
@@ -133,14 +159,35 @@ def main(argv=None) -> int:
 
     env = dict(os.environ, TMPDIR=str(tmpdir))
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    base = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work),
-            "--config", f"bids_dir={bids}", f"output_dir={out}", *args.config]
+    base = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(work),
+        "--config",
+        f"bids_dir={bids}",
+        f"output_dir={out}",
+        *args.config,
+    ]
     targets = _targets(bids, out)
-    cmd = [*base, "--profile", str(REPO / "profiles" / "local"), "--cores", str(args.cores), "--", *targets]
+    cmd = [
+        *base,
+        "--profile",
+        str(REPO / "profiles" / "local"),
+        "--cores",
+        str(args.cores),
+        "--",
+        *targets,
+    ]
     print(f"running {args.n_subjects} subjects on {args.cores} cores ...", flush=True)
     t0 = time.perf_counter()
     log = open(work / "snakemake.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+    )
     sampler = _TreeSampler(proc.pid)
     sampler.start()
     rc = proc.wait()
@@ -163,31 +210,52 @@ def main(argv=None) -> int:
     per_core = job_sum / args.cores
     leaked_tmp = sorted(str(p.relative_to(tmpdir)) for p in tmpdir.rglob("*"))
     partials = sorted(str(p.relative_to(out)) for p in out.rglob(".*.tmp*"))
-    failed = (out / "failures.csv").read_text().count("\n") - 1 if (out / "failures.csv").is_file() else None
-    status_failed = sum('"status": "ok"' not in f.read_text() for f in (out / "status").rglob("*.json"))
+    failed = (
+        (out / "failures.csv").read_text().count("\n") - 1
+        if (out / "failures.csv").is_file()
+        else None
+    )
+    status_failed = sum(
+        '"status": "ok"' not in f.read_text() for f in (out / "status").rglob("*.json")
+    )
 
     print()
-    print(f"machine: {platform.machine()}, {psutil.cpu_count()} CPUs, "
-          f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}, "
-          f"load average (1 min) at the end: {os.getloadavg()[0]:.1f}")
-    print(f"targets: {'all (failures.csv)' if not targets else 'up to register_to_mni and plot_qc'}"
-          + (f"; settings: {' '.join(args.config)}" if args.config else ""))
+    print(
+        f"machine: {platform.machine()}, {psutil.cpu_count()} CPUs, "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}, "
+        f"load average (1 min) at the end: {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"targets: {'all (failures.csv)' if not targets else 'up to register_to_mni and plot_qc'}"
+        + (f"; settings: {' '.join(args.config)}" if args.config else "")
+    )
     print()
     print("| measure | value |")
     print("|---|---|")
     print(f"| subjects | {args.n_subjects} |")
     print(f"| wall time | {wall:.0f} s |")
-    print(f"| throughput | {args.n_subjects / wall * 3600:.0f} subjects/hour ({wall / args.n_subjects:.1f} s/subject) |")
+    print(
+        f"| throughput | {args.n_subjects / wall * 3600:.0f} subjects/hour ({wall / args.n_subjects:.1f} s/subject) |"
+    )
     print(f"| job time / cores | {per_core:.0f} s (sum of job wall times {job_sum:.0f} s) |")
-    print(f"| Snakemake overhead (wall - job time / cores) | {wall - per_core:.0f} s "
-          f"({100 * (wall - per_core) / wall:.0f}% of wall) |")
-    print(f"| DAG build + nothing-to-do check (`-n`) | {dag:.1f} s ({'nothing to do' if nothing else 'JOBS LEFT'}) |")
+    print(
+        f"| Snakemake overhead (wall - job time / cores) | {wall - per_core:.0f} s "
+        f"({100 * (wall - per_core) / wall:.0f}% of wall) |"
+    )
+    print(
+        f"| DAG build + nothing-to-do check (`-n`) | {dag:.1f} s ({'nothing to do' if nothing else 'JOBS LEFT'}) |"
+    )
     print(f"| peak RSS, whole process tree | {sampler.peak_total / 2**30:.2f} GiB |")
-    print(f"| peak RSS, one process | {sampler.peak_one / 2**30:.2f} GiB ({sampler.peak_one_name}) |")
+    print(
+        f"| peak RSS, one process | {sampler.peak_one / 2**30:.2f} GiB ({sampler.peak_one_name}) |"
+    )
     print(f"| most processes at once | {sampler.max_procs} |")
     print(f"| leaked files in TMPDIR | {len(leaked_tmp)} |")
     print(f"| atomic-write leftovers under the output | {len(partials)} |")
-    print(f"| stage records not ok | {status_failed} |" + ("" if failed is None else f" failures.csv rows: {failed} |"))
+    print(
+        f"| stage records not ok | {status_failed} |"
+        + ("" if failed is None else f" failures.csv rows: {failed} |")
+    )
     print()
     print("| rule | jobs | mean s | max s | total s |")
     print("|---|---|---|---|---|")

@@ -35,8 +35,18 @@ from cmb.synth import SynthOptions, synthesize
 def run(work: Path, n_subjects: int, n_cmb: int, seed: int, preset: str) -> pd.DataFrame:
     bids = work / "bids"
     if not (bids / "dataset_description.json").is_file():
-        synthesize(SynthOptions(out=bids, n_subjects=n_subjects, seed=seed, preset=preset, n_cmb=n_cmb,
-                                with_t1w=True, parcellation=True), log=print)
+        synthesize(
+            SynthOptions(
+                out=bids,
+                n_subjects=n_subjects,
+                seed=seed,
+                preset=preset,
+                n_cmb=n_cmb,
+                with_t1w=True,
+                parcellation=True,
+            ),
+            log=print,
+        )
     mni_mars = work / "mni_mars_dseg.nii.gz"
     if not mni_mars.is_file():
         write_mars_map(mni_mars)
@@ -53,28 +63,51 @@ def run(work: Path, n_subjects: int, n_cmb: int, seed: int, preset: str) -> pd.D
         nib.save(nib.Nifti1Image(mag.get_fdata(dtype=np.float32), mag.affine), image)
         nib.save(nib.Nifti1Image((mask.get_fdata() > 0).astype(np.uint8), mask.affine), brain)
         t0 = time.perf_counter()
-        report = register_subject(image, brain, out / sub_dir.name, t1w=next(sub_dir.glob("anat/*_T1w.nii.gz")),
-                                  mars_mni=mni_mars, out_mars=out / "mars_dseg.nii.gz",
-                                  parcellation=find_parcellation(root, sub), parcellation_root=root)
+        report = register_subject(
+            image,
+            brain,
+            out / sub_dir.name,
+            t1w=next(sub_dir.glob("anat/*_T1w.nii.gz")),
+            mars_mni=mni_mars,
+            out_mars=out / "mars_dseg.nii.gz",
+            parcellation=find_parcellation(root, sub),
+            parcellation_root=root,
+        )
         seconds = time.perf_counter() - t0
         img = nib.load(image)
-        maps = {"parcellation": np.asanyarray(nib.load(out / "mars_dseg.nii.gz").dataobj),
-                "atlas": np.asanyarray(warp_labels_to_native(nib.load(mni_mars), img,
-                                                             xfm_paths(out / sub_dir.name)).dataobj)}
+        maps = {
+            "parcellation": np.asanyarray(nib.load(out / "mars_dseg.nii.gz").dataobj),
+            "atlas": np.asanyarray(
+                warp_labels_to_native(
+                    nib.load(mni_mars), img, xfm_paths(out / sub_dir.name)
+                ).dataobj
+            ),
+        }
         cmbs = pd.read_csv(next(truth_dir.glob("*_label-CMB_dseg.tsv")), sep="\t")
         xyz = cmbs[["x_mm", "y_mm", "z_mm"]].to_numpy()
-        ijk = tuple(np.rint((np.linalg.inv(img.affine) @ np.c_[xyz, np.ones(len(xyz))].T)[:3]).astype(int))
-        row = {"subject": sub_dir.name, "n_cmb": len(cmbs), "register_s": round(seconds, 1),
-               "brain_dice": report["parcellation"]["brain_dice"],
-               "voxel_category_agreement": report["parcellation"]["atlas_category_agreement"]}
+        ijk = tuple(
+            np.rint((np.linalg.inv(img.affine) @ np.c_[xyz, np.ones(len(xyz))].T)[:3]).astype(int)
+        )
+        row = {
+            "subject": sub_dir.name,
+            "n_cmb": len(cmbs),
+            "register_s": round(seconds, 1),
+            "brain_dice": report["parcellation"]["brain_dice"],
+            "voxel_category_agreement": report["parcellation"]["atlas_category_agreement"],
+        }
         called = {k: [decode_label(v) for v in m[ijk].tolist()] for k, m in maps.items()}
         for k, c in called.items():
-            row[f"{k}_category"] = float(np.mean([a[0] == b for a, b in zip(c, cmbs["mars_category"])]))
+            row[f"{k}_category"] = float(
+                np.mean([a[0] == b for a, b in zip(c, cmbs["mars_category"])])
+            )
             row[f"{k}_region"] = float(np.mean([a[1] == b for a, b in zip(c, cmbs["mars_region"])]))
-        row["routes_agree"] = float(np.mean([a[0] == b[0] for a, b in zip(called["parcellation"], called["atlas"])]))
-        row["_counts"] = {k: [sum(a[0] == b for a, b in zip(c, cmbs["mars_category"])) for c in [called[k]]][0]
-                          for k in called} | {"agree": sum(a[0] == b[0] for a, b in
-                                                           zip(called["parcellation"], called["atlas"]))}
+        row["routes_agree"] = float(
+            np.mean([a[0] == b[0] for a, b in zip(called["parcellation"], called["atlas"])])
+        )
+        row["_counts"] = {
+            k: [sum(a[0] == b for a, b in zip(c, cmbs["mars_category"])) for c in [called[k]]][0]
+            for k in called
+        } | {"agree": sum(a[0] == b[0] for a, b in zip(called["parcellation"], called["atlas"]))}
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "_counts"}))
     return pd.DataFrame(rows)
@@ -93,8 +126,10 @@ def main() -> int:
     counts = pd.DataFrame(list(df.pop("_counts")))
     print()
     print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print(f"\npooled over {n} CMBs: category correct, parcellation route {counts['parcellation'].sum() / n:.3f}, "
-          f"atlas route {counts['atlas'].sum() / n:.3f}; the two routes agree on {counts['agree'].sum() / n:.3f}")
+    print(
+        f"\npooled over {n} CMBs: category correct, parcellation route {counts['parcellation'].sum() / n:.3f}, "
+        f"atlas route {counts['atlas'].sum() / n:.3f}; the two routes agree on {counts['agree'].sum() / n:.3f}"
+    )
     return 0
 
 

@@ -22,16 +22,25 @@ import sys
 import time
 from pathlib import Path
 
-FLAGS = ["--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--no-sandbox",
-         "--host-resolver-rules=MAP * ~NOTFOUND"]
+FLAGS = [
+    "--use-angle=swiftshader",
+    "--enable-unsafe-swiftshader",
+    "--no-sandbox",
+    "--host-resolver-rules=MAP * ~NOTFOUND",
+]
 
 
 def page_weight(page: Path) -> dict:
     html = page.read_text(encoding="utf-8")
-    m = re.search(r'<script type="application/json" id="cmb-review-data">(.*?)</script>', html, re.S)
+    m = re.search(
+        r'<script type="application/json" id="cmb-review-data">(.*?)</script>', html, re.S
+    )
     layers = json.loads(m.group(1))["layers"] if m else []
-    return {"html_bytes": len(html.encode()), "embedded_bytes": sum(len(la.get("b64", "")) for la in layers),
-            "layers": ", ".join(la["id"] + ("" if "b64" in la else " (url)") for la in layers)}
+    return {
+        "html_bytes": len(html.encode()),
+        "embedded_bytes": sum(len(la.get("b64", "")) for la in layers),
+        "layers": ", ".join(la["id"] + ("" if "b64" in la else " (url)") for la in layers),
+    }
 
 
 def load_seconds(page: Path, runs: int, chromium: str) -> tuple[float, float]:
@@ -62,7 +71,10 @@ def main(argv=None) -> int:
     pages = sorted(p for p in args.derivatives.glob("sub-*/**/*_report.html"))
     viewer = args.derivatives / "viewer" / "niivue.umd.js"
     if not pages or not viewer.is_file():
-        print(f"no subject pages with the viewer under {args.derivatives} (run the workflow first)", file=sys.stderr)
+        print(
+            f"no subject pages with the viewer under {args.derivatives} (run the workflow first)",
+            file=sys.stderr,
+        )
         return 2
     print(f"viewer script {viewer.stat().st_size / 1e6:.2f} MB (once per output folder)")
     print("| page | page MB | embedded layers MB | layers | page load s | viewer ready s |")
@@ -70,8 +82,10 @@ def main(argv=None) -> int:
     for page in pages:
         w = page_weight(page)
         shown, ready = load_seconds(page, args.runs, args.chromium)
-        print(f"| {page.relative_to(args.derivatives)} | {w['html_bytes'] / 1e6:.2f} | {w['embedded_bytes'] / 1e6:.2f} "
-              f"| {w['layers']} | {shown:.2f} | {ready:.2f} |")
+        print(
+            f"| {page.relative_to(args.derivatives)} | {w['html_bytes'] / 1e6:.2f} | {w['embedded_bytes'] / 1e6:.2f} "
+            f"| {w['layers']} | {shown:.2f} | {ready:.2f} |"
+        )
     return 0
 
 

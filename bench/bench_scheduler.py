@@ -55,8 +55,13 @@ def run(folder: Path, extra: list[str]) -> tuple[float, float]:
     for p in (folder / "out").glob("*"):
         p.unlink()
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "-q", *extra], cwd=folder,
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "2", "-q", *extra],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     wall = time.perf_counter() - t0
     m = re.search(r"SELF_CPU ([\d.]+)", proc.stdout + proc.stderr)
     if m is None:
@@ -69,9 +74,14 @@ def main() -> int:
     p.add_argument("--n", type=int, default=400, help="chains of two jobs")
     p.add_argument("--sleep", type=float, default=0.2, help="seconds per job")
     args = p.parse_args()
-    cases = [("default (100/1s)", []), ("no limiter (the workflow's hook)", ["--config", "no_limiter=1"]),
-             ("100000/30s", ["--max-jobs-per-timespan", "100000/30s"])]
-    print(f"{2 * args.n} jobs of {args.sleep} s, --cores 2; {platform.machine()}, Python {platform.python_version()}\n")
+    cases = [
+        ("default (100/1s)", []),
+        ("no limiter (the workflow's hook)", ["--config", "no_limiter=1"]),
+        ("100000/30s", ["--max-jobs-per-timespan", "100000/30s"]),
+    ]
+    print(
+        f"{2 * args.n} jobs of {args.sleep} s, --cores 2; {platform.machine()}, Python {platform.python_version()}\n"
+    )
     print("| limiter | Snakemake CPU (s) | wall (s) |\n|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="cmb-bench-scheduler-") as tmp:
         folder = Path(tmp)

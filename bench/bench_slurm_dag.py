@@ -34,15 +34,37 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_dag import make_layout, print_measures  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-HEADER = re.compile(r"^(?P<indent>\s*)(?:\[[^\]]*\]\s*)?(?:(?P<kind>localrule|rule)\s+(?P<rule>\w+):|Group job)")
+HEADER = re.compile(
+    r"^(?P<indent>\s*)(?:\[[^\]]*\]\s*)?(?:(?P<kind>localrule|rule)\s+(?P<rule>\w+):|Group job)"
+)
 
 
-def dry_run(bids: Path, out: Path, work: Path, profile: Path, extra: list[str]) -> tuple[float, str]:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    cmd = [sys.executable, "-m", "snakemake", "-n", "--profile", str(profile), "-s", str(REPO / "Snakefile"),
-           "-d", str(work), "--config", f"bids_dir={bids}", f"output_dir={out}", *extra]  # extra: more --config
+def dry_run(
+    bids: Path, out: Path, work: Path, profile: Path, extra: list[str]
+) -> tuple[float, str]:
+    env = dict(
+        os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-n",
+        "--profile",
+        str(profile),
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(work),
+        "--config",
+        f"bids_dir={bids}",
+        f"output_dir={out}",
+        *extra,
+    ]  # extra: more --config
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        cmd, check=False, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL
+    )
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         sys.exit(f"snakemake -n failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -65,11 +87,27 @@ def parse_time(bids: Path, out: Path, work: Path, extra: list[str]) -> float:
     Every SLURM job starts a Snakemake that reads the Snakefile again before it runs its
     rule, so this is a floor on the start-up cost of each job.
     """
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    cmd = [sys.executable, "-m", "snakemake", "--list-rules", "-s", str(REPO / "Snakefile"), "-d", str(work),
-           "--config", f"bids_dir={bids}", f"output_dir={out}", *extra]
+    env = dict(
+        os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--list-rules",
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(work),
+        "--config",
+        f"bids_dir={bids}",
+        f"output_dir={out}",
+        *extra,
+    ]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        cmd, check=False, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL
+    )
     if proc.returncode != 0:
         sys.exit(f"snakemake --list-rules failed:\n{proc.stderr[-3000:]}")
     return time.perf_counter() - t0
@@ -92,8 +130,13 @@ def submissions(text: str, local_names: set[str]) -> dict:
             members[m.group("rule")] += 1
         else:
             top_rules[m.group("rule")] += 1
-    return {"sbatch": groups + sum(top_rules.values()), "groups": groups, "ungrouped": top_rules,
-            "grouped": members, "local": local}
+    return {
+        "sbatch": groups + sum(top_rules.values()),
+        "groups": groups,
+        "ungrouped": top_rules,
+        "grouped": members,
+        "local": local,
+    }
 
 
 def main(argv=None) -> int:
@@ -101,7 +144,9 @@ def main(argv=None) -> int:
     p.add_argument("--subjects", type=int, default=2000)
     p.add_argument("--layout", choices=["gre", "megre", "swi"], default="gre")
     p.add_argument("--profile", type=Path, default=REPO / "profiles" / "slurm")
-    p.add_argument("--keep", type=Path, help="build the layout here and keep it (default: a temp folder)")
+    p.add_argument(
+        "--keep", type=Path, help="build the layout here and keep it (default: a temp folder)"
+    )
     args = p.parse_args(argv)
 
     base = args.keep or Path(tempfile.mkdtemp(prefix="cmb-bench-slurm-dag-"))
@@ -142,12 +187,20 @@ def main(argv=None) -> int:
             ("snakemake -n --profile slurm, first (builds the pybids index)", f"{first:.1f} s"),
             ("snakemake -n --profile slurm, again (reuses the index)", f"{grouped_s:.1f} s"),
             ("snakemake -n, profile without groups", f"{ungrouped_s:.1f} s"),
-            ("sbatch calls with groups", f"{g['sbatch']} ({g['sbatch'] / n:.2f} per subject; "
-                                         f"{g['groups']} group jobs + {sum(g['ungrouped'].values())} single jobs)"),
+            (
+                "sbatch calls with groups",
+                f"{g['sbatch']} ({g['sbatch'] / n:.2f} per subject; "
+                f"{g['groups']} group jobs + {sum(g['ungrouped'].values())} single jobs)",
+            ),
             ("sbatch calls without groups", f"{u['sbatch']} ({u['sbatch'] / n:.2f} per subject)"),
-            ("jobs on the submit host (local rules)", f"{sum(g['local'].values())} "
-                                                       f"({', '.join(sorted(g['local'])) or 'none'})"),
-            ("snakemake --list-rules (Snakefile read, inputs planned: each job's start-up)", f"{startup:.1f} s"),
+            (
+                "jobs on the submit host (local rules)",
+                f"{sum(g['local'].values())} ({', '.join(sorted(g['local'])) or 'none'})",
+            ),
+            (
+                "snakemake --list-rules (Snakefile read, inputs planned: each job's start-up)",
+                f"{startup:.1f} s",
+            ),
             ("load average (1 min) at the end", f"{load:.1f} on {os.cpu_count()} cores"),
         ]
         print_measures(rows)

@@ -39,7 +39,9 @@ def _synth(work: Path, t1w: bool) -> Path:
         from cmb.synth import SynthOptions, synthesize
 
         print("generating one swi-3t subject (not timed) ...", flush=True)
-        synthesize(SynthOptions(out=bids, n_subjects=1, seed=5, preset="swi-3t", with_t1w=t1w), log=print)
+        synthesize(
+            SynthOptions(out=bids, n_subjects=1, seed=5, preset="swi-3t", with_t1w=t1w), log=print
+        )
     return bids
 
 
@@ -97,7 +99,9 @@ def _labels(work: Path, threads: int) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "cmb-bench-spine")
+    ap.add_argument(
+        "--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "cmb-bench-spine"
+    )
     ap.add_argument("--t1w", action="store_true", help="register through a T1w of the same session")
     ap.add_argument("--labels", action="store_true", help="time nearestNeighbor vs genericLabel")
     ap.add_argument("--naive", action="store_true", help="time full-resolution N4 and 1 mm SyN")
@@ -105,40 +109,109 @@ def main() -> None:
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     bids = _synth(work, args.t1w)
-    env = {**os.environ, "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": str(args.threads),
-           "OMP_NUM_THREADS": str(args.threads), "OPENBLAS_NUM_THREADS": str(args.threads)}
+    env = {
+        **os.environ,
+        "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": str(args.threads),
+        "OMP_NUM_THREADS": str(args.threads),
+        "OPENBLAS_NUM_THREADS": str(args.threads),
+    }
     py = sys.executable
     out, tpl = work / "out", work / "tpl"
     out.mkdir(exist_ok=True)
     mars = tpl / "tpl-MNI152NLin2009cAsym_res-1_desc-mars_dseg.nii.gz"
     rows = []
 
-    t_mars = _run([py, "-m", "cmb.mars_map", "--out-dseg", str(mars),
-                   "--out-tsv", str(mars).replace(".nii.gz", ".tsv")], env)
+    t_mars = _run(
+        [
+            py,
+            "-m",
+            "cmb.mars_map",
+            "--out-dseg",
+            str(mars),
+            "--out-tsv",
+            str(mars).replace(".nii.gz", ".tsv"),
+        ],
+        env,
+    )
 
     mag = next(bids.rglob("sub-01*part-mag*.nii.gz"))
     phase = next(bids.rglob("sub-01*part-phase*.nii.gz"))
     t1w = next(bids.rglob("sub-01*_T1w.nii.gz"), None) if args.t1w else None
     ing = {k: out / f"sub-01_desc-ingested_{k}.nii.gz" for k in ("T2starw", "phase", "T1w")}
-    cmd = [py, "-m", "cmb.ingest", "run", "--subject", "01", "--kind", "gre_phase", "--mag", str(mag),
-           "--phase", str(phase), "--bids-dir", str(bids), "--out-mag", str(ing["T2starw"]),
-           "--out-phase", str(ing["phase"]), "--out-json", str(out / "sub-01_desc-ingest.json")]
+    cmd = [
+        py,
+        "-m",
+        "cmb.ingest",
+        "run",
+        "--subject",
+        "01",
+        "--kind",
+        "gre_phase",
+        "--mag",
+        str(mag),
+        "--phase",
+        str(phase),
+        "--bids-dir",
+        str(bids),
+        "--out-mag",
+        str(ing["T2starw"]),
+        "--out-phase",
+        str(ing["phase"]),
+        "--out-json",
+        str(out / "sub-01_desc-ingest.json"),
+    ]
     if t1w is not None:
         cmd += ["--t1w", str(t1w), "--out-t1w", str(ing["T1w"])]
     t_ingest = _run(cmd, env)
-    convention = json.loads(next(bids.rglob("sub-01*_synth.json")).read_text())["paramagnetic_phase"]
+    convention = json.loads(next(bids.rglob("sub-01*_synth.json")).read_text())[
+        "paramagnetic_phase"
+    ]
 
-    t_pre = _run([py, "-m", "cmb.preprocess", "--mag", str(ing["T2starw"]), "--phase", str(ing["phase"]),
-                  "--paramagnetic-phase", convention, "--threads", str(args.threads),
-                  "--out-mag", str(out / "sub-01_desc-preproc_T2starw.nii.gz"),
-                  "--out-mask", str(out / "sub-01_desc-brain_mask.nii.gz"),
-                  "--out-phase", str(out / "sub-01_desc-preproc_phase.nii.gz"),
-                  "--out-json", str(out / "sub-01_desc-preproc.json")], env)
-    cmd = [py, "-m", "cmb.registration", "--image", str(out / "sub-01_desc-preproc_T2starw.nii.gz"),
-           "--mask", str(out / "sub-01_desc-brain_mask.nii.gz"), "--out-prefix", str(out / "sub-01"),
-           "--out-quality", str(out / "sub-01_desc-registration_qc.json"), "--mars-mni", str(mars),
-           "--out-mars", str(out / "sub-01_desc-mars_dseg.nii.gz"),
-           "--out-mars-tsv", str(out / "sub-01_desc-mars_dseg.tsv"), "--threads", str(args.threads)]
+    t_pre = _run(
+        [
+            py,
+            "-m",
+            "cmb.preprocess",
+            "--mag",
+            str(ing["T2starw"]),
+            "--phase",
+            str(ing["phase"]),
+            "--paramagnetic-phase",
+            convention,
+            "--threads",
+            str(args.threads),
+            "--out-mag",
+            str(out / "sub-01_desc-preproc_T2starw.nii.gz"),
+            "--out-mask",
+            str(out / "sub-01_desc-brain_mask.nii.gz"),
+            "--out-phase",
+            str(out / "sub-01_desc-preproc_phase.nii.gz"),
+            "--out-json",
+            str(out / "sub-01_desc-preproc.json"),
+        ],
+        env,
+    )
+    cmd = [
+        py,
+        "-m",
+        "cmb.registration",
+        "--image",
+        str(out / "sub-01_desc-preproc_T2starw.nii.gz"),
+        "--mask",
+        str(out / "sub-01_desc-brain_mask.nii.gz"),
+        "--out-prefix",
+        str(out / "sub-01"),
+        "--out-quality",
+        str(out / "sub-01_desc-registration_qc.json"),
+        "--mars-mni",
+        str(mars),
+        "--out-mars",
+        str(out / "sub-01_desc-mars_dseg.nii.gz"),
+        "--out-mars-tsv",
+        str(out / "sub-01_desc-mars_dseg.tsv"),
+        "--threads",
+        str(args.threads),
+    ]
     if t1w is not None:
         cmd += ["--t1w", str(ing["T1w"])]
     t_reg = _run(cmd, env)
@@ -155,17 +228,27 @@ def main() -> None:
     ]
     rows += [_row(f"  {k}", v) for k, v in pre["timings"].items() if k != "total_s"]
     rows += [_row("  (start-up: imports)", t_pre - pre["timings"]["total_s"])]
-    rows += [_row("register + MARS warp", t_reg, f"NMI {reg['quality']['nmi']}, "
-                  f"mask Dice {reg['quality']['mask_dice']}, SyN {reg['quality']['syn']}")]
+    rows += [
+        _row(
+            "register + MARS warp",
+            t_reg,
+            f"NMI {reg['quality']['nmi']}, "
+            f"mask Dice {reg['quality']['mask_dice']}, SyN {reg['quality']['syn']}",
+        )
+    ]
     rows += [_row(f"  {k}", v) for k, v in reg["timings"].items() if k != "total_s"]
     rows += [_row("  (start-up: imports)", t_reg - reg["timings"]["total_s"])]
-    rows += [_row("TOTAL ingest + preprocess + register", total, "target <= 60 s"),
-             _row("TOTAL preprocess + register", t_pre + t_reg, "")]
+    rows += [
+        _row("TOTAL ingest + preprocess + register", total, "target <= 60 s"),
+        _row("TOTAL preprocess + register", t_pre + t_reg, ""),
+    ]
     if args.labels:
         rows += _labels(work, args.threads)
     if args.naive:
         rows += _naive(work, args.threads)
-    print(f"\nthreads={args.threads}  cpu_count={os.cpu_count()}  load average at end={os.getloadavg()[0]:.2f}")
+    print(
+        f"\nthreads={args.threads}  cpu_count={os.cpu_count()}  load average at end={os.getloadavg()[0]:.2f}"
+    )
     print("\n".join(rows))
 
 

@@ -52,8 +52,12 @@ def run(preset: str, n: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "bids"
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        proc = subprocess.run([sys.executable, "-c", CHILD, preset, str(n), str(out)], capture_output=True, text=True,
-                              check=True)
+        proc = subprocess.run(
+            [sys.executable, "-c", CHILD, preset, str(n), str(out)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         rss_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         res = json.loads(proc.stdout.strip().splitlines()[-1])
         res["peak_rss_gb"] = max(rss_kb, before) / 1024**2
@@ -66,29 +70,54 @@ def determinism(preset: str = "tiny") -> bool:
         digests = []
         for name in ("a", "b"):
             out = Path(tmp) / name
-            subprocess.run([sys.executable, "-m", "cmb.cli", "synth", "--out", str(out), "--n-subjects", "2",
-                            "--seed", "9", "--preset", preset], check=True, capture_output=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "cmb.cli",
+                    "synth",
+                    "--out",
+                    str(out),
+                    "--n-subjects",
+                    "2",
+                    "--seed",
+                    "9",
+                    "--preset",
+                    preset,
+                ],
+                check=True,
+                capture_output=True,
+            )
             digests.append(_digest(out))
         return digests[0] == digests[1]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--presets", nargs="+", default=["tiny", "swi-3t", "gre-1.5t", "gre-3t", "megre"])
+    ap.add_argument(
+        "--presets", nargs="+", default=["tiny", "swi-3t", "gre-1.5t", "gre-3t", "megre"]
+    )
     ap.add_argument("--subjects", type=int, default=3)
     args = ap.parse_args()
     print(f"# cmb synth benchmark, {os.cpu_count()} CPUs, torch threads default")
-    print(f"| preset | subjects | head model load (s) | median s/subject | max s/subject | peak RSS (GB) |")
+    print(
+        "| preset | subjects | head model load (s) | median s/subject | max s/subject | peak RSS (GB) |"
+    )
     print("|---|---|---|---|---|---|")
     for preset in args.presets:
         n = args.subjects
         r = run(preset, n)
         per = sorted(r["per_subject_s"])
-        print(f"| {preset} | {n} | {r['setup_s']:.1f} | {per[len(per) // 2]:.1f} | {per[-1]:.1f} | "
-              f"{r['peak_rss_gb']:.2f} |", flush=True)
+        print(
+            f"| {preset} | {n} | {r['setup_s']:.1f} | {per[len(per) // 2]:.1f} | {per[-1]:.1f} | "
+            f"{r['peak_rss_gb']:.2f} |",
+            flush=True,
+        )
     t = time.perf_counter()
     same = determinism()
-    print(f"\nsame seed, identical voxel data (tiny, 2 subjects, two runs): {same} ({time.perf_counter() - t:.0f} s)")
+    print(
+        f"\nsame seed, identical voxel data (tiny, 2 subjects, two runs): {same} ({time.perf_counter() - t:.0f} s)"
+    )
 
 
 if __name__ == "__main__":

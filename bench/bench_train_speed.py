@@ -31,18 +31,38 @@ def measure(scan: Scan, device: str, args) -> dict:
     t1 = time.perf_counter()
     val = sample_scan(scan, keep_all=True, device=device)
     t2 = time.perf_counter()
-    cfg = TrainConfig(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
-                      patience=args.epochs, ema=0.99, seed=0)
+    cfg = TrainConfig(
+        epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch,
+        batch_size=args.batch_size,
+        patience=args.epochs,
+        ema=0.99,
+        seed=0,
+    )
     with tempfile.TemporaryDirectory() as tmp:
-        train_model([train], [val], Path(tmp) / "m", cfg, {"name": "bench"}, log_path=Path(tmp) / "log.csv",
-                    progress=False, device=device)
+        train_model(
+            [train],
+            [val],
+            Path(tmp) / "m",
+            cfg,
+            {"name": "bench"},
+            log_path=Path(tmp) / "log.csv",
+            progress=False,
+            device=device,
+        )
         log = pd.read_csv(Path(tmp) / "log.csv")
     t3 = time.perf_counter()
     epochs = log["seconds"].diff().fillna(log["seconds"])
-    return {"device": device, "sample_train_scan_s": t1 - t0, "sample_val_scan_s": t2 - t1,
-            "train_patches": len(train.labels), "val_candidates": len(val.labels),
-            "first_epoch_s": epochs.iloc[0], "later_epoch_s": epochs.iloc[1:].mean() if len(epochs) > 1 else None,
-            "operating_point_s": (t3 - t2) - log["seconds"].iloc[-1]}
+    return {
+        "device": device,
+        "sample_train_scan_s": t1 - t0,
+        "sample_val_scan_s": t2 - t1,
+        "train_patches": len(train.labels),
+        "val_candidates": len(val.labels),
+        "first_epoch_s": epochs.iloc[0],
+        "later_epoch_s": epochs.iloc[1:].mean() if len(epochs) > 1 else None,
+        "operating_point_s": (t3 - t2) - log["seconds"].iloc[-1],
+    }
 
 
 def main(argv=None) -> int:
@@ -58,12 +78,21 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    scan = Scan("sub-bench", "bench", Path(args.image), Path(args.mask), Path(args.phase) if args.phase else None,
-                Path(args.truth))
+    scan = Scan(
+        "sub-bench",
+        "bench",
+        Path(args.image),
+        Path(args.mask),
+        Path(args.phase) if args.phase else None,
+        Path(args.truth),
+    )
     devices = ("cpu", "cuda") if args.device == "both" else (args.device,)
     rows = [measure(scan, d, args) for d in devices]
-    print(f"{args.image}: {args.epochs} epochs of {args.steps_per_epoch} steps x {args.batch_size} patches, "
-          f"{args.threads} CPU threads" + (f", {torch.cuda.get_device_name(0)}" if "cuda" in devices else ""))
+    print(
+        f"{args.image}: {args.epochs} epochs of {args.steps_per_epoch} steps x {args.batch_size} patches, "
+        f"{args.threads} CPU threads"
+        + (f", {torch.cuda.get_device_name(0)}" if "cuda" in devices else "")
+    )
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     return 0
 

@@ -22,8 +22,17 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Scan", "scan_key", "acquisition_label", "is_nifti", "truth_files", "paired_scans", "derivative_table",
-           "find_scans", "derivative_scans"]
+__all__ = [
+    "Scan",
+    "scan_key",
+    "acquisition_label",
+    "is_nifti",
+    "truth_files",
+    "paired_scans",
+    "derivative_table",
+    "find_scans",
+    "derivative_scans",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -134,7 +143,9 @@ def acquisition_label(truth_path: Path) -> str:
     return acq.group(1) if acq else "unknown"
 
 
-def find_scans(detections_dir, truth_dir, pattern: str = "*detections.tsv") -> tuple[list, list[str]]:
+def find_scans(
+    detections_dir, truth_dir, pattern: str = "*detections.tsv"
+) -> tuple[list, list[str]]:
     """Pair detection tables with ground truth by their ``sub``/``ses``/``run`` entities.
 
     Truth files as :func:`truth_files` finds them; detection files match ``pattern``
@@ -154,7 +165,9 @@ def find_scans(detections_dir, truth_dir, pattern: str = "*detections.tsv") -> t
         if key in dets:
             raise ValueError(f"two detection files for {key}: {dets[key]} and {path}")
         dets[key] = path
-    scans = [(key, acquisition_label(path), dets.get(key), path) for key, path in sorted(truth.items())]
+    scans = [
+        (key, acquisition_label(path), dets.get(key), path) for key, path in sorted(truth.items())
+    ]
     return scans, [str(dets[k]) for k in sorted(set(dets) - set(truth))]
 
 

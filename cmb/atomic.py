@@ -75,7 +75,11 @@ def _remove_stale_temporaries(path: Path, suffix: str) -> None:
         return
     for name in names:
         # mkstemp's random part has no dots: ".a.nii.gz.x1y2.tmp.nii.gz", not ".a.nii.gz.b.x1y2..."
-        middle = name[len(prefix):len(name) - len(end)] if name.startswith(prefix) and name.endswith(end) else ""
+        middle = (
+            name[len(prefix) : len(name) - len(end)]
+            if name.startswith(prefix) and name.endswith(end)
+            else ""
+        )
         if middle and "." not in middle:
             with contextlib.suppress(OSError):
                 (path.parent / name).unlink()
@@ -115,8 +119,12 @@ def save_nifti(img: nib.Nifti1Image, path) -> None:
                 img = img.__class__(np.asfortranarray(data), img.affine, img.header)
             payload = img.to_bytes()
             # no file name and a zero time in the gzip header: the same image gives the same bytes
-            with open(tmp, "wb") as raw, _igzip.IGzipFile(filename="", mode="wb", compresslevel=1,
-                                                          fileobj=raw, mtime=0) as f:
+            with (
+                open(tmp, "wb") as raw,
+                _igzip.IGzipFile(
+                    filename="", mode="wb", compresslevel=1, fileobj=raw, mtime=0
+                ) as f,
+            ):
                 f.write(payload)
         else:
             nib.save(img, tmp)

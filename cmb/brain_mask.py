@@ -116,7 +116,9 @@ def head_mask(data: np.ndarray, zooms=(1.0, 1.0, 1.0)) -> np.ndarray:
     return _fill_holes(mask)
 
 
-def rough_brain_mask(data: np.ndarray, head: np.ndarray, zooms=(1.0, 1.0, 1.0), erode_mm: float = 5.0) -> np.ndarray:
+def rough_brain_mask(
+    data: np.ndarray, head: np.ndarray, zooms=(1.0, 1.0, 1.0), erode_mm: float = 5.0
+) -> np.ndarray:
     """Bright tissue inside the head, separated from the scalp by erosion across the skull.
 
     The erosion cuts the thin bridges left where the dark skull is partial-volumed;
@@ -133,7 +135,9 @@ def rough_brain_mask(data: np.ndarray, head: np.ndarray, zooms=(1.0, 1.0, 1.0), 
     return _fill_holes(_dilate(core, erode_mm + 1.0, zooms) & tissue | core)
 
 
-def template_brain_prior(work: nib.Nifti1Image, rough: np.ndarray, step_mm: int = 4) -> tuple[np.ndarray, np.ndarray]:
+def template_brain_prior(
+    work: nib.Nifti1Image, rough: np.ndarray, step_mm: int = 4
+) -> tuple[np.ndarray, np.ndarray]:
     """The template brain mask, affinely registered onto ``work``'s grid.
 
     Parameters
@@ -161,12 +165,20 @@ def template_brain_prior(work: nib.Nifti1Image, rough: np.ndarray, step_mm: int 
     tpl, tpl_mask = mni_target(step_mm, "swi")
     with ants_tempdir() as tmp:
         reg = ants.registration(
-            fixed, tpl, "Affine", outprefix=str(tmp / "mask_"),
-            aff_metric="mattes", aff_iterations=(500, 250), aff_shrink_factors=(2, 1), aff_smoothing_sigmas=(1, 0),
+            fixed,
+            tpl,
+            "Affine",
+            outprefix=str(tmp / "mask_"),
+            aff_metric="mattes",
+            aff_iterations=(500, 250),
+            aff_shrink_factors=(2, 1),
+            aff_smoothing_sigmas=(1, 0),
             aff_random_sampling_rate=0.3,
         )
         ref = to_ants(work, np.zeros(work.shape[:3], np.float32))
-        prior = ants.apply_transforms(ref, tpl_mask, reg["fwdtransforms"], interpolator="linear", singleprecision=True)
+        prior = ants.apply_transforms(
+            ref, tpl_mask, reg["fwdtransforms"], interpolator="linear", singleprecision=True
+        )
         tx = ants.read_transform(reg["fwdtransforms"][0])
         p = np.asarray(tx.parameters, float)
         c = np.asarray(tx.fixed_parameters, float)
@@ -178,8 +190,16 @@ def template_brain_prior(work: nib.Nifti1Image, rough: np.ndarray, step_mm: int 
     return np.clip(prior.numpy(), 0, 1).astype(np.float32), lps @ m @ lps
 
 
-def refine_brain_mask(data: np.ndarray, prior: np.ndarray, zooms=(1.0, 1.0, 1.0), *, core_mm: float = 4.0,
-                      grow_mm: float = 6.0, dark_fraction: float = 0.35, open_mm: float = 1.5) -> np.ndarray:
+def refine_brain_mask(
+    data: np.ndarray,
+    prior: np.ndarray,
+    zooms=(1.0, 1.0, 1.0),
+    *,
+    core_mm: float = 4.0,
+    grow_mm: float = 6.0,
+    dark_fraction: float = 0.35,
+    open_mm: float = 1.5,
+) -> np.ndarray:
     """Adapt a registered template mask to the subject's intensities.
 
     Parameters
@@ -220,9 +240,16 @@ def refine_brain_mask(data: np.ndarray, prior: np.ndarray, zooms=(1.0, 1.0, 1.0)
     return _fill_holes(mask)
 
 
-def compute_brain_mask(img: nib.Nifti1Image, *, work_mm: float = 2.0, register_step_mm: int = 4,
-                       core_mm: float = 4.0, grow_mm: float = 6.0, dark_fraction: float = 0.35,
-                       min_agreement: float = 0.7) -> tuple[np.ndarray, dict]:
+def compute_brain_mask(
+    img: nib.Nifti1Image,
+    *,
+    work_mm: float = 2.0,
+    register_step_mm: int = 4,
+    core_mm: float = 4.0,
+    grow_mm: float = 6.0,
+    dark_fraction: float = 0.35,
+    min_agreement: float = 0.7,
+) -> tuple[np.ndarray, dict]:
     """Brain mask of a bias-corrected SWI/T2* magnitude image (RAS, any voxel size).
 
     Parameters
@@ -255,10 +282,16 @@ def compute_brain_mask(img: nib.Nifti1Image, *, work_mm: float = 2.0, register_s
     agreement = _dice(prior > 0.5, rough)
     if agreement < min_agreement:
         # a failed template registration must not cut the brain: fall back to the rough mask
-        _log.warning("registered template mask disagrees with the intensity mask (Dice %.2f < %.2f): "
-                     "using the intensity mask", agreement, min_agreement)
+        _log.warning(
+            "registered template mask disagrees with the intensity mask (Dice %.2f < %.2f): "
+            "using the intensity mask",
+            agreement,
+            min_agreement,
+        )
         prior = rough.astype(np.float32)
-    mask = refine_brain_mask(small, prior, zooms, core_mm=core_mm, grow_mm=grow_mm, dark_fraction=dark_fraction)
+    mask = refine_brain_mask(
+        small, prior, zooms, core_mm=core_mm, grow_mm=grow_mm, dark_fraction=dark_fraction
+    )
     # back to the input grid: linear interpolation of the (slightly smoothed) mask
     up = upsample_blocks(ndi.gaussian_filter(mask.astype(np.float32), 0.5), data.shape, factors)
     full = up > 0.5

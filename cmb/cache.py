@@ -56,6 +56,8 @@ def save_arrays(key: str, arrays: dict[str, np.ndarray], meta: dict) -> None:
     try:
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
-                np.savez_compressed(f, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
+                np.savez_compressed(
+                    f, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays
+                )
     except OSError:
         pass  # a read-only home or a full disk must not stop the run

@@ -21,8 +21,14 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage as ndi
 
-__all__ = ["dark_blob_response", "inner_mask", "screen_candidates", "find_peaks", "delineate_candidates",
-           "screen_bytes"]
+__all__ = [
+    "dark_blob_response",
+    "inner_mask",
+    "screen_candidates",
+    "find_peaks",
+    "delineate_candidates",
+    "screen_bytes",
+]
 
 _TRUNCATE = 3.0
 
@@ -38,7 +44,9 @@ def _gaussian_kernel(sigma: float) -> np.ndarray:
 def _gaussian(x: torch.Tensor, sigma) -> torch.Tensor:
     """Separable Gaussian of a 3D tensor, zero outside (scipy's ``mode="constant"``)."""
     if x.device.type == "cpu":
-        out = ndi.gaussian_filter(x.numpy(), np.asarray(sigma, float), mode="constant", truncate=_TRUNCATE)
+        out = ndi.gaussian_filter(
+            x.numpy(), np.asarray(sigma, float), mode="constant", truncate=_TRUNCATE
+        )
         return torch.from_numpy(out)
     return _shifted_gaussian(x, sigma)
 
@@ -78,8 +86,12 @@ def _upsample(small: torch.Tensor, f, shape, linear: bool = True) -> torch.Tenso
     at the edges. Otherwise: the value of the voxel's own block.
     """
     if linear:
-        out = F.interpolate(small[None, None], scale_factor=tuple(float(k) for k in f), mode="trilinear",
-                            align_corners=False)[0, 0]
+        out = F.interpolate(
+            small[None, None],
+            scale_factor=tuple(float(k) for k in f),
+            mode="trilinear",
+            align_corners=False,
+        )[0, 0]
     else:
         out = small
         for axis, k in enumerate(f):
@@ -129,8 +141,14 @@ def screen_bytes(shape) -> int:
     return 16 * 4 * int(np.prod(shape))
 
 
-def dark_blob_response(mag: np.ndarray, mask: np.ndarray, spacing, radii_mm=(1.0, 1.75, 3.0),
-                       work_mm: float = 0.9, device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+def dark_blob_response(
+    mag: np.ndarray,
+    mask: np.ndarray,
+    spacing,
+    radii_mm=(1.0, 1.75, 3.0),
+    work_mm: float = 0.9,
+    device: torch.device | str = "cpu",
+) -> tuple[np.ndarray, np.ndarray]:
     """Relative darkness of blobs of each radius: ``(background - blob) / background``, best over radii.
 
     Parameters
@@ -192,7 +210,9 @@ def _pooled_maximum(x: torch.Tensor, size, cval: float | None = None) -> torch.T
     return y[0, 0]
 
 
-def inner_mask(mask: np.ndarray, spacing, min_edge_mm: float, device: torch.device | str = "cpu") -> np.ndarray:
+def inner_mask(
+    mask: np.ndarray, spacing, min_edge_mm: float, device: torch.device | str = "cpu"
+) -> np.ndarray:
     """Voxels of ``mask`` more than ``min_edge_mm`` inside it along every axis (a box erosion; outside is not mask).
 
     >>> m = np.zeros((9, 9, 9), bool); m[1:8, 1:8, 1:8] = True
@@ -207,9 +227,16 @@ def inner_mask(mask: np.ndarray, spacing, min_edge_mm: float, device: torch.devi
         return (_maximum_filter(outside, size, cval=1.0) == 0).cpu().numpy()
 
 
-def screen_candidates(mag: np.ndarray, mask: np.ndarray, spacing, threshold: float = 0.08,
-                      min_distance_mm: float = 2.5, radii_mm=(1.0, 1.75, 3.0), max_candidates: int = 5000,
-                      device: torch.device | str = "cpu") -> pd.DataFrame:
+def screen_candidates(
+    mag: np.ndarray,
+    mask: np.ndarray,
+    spacing,
+    threshold: float = 0.08,
+    min_distance_mm: float = 2.5,
+    radii_mm=(1.0, 1.75, 3.0),
+    max_candidates: int = 5000,
+    device: torch.device | str = "cpu",
+) -> pd.DataFrame:
     """Local maxima of :func:`dark_blob_response` above ``threshold``, strongest first.
 
     Returns a table with columns ``i, j, k`` (voxel), ``score`` and ``radius_mm``;
@@ -227,9 +254,15 @@ def screen_candidates(mag: np.ndarray, mask: np.ndarray, spacing, threshold: flo
     return find_peaks(response, radius, spacing, threshold, min_distance_mm, max_candidates, device)
 
 
-def find_peaks(response: np.ndarray, radius: np.ndarray, spacing, threshold: float = 0.08,
-               min_distance_mm: float = 2.5, max_candidates: int = 5000,
-               device: torch.device | str = "cpu") -> pd.DataFrame:
+def find_peaks(
+    response: np.ndarray,
+    radius: np.ndarray,
+    spacing,
+    threshold: float = 0.08,
+    min_distance_mm: float = 2.5,
+    max_candidates: int = 5000,
+    device: torch.device | str = "cpu",
+) -> pd.DataFrame:
     """Local maxima of a darkness ``response`` (:func:`dark_blob_response`); see :func:`screen_candidates`."""
     spacing = np.asarray(spacing, float)
     size = np.maximum(np.round(2 * min_distance_mm / spacing).astype(int) | 1, 1)
@@ -244,21 +277,34 @@ def find_peaks(response: np.ndarray, radius: np.ndarray, spacing, threshold: flo
         return pd.DataFrame({"i": [], "j": [], "k": [], "score": [], "radius_mm": []})
     nz = np.flatnonzero(labels)  # peaks are sparse: never sort the whole volume
     lab = labels.ravel()[nz]
-    order = np.lexsort((-response.ravel()[nz], lab))  # by label, strongest first, ties in raster order
+    order = np.lexsort(
+        (-response.ravel()[nz], lab)
+    )  # by label, strongest first, ties in raster order
     _, first = np.unique(lab[order], return_index=True)
     ijk = np.stack(np.unravel_index(nz[order[first]], labels.shape), 1).astype(int).reshape(-1, 3)
     scores = response[tuple(ijk.T)]
     order = np.argsort(-scores, kind="stable")[:max_candidates]
     ijk, scores = ijk[order], scores[order]
-    return pd.DataFrame({
-        "i": ijk[:, 0], "j": ijk[:, 1], "k": ijk[:, 2], "score": scores.astype(float),
-        "radius_mm": radius[tuple(ijk.T)].astype(float),
-    })
+    return pd.DataFrame(
+        {
+            "i": ijk[:, 0],
+            "j": ijk[:, 1],
+            "k": ijk[:, 2],
+            "score": scores.astype(float),
+            "radius_mm": radius[tuple(ijk.T)].astype(float),
+        }
+    )
 
 
-def delineate_candidates(response: np.ndarray, peaks: pd.DataFrame, spacing, phase: np.ndarray | None = None,
-                         level: float = 0.5, max_radius_mm: float = 6.0,
-                         extent_radii: float | None = None) -> tuple[np.ndarray, pd.DataFrame]:
+def delineate_candidates(
+    response: np.ndarray,
+    peaks: pd.DataFrame,
+    spacing,
+    phase: np.ndarray | None = None,
+    level: float = 0.5,
+    max_radius_mm: float = 6.0,
+    extent_radii: float | None = None,
+) -> tuple[np.ndarray, pd.DataFrame]:
     """Each candidate's blob, its size, shape and phase.
 
     The blob of a peak is the connected region around it where the darkness
@@ -323,8 +369,11 @@ def delineate_candidates(response: np.ndarray, peaks: pd.DataFrame, spacing, pha
     half = np.ceil(max_radius_mm / spacing).astype(int)
     shape = np.array(response.shape)
     ijk = table[["i", "j", "k"]].to_numpy(int).reshape(-1, 3)
-    extent = (np.minimum(extent_radii * table["radius_mm"].to_numpy(float), max_radius_mm)
-              if extent_radii is not None else np.full(n, np.inf))
+    extent = (
+        np.minimum(extent_radii * table["radius_mm"].to_numpy(float), max_radius_mm)
+        if extent_radii is not None
+        else np.full(n, np.inf)
+    )
     for row, centre in enumerate(ijk):
         lo = np.maximum(centre - half, 0)
         hi = np.minimum(centre + half + 1, shape)
@@ -342,7 +391,7 @@ def delineate_candidates(response: np.ndarray, peaks: pd.DataFrame, spacing, pha
         pts = np.argwhere(blob) * spacing
         volume[row] = len(pts)
         cov = np.cov(pts.T, bias=True) if len(pts) > 1 else np.zeros((3, 3))
-        ev = np.linalg.eigvalsh(cov + np.diag(spacing ** 2 / 12.0))  # a voxel is a box, not a point
+        ev = np.linalg.eigvalsh(cov + np.diag(spacing**2 / 12.0))  # a voxel is a box, not a point
         spher[row] = np.sqrt(max(ev[0], 0.0) / max(ev[-1], 1e-12))
         if phase is not None:
             phase_mean[row] = float(phase[box][blob].mean())

@@ -37,7 +37,12 @@ import pandas as pd
 from cmb.atomic import atomic_path, write_text
 from cmb.failures import read_record
 from cmb.mars_region import CATEGORY, REGIONS
-from cmb.phase_convention import MISMATCH_FLAG, UNCONFIDENT_FLAG, phase_convention_columns, read_phase_convention
+from cmb.phase_convention import (
+    MISMATCH_FLAG,
+    UNCONFIDENT_FLAG,
+    phase_convention_columns,
+    read_phase_convention,
+)
 from cmb.tables import COUNT_COLUMNS, DETECTION_COLUMNS, data_dictionary
 
 __all__ = [
@@ -75,10 +80,14 @@ class SubjectFiles:
     session_id: str | None
     detections: str | os.PathLike | None = None
     sidecar: str | os.PathLike | None = None
-    records: Sequence[str | os.PathLike] = field(default_factory=list)  # status records, pipeline order
+    records: Sequence[str | os.PathLike] = field(
+        default_factory=list
+    )  # status records, pipeline order
     report: str | None = None  # subject HTML, relative to the cohort report
     site: str | None = None
-    phase: str | os.PathLike | None = None  # preprocessed phase: its sidecar holds the phase convention
+    phase: str | os.PathLike | None = (
+        None  # preprocessed phase: its sidecar holds the phase convention
+    )
 
 
 # --------------------------------------------------------------------------- one subject
@@ -116,12 +125,18 @@ def stage_status(records: Iterable) -> dict:
     skipped = [r for r in recs if r.get("status") == "skipped"]
     if failed:
         r = failed[0]
-        return {"status": "failed", "failing_stage": str(r.get("stage") or _NA),
-                "failure_message": str(r.get("message") or _NA)}
+        return {
+            "status": "failed",
+            "failing_stage": str(r.get("stage") or _NA),
+            "failure_message": str(r.get("message") or _NA),
+        }
     if skipped:
         r = skipped[0]
-        return {"status": "failed", "failing_stage": str(r.get("upstream_stage") or r.get("stage") or _NA),
-                "failure_message": str(r.get("message") or _NA)}
+        return {
+            "status": "failed",
+            "failing_stage": str(r.get("upstream_stage") or r.get("stage") or _NA),
+            "failure_message": str(r.get("message") or _NA),
+        }
     return {"status": "ok", "failing_stage": _NA, "failure_message": _NA}
 
 
@@ -144,8 +159,11 @@ def count_detections(det: pd.DataFrame, anatomy: bool = True) -> dict:
         for c in CATEGORIES:
             out[f"n_{c}"] = int(cat.get(c, 0))
         out["n_unlocalized"] = out["n_cmb"] - sum(out[f"n_{c}"] for c in CATEGORIES)
-        out["mars_pattern"] = (mars_pattern(out["n_lobar"], out["n_deep"], out["n_infratentorial"])
-                               if out["n_cmb"] == 0 or out["n_unlocalized"] < out["n_cmb"] else _NA)
+        out["mars_pattern"] = (
+            mars_pattern(out["n_lobar"], out["n_deep"], out["n_infratentorial"])
+            if out["n_cmb"] == 0 or out["n_unlocalized"] < out["n_cmb"]
+            else _NA
+        )
         reg = (cmb["mars_region"] + "_" + cmb["hemisphere"]).value_counts()
         for r in REGIONS:
             for h in ("L", "R"):
@@ -157,11 +175,15 @@ def count_detections(det: pd.DataFrame, anatomy: bool = True) -> dict:
         out.update({f"n_{r}_{h}": _NA for r in REGIONS for h in ("L", "R")})
     above = det["above_threshold"].astype(str).str.lower() == "true"
     reason = det["rejected_reason"].astype(str)
-    out.update(n_candidates=len(det), n_above_threshold=int(above.sum()), n_below_threshold=int((~above).sum()),
-               n_rejected=int((det["rejected"].astype(str).str.lower() == "true").sum()),
-               n_rejected_vessel=int((reason == "vessel").sum()),
-               n_rejected_csf=int((reason == "csf").sum()),
-               n_rejected_outside_brain=int((reason == "outside_brain").sum()))
+    out.update(
+        n_candidates=len(det),
+        n_above_threshold=int(above.sum()),
+        n_below_threshold=int((~above).sum()),
+        n_rejected=int((det["rejected"].astype(str).str.lower() == "true").sum()),
+        n_rejected_vessel=int((reason == "vessel").sum()),
+        n_rejected_csf=int((reason == "csf").sum()),
+        n_rejected_outside_brain=int((reason == "outside_brain").sum()),
+    )
     return out
 
 
@@ -188,22 +210,36 @@ def qc_checks(row: dict, qc: dict | None = None) -> dict:
         out["qc_registration"] = "fail"
     elif dice is None and nmi is None:
         out["qc_registration"] = _NA
-    elif (dice is not None and dice < qc["min_registration_dice"]) or (nmi is not None and nmi < qc["min_registration_nmi"]):
+    elif (dice is not None and dice < qc["min_registration_dice"]) or (
+        nmi is not None and nmi < qc["min_registration_nmi"]
+    ):
         out["qc_registration"] = "warn"
     else:
         out["qc_registration"] = "pass"
     vol = _num(row.get("brain_mask_volume_ml"))
-    out["qc_brain_mask"] = (_NA if vol is None else
-                            "pass" if qc["min_brain_volume_ml"] <= vol <= qc["max_brain_volume_ml"] else "warn")
+    out["qc_brain_mask"] = (
+        _NA
+        if vol is None
+        else "pass"
+        if qc["min_brain_volume_ml"] <= vol <= qc["max_brain_volume_ml"]
+        else "warn"
+    )
     n_cmb, n_above = _num(row.get("n_cmb")), _num(row.get("n_above_threshold"))
     if n_cmb is None and n_above is None:
         out["qc_extreme_count"] = _NA
     else:
         extreme = (n_cmb or 0) >= qc["max_cmb"] or (n_above or 0) >= qc["max_above_threshold"]
         out["qc_extreme_count"] = "warn" if extreme else "pass"
-    flags = [name for name, key in (("failed", None), ("registration", "qc_registration"),
-                                    ("brain_mask", "qc_brain_mask"), ("extreme_count", "qc_extreme_count"))
-             if (key is None and row.get("status") == "failed") or (key and out[key] in ("warn", "fail"))]
+    flags = [
+        name
+        for name, key in (
+            ("failed", None),
+            ("registration", "qc_registration"),
+            ("brain_mask", "qc_brain_mask"),
+            ("extreme_count", "qc_extreme_count"),
+        )
+        if (key is None and row.get("status") == "failed") or (key and out[key] in ("warn", "fail"))
+    ]
     flags += [flag for flag in (MISMATCH_FLAG, UNCONFIDENT_FLAG) if row.get(flag) == "true"]
     out["qc_flags"] = ";".join(flags) if flags else _NA
     return out
@@ -244,7 +280,11 @@ def _fmt(v, spec: str) -> str:
 
 def _subject_row(s: SubjectFiles, qc: dict | None) -> tuple[dict, pd.DataFrame | None]:
     pid = s.participant_id if s.participant_id.startswith("sub-") else f"sub-{s.participant_id}"
-    sid = _NA if not s.session_id else (s.session_id if s.session_id.startswith("ses-") else f"ses-{s.session_id}")
+    sid = (
+        _NA
+        if not s.session_id
+        else (s.session_id if s.session_id.startswith("ses-") else f"ses-{s.session_id}")
+    )
     row = {"participant_id": pid, "session_id": sid, **stage_status(s.records)}
     det = _read_detections(s.detections)
     meta = _read_json(s.sidecar) if det is not None else None
@@ -258,14 +298,18 @@ def _subject_row(s: SubjectFiles, qc: dict | None) -> tuple[dict, pd.DataFrame |
     row["registration_nmi"] = _fmt(reg.get("nmi"), ".4f")
     row["registration_mask_dice"] = _fmt(reg.get("mask_dice"), ".4f")
     anatomy = bool(summary.get("anatomy_available")) if meta else False
-    row["parcellation_source"] = ((meta.get("Localization") or {}).get("parcellation_source") or _NA) if anatomy else _NA
+    row["parcellation_source"] = (
+        ((meta.get("Localization") or {}).get("parcellation_source") or _NA) if anatomy else _NA
+    )
     row["brain_mask_volume_ml"] = _fmt(summary.get("brain_mask_volume_ml"), ".1f")
     row.update(phase_convention_columns(read_phase_convention(s.phase) if s.phase else None))
     row.update(qc_checks(row, qc))
     return row, det
 
 
-def build_counts(subjects: Iterable[SubjectFiles], qc: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def build_counts(
+    subjects: Iterable[SubjectFiles], qc: dict | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The counts table and the concatenated detections table (both all text, sorted)."""
     rows, dets = [], []
     for s in subjects:
@@ -274,7 +318,9 @@ def build_counts(subjects: Iterable[SubjectFiles], qc: dict | None = None) -> tu
         if det is not None and len(det):
             dets.append(det)
     counts = pd.DataFrame(rows, columns=COUNT_COLUMNS).fillna(_NA).astype(str)
-    counts = counts.sort_values(["participant_id", "session_id"], kind="stable").reset_index(drop=True)
+    counts = counts.sort_values(["participant_id", "session_id"], kind="stable").reset_index(
+        drop=True
+    )
     return counts, build_detections(dets)
 
 
@@ -293,8 +339,10 @@ def build_detections(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
     tables = [t[t["above_threshold"].astype(str).str.lower() == "true"] for t in tables]
     if not any(len(t) for t in tables):
         return pd.DataFrame(columns=DETECTION_COLUMNS)
-    det = pd.concat([t.reindex(columns=DETECTION_COLUMNS, fill_value=_NA) for t in tables if len(t)],
-                    ignore_index=True)
+    det = pd.concat(
+        [t.reindex(columns=DETECTION_COLUMNS, fill_value=_NA) for t in tables if len(t)],
+        ignore_index=True,
+    )
     key = pd.to_numeric(det["cmb_id"], errors="coerce")
     det = det.assign(_k=key).sort_values(["participant_id", "session_id", "_k"], kind="stable")
     return det.drop(columns="_k").reset_index(drop=True)
@@ -313,9 +361,20 @@ def counts_long(counts: pd.DataFrame) -> pd.DataFrame:
     for rec in counts.to_dict("records"):
         for r in REGIONS:
             for h in ("L", "R"):
-                rows.append((rec["participant_id"], rec["session_id"], CATEGORY[r], r, h, rec[f"n_{r}_{h}"]))
-    return pd.DataFrame(rows, columns=["participant_id", "session_id", "mars_category", "mars_region",
-                                       "hemisphere", "n_cmb"])
+                rows.append(
+                    (rec["participant_id"], rec["session_id"], CATEGORY[r], r, h, rec[f"n_{r}_{h}"])
+                )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "participant_id",
+            "session_id",
+            "mars_category",
+            "mars_region",
+            "hemisphere",
+            "n_cmb",
+        ],
+    )
 
 
 def read_sites(participants_tsv: str | os.PathLike | None) -> dict[str, str]:
@@ -323,10 +382,17 @@ def read_sites(participants_tsv: str | os.PathLike | None) -> dict[str, str]:
     if participants_tsv is None or not Path(participants_tsv).is_file():
         return {}
     table = pd.read_csv(participants_tsv, sep="\t", dtype=str, keep_default_na=False)
-    col = next((c for c in ("site", "Site", "center", "centre", "scanner_site") if c in table.columns), None)
+    col = next(
+        (c for c in ("site", "Site", "center", "centre", "scanner_site") if c in table.columns),
+        None,
+    )
     if col is None or "participant_id" not in table.columns:
         return {}
-    return {str(p): str(v) for p, v in zip(table["participant_id"], table[col]) if str(v) not in ("", "n/a")}
+    return {
+        str(p): str(v)
+        for p, v in zip(table["participant_id"], table[col])
+        if str(v) not in ("", "n/a")
+    }
 
 
 def _write_csv(table: pd.DataFrame, path) -> None:
@@ -334,9 +400,17 @@ def _write_csv(table: pd.DataFrame, path) -> None:
         table.to_csv(tmp, index=False, lineterminator="\n")
 
 
-def write_cohort_tables(subjects: Iterable[SubjectFiles], out_counts, out_detections, *,
-                        qc: dict | None = None, out_ratings=None, out_counts_long=None,
-                        log=None, verdicts: Sequence = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
+def write_cohort_tables(
+    subjects: Iterable[SubjectFiles],
+    out_counts,
+    out_detections,
+    *,
+    qc: dict | None = None,
+    out_ratings=None,
+    out_counts_long=None,
+    log=None,
+    verdicts: Sequence = (),
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Write ``cmb_counts.csv`` and ``cmb_detections.csv``, each with its data dictionary
     (same name, ``.json``), optionally the long-form region counts (with its dictionary),
     a reviewer ratings template (TSV) and a one-line log.
@@ -348,9 +422,17 @@ def write_cohort_tables(subjects: Iterable[SubjectFiles], out_counts, out_detect
     subjects = list(subjects)
     counts, det = build_counts(subjects, qc)
     if verdicts:
-        ids = counts.set_index(["participant_id", "session_id"]).index  # build_counts' sub-/ses- labels
-        scans = [(f"sub-{s.participant_id.removeprefix('sub-')}",
-                  f"ses-{s.session_id.removeprefix('ses-')}" if s.session_id else _NA, s.detections) for s in subjects]
+        ids = counts.set_index(
+            ["participant_id", "session_id"]
+        ).index  # build_counts' sub-/ses- labels
+        scans = [
+            (
+                f"sub-{s.participant_id.removeprefix('sub-')}",
+                f"ses-{s.session_id.removeprefix('ses-')}" if s.session_id else _NA,
+                s.detections,
+            )
+            for s in subjects
+        ]
         review = review_columns([sc for sc in scans if (sc[0], sc[1]) in ids], verdicts)
         counts = counts.merge(review, on=["participant_id", "session_id"], how="left").fillna(_NA)
     _write_csv(counts, out_counts)
@@ -360,10 +442,15 @@ def write_cohort_tables(subjects: Iterable[SubjectFiles], out_counts, out_detect
         _write_csv(counts_long(counts), out_counts_long)
         tables.append((out_counts_long, "counts_long"))
     for path, name in tables:  # keys in column order
-        dictionary = {**data_dictionary(name), **(REVIEW_COLUMNS if name == "counts" and verdicts else {})}
+        dictionary = {
+            **data_dictionary(name),
+            **(REVIEW_COLUMNS if name == "counts" and verdicts else {}),
+        }
         write_text(Path(path).with_suffix(".json"), json.dumps(dictionary, indent=2) + "\n")
     if out_ratings is not None:
-        ratings = counts[["participant_id", "session_id"]].assign(rating="", reviewer="", comment="")
+        ratings = counts[["participant_id", "session_id"]].assign(
+            rating="", reviewer="", comment=""
+        )
         with atomic_path(out_ratings) as tmp:
             ratings.to_csv(tmp, sep="\t", index=False, lineterminator="\n")
     if log is not None:

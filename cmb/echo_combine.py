@@ -64,8 +64,9 @@ class EchoStack:
         return self.data.shape[3]
 
 
-def load_echoes(paths: str | os.PathLike | Sequence[str | os.PathLike], *, allow_4d: bool = True,
-                **check_kw) -> EchoStack:
+def load_echoes(
+    paths: str | os.PathLike | Sequence[str | os.PathLike], *, allow_4d: bool = True, **check_kw
+) -> EchoStack:
     """Read echoes from one 4D (or 3D) file or a list of 3D files.
 
     Parameters
@@ -129,8 +130,9 @@ def rms_combine(data: np.ndarray, method: str = "rms") -> np.ndarray:
     raise ValueError(f"method must be 'rms' or 'mean', not {method!r}")
 
 
-def choose_phase_echo(n_echoes: int, echo_times: Sequence[float] | None = None,
-                      phase_echo: int | None = None) -> tuple[int, str]:
+def choose_phase_echo(
+    n_echoes: int, echo_times: Sequence[float] | None = None, phase_echo: int | None = None
+) -> tuple[int, str]:
     """The 1-based echo to take the phase from, and why.
 
     Examples
@@ -142,8 +144,11 @@ def choose_phase_echo(n_echoes: int, echo_times: Sequence[float] | None = None,
     >>> choose_phase_echo(3)[1]
     'phase from echo 3 of 3 (the last: echo times unknown)'
     """
-    known = echo_times is not None and len(echo_times) == n_echoes and \
-        all(t is not None for t in echo_times)
+    known = (
+        echo_times is not None
+        and len(echo_times) == n_echoes
+        and all(t is not None for t in echo_times)
+    )
 
     def te(i):
         return f"TE {1000 * echo_times[i - 1]:g} ms, " if known else ""
@@ -152,14 +157,18 @@ def choose_phase_echo(n_echoes: int, echo_times: Sequence[float] | None = None,
         e = int(phase_echo)
         index = e if e > 0 else n_echoes + 1 + e
         if not 1 <= index <= n_echoes:
-            raise InputDataError(f"ingest.phase_echo is {phase_echo} but the phase has {n_echoes} echo(es); "
-                                 f"set it within 1..{n_echoes} (or -1 for the last), or null for the TE "
-                                 f"closest to 20 ms")
+            raise InputDataError(
+                f"ingest.phase_echo is {phase_echo} but the phase has {n_echoes} echo(es); "
+                f"set it within 1..{n_echoes} (or -1 for the last), or null for the TE "
+                f"closest to 20 ms"
+            )
         return index, f"phase from echo {index} of {n_echoes} ({te(index)}as configured)"
     if known:
         index = int(np.argmin([abs(t - TARGET_PHASE_TE_S) for t in echo_times])) + 1
-        return index, (f"phase from echo {index} of {n_echoes} ({te(index)[:-2]}, closest to "
-                       f"{1000 * TARGET_PHASE_TE_S:g} ms)")
+        return index, (
+            f"phase from echo {index} of {n_echoes} ({te(index)[:-2]}, closest to "
+            f"{1000 * TARGET_PHASE_TE_S:g} ms)"
+        )
     return n_echoes, f"phase from echo {n_echoes} of {n_echoes} (the last: echo times unknown)"
 
 
@@ -228,13 +237,21 @@ def combine_echoes(
     messages += ph.messages
     check_same_grid(mag.reference, ph.reference, mag.paths[0], ph.paths[0], grid_atol_mm)
     if ph.n_echoes != mag.n_echoes:
-        raise InputDataError(f"{ph.paths[0]}: phase has {ph.n_echoes} echo(es) but the magnitude "
-                             f"{mag.paths[0]} has {mag.n_echoes}")
+        raise InputDataError(
+            f"{ph.paths[0]}: phase has {ph.n_echoes} echo(es) but the magnitude "
+            f"{mag.paths[0]} has {mag.n_echoes}"
+        )
     index, why = choose_phase_echo(ph.n_echoes, echo_times, phase_echo)
     if ph.n_echoes > 1:
         messages.append(why)
-    return EchoCombination(mag_img, _like(ph.reference, ph.data[..., index - 1]), index, ph.data,
-                           messages, mag.n_echoes)
+    return EchoCombination(
+        mag_img,
+        _like(ph.reference, ph.data[..., index - 1]),
+        index,
+        ph.data,
+        messages,
+        mag.n_echoes,
+    )
 
 
 def _like(reference: nib.Nifti1Image, data: np.ndarray) -> nib.Nifti1Image:

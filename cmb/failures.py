@@ -2,7 +2,9 @@
 
 How it works
 ------------
-Every workflow stage runs inside :func:`run_stage`. The stage writes a small
+Every workflow stage runs inside :func:`run_stage` (the rules call
+``python -m cmb.failures run STAGE --subject ... -- cmb.<stage> ARGS...``, which runs the
+stage's module in the same process: :func:`run_module_stage`). The stage writes a small
 *status record* (JSON) at ``failure_path`` whatever happens:
 
 - on success: ``{"status": "ok", ...}``;
@@ -58,6 +60,7 @@ __all__ = [
     "collect_failures",
     "one_line",
     "read_record",
+    "run_module_stage",
     "run_stage",
     "upstream_failure",
     "write_failures_csv",
@@ -89,9 +92,16 @@ class ResourceError(RuntimeError):
 
 
 _RESOURCE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
-# the same errors as a subprocess prints them (the soft-stage wrapper sees only its last line)
-_RESOURCE_TEXT = ("[Errno 28]", "No space left on device", "[Errno 122]", "Disk quota exceeded",
-                  "[Errno 30]", "Read-only file system", "MemoryError")
+# the same errors as text (an exception rebuilt from a message, a subprocess's last line)
+_RESOURCE_TEXT = (
+    "[Errno 28]",
+    "No space left on device",
+    "[Errno 122]",
+    "Disk quota exceeded",
+    "[Errno 30]",
+    "Read-only file system",
+    "MemoryError",
+)
 
 
 def is_resource_error(exc: BaseException) -> bool:
@@ -105,10 +115,13 @@ def is_resource_error(exc: BaseException) -> bool:
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno in _RESOURCE_ERRNOS):
+        if isinstance(exc, MemoryError) or (
+            isinstance(exc, OSError) and exc.errno in _RESOURCE_ERRNOS
+        ):
             return True
-        if not isinstance(exc, InputDataError) and any(t in str(exc) or t == type(exc).__name__
-                                                       for t in _RESOURCE_TEXT):
+        if not isinstance(exc, InputDataError) and any(
+            t in str(exc) or t == type(exc).__name__ for t in _RESOURCE_TEXT
+        ):
             return True
         exc = exc.__cause__ or exc.__context__
     return False
@@ -258,10 +271,17 @@ def run_stage(
             message = f"skipped: upstream stage {reason}"
         else:  # the upstream stage was itself skipped: keep the root cause
             message = reason if reason.startswith("skipped:") else f"skipped: {reason}"
-        record = {**base, "status": "skipped", "error_class": "UpstreamFailure",
-                  "message": one_line(message), "upstream_stage": failed.get("stage"),
-                  "time": _now()}
-        _log.warning("%s %s %s: %s", stage, base["participant_id"], base["session_id"] or "", message)
+        record = {
+            **base,
+            "status": "skipped",
+            "error_class": "UpstreamFailure",
+            "message": one_line(message),
+            "upstream_stage": failed.get("stage"),
+            "time": _now(),
+        }
+        _log.warning(
+            "%s %s %s: %s", stage, base["participant_id"], base["session_id"] or "", message
+        )
         _write_placeholders(outputs)
         write_json(failure_path, record)
         return record
@@ -270,14 +290,29 @@ def run_stage(
     except Exception as exc:  # noqa: BLE001 - the point is to catch everything
         if is_resource_error(exc):
             message = one_line(f"{type(exc).__name__}: {exc}")
-            _log.error("stage %s for %s %s stopped by a machine fault, not by the subject's data "
-                       "(no failure recorded; fix it and rerun): %s", stage, base["participant_id"],
-                       base["session_id"] or "", message)
+            _log.error(
+                "stage %s for %s %s stopped by a machine fault, not by the subject's data "
+                "(no failure recorded; fix it and rerun): %s",
+                stage,
+                base["participant_id"],
+                base["session_id"] or "",
+                message,
+            )
             raise ResourceError(f"{stage} {base['participant_id']}: {message}") from exc
-        _log.error("stage %s failed for %s %s", stage, base["participant_id"],
-                  base["session_id"] or "", exc_info=True)
-        record = {**base, "status": "failed", "error_class": type(exc).__name__,
-                  "message": one_line(str(exc) or type(exc).__name__), "time": _now()}
+        _log.error(
+            "stage %s failed for %s %s",
+            stage,
+            base["participant_id"],
+            base["session_id"] or "",
+            exc_info=True,
+        )
+        record = {
+            **base,
+            "status": "failed",
+            "error_class": type(exc).__name__,
+            "message": one_line(str(exc) or type(exc).__name__),
+            "time": _now(),
+        }
         _write_placeholders(outputs)
         write_json(failure_path, record)
         return record
@@ -324,17 +359,121 @@ def write_failures_csv(paths: Iterable[str | os.PathLike], out: str | os.PathLik
     return table
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m cmb.failures OUT.csv RECORD.json ...``: write the failures table."""
-    import argparse
+class _LastLine:
+    """A text stream that passes everything to ``stream`` and keeps the last non-empty line."""
 
-    parser = argparse.ArgumentParser(prog="python -m cmb.failures",
-                                     description="Collect stage status records into failures.csv.")
-    parser.add_argument("out", help="failures CSV to write")
-    parser.add_argument("records", nargs="*", help="status records (JSON) written by run_stage")
+    def __init__(self, stream):
+        self.stream, self.last, self._partial = stream, "", ""
+
+    def write(self, text: str) -> int:
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            if line.strip():
+                self.last = line.strip()
+        return self.stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+def run_module_stage(
+    stage: str,
+    participant_id: str,
+    session_id: str | None,
+    outputs: Sequence[str],
+    failure_path: str,
+    log: str | None,
+    module: str,
+    argv: Sequence[str],
+    *,
+    upstream: Iterable[str] = (),
+) -> dict[str, Any]:
+    """:func:`run_stage` of ``python -m module argv...``, run in this process.
+
+    The stage's own exception is what the record names (its class and message). A stage
+    that exits with a non-zero status instead is recorded with the last line it printed
+    to stderr (argparse's usage error, for one).
+    """
+    import runpy
+    import sys
+
+    def work():
+        saved_argv, saved_stderr = sys.argv, sys.stderr
+        sys.argv = [module, *argv]
+        sys.stderr = tee = _LastLine(saved_stderr)
+        try:
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+        except SystemExit as done:
+            if done.code not in (None, 0):
+                text = done.code if isinstance(done.code, str) else tee.last
+                raise RuntimeError(
+                    text or f"python -m {module} exited with status {done.code}"
+                ) from None
+        finally:
+            sys.argv, sys.stderr = saved_argv, saved_stderr
+
+    return run_stage(
+        stage, participant_id, session_id, outputs, failure_path, log, work, upstream=upstream
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m cmb.failures collect OUT.csv RECORD...`` or ``... run STAGE ... -- MODULE ARGS...``."""
+    import argparse
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(
+        prog="python -m cmb.failures", description=__doc__.splitlines()[0]
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    collect = sub.add_parser("collect", help="collect stage status records into failures.csv")
+    collect.add_argument("out", help="failures CSV to write")
+    collect.add_argument("records", nargs="*", help="status records (JSON) written by run_stage")
+    run = sub.add_parser(
+        "run",
+        help="run one subject's stage (python -m MODULE ARGS... after --) as a soft "
+        "failure: a status record always, placeholders when it fails",
+    )
+    run.add_argument("stage")
+    run.add_argument("--subject", required=True)
+    run.add_argument("--session")
+    run.add_argument("--record", required=True, help="status record to write")
+    run.add_argument("--log", help="the stage's log file (named in the record)")
+    run.add_argument(
+        "--outputs", nargs="*", default=[], help="the stage's outputs (placeholders on failure)"
+    )
+    run.add_argument(
+        "--upstream", nargs="*", default=[], help="status records of the stages it depends on"
+    )
+    command = []
+    if "--" in argv:
+        argv, command = argv[: argv.index("--")], argv[argv.index("--") + 1 :]
     args = parser.parse_args(argv)
-    table = write_failures_csv(args.records, args.out)
-    print(f"{len(table)} failed or skipped stage(s) -> {args.out}")
+    if args.command == "collect":
+        table = write_failures_csv(args.records, args.out)
+        print(f"{len(table)} failed or skipped stage(s) -> {args.out}")
+        return 0
+    if not command:
+        parser.error(
+            "run: the stage's module and arguments follow --, e.g. -- cmb.detect --image ..."
+        )
+    try:
+        run_module_stage(
+            args.stage,
+            args.subject,
+            args.session,
+            args.outputs,
+            args.record,
+            args.log,
+            command[0],
+            command[1:],
+            upstream=args.upstream,
+        )
+    except ResourceError as e:  # disk full etc.: the job fails, so that a rerun redoes it
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -74,8 +74,11 @@ def _check_file(path: Path) -> None:
         raise _fail(path, "file not found")
     if path.is_symlink() and not path.exists():
         target = os.readlink(path)
-        raise _fail(path, f"broken symlink to {target} (DataLad/git-annex content not fetched? "
-                          "run `datalad get` on it)")
+        raise _fail(
+            path,
+            f"broken symlink to {target} (DataLad/git-annex content not fetched? "
+            "run `datalad get` on it)",
+        )
     if path.is_dir():
         raise _fail(path, "is a directory, not a NIfTI file")
     size = path.stat().st_size
@@ -85,7 +88,9 @@ def _check_file(path: Path) -> None:
         with open(path, "rb") as f:
             head = f.read(1024)
         if any(m in head for m in _ANNEX_MARKERS):
-            raise _fail(path, "git-annex pointer file: content not fetched (run `datalad get` on it)")
+            raise _fail(
+                path, "git-annex pointer file: content not fetched (run `datalad get` on it)"
+            )
 
 
 def _load_header(path: Path):
@@ -104,9 +109,14 @@ def _check_shape(path, shape, allow_4d: bool) -> list[str]:
         raise _fail(path, f"2D image (shape {tuple(shape)}); a 3D volume is required")
     if len(shape) > 4 or (len(shape) == 4 and not allow_4d and shape[3] > 1):
         if len(shape) > 4:
-            raise _fail(path, f"{len(shape)}D image (shape {tuple(shape)}); a 3D volume is required")
-        raise _fail(path, f"4D image with {shape[3]} volumes (shape {tuple(shape)}) where a 3D "
-                          "volume is expected")
+            raise _fail(
+                path, f"{len(shape)}D image (shape {tuple(shape)}); a 3D volume is required"
+            )
+        raise _fail(
+            path,
+            f"4D image with {shape[3]} volumes (shape {tuple(shape)}) where a 3D "
+            "volume is expected",
+        )
     if len(shape) == 4 and shape[3] == 1:
         notes.append(f"{path}: singleton 4th dimension squeezed to 3D")
     return notes
@@ -117,8 +127,11 @@ def _check_affine(path, img) -> list[str]:
     qform, qcode = hdr.get_qform(coded=True)
     sform, scode = hdr.get_sform(coded=True)
     if not qcode and not scode:
-        raise _fail(path, "no orientation: sform_code and qform_code are both 0, so the voxel-to-world "
-                          "affine is unknown")
+        raise _fail(
+            path,
+            "no orientation: sform_code and qform_code are both 0, so the voxel-to-world "
+            "affine is unknown",
+        )
     affine = img.affine
     if not np.all(np.isfinite(affine)):
         raise _fail(path, "degenerate affine: non-finite values")
@@ -132,11 +145,16 @@ def _check_affine(path, img) -> list[str]:
     if qcode and scode:
         dq, ds = np.linalg.det(qform[:3, :3]), np.linalg.det(sform[:3, :3])
         if np.sign(dq) != np.sign(ds):
-            raise _fail(path, f"qform and sform disagree in handedness (det {dq:+.3g} vs {ds:+.3g}): "
-                              "left and right cannot be told apart")
+            raise _fail(
+                path,
+                f"qform and sform disagree in handedness (det {dq:+.3g} vs {ds:+.3g}): "
+                "left and right cannot be told apart",
+            )
         diff = float(np.abs(qform - sform).max())
         if diff > 1e-2:
-            notes.append(f"{path}: qform and sform differ by up to {diff:.3g} mm; the sform is used")
+            notes.append(
+                f"{path}: qform and sform differ by up to {diff:.3g} mm; the sform is used"
+            )
     return notes
 
 
@@ -190,23 +208,34 @@ def load_image(
     messages += _check_affine(path, img)
     zooms = voxel_sizes(img.affine)
     if np.any(zooms > max_voxel_mm + 1e-3):
-        raise _fail(path, f"voxels of {_mm(zooms)} are larger than {max_voxel_mm:g} mm; "
-                          f"to accept them (e.g. thick-slice 2D GRE), raise ingest.max_voxel_mm")
+        raise _fail(
+            path,
+            f"voxels of {_mm(zooms)} are larger than {max_voxel_mm:g} mm; "
+            f"to accept them (e.g. thick-slice 2D GRE), raise ingest.max_voxel_mm",
+        )
     if min_fov_mm:
         extent = np.asarray(shape[:3]) * zooms
         if np.any(extent < min_fov_mm):
-            raise _fail(path, f"partial field of view: {shape[0]} x {shape[1]} x {shape[2]} voxels "
-                              f"cover {_mm(extent)}, less than {min_fov_mm:g} mm in some axis; "
-                              f"ingest.min_fov_mm sets the limit (null disables it)")
+            raise _fail(
+                path,
+                f"partial field of view: {shape[0]} x {shape[1]} x {shape[2]} voxels "
+                f"cover {_mm(extent)}, less than {min_fov_mm:g} mm in some axis; "
+                f"ingest.min_fov_mm sets the limit (null disables it)",
+            )
     dtype = img.get_data_dtype()
     if dtype.kind == "c" or dtype.fields is not None:
-        raise _fail(path, f"unsupported voxel type {dtype} (complex or RGB); store magnitude and "
-                          "phase as separate real images")
+        raise _fail(
+            path,
+            f"unsupported voxel type {dtype} (complex or RGB); store magnitude and "
+            "phase as separate real images",
+        )
     try:
         data = np.asarray(img.dataobj, dtype=np.float32)
     except Exception as exc:  # EOFError, zlib.error, OSError, ValueError...
-        raise _fail(path, f"cannot read voxel data (file truncated or corrupt?): "
-                          f"{type(exc).__name__}: {exc}") from exc
+        raise _fail(
+            path,
+            f"cannot read voxel data (file truncated or corrupt?): {type(exc).__name__}: {exc}",
+        ) from exc
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     bad = ~np.isfinite(data)
@@ -214,8 +243,11 @@ def load_image(
     if n_bad:
         fraction = n_bad / data.size
         if fraction >= max_nonfinite_fraction:
-            raise _fail(path, f"{n_bad} NaN/Inf voxels ({100 * fraction:.2g}% of the image, limit "
-                              f"{100 * max_nonfinite_fraction:g}%, set by ingest.max_nonfinite_fraction)")
+            raise _fail(
+                path,
+                f"{n_bad} NaN/Inf voxels ({100 * fraction:.2g}% of the image, limit "
+                f"{100 * max_nonfinite_fraction:g}%, set by ingest.max_nonfinite_fraction)",
+            )
         data[bad] = 0
         messages.append(f"{path}: {n_bad} NaN/Inf voxels ({100 * fraction:.2g}%) set to 0")
     if data.size and not np.any(data):
@@ -225,8 +257,11 @@ def load_image(
         raise _fail(path, f"constant image: every voxel = {lo:g}")
     hdr = img.header.copy()
     hdr.set_data_dtype(np.float32)
-    out = nib.Nifti1Image(data, img.affine, hdr) if isinstance(img, nib.Nifti1Image) \
+    out = (
+        nib.Nifti1Image(data, img.affine, hdr)
+        if isinstance(img, nib.Nifti1Image)
         else nib.Nifti2Image(data, img.affine, hdr)
+    )
     out.header.set_slope_inter(1.0, 0.0)
     for m in messages:
         _log.warning(m)
@@ -258,8 +293,11 @@ def check_same_grid(img_a, img_b, name_a: str, name_b: str, atol_mm: float = 0.0
         raise _fail(name_b, f"grid differs from {name_a}: shape {sb} vs {sa}")
     diff = float(np.abs(np.asarray(img_a.affine) - np.asarray(img_b.affine)).max())
     if diff > atol_mm:
-        raise _fail(name_b, f"grid differs from {name_a}: affines differ by up to {diff:.3g} mm "
-                            f"(tolerance {atol_mm:g} mm)")
+        raise _fail(
+            name_b,
+            f"grid differs from {name_a}: affines differ by up to {diff:.3g} mm "
+            f"(tolerance {atol_mm:g} mm)",
+        )
 
 
 def ghosting_index(data: np.ndarray, voxel_mm, margin_mm: float = 8.0) -> float | None:

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from cmb.atomic import save_nifti, write_json
+from cmb.config import add_config_sections
 from cmb.failures import InputDataError, ResourceError, run_stage
 from cmb.ingest_plan import KINDS, InputRecord, read_sidecar
 
@@ -67,9 +68,13 @@ def choose_by_quality(alternatives: Sequence[dict], **checks) -> tuple[int, list
         try:
             img, _ = load_image(path, allow_4d=True, **checks)
             index = ghosting_index(np.asanyarray(img.dataobj), voxel_sizes(img.affine))
-            rows.append({"label": alt["label"], "path": path, "ghosting_index": index, "error": None})
+            rows.append(
+                {"label": alt["label"], "path": path, "ghosting_index": index, "error": None}
+            )
         except InputDataError as exc:
-            rows.append({"label": alt["label"], "path": path, "ghosting_index": None, "error": str(exc)})
+            rows.append(
+                {"label": alt["label"], "path": path, "ghosting_index": None, "error": str(exc)}
+            )
     readable = [i for i, r in enumerate(rows) if r["error"] is None]
     if not readable:
         raise InputDataError("; ".join(r["error"] for r in rows))
@@ -81,12 +86,17 @@ def choose_by_quality(alternatives: Sequence[dict], **checks) -> tuple[int, list
         base = rows[best]["ghosting_index"]
         if best not in scored or rows[lowest]["ghosting_index"] < (1 - QUALITY_MARGIN) * base:
             best = lowest
-        figures = ", ".join(f"{Path(rows[i]['path']).name} {rows[i]['ghosting_index']:.4f}" for i in scored)
-        why = (f"chose {rows[best]['label']} by image quality among {len(alternatives)} candidates "
-               f"(ghosting index, lower is better: {figures}"
-               + ("; the provisional choice is kept within 10%" if best == readable[0] else "") + ")")
+        figures = ", ".join(
+            f"{Path(rows[i]['path']).name} {rows[i]['ghosting_index']:.4f}" for i in scored
+        )
+        why = (
+            f"chose {rows[best]['label']} by image quality among {len(alternatives)} candidates "
+            f"(ghosting index, lower is better: {figures}"
+            + ("; the provisional choice is kept within 10%" if best == readable[0] else "")
+            + ")"
+        )
     else:
-        why += f" (ghosting not measurable on a tight field of view; the provisional order decides)"
+        why += " (ghosting not measurable on a tight field of view; the provisional order decides)"
     failed = [r for r in rows if r["error"]]
     if failed:
         why += "; passed over: " + "; ".join(r["error"] for r in failed)
@@ -167,31 +177,50 @@ def ingest_subject(
     if rec.kind is None or not rec.magnitude:
         raise InputDataError(f"{where}: missing modality: {rec.reason}")
     if out_phase is not None and not rec.has_phase:
-        raise InputDataError(f"{where}: phase output requested but {rec.magnitude[0]} has no phase image")
+        raise InputDataError(
+            f"{where}: phase output requested but {rec.magnitude[0]} has no phase image"
+        )
     if out_t1w is not None and not rec.has_t1w:
         raise InputDataError(f"{where}: T1w output requested but no T1w image was found")
-    checks = {"min_fov_mm": min_fov_mm, "max_voxel_mm": max_voxel_mm,
-              "max_nonfinite_fraction": max_nonfinite_fraction}
+    checks = {
+        "min_fov_mm": min_fov_mm,
+        "max_voxel_mm": max_voxel_mm,
+        "max_nonfinite_fraction": max_nonfinite_fraction,
+    }
     quality = None
     if len(rec.alternatives) > 1:
         best, quality, why = choose_by_quality(rec.alternatives, **checks)
         alt = rec.alternatives[best]
         rec = dataclasses.replace(
-            rec, magnitude=tuple(alt["magnitude"]), phase=tuple(alt["phase"]) if alt.get("phase") else None,
+            rec,
+            magnitude=tuple(alt["magnitude"]),
+            phase=tuple(alt["phase"]) if alt.get("phase") else None,
             echo_times=tuple(alt["echo_times"]) if alt.get("echo_times") else None,
-            reason=f"{rec.reason}; {why}")
+            reason=f"{rec.reason}; {why}",
+        )
     _log.info("%s %s: %s", rec.participant_id, rec.session_id or "", rec.reason)
 
-    combo = combine_echoes(list(rec.magnitude), list(rec.phase) if out_phase is not None else None,
-                           echo_times=rec.echo_times, phase_echo=phase_echo, method=echo_method,
-                           allow_4d=rec.kind == "megre", grid_atol_mm=grid_atol_mm, **checks)
+    combo = combine_echoes(
+        list(rec.magnitude),
+        list(rec.phase) if out_phase is not None else None,
+        echo_times=rec.echo_times,
+        phase_echo=phase_echo,
+        method=echo_method,
+        allow_4d=rec.kind == "megre",
+        grid_atol_mm=grid_atol_mm,
+        **checks,
+    )
     fixes = list(combo.messages)
     units = None
     if combo.phase is not None:
         # detect on all echoes together: they share one encoding, and a short first
         # echo alone may not fill its range
-        scaling = phase_scaling(combo.phase_all_echoes, phase_units, rec.phase[0],
-                                metadata=read_sidecar(rec.phase[0], rec.bids_dir or None))
+        scaling = phase_scaling(
+            combo.phase_all_echoes,
+            phase_units,
+            rec.phase[0],
+            metadata=read_sidecar(rec.phase[0], rec.bids_dir or None),
+        )
         units = {"units": scaling.units, "description": scaling.description}
         fixes.append(f"{rec.phase[0]}: {scaling.description}")
         combo.phase = _replace_data(combo.phase, scaling.apply(np.asanyarray(combo.phase.dataobj)))
@@ -218,22 +247,36 @@ def ingest_subject(
         "candidates_quality": quality,
         "inputs": {
             "magnitude": [{"path": p, "sha256": sha256sum(p)} for p in rec.magnitude],
-            "phase": ([{"path": p, "sha256": sha256sum(p)} for p in rec.phase]
-                      if combo.phase is not None else None),
+            "phase": (
+                [{"path": p, "sha256": sha256sum(p)} for p in rec.phase]
+                if combo.phase is not None
+                else None
+            ),
             "t1w": {"path": rec.t1w, "sha256": sha256sum(rec.t1w)} if t1w_img is not None else None,
         },
-        "outputs": {"magnitude": str(out_mag),
-                    "phase": None if out_phase is None else str(out_phase),
-                    "t1w": None if out_t1w is None else str(out_t1w)},
+        "outputs": {
+            "magnitude": str(out_mag),
+            "phase": None if out_phase is None else str(out_phase),
+            "t1w": None if out_t1w is None else str(out_t1w),
+        },
         "echo_times": list(rec.echo_times) if rec.echo_times else None,
         "n_echoes": combo.n_echoes,
         "echo_combination": echo_method if rec.kind == "megre" else None,
         "phase_echo": combo.phase_echo,
         "phase_units": units,
         "fixes": fixes,
-        "metadata": {k: meta.get(k) for k in ("EchoTime", "MagneticFieldStrength", "Manufacturer",
-                                               "ManufacturersModelName", "RepetitionTime", "FlipAngle")
-                     if k in meta},
+        "metadata": {
+            k: meta.get(k)
+            for k in (
+                "EchoTime",
+                "MagneticFieldStrength",
+                "Manufacturer",
+                "ManufacturersModelName",
+                "RepetitionTime",
+                "FlipAngle",
+            )
+            if k in meta
+        },
         "shape": list(combo.magnitude.shape),
         "voxel_size_mm": [round(float(v), 6) for v in voxel_sizes(combo.magnitude.affine)],
         "cmb_version": __version__,
@@ -262,30 +305,41 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="ingest one subject/session")
     run.add_argument("--subject", required=True, help="label, e.g. 02")
     run.add_argument("--session")
-    run.add_argument("--kind", required=True, choices=[*KINDS, "none"],
-                     help="input kind; 'none' records a subject without usable input (fails)")
+    run.add_argument(
+        "--kind",
+        required=True,
+        choices=[*KINDS, "none"],
+        help="input kind; 'none' records a subject without usable input (fails)",
+    )
     run.add_argument("--mag", nargs="+", default=[], help="magnitude file(s), echoes in order")
     run.add_argument("--phase", nargs="+", help="phase file(s), echoes in order")
     run.add_argument("--t1w")
     run.add_argument("--echo-times", nargs="+", type=float, help="seconds, one per echo")
     run.add_argument("--reason", default="", help="why this input was chosen (for the report)")
-    run.add_argument("--alternatives", type=json.loads, default=(),
-                     help="JSON list of the plan's candidates of this kind (InputRecord.alternatives); "
-                          "the one with the least ghosting is ingested")
+    run.add_argument(
+        "--alternatives",
+        type=json.loads,
+        default=(),
+        help="JSON list of the plan's candidates of this kind (InputRecord.alternatives); "
+        "the one with the least ghosting is ingested",
+    )
     run.add_argument("--bids-dir", default="", help="dataset root, for sidecar inheritance")
     run.add_argument("--out-mag", required=True)
     run.add_argument("--out-phase")
     run.add_argument("--out-t1w")
     run.add_argument("--out-json", required=True)
     run.add_argument("--phase-echo", type=int)
-    run.add_argument("--phase-units", default="auto")
-    run.add_argument("--echo-method", default="rms", choices=["rms", "mean"])
-    run.add_argument("--min-fov-mm", type=float, default=60.0, help="0 disables the check")
-    run.add_argument("--max-voxel-mm", type=float, default=5.0)
-    run.add_argument("--max-nonfinite-fraction", type=float, default=0.01)
-    run.add_argument("--failure-record",
-                     help="soft failure: write a status record here, placeholders on error, exit 0")
+    run.add_argument("--phase-units")
+    run.add_argument("--echo-method", choices=["rms", "mean"])
+    run.add_argument("--min-fov-mm", type=float, help="0 disables the check")
+    run.add_argument("--max-voxel-mm", type=float)
+    run.add_argument("--max-nonfinite-fraction", type=float)
+    run.add_argument(
+        "--failure-record",
+        help="soft failure: write a status record here, placeholders on error, exit 0",
+    )
     run.add_argument("--log", help="log file path recorded in the failure record")
+    add_config_sections(run, "ingest")
     return p
 
 
@@ -294,18 +348,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     kind = None if args.kind == "none" else args.kind
-    record = InputRecord(args.subject, args.session, kind, tuple(args.mag),
-                         tuple(args.phase) if args.phase else None, args.t1w,
-                         tuple(args.echo_times) if args.echo_times else None,
-                         args.reason or "given on the command line", args.bids_dir,
-                         tuple(args.alternatives))
+    record = InputRecord(
+        args.subject,
+        args.session,
+        kind,
+        tuple(args.mag),
+        tuple(args.phase) if args.phase else None,
+        args.t1w,
+        tuple(args.echo_times) if args.echo_times else None,
+        args.reason or "given on the command line",
+        args.bids_dir,
+        tuple(args.alternatives),
+    )
 
     def work():
-        ingest_subject(record, args.out_mag, args.out_phase, args.out_t1w, args.out_json,
-                       phase_echo=args.phase_echo, phase_units=args.phase_units,
-                       echo_method=args.echo_method, min_fov_mm=args.min_fov_mm or None,
-                       max_voxel_mm=args.max_voxel_mm,
-                       max_nonfinite_fraction=args.max_nonfinite_fraction)
+        ingest_subject(
+            record,
+            args.out_mag,
+            args.out_phase,
+            args.out_t1w,
+            args.out_json,
+            phase_echo=args.phase_echo,
+            phase_units=args.phase_units,
+            echo_method=args.echo_method,
+            min_fov_mm=args.min_fov_mm or None,
+            max_voxel_mm=args.max_voxel_mm,
+            max_nonfinite_fraction=args.max_nonfinite_fraction,
+        )
 
     if args.failure_record is None:
         try:
@@ -316,7 +385,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     outputs = [o for o in (args.out_mag, args.out_phase, args.out_t1w, args.out_json) if o]
     try:
-        rec = run_stage("ingest", args.subject, args.session, outputs, args.failure_record, args.log, work)
+        rec = run_stage(
+            "ingest", args.subject, args.session, outputs, args.failure_record, args.log, work
+        )
     except ResourceError as exc:  # disk full etc.: a hard failure, so that a rerun redoes it
         print(f"error: {exc}", file=sys.stderr)
         return 1

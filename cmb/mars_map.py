@@ -20,6 +20,7 @@ import nibabel as nib
 import numpy as np
 
 from cmb.atomic import atomic_path, save_nifti
+from cmb.config import add_config_sections
 
 __all__ = ["main", "write_label_table", "write_mars_map"]
 
@@ -75,9 +76,13 @@ def write_mars_map(
     from cmb.template import load_mni
 
     t0 = time.perf_counter()
-    mars = build_mars_map(load_mni(int(resolution_mm)), juxtacortical_mm=juxtacortical_mm,
-                          capsule_mm=capsule_mm, insula_juxtacortical_mm=insula_juxtacortical_mm,
-                          label_search_mm=label_search_mm)
+    mars = build_mars_map(
+        load_mni(int(resolution_mm)),
+        juxtacortical_mm=juxtacortical_mm,
+        capsule_mm=capsule_mm,
+        insula_juxtacortical_mm=insula_juxtacortical_mm,
+        label_search_mm=label_search_mm,
+    )
     img = nib.Nifti1Image(mars.labels.astype(np.int16), mars.affine)
     img.header.set_data_dtype(np.int16)
     img.header.set_xyzt_units("mm")
@@ -87,9 +92,15 @@ def write_mars_map(
     if out_tsv is not None:
         write_label_table(out_tsv)
     labels = np.unique(mars.labels)
-    _log.info("MARS map %s at %d mm: %d labels, built in %.1f s (juxtacortical %.1f mm, capsule %.1f mm)",
-              mars.labels.shape, resolution_mm, len(labels), time.perf_counter() - t0,
-              juxtacortical_mm, capsule_mm)
+    _log.info(
+        "MARS map %s at %d mm: %d labels, built in %.1f s (juxtacortical %.1f mm, capsule %.1f mm)",
+        mars.labels.shape,
+        resolution_mm,
+        len(labels),
+        time.perf_counter() - t0,
+        juxtacortical_mm,
+        capsule_mm,
+    )
     return img
 
 
@@ -98,16 +109,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m cmb.mars_map", description=__doc__.split("\n\n")[0])
     p.add_argument("--out-dseg", required=True, help="MARS map NIfTI to write")
     p.add_argument("--out-tsv", help="label table (TSV) to write")
-    p.add_argument("--juxtacortical-mm", type=float, default=5.0)
-    p.add_argument("--capsule-mm", type=float, default=6.0)
-    p.add_argument("--resolution-mm", type=int, default=1, help="integer step of the 1 mm MNI grid")
-    p.add_argument("--insula-juxtacortical-mm", type=float, default=1.0)
-    p.add_argument("--label-search-mm", type=float, default=5.0)
-    args = p.parse_args(argv)
+    p.add_argument("--juxtacortical-mm", type=float)
+    p.add_argument("--capsule-mm", type=float)
+    p.add_argument("--resolution-mm", type=int, help="integer step of the 1 mm MNI grid")
+    p.add_argument("--insula-juxtacortical-mm", type=float)
+    p.add_argument("--label-search-mm", type=float)
+    args = add_config_sections(p, "mars").parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    write_mars_map(args.out_dseg, args.out_tsv, juxtacortical_mm=args.juxtacortical_mm,
-                   capsule_mm=args.capsule_mm, resolution_mm=args.resolution_mm,
-                   insula_juxtacortical_mm=args.insula_juxtacortical_mm, label_search_mm=args.label_search_mm)
+    write_mars_map(
+        args.out_dseg,
+        args.out_tsv,
+        juxtacortical_mm=args.juxtacortical_mm,
+        capsule_mm=args.capsule_mm,
+        resolution_mm=args.resolution_mm,
+        insula_juxtacortical_mm=args.insula_juxtacortical_mm,
+        label_search_mm=args.label_search_mm,
+    )
     return 0
 
 

@@ -143,9 +143,14 @@ _DK_PARCELS = (
 def _dk_cortex() -> dict[int, tuple[str, str]]:
     out = {}
     for n, parcel in enumerate(_DK_PARCELS):
-        lobe = next((lobe for lobe, parcels in _LOBE_OF_DK_PARCEL.items() if parcel in parcels.split()), None)
+        lobe = next(
+            (lobe for lobe, parcels in _LOBE_OF_DK_PARCEL.items() if parcel in parcels.split()),
+            None,
+        )
         # "unknown" cortex (1000/2000) has no lobe anywhere: it takes the nearest labelled tissue.
-        cls = lobe or {"corpuscallosum": "corpus_callosum", "unknown": UNLABELLED}.get(parcel, CORTEX)
+        cls = lobe or {"corpuscallosum": "corpus_callosum", "unknown": UNLABELLED}.get(
+            parcel, CORTEX
+        )
         for base, hemi in ((1000, "lh"), (2000, "rh")):
             out[base + n] = (f"ctx-{hemi}-{parcel}", cls)
     return out
@@ -187,14 +192,50 @@ FREESURFER_MARS: dict[int, tuple[str, str]] = {
     80: ("non-WM-hypointensities", UNLABELLED),
     **_pair(81, 82, "non-WM-hypointensities", UNLABELLED),
     85: ("Optic-Chiasm", UNLABELLED),
-    **{v: (f"CC_{p}", "corpus_callosum") for v, p in zip(range(251, 256),
-                                                            ("Posterior", "Mid_Posterior", "Central",
-                                                             "Mid_Anterior", "Anterior"))},
+    **{
+        v: (f"CC_{p}", "corpus_callosum")
+        for v, p in zip(
+            range(251, 256), ("Posterior", "Mid_Posterior", "Central", "Mid_Anterior", "Anterior")
+        )
+    },
     **_dk_cortex(),
 }
 #: SynthSeg's 32 labels (FreeSurfer numbers; ``--parc`` adds the Desikan-Killiany cortex).
-SYNTHSEG_LABELS = (0, 2, 3, 4, 5, 7, 8, 10, 11, 12, 13, 14, 15, 16, 17, 18, 24, 26, 28, 41, 42, 43, 44, 46, 47,
-                   49, 50, 51, 52, 53, 54, 58, 60)
+SYNTHSEG_LABELS = (
+    0,
+    2,
+    3,
+    4,
+    5,
+    7,
+    8,
+    10,
+    11,
+    12,
+    13,
+    14,
+    15,
+    16,
+    17,
+    18,
+    24,
+    26,
+    28,
+    41,
+    42,
+    43,
+    44,
+    46,
+    47,
+    49,
+    50,
+    51,
+    52,
+    53,
+    54,
+    58,
+    60,
+)
 _NAME_ALIASES = {"Thalamus-Proper": "Thalamus", "Thalamus-Proper*": "Thalamus"}
 
 
@@ -212,12 +253,16 @@ def mars_class(label: int, name: str | None = None) -> str:
     """
     label = int(label)
     if label not in FREESURFER_MARS:
-        raise KeyError(f"label {label} ({name or 'no name'}) is not a FreeSurfer label cmb maps to MARS "
-                       "(see docs/mars.md)")
+        raise KeyError(
+            f"label {label} ({name or 'no name'}) is not a FreeSurfer label cmb maps to MARS "
+            "(see docs/mars.md)"
+        )
     known, cls = FREESURFER_MARS[label]
     if name is not None and _canonical(name) != _canonical(known):
-        raise KeyError(f"label {label} is named {name!r}, but FreeSurferColorLUT names it {known!r}: "
-                       "the parcellation is not FreeSurfer-numbered (see docs/mars.md)")
+        raise KeyError(
+            f"label {label} is named {name!r}, but FreeSurferColorLUT names it {known!r}: "
+            "the parcellation is not FreeSurfer-numbered (see docs/mars.md)"
+        )
     return cls
 
 
@@ -280,7 +325,9 @@ def label_table() -> pd.DataFrame:
             rows.append((CODE[region] + offset, f"{hemi}_{region}", CATEGORY[region], region, hemi))
     rows.append((CSF_LABEL, "csf", "non-parenchyma", "csf", "n/a"))
     rows.append((UNKNOWN_LABEL, "unknown", "unknown", "unknown", "n/a"))
-    return pd.DataFrame(rows, columns=["index", "name", "mars_category", "mars_region", "hemisphere"])
+    return pd.DataFrame(
+        rows, columns=["index", "name", "mars_category", "mars_region", "hemisphere"]
+    )
 
 
 @dataclass(frozen=True)
@@ -295,7 +342,8 @@ def _bbox(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
     if not len(nz[0]):
         return tuple(slice(0, n) for n in mask.shape)
     return tuple(
-        slice(max(int(a.min()) - margin, 0), min(int(a.max()) + margin + 1, n)) for a, n in zip(nz, mask.shape)
+        slice(max(int(a.min()) - margin, 0), min(int(a.max()) + margin + 1, n))
+        for a, n in zip(nz, mask.shape)
     )
 
 
@@ -312,7 +360,9 @@ def _nearest(mask: np.ndarray, zooms, box=None):
     return dist, idx
 
 
-def _classes(parcellation: np.ndarray, names: dict[int, str] | None) -> dict[int, tuple[str, str | None]]:
+def _classes(
+    parcellation: np.ndarray, names: dict[int, str] | None
+) -> dict[int, tuple[str, str | None]]:
     """(class, hemisphere) of every label present; unmapped labels are one error."""
     out, missing = {}, []
     for value in np.unique(parcellation).tolist():
@@ -382,7 +432,9 @@ def build_mars_labels(
     seg = np.asarray(parcellation).astype(np.int32)
     zooms = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0))
     classes = _classes(seg, names)
-    region_lut = {r: i for i, r in enumerate((*REGIONS, CEREBRAL_WHITE_MATTER, CORTEX, CSF, UNLABELLED))}
+    region_lut = {
+        r: i for i, r in enumerate((*REGIONS, CEREBRAL_WHITE_MATTER, CORTEX, CSF, UNLABELLED))
+    }
     cls = np.full(seg.shape, region_lut[UNLABELLED], np.int16)
     hemi = np.zeros(seg.shape, np.int8)  # 1 left, 2 right, 0 midline/unknown
     for value, (c, h) in classes.items():
@@ -400,10 +452,17 @@ def build_mars_labels(
     cortex_only = cls == region_lut[CORTEX]
     if cortex_only.any():
         if lobes is None:
-            raise ValueError("the parcellation labels cortex without lobes (aseg/SynthSeg labels 3, 42): "
-                             "a lobe map (the atlas route's MARS map) is needed")
+            raise ValueError(
+                "the parcellation labels cortex without lobes (aseg/SynthSeg labels 3, 42): "
+                "a lobe map (the atlas route's MARS map) is needed"
+            )
         lobe_code = np.asarray(lobes) % RIGHT_OFFSET
-        lobar = (np.asarray(lobes) > 0) & (np.asarray(lobes) < CSF_LABEL) & (lobe_code >= 1) & (lobe_code <= 5)
+        lobar = (
+            (np.asarray(lobes) > 0)
+            & (np.asarray(lobes) < CSF_LABEL)
+            & (lobe_code >= 1)
+            & (lobe_code <= 5)
+        )
         if not lobar.any():
             raise ValueError("the lobe map has no lobar voxel")
         _, idx = _nearest(lobar, zooms, _bbox(cortex_only | lobar, 1))
@@ -413,7 +472,11 @@ def build_mars_labels(
     unlabelled = cls == region_lut[UNLABELLED]
     labelled_tissue = (cls >= 0) & (cls < region_lut[CSF])
     if unlabelled.any():
-        d, idx = _nearest(labelled_tissue, zooms, _bbox(unlabelled, int(np.ceil(label_search_mm / zooms.min())) + 1))
+        d, idx = _nearest(
+            labelled_tissue,
+            zooms,
+            _bbox(unlabelled, int(np.ceil(label_search_mm / zooms.min())) + 1),
+        )
         near = unlabelled & (d <= label_search_mm)
         cls[near] = cls[tuple(idx)][near]
         hemi[near] = hemi[tuple(idx)][near]
@@ -432,8 +495,12 @@ def build_mars_labels(
     nearest_lobe = code[tuple(idx)]
 
     # Capsules, from the geometry of the deep grey nuclei.
-    in_class = lambda *names: np.isin(seg, [v for v, n in ((v, FREESURFER_MARS[v][0]) for v in classes)  # noqa: E731
-                                             if n.endswith(names)])
+    def in_class(*names):
+        return np.isin(
+            seg,
+            [v for v, n in ((v, FREESURFER_MARS[v][0]) for v in classes) if n.endswith(names)],
+        )
+
     lentiform = in_class("Putamen", "Pallidum")
     putamen = in_class("Putamen")
     medial = in_class("Caudate", "Thalamus")
@@ -443,9 +510,13 @@ def build_mars_labels(
         deep = _bbox(lentiform | medial, margin=int(np.ceil(2 * capsule_mm / zooms.min())) + 1)
         d_lent = ndi.distance_transform_edt(~lentiform[deep], sampling=zooms)
         d_med = ndi.distance_transform_edt(~medial[deep], sampling=zooms)
-        d_put = ndi.distance_transform_edt(~putamen[deep], sampling=zooms) if putamen.any() else np.inf
+        d_put = (
+            ndi.distance_transform_edt(~putamen[deep], sampling=zooms) if putamen.any() else np.inf
+        )
         internal[deep] = wm[deep] & (d_lent <= capsule_mm) & (d_med <= capsule_mm)
-        under_insula = (nearest_lobe[deep] == CODE["insula"]) & (dist[deep] > insula_juxtacortical_mm)
+        under_insula = (nearest_lobe[deep] == CODE["insula"]) & (
+            dist[deep] > insula_juxtacortical_mm
+        )
         external[deep] = wm[deep] & ~internal[deep] & (d_put <= capsule_mm) & under_insula
     code[internal] = CODE["internal_capsule"]
     code[external] = CODE["external_capsule"]
@@ -468,17 +539,31 @@ def build_mars_labels(
     return MarsMap(labels=labels, affine=np.asarray(affine, float))
 
 
-def build_mars_map(mni: MNIResources, juxtacortical_mm: float = 5.0, capsule_mm: float = 6.0,
-                   insula_juxtacortical_mm: float = 1.0, label_search_mm: float = 5.0) -> MarsMap:
+def build_mars_map(
+    mni: MNIResources,
+    juxtacortical_mm: float = 5.0,
+    capsule_mm: float = 6.0,
+    insula_juxtacortical_mm: float = 1.0,
+    label_search_mm: float = 5.0,
+) -> MarsMap:
     """The MNI MARS map: :func:`build_mars_labels` on the packaged Desikan-Killiany atlas.
 
     Label 0 inside the template brain is tissue where the ICBM priors say so
     (GM + WM > 0.5: the atlas's thin cortex and its vermis gap), else CSF; midline
     structures are split by the sign of MNI x.
     """
-    x_mm = (mni.affine[0, :3] @ np.indices(mni.dk.shape).reshape(3, -1) + mni.affine[0, 3]).reshape(mni.dk.shape)
+    x_mm = (mni.affine[0, :3] @ np.indices(mni.dk.shape).reshape(3, -1) + mni.affine[0, 3]).reshape(
+        mni.dk.shape
+    )
     return build_mars_labels(
-        mni.dk, mni.affine, names=mni.dk_names, brain=mni.brain, tissue=mni.brain & ((mni.gm + mni.wm) > 0.5),
-        right=x_mm > 0, juxtacortical_mm=juxtacortical_mm, insula_juxtacortical_mm=insula_juxtacortical_mm,
-        capsule_mm=capsule_mm, label_search_mm=label_search_mm,
+        mni.dk,
+        mni.affine,
+        names=mni.dk_names,
+        brain=mni.brain,
+        tissue=mni.brain & ((mni.gm + mni.wm) > 0.5),
+        right=x_mm > 0,
+        juxtacortical_mm=juxtacortical_mm,
+        insula_juxtacortical_mm=insula_juxtacortical_mm,
+        capsule_mm=capsule_mm,
+        label_search_mm=label_search_mm,
     )

@@ -37,13 +37,26 @@ from scipy import ndimage as ndi
 
 from cmb.mars_region import CSF_LABEL, OUTSIDE_LABEL, UNKNOWN_LABEL, build_mars_labels, decode_label
 
-__all__ = ["ATLAS_SOURCE", "PREFERRED_DESCS", "FREESURFER_FILES", "Parcellation", "ParcellationError",
-           "find_parcellation", "read_parcellation", "parcellation_mars_labels"]
+__all__ = [
+    "ATLAS_SOURCE",
+    "PREFERRED_DESCS",
+    "FREESURFER_FILES",
+    "Parcellation",
+    "ParcellationError",
+    "find_parcellation",
+    "read_parcellation",
+    "parcellation_mars_labels",
+]
 
 ATLAS_SOURCE = "atlas:MNI152NLin2009cAsym-DK"
 # desc entities of FreeSurfer-numbered dseg files, most detailed first
 PREFERRED_DESCS = ("aparcaseg", "aparcasegDKT", "DKTatlasaseg", "synthsegparc", "aseg", "synthseg")
-FREESURFER_FILES = ("aparc+aseg.mgz", "aparc.DKTatlas+aseg.deep.mgz", "aparc.DKTatlas+aseg.mgz", "aseg.mgz")
+FREESURFER_FILES = (
+    "aparc+aseg.mgz",
+    "aparc.DKTatlas+aseg.deep.mgz",
+    "aparc.DKTatlas+aseg.mgz",
+    "aseg.mgz",
+)
 _NATIVE_SPACES = (None, "T1w", "orig")
 
 
@@ -65,7 +78,9 @@ def _entities(name: str) -> dict[str, str]:
     return dict(part.split("-", 1) for part in stem.split("_")[:-1] if "-" in part)
 
 
-def find_parcellation(root: str | Path, subject: str, session: str | None = None, desc: str = "") -> Path | None:
+def find_parcellation(
+    root: str | Path, subject: str, session: str | None = None, desc: str = ""
+) -> Path | None:
     """The session's parcellation under ``root`` (module docstring), or None when it has none.
 
     Raises :class:`ParcellationError` when several candidates remain and ``desc``
@@ -86,13 +101,18 @@ def find_parcellation(root: str | Path, subject: str, session: str | None = None
     root = Path(root)
     sub = subject if subject.startswith("sub-") else f"sub-{subject}"
     ses = None if not session else (session if session.startswith("ses-") else f"ses-{session}")
-    levels = ([(root / sub / ses / "anat", f"{sub}_{ses}"), (root / f"{sub}_{ses}", None)] if ses else [])
+    levels = (
+        [(root / sub / ses / "anat", f"{sub}_{ses}"), (root / f"{sub}_{ses}", None)] if ses else []
+    )
     levels += [(root / sub / "anat", sub), (root / sub, None)]
     for folder, prefix in levels:
         if prefix is not None:
             found = _bids_dseg(folder, prefix, desc)
         else:
-            found = next((folder / "mri" / f for f in FREESURFER_FILES if (folder / "mri" / f).is_file()), None)
+            found = next(
+                (folder / "mri" / f for f in FREESURFER_FILES if (folder / "mri" / f).is_file()),
+                None,
+            )
         if found is not None:
             return found
     return None
@@ -116,7 +136,8 @@ def _bids_dseg(folder: Path, prefix: str, desc: str) -> Path | None:
     if len(chosen) > 1:
         raise ParcellationError(
             f"{folder}: several parcellations ({', '.join(p.name for p in chosen)}); set mars.parcellation_desc "
-            "and keep one per space, or point mars.parcellation_dir elsewhere")
+            "and keep one per space, or point mars.parcellation_dir elsewhere"
+        )
     return chosen[0] if chosen else None
 
 
@@ -127,11 +148,15 @@ def read_parcellation(path: str | Path, root: str | Path | None = None) -> Parce
         img = nib.load(path)
         labels = np.asanyarray(img.dataobj)
     except Exception as err:  # noqa: BLE001 - any reader error is the file's fault
-        raise ParcellationError(f"{path}: not a readable label image ({err}); fix the file or clear "
-                                "mars.parcellation_dir to use the atlas route") from err
+        raise ParcellationError(
+            f"{path}: not a readable label image ({err}); fix the file or clear "
+            "mars.parcellation_dir to use the atlas route"
+        ) from err
     labels = np.squeeze(labels)
     if labels.ndim != 3:
-        raise ParcellationError(f"{path}: a label image must be 3-D, this one has shape {labels.shape}")
+        raise ParcellationError(
+            f"{path}: a label image must be 3-D, this one has shape {labels.shape}"
+        )
     if not np.allclose(labels, np.rint(labels)):
         raise ParcellationError(f"{path}: non-integer values; a parcellation holds label numbers")
     names = None
@@ -139,33 +164,57 @@ def read_parcellation(path: str | Path, root: str | Path | None = None) -> Parce
     if tsv != path and tsv.is_file():
         table = pd.read_csv(tsv, sep="\t", dtype=str, keep_default_na=False)
         if not {"index", "name"} <= set(table.columns):
-            raise ParcellationError(f"{tsv}: a dseg lookup needs the columns index and name (BIDS), "
-                                    f"it has {', '.join(table.columns)}")
+            raise ParcellationError(
+                f"{tsv}: a dseg lookup needs the columns index and name (BIDS), "
+                f"it has {', '.join(table.columns)}"
+            )
         names = {int(i): n for i, n in zip(table["index"], table["name"])}
     rel = path.relative_to(root) if root is not None and path.is_relative_to(root) else path.name
-    return Parcellation(path=path, labels=np.rint(labels).astype(np.int32), affine=img.affine.astype(float),
-                        names=names, source=f"parcellation:{rel}")
+    return Parcellation(
+        path=path,
+        labels=np.rint(labels).astype(np.int32),
+        affine=img.affine.astype(float),
+        names=names,
+        source=f"parcellation:{rel}",
+    )
 
 
-def _crop(labels: np.ndarray, affine: np.ndarray, margin_mm: float) -> tuple[np.ndarray, np.ndarray]:
+def _crop(
+    labels: np.ndarray, affine: np.ndarray, margin_mm: float
+) -> tuple[np.ndarray, np.ndarray]:
     """The bounding box of the labelled voxels grown by ``margin_mm`` (a conformed 256^3 volume is mostly 0)."""
     nz = np.nonzero(labels)
     if not len(nz[0]):
         raise ParcellationError("no labelled voxel")
     zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
     lo = [max(int(a.min()) - int(np.ceil(margin_mm / z)), 0) for a, z in zip(nz, zooms)]
-    hi = [min(int(a.max()) + int(np.ceil(margin_mm / z)) + 1, n) for a, z, n in zip(nz, zooms, labels.shape)]
+    hi = [
+        min(int(a.max()) + int(np.ceil(margin_mm / z)) + 1, n)
+        for a, z, n in zip(nz, zooms, labels.shape)
+    ]
     shifted = affine.copy()
     shifted[:3, 3] = affine[:3, :3] @ np.array(lo, float) + affine[:3, 3]
-    return labels[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], shifted
+    return labels[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]], shifted
 
 
-def _resample_labels(data: np.ndarray, data_affine: np.ndarray, target_shape, target_affine: np.ndarray,
-                     target_to_data_world: np.ndarray) -> np.ndarray:
+def _resample_labels(
+    data: np.ndarray,
+    data_affine: np.ndarray,
+    target_shape,
+    target_affine: np.ndarray,
+    target_to_data_world: np.ndarray,
+) -> np.ndarray:
     """Nearest-neighbour resampling: target voxel -> target world -> data world -> data voxel."""
     vox = np.linalg.inv(data_affine) @ target_to_data_world @ target_affine
-    return ndi.affine_transform(data, vox[:3, :3], vox[:3, 3], output_shape=tuple(target_shape), order=0,
-                                mode="constant", cval=0)
+    return ndi.affine_transform(
+        data,
+        vox[:3, :3],
+        vox[:3, 3],
+        output_shape=tuple(target_shape),
+        order=0,
+        mode="constant",
+        cval=0,
+    )
 
 
 def _categories(labels: np.ndarray) -> np.ndarray:
@@ -221,17 +270,34 @@ def parcellation_mars_labels(
     seg, affine = _crop(parcellation.labels, parcellation.affine, margin_mm=8.0)
     zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
     # label 0 inside the brain is sulcal CSF (FreeSurfer labels the ventricles, not the sulci)
-    ball = ndi.iterate_structure(ndi.generate_binary_structure(3, 1), max(1, int(round(3.0 / zooms.min()))))
+    ball = ndi.iterate_structure(
+        ndi.generate_binary_structure(3, 1), max(1, int(round(3.0 / zooms.min())))
+    )
     brain = ndi.binary_fill_holes(ndi.binary_closing(seg > 0, structure=ball)) | (seg > 0)
-    lobes = _resample_labels(atlas_labels.astype(np.int16), reference.affine, seg.shape, affine,
-                             np.linalg.inv(swi_to_t1w))
+    lobes = _resample_labels(
+        atlas_labels.astype(np.int16),
+        reference.affine,
+        seg.shape,
+        affine,
+        np.linalg.inv(swi_to_t1w),
+    )
     try:
-        mars = build_mars_labels(seg, affine, names=parcellation.names, brain=brain, lobes=lobes,
-                                 juxtacortical_mm=juxtacortical_mm, insula_juxtacortical_mm=insula_juxtacortical_mm,
-                                 capsule_mm=capsule_mm, label_search_mm=label_search_mm)
+        mars = build_mars_labels(
+            seg,
+            affine,
+            names=parcellation.names,
+            brain=brain,
+            lobes=lobes,
+            juxtacortical_mm=juxtacortical_mm,
+            insula_juxtacortical_mm=insula_juxtacortical_mm,
+            capsule_mm=capsule_mm,
+            label_search_mm=label_search_mm,
+        )
     except (ValueError, KeyError) as err:
         raise ParcellationError(f"{parcellation.path}: {err}") from err
-    native = _resample_labels(mars.labels, affine, reference.shape[:3], reference.affine, swi_to_t1w)
+    native = _resample_labels(
+        mars.labels, affine, reference.shape[:3], reference.affine, swi_to_t1w
+    )
     native = native.astype(np.int16)
     mask = np.asarray(brain_mask, bool)
     mapped = native != OUTSIDE_LABEL
@@ -239,7 +305,8 @@ def parcellation_mars_labels(
     if dice < min_brain_dice:
         raise ParcellationError(
             f"{parcellation.path}: its brain overlaps the SWI brain mask with Dice {dice:.2f} < {min_brain_dice} "
-            "after the SWI->T1w transform: a parcellation of another scan or space? (mars.parcellation_min_dice)")
+            "after the SWI->T1w transform: a parcellation of another scan or space? (mars.parcellation_min_dice)"
+        )
     ours, theirs = _categories(native), _categories(atlas_labels)
     both = (ours > 0) & (theirs > 0)
     agreement = float((ours[both] == theirs[both]).mean()) if both.any() else float("nan")

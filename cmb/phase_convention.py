@@ -218,9 +218,13 @@ class PhaseSignEstimate:
             del out[key]
         out["z"] = round(float(self.z), 2)
         out["agreement"] = None if self.agreement is None else round(float(self.agreement), 3)
-        out["interior_phase_rad"] = None if self.interior_phase_rad is None else round(float(self.interior_phase_rad), 4)
-        out["method"] = ("vein field: darkness-weighted dipole field of dark tubular structures correlated with the "
-                         "high-pass phase; z against random rigid placements of the same veins")
+        out["interior_phase_rad"] = (
+            None if self.interior_phase_rad is None else round(float(self.interior_phase_rad), 4)
+        )
+        out["method"] = (
+            "vein field: darkness-weighted dipole field of dark tubular structures correlated with the "
+            "high-pass phase; z against random rigid placements of the same veins"
+        )
         return out
 
 
@@ -228,8 +232,9 @@ def _zooms(affine: np.ndarray) -> np.ndarray:
     return np.sqrt((np.asarray(affine, float)[:3, :3] ** 2).sum(0))
 
 
-def _relative_darkness(mag: np.ndarray, mask: np.ndarray, zooms: np.ndarray, background_mm: float,
-                       csf_level: float) -> np.ndarray:
+def _relative_darkness(
+    mag: np.ndarray, mask: np.ndarray, zooms: np.ndarray, background_mm: float, csf_level: float
+) -> np.ndarray:
     """``1 - magnitude / tissue background`` in the mask (0 elsewhere and where brighter).
 
     The background is a Gaussian mean (``background_mm``) over tissue voxels only:
@@ -248,7 +253,9 @@ def _relative_darkness(mag: np.ndarray, mask: np.ndarray, zooms: np.ndarray, bac
     return np.where(mask & (w > 0.3), np.clip(d, 0.0, None), 0.0).astype(np.float32)
 
 
-def _vein_segments(dark: np.ndarray, zooms: np.ndarray, s: dict) -> tuple[np.ndarray, list[int], list[np.ndarray]]:
+def _vein_segments(
+    dark: np.ndarray, zooms: np.ndarray, s: dict
+) -> tuple[np.ndarray, list[int], list[np.ndarray]]:
     """Label the connected dark structures; the labels and long axes (voxel frame, mm) of the veins."""
     import cc3d  # here, not at import: the report environment reads sidecars with this module and has no cc3d
 
@@ -261,22 +268,32 @@ def _vein_segments(dark: np.ndarray, zooms: np.ndarray, s: dict) -> tuple[np.nda
         if sl is None or sizes[c] < s["min_voxels_along"]:
             continue
         mm = np.argwhere(labels[sl] == c) * zooms
-        cov = np.cov(mm.T, bias=True) + np.diag(zooms ** 2 / 12.0)  # a voxel is a box, not a point
+        cov = np.cov(mm.T, bias=True) + np.diag(zooms**2 / 12.0)  # a voxel is a box, not a point
         axis = np.linalg.eigh(cov)[1][:, -1]
         t = mm @ axis
         step = float(np.abs(axis) @ zooms)  # one voxel's length along the axis
         length = float(t.max() - t.min()) + step
         width = 2.0 * math.sqrt(sizes[c] * float(np.prod(zooms)) / (math.pi * length))
-        if (length >= s["min_length_mm"] and length / step >= s["min_voxels_along"]
-                and length >= s["min_elongation"] * width and width <= s["max_width_mm"]):
+        if (
+            length >= s["min_length_mm"]
+            and length / step >= s["min_voxels_along"]
+            and length >= s["min_elongation"] * width
+            and width <= s["max_width_mm"]
+        ):
             kept.append(c)
             axes.append(axis)
     return labels, kept, axes
 
 
-def estimate_paramagnetic_phase(magnitude: np.ndarray, highpass_phase: np.ndarray, mask: np.ndarray,
-                                affine: np.ndarray, *, settings: dict | None = None,
-                                name: str = "phase") -> PhaseSignEstimate:
+def estimate_paramagnetic_phase(
+    magnitude: np.ndarray,
+    highpass_phase: np.ndarray,
+    mask: np.ndarray,
+    affine: np.ndarray,
+    *,
+    settings: dict | None = None,
+    name: str = "phase",
+) -> PhaseSignEstimate:
     """Which sign a paramagnetic shift has in ``highpass_phase``, from the veins of ``magnitude``.
 
     Parameters
@@ -328,24 +345,43 @@ def estimate_paramagnetic_phase(magnitude: np.ndarray, highpass_phase: np.ndarra
     mask = np.asarray(mask, bool)
     zooms = _zooms(affine)
     if mag.shape != hp.shape or mag.shape != mask.shape:
-        raise ValueError(f"{name}: magnitude {mag.shape}, phase {hp.shape} and mask {mask.shape} differ")
+        raise ValueError(
+            f"{name}: magnitude {mag.shape}, phase {hp.shape} and mask {mask.shape} differ"
+        )
 
     def result(sign, z, note, **kw) -> PhaseSignEstimate:
-        fields = {"agreement": None, "n_veins": 0, "n_voxels": 0, "n_placements": 0, "interior_phase_rad": None}
+        fields = {
+            "agreement": None,
+            "n_veins": 0,
+            "n_voxels": 0,
+            "n_placements": 0,
+            "interior_phase_rad": None,
+        }
         fields.update(kw)
-        confident = (sign is not None and abs(z) >= s["min_z"] and fields["n_veins"] >= s["min_veins"]
-                     and fields["n_placements"] >= s["min_placements"])
-        return PhaseSignEstimate(sign, float(z), bool(confident), min_z=float(s["min_z"]), note=note, name=name,
-                                 **fields)
+        confident = (
+            sign is not None
+            and abs(z) >= s["min_z"]
+            and fields["n_veins"] >= s["min_veins"]
+            and fields["n_placements"] >= s["min_placements"]
+        )
+        return PhaseSignEstimate(
+            sign, float(z), bool(confident), min_z=float(s["min_z"]), note=note, name=name, **fields
+        )
 
     if not mask.any():
         return result(None, 0.0, "empty brain mask")
-    inner = ndi.distance_transform_edt(np.pad(mask, 1), sampling=zooms)[1:-1, 1:-1, 1:-1] > s["edge_mm"]
+    inner = (
+        ndi.distance_transform_edt(np.pad(mask, 1), sampling=zooms)[1:-1, 1:-1, 1:-1] > s["edge_mm"]
+    )
     darkness = _relative_darkness(mag, mask, zooms, s["background_mm"], s["csf_level"])
     labels, veins, axes = _vein_segments(inner & (darkness > s["darkness"]), zooms, s)
     if not veins:
-        return result(None, 0.0, f"no dark tubular structure (vein) found more than {s['edge_mm']:g} mm inside "
-                                 "the brain mask")
+        return result(
+            None,
+            0.0,
+            f"no dark tubular structure (vein) found more than {s['edge_mm']:g} mm inside "
+            "the brain mask",
+        )
     lut = np.zeros(int(labels.max()) + 1, np.int64)
     lut[veins] = np.arange(1, len(veins) + 1)
     vein_id = lut[labels]
@@ -376,13 +412,22 @@ def estimate_paramagnetic_phase(magnitude: np.ndarray, highpass_phase: np.ndarra
         if ok.mean() < 0.5:
             continue
         null.append(float(np.sum(weight[ok] * vein_field[tuple(moved[ok].T)])) / float(ok.mean()))
-    common = {"n_veins": len(veins), "n_voxels": int(len(vox)), "n_placements": len(null),
-              "interior_phase_rad": float(np.median(interior_each)),
-              "vein_angle_b0_deg": tuple(float(a) for a in angles),
-              "vein_interior_rad": tuple(float(v) for v in interior_each),
-              "vein_score": tuple(float(t) for t in per_vein)}
+    common = {
+        "n_veins": len(veins),
+        "n_voxels": int(len(vox)),
+        "n_placements": len(null),
+        "interior_phase_rad": float(np.median(interior_each)),
+        "vein_angle_b0_deg": tuple(float(a) for a in angles),
+        "vein_interior_rad": tuple(float(v) for v in interior_each),
+        "vein_score": tuple(float(t) for t in per_vein),
+    }
     if len(null) < 2 or not np.std(null) > 0:
-        return result(None, 0.0, f"{len(veins)} vein(s), but no random placement to compare them with", **common)
+        return result(
+            None,
+            0.0,
+            f"{len(veins)} vein(s), but no random placement to compare them with",
+            **common,
+        )
     z = (total - float(np.mean(null))) / float(np.std(null))
     sign = _SIGNS.get(int(np.sign(z)))
     agreement = float(np.mean(np.sign(per_vein) == np.sign(z))) if sign else None
@@ -394,8 +439,11 @@ def estimate_paramagnetic_phase(magnitude: np.ndarray, highpass_phase: np.ndarra
         why.append(f"{len(veins)} vein(s) < {s['min_veins']}")
     if len(null) < s["min_placements"]:
         why.append(f"{len(null)} random placement(s) < {s['min_placements']} (small field of view)")
-    note = (f"{len(veins)} vein(s), {len(vox)} voxels: paramagnetic {sign}, z = {z:+.2f}, "
-            f"{100 * (agreement or 0):.0f}% of veins agree" + (f"; not confident: {', '.join(why)}" if why else ""))
+    note = (
+        f"{len(veins)} vein(s), {len(vox)} voxels: paramagnetic {sign}, z = {z:+.2f}, "
+        f"{100 * (agreement or 0):.0f}% of veins agree"
+        + (f"; not confident: {', '.join(why)}" if why else "")
+    )
     return PhaseSignEstimate(**{**asdict(est), "note": note})
 
 
@@ -457,8 +505,12 @@ class PhaseConventionDecision:
         return out
 
 
-def resolve_paramagnetic_phase(setting: str, manufacturer: str | None = None, source: str | os.PathLike = "input",
-                               estimate: PhaseSignEstimate | None = None) -> PhaseConventionDecision:
+def resolve_paramagnetic_phase(
+    setting: str,
+    manufacturer: str | None = None,
+    source: str | os.PathLike = "input",
+    estimate: PhaseSignEstimate | None = None,
+) -> PhaseConventionDecision:
     """Decide the sign of a paramagnetic shift in a scan's phase (rules in the module docstring).
 
     Parameters
@@ -497,10 +549,20 @@ def resolve_paramagnetic_phase(setting: str, manufacturer: str | None = None, so
         raise ValueError(f"paramagnetic_phase must be one of {PHASE_SETTINGS}, not {setting!r}")
     vendor, vendor_sign = vendor_paramagnetic_phase(manufacturer)
     data_sign = estimate.paramagnetic_phase if estimate is not None and estimate.confident else None
-    measured = ("not measured on the data" if estimate is None else
-                f"data: {estimate.note}" if estimate.note else f"data: paramagnetic {estimate.paramagnetic_phase}")
-    common = {"setting": setting, "manufacturer": manufacturer, "vendor": vendor,
-              "vendor_paramagnetic_phase": vendor_sign, "estimate": estimate}
+    measured = (
+        "not measured on the data"
+        if estimate is None
+        else f"data: {estimate.note}"
+        if estimate.note
+        else f"data: paramagnetic {estimate.paramagnetic_phase}"
+    )
+    common = {
+        "setting": setting,
+        "manufacturer": manufacturer,
+        "vendor": vendor,
+        "vendor_paramagnetic_phase": vendor_sign,
+        "estimate": estimate,
+    }
 
     def compare(reference: str) -> str:
         if estimate is None:
@@ -514,34 +576,70 @@ def resolve_paramagnetic_phase(setting: str, manufacturer: str | None = None, so
         flags, warnings = (), ()
         if agreement == "disagree":
             flags = (MISMATCH_FLAG,)
-            warnings = (f"{source}: paramagnetic_phase is set to {setting}, but the veins say {data_sign} "
-                        f"({estimate.note}); the setting is kept",)
-        return PhaseConventionDecision(setting, "configuration", agreement=agreement, flags=flags,
-                                       reason=f"set to {setting} in the configuration; {measured}",
-                                       warnings=warnings, **common)
+            warnings = (
+                f"{source}: paramagnetic_phase is set to {setting}, but the veins say {data_sign} "
+                f"({estimate.note}); the setting is kept",
+            )
+        return PhaseConventionDecision(
+            setting,
+            "configuration",
+            agreement=agreement,
+            flags=flags,
+            reason=f"set to {setting} in the configuration; {measured}",
+            warnings=warnings,
+            **common,
+        )
     if vendor is not None:
         rule = f"auto: Manufacturer {manufacturer!r} ({vendor}): paramagnetic phase {vendor_sign}"
         agreement = compare(vendor_sign)
         if agreement == "disagree":
-            warning = (f"{source}: the vendor rule says paramagnetic {vendor_sign} ({vendor}), the veins say "
-                       f"{data_sign} ({estimate.note}): following the data (phase_convention_mismatch)")
-            return PhaseConventionDecision(data_sign, "data", agreement=agreement, flags=(MISMATCH_FLAG,),
-                                           reason=f"{rule}, overruled by the {measured}", warnings=(warning,),
-                                           **common)
+            warning = (
+                f"{source}: the vendor rule says paramagnetic {vendor_sign} ({vendor}), the veins say "
+                f"{data_sign} ({estimate.note}): following the data (phase_convention_mismatch)"
+            )
+            return PhaseConventionDecision(
+                data_sign,
+                "data",
+                agreement=agreement,
+                flags=(MISMATCH_FLAG,),
+                reason=f"{rule}, overruled by the {measured}",
+                warnings=(warning,),
+                **common,
+            )
         flags = (UNCONFIDENT_FLAG,) if agreement in ("unconfident", "not_estimated") else ()
-        return PhaseConventionDecision(vendor_sign, "vendor", agreement=agreement, flags=flags,
-                                       reason=f"{rule}; {measured}", **common)
-    what = "no Manufacturer" if manufacturer in (None, "") else f"Manufacturer {manufacturer!r} has no known phase sign"
+        return PhaseConventionDecision(
+            vendor_sign,
+            "vendor",
+            agreement=agreement,
+            flags=flags,
+            reason=f"{rule}; {measured}",
+            **common,
+        )
+    what = (
+        "no Manufacturer"
+        if manufacturer in (None, "")
+        else f"Manufacturer {manufacturer!r} has no known phase sign"
+    )
     if data_sign is not None:
         warning = f"{source}: {what}: the sign is taken from the veins (paramagnetic {data_sign}; {estimate.note})"
-        return PhaseConventionDecision(data_sign, "data", agreement="no_vendor_rule",
-                                       reason=f"auto: {what}; {measured}", warnings=(warning,), **common)
-    why = ("the data were not measured" if estimate is None else
-           f"the veins of {estimate.name} do not tell it either ({estimate.note})")
+        return PhaseConventionDecision(
+            data_sign,
+            "data",
+            agreement="no_vendor_rule",
+            reason=f"auto: {what}; {measured}",
+            warnings=(warning,),
+            **common,
+        )
+    why = (
+        "the data were not measured"
+        if estimate is None
+        else f"the veins of {estimate.name} do not tell it either ({estimate.note})"
+    )
     raise InputDataError(
         f"{source}: {what}, and {why}, so paramagnetic_phase: auto cannot tell the phase sign convention; "
         f"set preprocess.paramagnetic_phase to positive or negative for this data "
-        f"(known: {', '.join(f'{k} {v}' for k, v in VENDOR_PARAMAGNETIC_PHASE.items())})")
+        f"(known: {', '.join(f'{k} {v}' for k, v in VENDOR_PARAMAGNETIC_PHASE.items())})"
+    )
 
 
 def manufacturer_from_report(path: str | os.PathLike) -> str | None:
@@ -556,7 +654,9 @@ def manufacturer_from_report(path: str | os.PathLike) -> str | None:
         with open(path, encoding="utf-8") as f:
             report = json.load(f)
     except (OSError, ValueError) as exc:
-        raise InputDataError(f"{path}: cannot read the ingest report ({type(exc).__name__}: {exc})") from exc
+        raise InputDataError(
+            f"{path}: cannot read the ingest report ({type(exc).__name__}: {exc})"
+        ) from exc
     meta = report.get("metadata") if isinstance(report, dict) else None
     value = meta.get("Manufacturer") if isinstance(meta, dict) else None
     return value if isinstance(value, str) else None
@@ -595,9 +695,19 @@ def phase_convention_columns(convention: dict | None) -> dict:
     """
     na = "n/a"
     if not convention:
-        return {k: na for k in ("paramagnetic_phase", "phase_sign_source", "phase_sign_vendor", "phase_sign_data",
-                                "phase_sign_z", "phase_sign_agreement", "phase_convention_mismatch",
-                                "phase_convention_unconfident")}
+        return {
+            k: na
+            for k in (
+                "paramagnetic_phase",
+                "phase_sign_source",
+                "phase_sign_vendor",
+                "phase_sign_data",
+                "phase_sign_z",
+                "phase_sign_agreement",
+                "phase_convention_mismatch",
+                "phase_convention_unconfident",
+            )
+        }
     est = convention.get("estimate") or {}
     z = est.get("z")
     flags = convention.get("flags") or []
@@ -605,8 +715,13 @@ def phase_convention_columns(convention: dict | None) -> dict:
         "paramagnetic_phase": convention.get("paramagnetic_phase") or na,
         "phase_sign_source": convention.get("source") or na,
         "phase_sign_vendor": convention.get("vendor_paramagnetic_phase") or na,
-        "phase_sign_data": (na if not est else (est.get("paramagnetic_phase") or na) if est.get("confident")
-                            else "unconfident"),
+        "phase_sign_data": (
+            na
+            if not est
+            else (est.get("paramagnetic_phase") or na)
+            if est.get("confident")
+            else "unconfident"
+        ),
         "phase_sign_z": na if z is None else f"{float(z):.2f}",
         "phase_sign_agreement": convention.get("agreement") or na,
         "phase_convention_mismatch": "true" if MISMATCH_FLAG in flags else "false",

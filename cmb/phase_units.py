@@ -62,11 +62,26 @@ import numpy as np
 from cmb.failures import InputDataError
 from cmb.phase_convention import vendor_paramagnetic_phase
 
-__all__ = ["UNITS", "PhaseScaling", "detect_phase_units", "phase_scaling", "rescale_phase", "wrap_to_pi"]
+__all__ = [
+    "UNITS",
+    "PhaseScaling",
+    "detect_phase_units",
+    "phase_scaling",
+    "rescale_phase",
+    "wrap_to_pi",
+]
 
 #: Accepted values of ``units`` (``"auto"`` detects).
-UNITS = ("auto", "radians", "radians-0-2pi", "degrees", "degrees-0-360",
-         "milliradians", "integer", "scaled")
+UNITS = (
+    "auto",
+    "radians",
+    "radians-0-2pi",
+    "degrees",
+    "degrees-0-360",
+    "milliradians",
+    "integer",
+    "scaled",
+)
 
 _PI32 = np.float32(np.pi)
 _MAX_SAMPLE = 2_000_000
@@ -135,14 +150,20 @@ def _integer_scaling(mn: float, mx: float, rng: str) -> PhaseScaling:
     if mn >= 0:
         period = 2.0 ** math.ceil(math.log2(mx + 1))
         return PhaseScaling(
-            "integer", period / 2, 2 * np.pi / period,
+            "integer",
+            period / 2,
+            2 * np.pi / period,
             f"phase stored as raw integers {rng}: mapped 0..{int(period) - 1} to [-pi, pi) "
-            f"as (x - {int(period // 2)}) * pi / {int(period // 2)}")
+            f"as (x - {int(period // 2)}) * pi / {int(period // 2)}",
+        )
     half = 2.0 ** math.ceil(math.log2(max(-mn, mx + 1)))
     return PhaseScaling(
-        "integer", 0.0, np.pi / half,
+        "integer",
+        0.0,
+        np.pi / half,
         f"phase stored as raw integers {rng}: mapped -{int(half)}..{int(half) - 1} "
-        f"to [-pi, pi) as x * pi / {int(half)}")
+        f"to [-pi, pi) as x * pi / {int(half)}",
+    )
 
 
 def _scaled(lo: float, hi: float, mn: float, mx: float, sample: np.ndarray) -> PhaseScaling | None:
@@ -159,10 +180,13 @@ def _scaled(lo: float, hi: float, mn: float, mx: float, sample: np.ndarray) -> P
         return None  # bunched near 0 (uniform wrapped phase: 50%; a Gaussian: about 12%)
     factor = np.pi / m
     return PhaseScaling(
-        "scaled", 0.0, factor,
+        "scaled",
+        0.0,
+        factor,
         f"phase range +-{_fmt(m)} matches no standard unit; it is symmetric and filled to "
         f"both ends like a wrapped phase, so it is taken as one cycle: multiplied by "
-        f"pi/{_fmt(m)} = {_fmt(factor)}")
+        f"pi/{_fmt(m)} = {_fmt(factor)}",
+    )
 
 
 def _image_type(metadata: Mapping) -> list[str]:
@@ -172,7 +196,9 @@ def _image_type(metadata: Mapping) -> list[str]:
     return [str(v).upper() for v in value] if isinstance(value, (list, tuple)) else []
 
 
-def _sidecar_scaling(metadata: Mapping, lo: float, hi: float, rng: str, name: str) -> PhaseScaling | None:
+def _sidecar_scaling(
+    metadata: Mapping, lo: float, hi: float, rng: str, name: str
+) -> PhaseScaling | None:
     """Milliradians for a GE integer phase (by ``Manufacturer`` or ``FILT_PHA``); ``None`` when the sidecar
     does not decide."""
     filtered = any("FILT_PHA" in t for t in _image_type(metadata))
@@ -181,16 +207,23 @@ def _sidecar_scaling(metadata: Mapping, lo: float, hi: float, rng: str, name: st
         return None
     what = "GE filtered phase (ImageType FILT_PHA)" if filtered else "GE phase (Manufacturer)"
     if lo >= -_GE_MILLIRADIANS and hi <= _GE_MILLIRADIANS:
-        return PhaseScaling("milliradians", 0.0, 1e-3, f"{what} is stored as integer radians x 1000: range {rng} "
-                                                       "multiplied by 1/1000")
+        return PhaseScaling(
+            "milliradians",
+            0.0,
+            1e-3,
+            f"{what} is stored as integer radians x 1000: range {rng} multiplied by 1/1000",
+        )
     if filtered:
         raise InputDataError(
             f"{name}: {what} is stored as integer radians x 1000, within +-3142, but 99.8% of it lies within "
-            f"[{_fmt(lo)}, {_fmt(hi)}]; set the phase units explicitly (one of {', '.join(UNITS[1:])})")
+            f"[{_fmt(lo)}, {_fmt(hi)}]; set the phase units explicitly (one of {', '.join(UNITS[1:])})"
+        )
     return None  # a GE integer phase in another range: the range rules decide
 
 
-def detect_phase_units(values: np.ndarray, name: str = "phase", metadata: Mapping | None = None) -> PhaseScaling:
+def detect_phase_units(
+    values: np.ndarray, name: str = "phase", metadata: Mapping | None = None
+) -> PhaseScaling:
     """Find how ``values`` encode phase, by the rules of the module docstring.
 
     Parameters
@@ -230,12 +263,15 @@ def detect_phase_units(values: np.ndarray, name: str = "phase", metadata: Mappin
         raise InputDataError(f"{name}: phase image has no finite voxels")
     mn, mx = float(s.min()), float(s.max())
     if mx == mn:
-        raise InputDataError(f"{name}: phase is constant (every voxel = {_fmt(mn)}); "
-                             "cannot detect its units")
+        raise InputDataError(
+            f"{name}: phase is constant (every voxel = {_fmt(mn)}); cannot detect its units"
+        )
     lo, hi = (float(v) for v in np.percentile(s, [0.1, 99.9]))
     if hi == lo:
-        raise InputDataError(f"{name}: phase is nearly constant (99.8% of voxels = {_fmt(lo)}); "
-                             "cannot detect its units")
+        raise InputDataError(
+            f"{name}: phase is nearly constant (99.8% of voxels = {_fmt(lo)}); "
+            "cannot detect its units"
+        )
     reach = max(-lo, hi)
     rng = f"[{_fmt(mn)}, {_fmt(mx)}]"
     is_integer = bool(np.all(s == np.round(s)))
@@ -252,22 +288,48 @@ def detect_phase_units(values: np.ndarray, name: str = "phase", metadata: Mappin
         return lo >= a - tol and hi <= b + tol
 
     if within(-np.pi, np.pi, 1e-3) and reach >= np.pi / 4:
-        note = "" if reach >= 0.9 * np.pi else f" (only reaches +-{_fmt(reach)}: filtered or unwrapped?)"
-        return PhaseScaling("radians", 0.0, 1.0, f"phase range {rng} is radians already{note}"
-                            + outside(-np.pi - 1e-3, np.pi + 1e-3))
+        note = (
+            ""
+            if reach >= 0.9 * np.pi
+            else f" (only reaches +-{_fmt(reach)}: filtered or unwrapped?)"
+        )
+        return PhaseScaling(
+            "radians",
+            0.0,
+            1.0,
+            f"phase range {rng} is radians already{note}" + outside(-np.pi - 1e-3, np.pi + 1e-3),
+        )
     if within(0, 2 * np.pi, 1e-3) and hi >= 1.5 * np.pi:
-        return PhaseScaling("radians-0-2pi", 0.0, 1.0, f"phase range {rng} is radians in [0, 2pi): "
-                            "wrapped to [-pi, pi)" + outside(-1e-3, 2 * np.pi + 1e-3))
+        return PhaseScaling(
+            "radians-0-2pi",
+            0.0,
+            1.0,
+            f"phase range {rng} is radians in [0, 2pi): "
+            "wrapped to [-pi, pi)" + outside(-1e-3, 2 * np.pi + 1e-3),
+        )
     if within(-180, 180, 0.5) and reach >= 90:
-        return PhaseScaling("degrees", 0.0, np.pi / 180, f"phase range {rng} is degrees: multiplied "
-                            "by pi/180" + outside(-180.5, 180.5))
+        return PhaseScaling(
+            "degrees",
+            0.0,
+            np.pi / 180,
+            f"phase range {rng} is degrees: multiplied by pi/180" + outside(-180.5, 180.5),
+        )
     if within(0, 360, 0.5) and hi >= 270:
-        return PhaseScaling("degrees-0-360", 0.0, np.pi / 180, f"phase range {rng} is degrees in "
-                            "[0, 360): multiplied by pi/180 and wrapped to [-pi, pi)"
-                            + outside(-0.5, 360.5))
+        return PhaseScaling(
+            "degrees-0-360",
+            0.0,
+            np.pi / 180,
+            f"phase range {rng} is degrees in "
+            "[0, 360): multiplied by pi/180 and wrapped to [-pi, pi)" + outside(-0.5, 360.5),
+        )
     if within(-1000 * np.pi, 1000 * np.pi, 10 * np.pi) and reach >= 950 * np.pi:
-        return PhaseScaling("milliradians", 0.0, 1e-3, f"phase range {rng} is milliradians: "
-                            "multiplied by 1/1000" + outside(-1010 * np.pi, 1010 * np.pi))
+        return PhaseScaling(
+            "milliradians",
+            0.0,
+            1e-3,
+            f"phase range {rng} is milliradians: "
+            "multiplied by 1/1000" + outside(-1010 * np.pi, 1010 * np.pi),
+        )
     if hi - lo > 360.5 and is_integer:
         scaling = _integer_scaling(math.floor(lo), math.ceil(hi), rng)
         a = scaling.offset - np.pi / scaling.scale
@@ -276,14 +338,17 @@ def detect_phase_units(values: np.ndarray, name: str = "phase", metadata: Mappin
         if lo > a + (1 - _FILL_FRACTION) * span or hi < b + 1 - (1 - _FILL_FRACTION) * span:
             hint = ""
             if scaling.offset == 0.0 and reach <= _GE_MILLIRADIANS:
-                hint = (f"; if it is GE phase stored as radians x 1000 (a filtered phase, ImageType FILT_PHA), "
-                        f"that range would scale it {1000 * scaling.scale:.2f} times too much: give the sidecar "
-                        "(Manufacturer, ImageType) or set the units to milliradians")
+                hint = (
+                    f"; if it is GE phase stored as radians x 1000 (a filtered phase, ImageType FILT_PHA), "
+                    f"that range would scale it {1000 * scaling.scale:.2f} times too much: give the sidecar "
+                    "(Manufacturer, ImageType) or set the units to milliradians"
+                )
             raise InputDataError(
                 f"{name}: integer phase over {rng} (99.8% within [{_fmt(lo)}, {_fmt(hi)}]) does not fill a stored "
                 f"phase range (the nearest, {int(a)}..{int(b)}, would need at least {100 * _FILL_FRACTION:.0f}% "
                 f"of it at both ends, as a wrapped phase has): filtered, masked or unwrapped phase cannot be "
-                f"scaled by its range{hint}; set the phase units explicitly (one of {', '.join(UNITS[1:])})")
+                f"scaled by its range{hint}; set the phase units explicitly (one of {', '.join(UNITS[1:])})"
+            )
         return dataclasses.replace(scaling, description=scaling.description + outside(a, b))
     scaled = _scaled(lo, hi, mn, mx, s)
     if scaled is not None:
@@ -291,16 +356,21 @@ def detect_phase_units(values: np.ndarray, name: str = "phase", metadata: Mappin
     raise InputDataError(
         f"{name}: cannot tell the units of a phase ranging over {rng} (99.8% within "
         f"[{_fmt(lo)}, {_fmt(hi)}]); set the phase units explicitly "
-        f"(one of {', '.join(UNITS[1:])})")
+        f"(one of {', '.join(UNITS[1:])})"
+    )
 
 
 def _forced(units: str, values: np.ndarray, name: str) -> PhaseScaling:
     if units in ("radians", "radians-0-2pi"):
         return PhaseScaling(units, 0.0, 1.0, f"phase units set to {units}: wrapped to [-pi, pi)")
     if units in ("degrees", "degrees-0-360"):
-        return PhaseScaling(units, 0.0, np.pi / 180, f"phase units set to {units}: multiplied by pi/180")
+        return PhaseScaling(
+            units, 0.0, np.pi / 180, f"phase units set to {units}: multiplied by pi/180"
+        )
     if units == "milliradians":
-        return PhaseScaling(units, 0.0, 1e-3, "phase units set to milliradians: multiplied by 1/1000")
+        return PhaseScaling(
+            units, 0.0, 1e-3, "phase units set to milliradians: multiplied by 1/1000"
+        )
     s = _sample(values)
     if s.size == 0 or s.min() == s.max():
         raise InputDataError(f"{name}: phase is constant; cannot rescale it")
@@ -308,12 +378,17 @@ def _forced(units: str, values: np.ndarray, name: str) -> PhaseScaling:
     if units == "integer":
         return _integer_scaling(math.floor(mn), math.ceil(mx), f"[{_fmt(mn)}, {_fmt(mx)}]")
     m = max(-mn, mx)
-    return PhaseScaling("scaled", 0.0, np.pi / m,
-                        f"phase units set to scaled: +-{_fmt(m)} multiplied by pi/{_fmt(m)}")
+    return PhaseScaling(
+        "scaled",
+        0.0,
+        np.pi / m,
+        f"phase units set to scaled: +-{_fmt(m)} multiplied by pi/{_fmt(m)}",
+    )
 
 
-def rescale_phase(values: np.ndarray, units: str = "auto", name: str = "phase", *,
-                  metadata: Mapping | None = None) -> tuple[np.ndarray, str]:
+def rescale_phase(
+    values: np.ndarray, units: str = "auto", name: str = "phase", *, metadata: Mapping | None = None
+) -> tuple[np.ndarray, str]:
     """Rescale a phase array to float32 radians in [-pi, pi).
 
     Parameters
@@ -345,8 +420,9 @@ def rescale_phase(values: np.ndarray, units: str = "auto", name: str = "phase", 
     return scaling.apply(values), scaling.description
 
 
-def phase_scaling(values: np.ndarray, units: str = "auto", name: str = "phase", *,
-                  metadata: Mapping | None = None) -> PhaseScaling:
+def phase_scaling(
+    values: np.ndarray, units: str = "auto", name: str = "phase", *, metadata: Mapping | None = None
+) -> PhaseScaling:
     """The map to radians for ``values``: detected (``"auto"``) or for the given units.
 
     ``metadata`` is the phase image's JSON sidecar (``Manufacturer``, ``ImageType``),
@@ -360,4 +436,8 @@ def phase_scaling(values: np.ndarray, units: str = "auto", name: str = "phase", 
     if units not in UNITS:
         raise ValueError(f"units must be one of {UNITS}, not {units!r}")
     values = np.asarray(values)
-    return detect_phase_units(values, name, metadata) if units == "auto" else _forced(units, values, name)
+    return (
+        detect_phase_units(values, name, metadata)
+        if units == "auto"
+        else _forced(units, values, name)
+    )

@@ -38,7 +38,9 @@ import numpy as np
 from scipy import fft as sfft
 
 from cmb.atomic import save_nifti, write_json
-from cmb.register import _ants, _zooms, downsample_blocks, set_threads, to_ants, upsample_blocks
+from cmb.config import add_config_sections, int_list
+from cmb.registration.ants_adapter import import_ants, set_threads, to_ants
+from cmb.registration.grids import downsample_blocks, upsample_blocks, voxel_sizes
 
 __all__ = [
     "PHASE_CONVENTIONS",
@@ -118,19 +120,22 @@ def n4_bias_correct(
     field : float32 ndarray
         Multiplicative bias field on the full grid (``corrected = img / field``).
     """
-    ants = _ants()
+    ants = import_ants()
     data = np.asanyarray(img.dataobj).astype(np.float32)
     small, aff, factors = downsample_blocks(data, img.affine, spacing_mm)
     if mask is None:
         from cmb.brain_mask import head_mask
 
-        small_mask = head_mask(small, _zooms(aff))
+        small_mask = head_mask(small, voxel_sizes(aff))
     else:
         small_mask = downsample_blocks(mask.astype(np.float32), img.affine, spacing_mm)[0] > 0.5
     ref = nib.Nifti1Image(small, aff)
     field = ants.n4_bias_field_correction(
-        to_ants(ref), mask=to_ants(ref, small_mask.astype(np.float32)), shrink_factor=int(shrink_factor),
-        convergence={"iters": list(iterations), "tol": tolerance}, spline_param=float(spline_distance_mm),
+        to_ants(ref),
+        mask=to_ants(ref, small_mask.astype(np.float32)),
+        shrink_factor=int(shrink_factor),
+        convergence={"iters": list(iterations), "tol": tolerance},
+        spline_param=float(spline_distance_mm),
         return_bias_field=True,
     ).numpy()
     # interpolate the log field (positive, smooth) back to the full grid
@@ -143,7 +148,9 @@ def n4_bias_correct(
     return corrected, full
 
 
-def normalize_intensity(data: np.ndarray, mask: np.ndarray, method: str = "median") -> tuple[np.ndarray, float]:
+def normalize_intensity(
+    data: np.ndarray, mask: np.ndarray, method: str = "median"
+) -> tuple[np.ndarray, float]:
     """Scale intensities so that the brain's median (or 99th percentile) is 1.
 
     >>> d = np.array([0.0, 2.0, 4.0, 6.0, 100.0])
@@ -211,7 +218,9 @@ def highpass_phase(
     True
     """
     if paramagnetic_phase not in PHASE_CONVENTIONS:
-        raise ValueError(f"paramagnetic_phase must be one of {PHASE_CONVENTIONS}, not {paramagnetic_phase!r}")
+        raise ValueError(
+            f"paramagnetic_phase must be one of {PHASE_CONVENTIONS}, not {paramagnetic_phase!r}"
+        )
     phase = np.asarray(phase, np.float32)
     z = np.empty(phase.shape, np.complex64)
     w = np.ones((), np.float32) if magnitude is None else np.asarray(magnitude, np.float32)
@@ -318,19 +327,27 @@ def preprocess_subject(
         The report.
     """
     from cmb.brain_mask import compute_brain_mask
-    from cmb.phase_convention import (PHASE_SETTINGS, estimate_paramagnetic_phase, manufacturer_from_report,
-                                      resolve_paramagnetic_phase)
+    from cmb.phase_convention import (
+        PHASE_SETTINGS,
+        estimate_paramagnetic_phase,
+        manufacturer_from_report,
+        resolve_paramagnetic_phase,
+    )
 
     if phase is not None and out_phase is None:
         raise ValueError("a phase image was given: out_phase is required")
     if paramagnetic_phase not in PHASE_SETTINGS:  # checked before any work
-        raise ValueError(f"paramagnetic_phase must be one of {PHASE_SETTINGS}, not {paramagnetic_phase!r}")
+        raise ValueError(
+            f"paramagnetic_phase must be one of {PHASE_SETTINGS}, not {paramagnetic_phase!r}"
+        )
     manufacturer = None
     if phase is not None and paramagnetic_phase == "auto" and ingest_report is not None:
-        manufacturer = manufacturer_from_report(ingest_report)  # an unreadable report fails before any work
+        manufacturer = manufacturer_from_report(
+            ingest_report
+        )  # an unreadable report fails before any work
     timings = {}
     t_all = t0 = time.perf_counter()
-    _ants()  # the first import of ANTsPy takes seconds: timed on its own
+    import_ants()  # the first import of ANTsPy takes seconds: timed on its own
     timings["import_ants_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     img = nib.load(mag)
@@ -340,12 +357,16 @@ def preprocess_subject(
     if phase is not None:
         ph_img = nib.load(phase)
         if ph_img.shape != img.shape or not np.allclose(ph_img.affine, img.affine, atol=1e-3):
-            raise ValueError(f"{phase}: phase grid {ph_img.shape} differs from the magnitude grid {img.shape} "
-                             f"of {mag}")
+            raise ValueError(
+                f"{phase}: phase grid {ph_img.shape} differs from the magnitude grid {img.shape} "
+                f"of {mag}"
+            )
     ras = reorient_to_ras(img)
     data = np.asanyarray(ras.dataobj).astype(np.float32)
-    ras = nib.Nifti1Image(np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0), ras.affine, ras.header.copy())
-    zooms = _zooms(ras.affine)
+    ras = nib.Nifti1Image(
+        np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0), ras.affine, ras.header.copy()
+    )
+    zooms = voxel_sizes(ras.affine)
     timings["load_reorient_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -364,12 +385,20 @@ def preprocess_subject(
     if phase is not None:  # decided before anything is written: a refused sign leaves no output
         t0 = time.perf_counter()
         ph = np.asanyarray(reorient_to_ras(ph_img).dataobj).astype(np.float32)
-        hp = highpass_phase(np.nan_to_num(ph), np.asanyarray(ras.dataobj), zooms, sigma_mm=highpass_sigma_mm,
-                            paramagnetic_phase="positive", mask=mask)  # as stored: not flipped yet
+        hp = highpass_phase(
+            np.nan_to_num(ph),
+            np.asanyarray(ras.dataobj),
+            zooms,
+            sigma_mm=highpass_sigma_mm,
+            paramagnetic_phase="positive",
+            mask=mask,
+        )  # as stored: not flipped yet
         timings["phase_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         estimate = estimate_paramagnetic_phase(norm, hp, mask, ras.affine, name=str(phase))
-        decision = resolve_paramagnetic_phase(paramagnetic_phase, manufacturer, ingest_report or phase, estimate)
+        decision = resolve_paramagnetic_phase(
+            paramagnetic_phase, manufacturer, ingest_report or phase, estimate
+        )
         timings["phase_sign_check_s"] = time.perf_counter() - t0
         _log.info("phase sign: %s", decision.reason)
         for line in decision.warnings:
@@ -402,14 +431,23 @@ def preprocess_subject(
 
     report = {
         "inputs": {"magnitude": str(mag), "phase": None if phase is None else str(phase)},
-        "outputs": {"magnitude": str(out_mag), "mask": str(out_mask),
-                    "phase": None if out_phase is None else str(out_phase)},
+        "outputs": {
+            "magnitude": str(out_mag),
+            "mask": str(out_mask),
+            "phase": None if out_phase is None else str(out_phase),
+        },
         "input_orientation": "".join(nib.aff2axcodes(img.affine)),
         "output_orientation": "".join(nib.aff2axcodes(ras.affine)),
         "shape": list(ras.shape),
         "voxel_size_mm": [round(float(z), 6) for z in zooms],
-        "n4": {"spacing_mm": n4_spacing_mm, "iterations": list(n4_iterations),
-               "field_range_in_brain": [round(float(field[mask].min()), 4), round(float(field[mask].max()), 4)]},
+        "n4": {
+            "spacing_mm": n4_spacing_mm,
+            "iterations": list(n4_iterations),
+            "field_range_in_brain": [
+                round(float(field[mask].min()), 4),
+                round(float(field[mask].max()), 4),
+            ],
+        },
         "brain_mask": mask_info,
         "normalization": {"method": normalize, "scale": scale},
     }
@@ -440,7 +478,9 @@ def _like(ref: nib.Nifti1Image, data: np.ndarray, dtype) -> nib.Nifti1Image:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m cmb.preprocess", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m cmb.preprocess", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--mag", required=True, help="ingested magnitude NIfTI")
     p.add_argument("--phase", help="ingested phase NIfTI (radians), optional")
     p.add_argument("--out-mag", required=True, help="preprocessed magnitude (desc-preproc)")
@@ -448,19 +488,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out-phase", help="high-pass phase (required with --phase)")
     p.add_argument("--out-json", help="preprocessing report")
     p.add_argument("--out-bias", help="bias field (optional, QC)")
-    p.add_argument("--paramagnetic-phase", choices=("auto", *PHASE_CONVENTIONS), default="positive",
-                   help="sign of a paramagnetic shift in the input phase; auto: the vendor rule (Manufacturer "
-                        "in --ingest-report: Siemens/Philips negative, GE positive) checked against the sign "
-                        "measured on the scan's veins (cmb.phase_convention)")
-    p.add_argument("--ingest-report", help="the input's ingest report (JSON), read by --paramagnetic-phase auto")
-    p.add_argument("--highpass-sigma-mm", type=float, default=4.0, help="homodyne Gaussian low-pass width")
-    p.add_argument("--n4-spacing-mm", type=float, default=4.0, help="voxel size N4 runs at")
-    p.add_argument("--n4-iterations", default="50,50", help="N4 iterations per level, comma-separated")
-    p.add_argument("--mask-work-mm", type=float, default=2.0, help="voxel size of the brain-mask morphology")
-    p.add_argument("--mask-grow-mm", type=float, default=6.0, help="how far the mask may grow past the template")
-    p.add_argument("--normalize", choices=["median", "p99"], default="median")
+    p.add_argument(
+        "--paramagnetic-phase",
+        choices=("auto", *PHASE_CONVENTIONS),
+        help="sign of a paramagnetic shift in the input phase; auto: the vendor rule (Manufacturer "
+        "in --ingest-report: Siemens/Philips negative, GE positive) checked against the sign "
+        "measured on the scan's veins (cmb.phase_convention)",
+    )
+    p.add_argument(
+        "--ingest-report",
+        help="the input's ingest report (JSON), read by --paramagnetic-phase auto",
+    )
+    p.add_argument("--highpass-sigma-mm", type=float, help="homodyne Gaussian low-pass width")
+    p.add_argument("--n4-spacing-mm", type=float, help="voxel size N4 runs at")
+    p.add_argument(
+        "--n4-iterations", type=int_list, help="N4 iterations per level, comma-separated"
+    )
+    p.add_argument("--mask-work-mm", type=float, help="voxel size of the brain-mask morphology")
+    p.add_argument("--mask-grow-mm", type=float, help="how far the mask may grow past the template")
+    p.add_argument("--normalize", choices=["median", "p99"])
     p.add_argument("--threads", type=int, default=None, help="ITK/FFT threads")
-    return p
+    return add_config_sections(p, "preprocess")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -468,11 +516,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     set_threads(args.threads)
     report = preprocess_subject(
-        args.mag, args.phase, args.out_mag, args.out_mask, args.out_phase, args.out_json,
-        paramagnetic_phase=args.paramagnetic_phase, highpass_sigma_mm=args.highpass_sigma_mm,
-        n4_spacing_mm=args.n4_spacing_mm, n4_iterations=tuple(int(i) for i in args.n4_iterations.split(",")),
-        mask_work_mm=args.mask_work_mm, mask_grow_mm=args.mask_grow_mm, normalize=args.normalize,
-        out_bias=args.out_bias, ingest_report=args.ingest_report,
+        args.mag,
+        args.phase,
+        args.out_mag,
+        args.out_mask,
+        args.out_phase,
+        args.out_json,
+        paramagnetic_phase=args.paramagnetic_phase,
+        highpass_sigma_mm=args.highpass_sigma_mm,
+        n4_spacing_mm=args.n4_spacing_mm,
+        n4_iterations=tuple(args.n4_iterations),
+        mask_work_mm=args.mask_work_mm,
+        mask_grow_mm=args.mask_grow_mm,
+        normalize=args.normalize,
+        out_bias=args.out_bias,
+        ingest_report=args.ingest_report,
     )
     _log.info("timings: %s", json.dumps(report["timings"]))
     return 0

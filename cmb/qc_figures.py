@@ -74,15 +74,29 @@ def _window(data: np.ndarray, mask: np.ndarray | None) -> tuple[float, float]:
 
 
 def _save(fig: Figure, out) -> None:
-    matplotlib.rcParams["svg.hashsalt"] = "cmb"  # stable SVG ids: the same figure gives the same bytes
+    matplotlib.rcParams["svg.hashsalt"] = (
+        "cmb"  # stable SVG ids: the same figure gives the same bytes
+    )
     with atomic_path(out) as tmp:
         fmt = str(out).rsplit(".", 1)[-1]
         # no date in an SVG: a rerun (or the same run in the container) writes the same bytes
-        fig.savefig(tmp, format=fmt, dpi=100, facecolor="black", metadata={"Date": None} if fmt == "svg" else None)
+        fig.savefig(
+            tmp,
+            format=fmt,
+            dpi=100,
+            facecolor="black",
+            metadata={"Date": None} if fmt == "svg" else None,
+        )
 
 
-def plot_registration(image, dseg, out: str | os.PathLike, *, title: str | None = None,
-                      slices: Sequence[int] | None = None) -> None:
+def plot_registration(
+    image,
+    dseg,
+    out: str | os.PathLike,
+    *,
+    title: str | None = None,
+    slices: Sequence[int] | None = None,
+) -> None:
     """Atlas region edges over the subject image, in three orthogonal planes.
 
     Parameters
@@ -111,10 +125,23 @@ def plot_registration(image, dseg, out: str | os.PathLike, *, title: str | None 
     for ax, axis, name in zip(axes, range(3), _PLANES):
         sl = _plane(data, axis, idx[axis])
         edges = find_boundaries(_plane(labels, axis, idx[axis]), mode="inner")
-        ax.imshow(sl, cmap="gray", vmin=vmin, vmax=vmax, origin="lower", aspect=_aspect(zooms, axis),
-                  interpolation="nearest")
-        ax.imshow(np.ma.masked_where(~edges, edges), cmap=edge_cmap, origin="lower", aspect=_aspect(zooms, axis),
-                  interpolation="nearest", alpha=0.9)
+        ax.imshow(
+            sl,
+            cmap="gray",
+            vmin=vmin,
+            vmax=vmax,
+            origin="lower",
+            aspect=_aspect(zooms, axis),
+            interpolation="nearest",
+        )
+        ax.imshow(
+            np.ma.masked_where(~edges, edges),
+            cmap=edge_cmap,
+            origin="lower",
+            aspect=_aspect(zooms, axis),
+            interpolation="nearest",
+            alpha=0.9,
+        )
         ax.set_title(f"{name} {idx[axis]}", color="white", fontsize=9)
         ax.set_axis_off()
     if title:
@@ -123,7 +150,9 @@ def plot_registration(image, dseg, out: str | os.PathLike, *, title: str | None 
     _save(fig, out)
 
 
-def plot_brain_mask(image, mask, out: str | os.PathLike, *, title: str | None = None, n_axial: int = 5) -> None:
+def plot_brain_mask(
+    image, mask, out: str | os.PathLike, *, title: str | None = None, n_axial: int = 5
+) -> None:
     """Brain mask over the image: ``n_axial`` axial slices plus coronal and sagittal.
 
     The mask is drawn as a red outline with a faint fill, so both cut-off cortex
@@ -137,8 +166,11 @@ def plot_brain_mask(image, mask, out: str | os.PathLike, *, title: str | None = 
     zooms = _zooms(img)
     centre = orthogonal_slices(data.shape, m)
     zs = np.flatnonzero(m.any(axis=(0, 1)))
-    axial = (np.linspace(zs[0], zs[-1], n_axial + 2)[1:-1].round().astype(int) if zs.size
-             else np.linspace(0, data.shape[2] - 1, n_axial).round().astype(int))
+    axial = (
+        np.linspace(zs[0], zs[-1], n_axial + 2)[1:-1].round().astype(int)
+        if zs.size
+        else np.linspace(0, data.shape[2] - 1, n_axial).round().astype(int)
+    )
     views = [(2, int(k)) for k in axial] + [(1, centre[1]), (0, centre[0])]
     vmin, vmax = _window(data, m)
     fig = Figure(figsize=(2.4 * len(views), 3.0))
@@ -149,10 +181,30 @@ def plot_brain_mask(image, mask, out: str | os.PathLike, *, title: str | None = 
         mk = _plane(m, axis, k)
         edge = find_boundaries(mk, mode="inner")
         asp = _aspect(zooms, axis)
-        ax.imshow(sl, cmap="gray", vmin=vmin, vmax=vmax, origin="lower", aspect=asp, interpolation="nearest")
-        ax.imshow(np.ma.masked_where(~mk, mk), cmap=red, origin="lower", aspect=asp, alpha=0.15,
-                  interpolation="nearest")
-        ax.imshow(np.ma.masked_where(~edge, edge), cmap=red, origin="lower", aspect=asp, interpolation="nearest")
+        ax.imshow(
+            sl,
+            cmap="gray",
+            vmin=vmin,
+            vmax=vmax,
+            origin="lower",
+            aspect=asp,
+            interpolation="nearest",
+        )
+        ax.imshow(
+            np.ma.masked_where(~mk, mk),
+            cmap=red,
+            origin="lower",
+            aspect=asp,
+            alpha=0.15,
+            interpolation="nearest",
+        )
+        ax.imshow(
+            np.ma.masked_where(~edge, edge),
+            cmap=red,
+            origin="lower",
+            aspect=asp,
+            interpolation="nearest",
+        )
         ax.set_title(f"{_PLANES[axis]} {k}", color="white", fontsize=8)
         ax.set_axis_off()
     if title:
@@ -162,7 +214,9 @@ def plot_brain_mask(image, mask, out: str | os.PathLike, *, title: str | None = 
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m cmb.qc_figures", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m cmb.qc_figures", description=__doc__.split("\n\n")[0]
+    )
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("registration", help="atlas edges over the subject, 3 planes")
     r.add_argument("--image", required=True)

@@ -35,8 +35,12 @@ class ReviewHandler(SimpleHTTPRequestHandler):
     """Static, read-only files of one folder; nothing outside it."""
 
     server_version = "cmb-review"
-    extensions_map = {**SimpleHTTPRequestHandler.extensions_map, ".gz": "application/gzip",
-                      ".tsv": "text/tab-separated-values", ".js": "text/javascript"}
+    extensions_map = {
+        **SimpleHTTPRequestHandler.extensions_map,
+        ".gz": "application/gzip",
+        ".tsv": "text/tab-separated-values",
+        ".js": "text/javascript",
+    }
 
     def _inside(self) -> Path | None:
         root = Path(self.directory).resolve()
@@ -70,20 +74,32 @@ class ReviewHandler(SimpleHTTPRequestHandler):
             super().log_message(format, *args)
 
 
-def make_server(folder, host: str = LOOPBACK, port: int = 0, *, allow_remote: bool = False,
-                verbose: bool = False) -> ThreadingHTTPServer:
+def make_server(
+    folder,
+    host: str = LOOPBACK,
+    port: int = 0,
+    *,
+    allow_remote: bool = False,
+    verbose: bool = False,
+) -> ThreadingHTTPServer:
     """A server of ``folder`` (not started); refuses a non-loopback ``host`` without ``allow_remote``."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise ValueError(f"{folder}: not a folder (give the workflow's output_dir, e.g. demo/derivatives/cmb)")
+        raise ValueError(
+            f"{folder}: not a folder (give the workflow's output_dir, e.g. demo/derivatives/cmb)"
+        )
     try:
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = host == "localhost"
     if not loopback and not allow_remote:
-        raise ValueError(f"--host {host} is not a loopback address: the folder would be readable from the network; "
-                         "add --allow-remote to mean it")
-    server = ThreadingHTTPServer((host, port), functools.partial(ReviewHandler, directory=str(folder.resolve())))
+        raise ValueError(
+            f"--host {host} is not a loopback address: the folder would be readable from the network; "
+            "add --allow-remote to mean it"
+        )
+    server = ThreadingHTTPServer(
+        (host, port), functools.partial(ReviewHandler, directory=str(folder.resolve()))
+    )
     server.verbose = verbose
     return server
 
@@ -100,15 +116,26 @@ def build_parser(parser=None):
 
 def run(args) -> int:
     try:
-        server = make_server(args.derivatives, args.host, args.port, allow_remote=args.allow_remote,
-                             verbose=args.verbose)
+        server = make_server(
+            args.derivatives,
+            args.host,
+            args.port,
+            allow_remote=args.allow_remote,
+            verbose=args.verbose,
+        )
     except (ValueError, OSError) as e:
         print(f"cmb review: error: {e}", file=sys.stderr)
         return 2
     host, port = server.server_address[:2]
-    start = "cohort/cmb_report.html" if (args.derivatives / "cohort" / "cmb_report.html").is_file() else ""
-    print(f"serving {os.path.abspath(args.derivatives)} read-only at http://{host}:{port}/{start} (Ctrl-C stops)",
-          flush=True)
+    start = (
+        "cohort/cmb_report.html"
+        if (args.derivatives / "cohort" / "cmb_report.html").is_file()
+        else ""
+    )
+    print(
+        f"serving {os.path.abspath(args.derivatives)} read-only at http://{host}:{port}/{start} (Ctrl-C stops)",
+        flush=True,
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:

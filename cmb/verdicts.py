@@ -52,16 +52,45 @@ import pandas as pd
 from cmb.atomic import write_text
 
 __all__ = [
-    "VERDICT_COLUMNS", "VERDICTS", "REASONS", "CMB_VERDICTS", "NON_CMB_VERDICTS", "REVIEW_COLUMNS",
-    "ATTACH_TOLERANCE_MM", "VerdictError", "verdict_file_name", "is_verdict_file", "read_verdicts",
-    "write_verdicts", "find_verdict_files", "scan_verdict_files", "consensus", "attach_verdicts",
-    "reviewer_agreement", "review_columns",
+    "VERDICT_COLUMNS",
+    "VERDICTS",
+    "REASONS",
+    "CMB_VERDICTS",
+    "NON_CMB_VERDICTS",
+    "REVIEW_COLUMNS",
+    "ATTACH_TOLERANCE_MM",
+    "VerdictError",
+    "verdict_file_name",
+    "is_verdict_file",
+    "read_verdicts",
+    "write_verdicts",
+    "find_verdict_files",
+    "scan_verdict_files",
+    "consensus",
+    "attach_verdicts",
+    "reviewer_agreement",
+    "review_columns",
 ]
 
 _log = logging.getLogger(__name__)
 
-VERDICT_COLUMNS = ["index", "x_mm", "y_mm", "z_mm", "i", "j", "k", "radius_mm", "verdict", "reason", "comment",
-                   "reviewer", "time", "candidate_id", "confidence"]
+VERDICT_COLUMNS = [
+    "index",
+    "x_mm",
+    "y_mm",
+    "z_mm",
+    "i",
+    "j",
+    "k",
+    "radius_mm",
+    "verdict",
+    "reason",
+    "comment",
+    "reviewer",
+    "time",
+    "candidate_id",
+    "confidence",
+]
 VERDICTS = ("accept", "reject", "unsure", "added")
 REASONS = ("vein", "calcification", "artefact", "other")
 #: Verdicts that make a point a CMB, and one that makes it a known non-CMB.
@@ -69,23 +98,35 @@ CMB_VERDICTS = ("accept", "added")
 NON_CMB_VERDICTS = ("reject",)
 #: Columns the cohort table gains once verdicts exist (:func:`review_columns`).
 REVIEW_COLUMNS = {
-    "reviewed": {"Description": "true when every counted detection of the scan has a verdict of every reviewer "
-                                "of the scan (unsure counts as a verdict); false when some lack one; n/a without "
-                                "any verdict file"},
-    "verdict": {"Description": "the reviewers' consensus on the scan's detections",
-                "Levels": {"confirmed": "every counted detection accepted, nothing added or rejected",
-                           "corrected": "some detections rejected or CMBs added",
-                           "disputed": "reviewers disagree on at least one candidate (a tie)",
-                           "n/a": "no verdict file"}},
-    "n_reviewers": {"Description": "number of reviewers with a verdict file for the scan (0 without)"},
-    "n_cmb_reviewed": {"Description": "rater-confirmed CMB count: consensus accepted plus added; n/a without verdicts"},
+    "reviewed": {
+        "Description": "true when every counted detection of the scan has a verdict of every reviewer "
+        "of the scan (unsure counts as a verdict); false when some lack one; n/a without "
+        "any verdict file"
+    },
+    "verdict": {
+        "Description": "the reviewers' consensus on the scan's detections",
+        "Levels": {
+            "confirmed": "every counted detection accepted, nothing added or rejected",
+            "corrected": "some detections rejected or CMBs added",
+            "disputed": "reviewers disagree on at least one candidate (a tie)",
+            "n/a": "no verdict file",
+        },
+    },
+    "n_reviewers": {
+        "Description": "number of reviewers with a verdict file for the scan (0 without)"
+    },
+    "n_cmb_reviewed": {
+        "Description": "rater-confirmed CMB count: consensus accepted plus added; n/a without verdicts"
+    },
 }
 #: Largest distance (mm) at which a verdict is re-attached to a candidate of a rerun.
 ATTACH_TOLERANCE_MM = 2.0
 
 _NA = "n/a"
-_NAME = re.compile(r"^(?P<scan>sub-[A-Za-z0-9]+(?:_ses-[A-Za-z0-9]+)?(?:_run-[0-9]+)?)_rater-(?P<reviewer>[A-Za-z0-9]+)"
-                   r"_label-CMB_dseg\.tsv$")
+_NAME = re.compile(
+    r"^(?P<scan>sub-[A-Za-z0-9]+(?:_ses-[A-Za-z0-9]+)?(?:_run-[0-9]+)?)_rater-(?P<reviewer>[A-Za-z0-9]+)"
+    r"_label-CMB_dseg\.tsv$"
+)
 _REQUIRED = ("x_mm", "y_mm", "z_mm", "verdict", "reviewer")
 
 
@@ -101,7 +142,9 @@ def _reviewer_label(reviewer: str) -> str:
     """
     label = re.sub(r"[^A-Za-z0-9]", "", str(reviewer))
     if not label:
-        raise VerdictError(f"reviewer name {reviewer!r} has no letter or digit: cannot name its verdict file")
+        raise VerdictError(
+            f"reviewer name {reviewer!r} has no letter or digit: cannot name its verdict file"
+        )
     return label
 
 
@@ -125,7 +168,9 @@ def _number(text: str, path, line: int, column: str, allow_na: bool = False) -> 
     try:
         value = float(text)
     except ValueError:
-        raise VerdictError(f"{path}, line {line}: column {column} is {text!r}, not a number") from None
+        raise VerdictError(
+            f"{path}, line {line}: column {column} is {text!r}, not a number"
+        ) from None
     if not math.isfinite(value):
         raise VerdictError(f"{path}, line {line}: column {column} is {text!r}, not a finite number")
     return value
@@ -144,27 +189,41 @@ def read_verdicts(path) -> pd.DataFrame:
         raise VerdictError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     lines = text.splitlines()
     if not lines or not lines[0].strip():
-        raise VerdictError(f"{path}, line 1: empty file; a verdict file starts with the header "
-                           + "\\t".join(VERDICT_COLUMNS))
+        raise VerdictError(
+            f"{path}, line 1: empty file; a verdict file starts with the header "
+            + "\\t".join(VERDICT_COLUMNS)
+        )
     header = lines[0].split("\t")
     missing = [c for c in _REQUIRED if c not in header]
     if missing:
-        raise VerdictError(f"{path}, line 1: header lacks column(s) {', '.join(missing)} (has: {', '.join(header)})")
+        raise VerdictError(
+            f"{path}, line 1: header lacks column(s) {', '.join(missing)} (has: {', '.join(header)})"
+        )
     rows = []
-    for n, line in enumerate(csv.reader(lines[1:], delimiter="\t", quoting=csv.QUOTE_NONE), start=2):
+    for n, line in enumerate(
+        csv.reader(lines[1:], delimiter="\t", quoting=csv.QUOTE_NONE), start=2
+    ):
         if not line or not "".join(line).strip():
             continue
         if len(line) != len(header):
-            raise VerdictError(f"{path}, line {n}: {len(line)} fields, the header has {len(header)}")
+            raise VerdictError(
+                f"{path}, line {n}: {len(line)} fields, the header has {len(header)}"
+            )
         r = dict(zip(header, line))
         verdict = r["verdict"].strip().lower()
         if verdict not in VERDICTS:
-            raise VerdictError(f"{path}, line {n}: verdict {r['verdict']!r} is not one of {', '.join(VERDICTS)}")
+            raise VerdictError(
+                f"{path}, line {n}: verdict {r['verdict']!r} is not one of {', '.join(VERDICTS)}"
+            )
         reason = r.get("reason", _NA).strip().lower() or _NA
         if verdict == "reject" and reason not in REASONS:
-            raise VerdictError(f"{path}, line {n}: a rejection needs a reason ({', '.join(REASONS)}), got {reason!r}")
+            raise VerdictError(
+                f"{path}, line {n}: a rejection needs a reason ({', '.join(REASONS)}), got {reason!r}"
+            )
         if verdict != "reject" and reason not in (_NA, *REASONS):
-            raise VerdictError(f"{path}, line {n}: reason {reason!r} is not one of {', '.join(REASONS)} or n/a")
+            raise VerdictError(
+                f"{path}, line {n}: reason {reason!r} is not one of {', '.join(REASONS)} or n/a"
+            )
         if not r["reviewer"].strip() or r["reviewer"].strip() == _NA:
             raise VerdictError(f"{path}, line {n}: no reviewer name")
         out = {c: r.get(c, _NA) for c in VERDICT_COLUMNS}
@@ -178,17 +237,23 @@ def read_verdicts(path) -> pd.DataFrame:
         rows.append(out)
     table = pd.DataFrame(rows, columns=VERDICT_COLUMNS)
     if len(set(table["reviewer"])) > 1:
-        raise VerdictError(f"{path}: verdicts of several reviewers ({', '.join(sorted(set(table['reviewer'])))}) in "
-                           "one file; a file holds one reviewer's verdicts")
+        raise VerdictError(
+            f"{path}: verdicts of several reviewers ({', '.join(sorted(set(table['reviewer'])))}) in "
+            "one file; a file holds one reviewer's verdicts"
+        )
     m = _NAME.match(path.name)
     if m and len(table) and _reviewer_label(table["reviewer"].iloc[0]) != m["reviewer"]:
-        raise VerdictError(f"{path}, line 2: reviewer {table['reviewer'].iloc[0]!r} does not match the file name's "
-                           f"rater-{m['reviewer']}")
+        raise VerdictError(
+            f"{path}, line 2: reviewer {table['reviewer'].iloc[0]!r} does not match the file name's "
+            f"rater-{m['reviewer']}"
+        )
     table["index"] = np.arange(1, len(table) + 1)
     return table
 
 
-def write_verdicts(table: pd.DataFrame, folder, scan: str, reviewer: str, *, overwrite: bool = False) -> Path:
+def write_verdicts(
+    table: pd.DataFrame, folder, scan: str, reviewer: str, *, overwrite: bool = False
+) -> Path:
     """Write ``reviewer``'s verdicts on ``scan`` into ``folder`` (atomically); returns the path.
 
     Another reviewer's file is never touched (the name is keyed by reviewer); an
@@ -196,7 +261,9 @@ def write_verdicts(table: pd.DataFrame, folder, scan: str, reviewer: str, *, ove
     """
     path = Path(folder) / verdict_file_name(scan, reviewer)
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists: it holds earlier verdicts of {reviewer}; not overwritten")
+        raise FileExistsError(
+            f"{path} exists: it holds earlier verdicts of {reviewer}; not overwritten"
+        )
     out = pd.DataFrame(table).reindex(columns=VERDICT_COLUMNS)
     out["index"] = np.arange(1, len(out) + 1)
     out["reviewer"] = reviewer
@@ -225,7 +292,9 @@ def scan_verdict_files(path) -> list[Path]:
     m = _NAME.match(path.name)
     if m is None:
         return [path]
-    return sorted(p for p in path.parent.glob(f"{m['scan']}_rater-*_label-CMB_dseg.tsv") if is_verdict_file(p))
+    return sorted(
+        p for p in path.parent.glob(f"{m['scan']}_rater-*_label-CMB_dseg.tsv") if is_verdict_file(p)
+    )
 
 
 def _groups(tables: Sequence[pd.DataFrame], tolerance_mm: float) -> list[list[tuple[int, int]]]:
@@ -239,7 +308,11 @@ def _groups(tables: Sequence[pd.DataFrame], tolerance_mm: float) -> list[list[tu
             g = by_id.get(row.candidate_id) if not math.isnan(row.candidate_id) else None
             if g is None and centres:
                 d = np.linalg.norm(np.asarray(centres) - xyz, axis=1)
-                free = [k for k in np.argsort(d) if d[k] <= tolerance_mm and all(tt != t for tt, _ in groups[k])]
+                free = [
+                    k
+                    for k in np.argsort(d)
+                    if d[k] <= tolerance_mm and all(tt != t for tt, _ in groups[k])
+                ]
                 g = free[0] if free else None
             if g is None:
                 groups.append([])
@@ -251,7 +324,9 @@ def _groups(tables: Sequence[pd.DataFrame], tolerance_mm: float) -> list[list[tu
     return groups
 
 
-def consensus(tables: Sequence[pd.DataFrame], tolerance_mm: float = ATTACH_TOLERANCE_MM) -> pd.DataFrame:
+def consensus(
+    tables: Sequence[pd.DataFrame], tolerance_mm: float = ATTACH_TOLERANCE_MM
+) -> pd.DataFrame:
     """One verdict per candidate from several reviewers' tables (majority; a tie is ``unsure``).
 
     A CMB added by one reviewer counts as "not a CMB" for a reviewer whose file has no
@@ -266,7 +341,9 @@ def consensus(tables: Sequence[pd.DataFrame], tolerance_mm: float = ATTACH_TOLER
     >>> consensus([a, b])["verdict"].tolist()
     ['unsure']
     """
-    tables = [pd.DataFrame(t).reset_index(drop=True).reindex(columns=VERDICT_COLUMNS) for t in tables]
+    tables = [
+        pd.DataFrame(t).reset_index(drop=True).reindex(columns=VERDICT_COLUMNS) for t in tables
+    ]
     for t in tables:
         t["candidate_id"] = pd.to_numeric(t["candidate_id"], errors="coerce")
     if len(tables) == 1:
@@ -280,24 +357,34 @@ def consensus(tables: Sequence[pd.DataFrame], tolerance_mm: float = ATTACH_TOLER
             votes += ["reject"] * (len(tables) - len(members))
         yes = sum(v in CMB_VERDICTS for v in votes)
         no = len(votes) - yes
-        verdict = ("added" if added else "accept") if yes > no else ("reject" if no > yes else "unsure")
+        verdict = (
+            ("added" if added else "accept") if yes > no else ("reject" if no > yes else "unsure")
+        )
         first = members[0].to_dict()
         reasons = [m["reason"] for m in members if m["verdict"] == "reject"]
-        first.update(verdict=verdict, reason=max(set(reasons), key=reasons.count) if verdict == "reject" and reasons
-                     else _NA, reviewer="consensus", n_reviewers=len(members) if not added else len(tables),
-                     disputed=bool(votes) and yes == no,
-                     comment="; ".join(str(m["comment"]) for m in members if str(m["comment"]) not in ("", _NA,
-                                                                                                        "nan")) or _NA)
-        first["x_mm"], first["y_mm"], first["z_mm"] = (float(np.mean([m[c] for m in members]))
-                                                       for c in ("x_mm", "y_mm", "z_mm"))
+        first.update(
+            verdict=verdict,
+            reason=max(set(reasons), key=reasons.count) if verdict == "reject" and reasons else _NA,
+            reviewer="consensus",
+            n_reviewers=len(members) if not added else len(tables),
+            disputed=bool(votes) and yes == no,
+            comment="; ".join(
+                str(m["comment"]) for m in members if str(m["comment"]) not in ("", _NA, "nan")
+            )
+            or _NA,
+        )
+        first["x_mm"], first["y_mm"], first["z_mm"] = (
+            float(np.mean([m[c] for m in members])) for c in ("x_mm", "y_mm", "z_mm")
+        )
         rows.append(first)
     out = pd.DataFrame(rows, columns=[*VERDICT_COLUMNS, "n_reviewers", "disputed"])
     out["index"] = np.arange(1, len(out) + 1)
     return out
 
 
-def attach_verdicts(verdicts: pd.DataFrame, candidates: pd.DataFrame,
-                    tolerance_mm: float = ATTACH_TOLERANCE_MM) -> tuple[pd.DataFrame, pd.DataFrame]:
+def attach_verdicts(
+    verdicts: pd.DataFrame, candidates: pd.DataFrame, tolerance_mm: float = ATTACH_TOLERANCE_MM
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Attach verdicts to the current candidates (``cmb_id``, ``x_mm, y_mm, z_mm``).
 
     A verdict keeps its candidate when that candidate still lies within
@@ -316,14 +403,25 @@ def attach_verdicts(verdicts: pd.DataFrame, candidates: pd.DataFrame,
     """
     verdicts = pd.DataFrame(verdicts).reset_index(drop=True)
     cands = pd.DataFrame(candidates).reset_index(drop=True)
-    ids = pd.to_numeric(cands["cmb_id"], errors="coerce").to_numpy(dtype=float) if len(cands) else np.zeros(0)
-    xyz = cands[["x_mm", "y_mm", "z_mm"]].apply(pd.to_numeric, errors="coerce").to_numpy(float) if len(cands) \
+    ids = (
+        pd.to_numeric(cands["cmb_id"], errors="coerce").to_numpy(dtype=float)
+        if len(cands)
+        else np.zeros(0)
+    )
+    xyz = (
+        cands[["x_mm", "y_mm", "z_mm"]].apply(pd.to_numeric, errors="coerce").to_numpy(float)
+        if len(cands)
         else np.zeros((0, 3))
+    )
     taken: set[int] = set()
     cmb_id, moved = np.full(len(verdicts), np.nan), np.full(len(verdicts), np.nan)
     pts = verdicts[["x_mm", "y_mm", "z_mm"]].to_numpy(float) if len(verdicts) else np.zeros((0, 3))
-    cid = pd.to_numeric(verdicts.get("candidate_id", pd.Series(np.nan, verdicts.index)), errors="coerce").to_numpy()
-    order = sorted(range(len(verdicts)), key=lambda n: math.isnan(cid[n]))  # verdicts with an id first
+    cid = pd.to_numeric(
+        verdicts.get("candidate_id", pd.Series(np.nan, verdicts.index)), errors="coerce"
+    ).to_numpy()
+    order = sorted(
+        range(len(verdicts)), key=lambda n: math.isnan(cid[n])
+    )  # verdicts with an id first
     for n in order:
         d = np.linalg.norm(xyz - pts[n], axis=1) if len(xyz) else np.zeros(0)
         same = np.flatnonzero(ids == cid[n]) if not math.isnan(cid[n]) else np.zeros(0, int)
@@ -338,7 +436,9 @@ def attach_verdicts(verdicts: pd.DataFrame, candidates: pd.DataFrame,
         cmb_id[n], moved[n] = ids[k], d[k]
     attached = verdicts.assign(cmb_id=cmb_id, moved_mm=moved)
     ok = ~np.isnan(cmb_id)
-    return attached[ok].reset_index(drop=True), attached[~ok].drop(columns=["cmb_id", "moved_mm"]).reset_index(drop=True)
+    return attached[ok].reset_index(drop=True), attached[~ok].drop(
+        columns=["cmb_id", "moved_mm"]
+    ).reset_index(drop=True)
 
 
 def _cohen_kappa(a: Sequence[str], b: Sequence[str]) -> float:
@@ -356,8 +456,9 @@ def _cohen_kappa(a: Sequence[str], b: Sequence[str]) -> float:
     return 1.0 if pe == 1.0 else (po - pe) / (1.0 - pe)
 
 
-def reviewer_agreement(scans: dict[str, Sequence[pd.DataFrame]],
-                       tolerance_mm: float = ATTACH_TOLERANCE_MM) -> pd.DataFrame:
+def reviewer_agreement(
+    scans: dict[str, Sequence[pd.DataFrame]], tolerance_mm: float = ATTACH_TOLERANCE_MM
+) -> pd.DataFrame:
     """Agreement of every pair of reviewers over the candidates both judged (CMB or not).
 
     ``scans`` maps a scan key to its reviewers' verdict tables. A candidate counts for a
@@ -371,7 +472,9 @@ def reviewer_agreement(scans: dict[str, Sequence[pd.DataFrame]],
         names = [str(t["reviewer"].iloc[0]) for t in tables]
         for x in range(len(tables)):
             for y in range(x + 1, len(tables)):
-                (na, ta), (nb, tb) = sorted([(names[x], tables[x]), (names[y], tables[y])], key=lambda p: p[0])
+                (na, ta), (nb, tb) = sorted(
+                    [(names[x], tables[x]), (names[y], tables[y])], key=lambda p: p[0]
+                )
                 ta = ta.assign(candidate_id=pd.to_numeric(ta["candidate_id"], errors="coerce"))
                 tb = tb.assign(candidate_id=pd.to_numeric(tb["candidate_id"], errors="coerce"))
                 rec = pairs.setdefault((na, nb), {"n_scans": 0, "a": [], "b": []})
@@ -387,17 +490,38 @@ def reviewer_agreement(scans: dict[str, Sequence[pd.DataFrame]],
     rows = []
     for (na, nb), rec in sorted(pairs.items()):
         a, b = rec["a"], rec["b"]
-        rows.append({"reviewer_a": na, "reviewer_b": nb, "n_scans": rec["n_scans"], "n_candidates": len(a),
-                     "agreement": sum(x == y for x, y in zip(a, b)) / len(a) if a else math.nan,
-                     "kappa": _cohen_kappa(a, b),
-                     "n_both_cmb": sum(x == y == "cmb" for x, y in zip(a, b)),
-                     "n_only_a": sum(x == "cmb" != y for x, y in zip(a, b)),
-                     "n_only_b": sum(y == "cmb" != x for x, y in zip(a, b))})
-    return pd.DataFrame(rows, columns=["reviewer_a", "reviewer_b", "n_scans", "n_candidates", "agreement", "kappa",
-                                       "n_both_cmb", "n_only_a", "n_only_b"])
+        rows.append(
+            {
+                "reviewer_a": na,
+                "reviewer_b": nb,
+                "n_scans": rec["n_scans"],
+                "n_candidates": len(a),
+                "agreement": sum(x == y for x, y in zip(a, b)) / len(a) if a else math.nan,
+                "kappa": _cohen_kappa(a, b),
+                "n_both_cmb": sum(x == y == "cmb" for x, y in zip(a, b)),
+                "n_only_a": sum(x == "cmb" != y for x, y in zip(a, b)),
+                "n_only_b": sum(y == "cmb" != x for x, y in zip(a, b)),
+            }
+        )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "reviewer_a",
+            "reviewer_b",
+            "n_scans",
+            "n_candidates",
+            "agreement",
+            "kappa",
+            "n_both_cmb",
+            "n_only_a",
+            "n_only_b",
+        ],
+    )
 
 
-def review_columns(scans: Iterable[tuple[str, str, object]], verdict_files: Iterable) -> pd.DataFrame:
+def review_columns(
+    scans: Iterable[tuple[str, str, object]], verdict_files: Iterable
+) -> pd.DataFrame:
     """The cohort table's review columns (:data:`REVIEW_COLUMNS`), one row per scan.
 
     Parameters
@@ -413,7 +537,9 @@ def review_columns(scans: Iterable[tuple[str, str, object]], verdict_files: Iter
     for path in verdict_files:
         m = _NAME.match(Path(path).name)
         if m is None:
-            raise VerdictError(f"{path}: not a verdict file name (<scan>_rater-<reviewer>_label-CMB_dseg.tsv)")
+            raise VerdictError(
+                f"{path}: not a verdict file name (<scan>_rater-<reviewer>_label-CMB_dseg.tsv)"
+            )
         by_scan.setdefault(m["scan"], []).append(read_verdicts(path))
     rows, seen = [], set()
     for pid, sid, detections in scans:
@@ -425,30 +551,57 @@ def review_columns(scans: Iterable[tuple[str, str, object]], verdict_files: Iter
             rows.append({**row, "reviewed": _NA, "verdict": _NA, "n_cmb_reviewed": _NA})
             continue
         det = None
-        if detections is not None and Path(detections).is_file() and Path(detections).stat().st_size:
+        if (
+            detections is not None
+            and Path(detections).is_file()
+            and Path(detections).stat().st_size
+        ):
             det = pd.read_csv(detections, sep="\t", dtype=str, keep_default_na=False)
-        counted = det[det["is_cmb"] == "true"] if det is not None else pd.DataFrame(columns=["cmb_id"])
+        counted = (
+            det[det["is_cmb"] == "true"] if det is not None else pd.DataFrame(columns=["cmb_id"])
+        )
         judged = []
         for t in tables:
             attached, orphans = attach_verdicts(t, det if det is not None else counted)
             for o in orphans[orphans["verdict"] != "added"].itertuples():
-                _log.warning("%s: %s's verdict %s at (%.1f, %.1f, %.1f) mm has no candidate within %g mm (kept in "
-                             "the file, not counted)", key, o.reviewer, o.verdict, o.x_mm, o.y_mm, o.z_mm,
-                             ATTACH_TOLERANCE_MM)
+                _log.warning(
+                    "%s: %s's verdict %s at (%.1f, %.1f, %.1f) mm has no candidate within %g mm (kept in "
+                    "the file, not counted)",
+                    key,
+                    o.reviewer,
+                    o.verdict,
+                    o.x_mm,
+                    o.y_mm,
+                    o.z_mm,
+                    ATTACH_TOLERANCE_MM,
+                )
             judged.append(set(attached["cmb_id"].astype(int)))
         ids = set(pd.to_numeric(counted["cmb_id"], errors="coerce").dropna().astype(int))
         cons = consensus(tables)
         n_cmb = int(cons["verdict"].isin(CMB_VERDICTS).sum())
-        accepted = set(pd.to_numeric(cons.loc[cons["verdict"] == "accept", "candidate_id"], errors="coerce")
-                       .dropna().astype(int))
+        accepted = set(
+            pd.to_numeric(cons.loc[cons["verdict"] == "accept", "candidate_id"], errors="coerce")
+            .dropna()
+            .astype(int)
+        )
         if "disputed" in cons and cons["disputed"].any():
             verdict = "disputed"
-        elif (cons["verdict"] == "added").any() or (cons["verdict"] == "reject").any() or not ids <= accepted:
+        elif (
+            (cons["verdict"] == "added").any()
+            or (cons["verdict"] == "reject").any()
+            or not ids <= accepted
+        ):
             verdict = "corrected"
         else:
             verdict = "confirmed"
-        rows.append({**row, "reviewed": str(all(ids <= j for j in judged)).lower(), "verdict": verdict,
-                     "n_cmb_reviewed": str(n_cmb)})
+        rows.append(
+            {
+                **row,
+                "reviewed": str(all(ids <= j for j in judged)).lower(),
+                "verdict": verdict,
+                "n_cmb_reviewed": str(n_cmb),
+            }
+        )
     for key in sorted(set(by_scan) - seen):
         _log.warning("verdicts of %s: no such scan in the cohort (kept, not counted)", key)
     return pd.DataFrame(rows, columns=["participant_id", "session_id", *REVIEW_COLUMNS]).astype(str)

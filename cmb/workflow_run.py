@@ -57,7 +57,7 @@ def config_items(args: list[str]) -> dict[str, str]:
                 i += 1
             continue
         if a.startswith("--config="):
-            key, sep, value = a[len("--config="):].partition("=")
+            key, sep, value = a[len("--config=") :].partition("=")
             if sep:
                 out[key] = value
         i += 1
@@ -79,8 +79,10 @@ def check_paths(items: dict[str, str], default_work_dir: bool = True) -> list[st
     ``<output_dir>-work`` is checked too: in a container with a read-only root it is
     outside the output bind mount. Paths set in a ``--configfile`` are left to the workflow."""
     problems = []
-    hint = ("in a container, bind it there (podman run -v HOST_DIR:{p}:ro ..., "
-            "apptainer exec --bind HOST_DIR:{p} ...)")
+    hint = (
+        "in a container, bind it there (podman run -v HOST_DIR:{p}:ro ..., "
+        "apptainer exec --bind HOST_DIR:{p} ...)"
+    )
     bids = items.get("bids_dir")
     if bids:
         p = Path(bids)
@@ -97,11 +99,17 @@ def check_paths(items: dict[str, str], default_work_dir: bool = True) -> list[st
         base = _nearest_existing(target.absolute())
         if not base.is_dir() or not os.access(base, os.W_OK | os.X_OK):
             why = "read-only" if base.is_dir() else "not a folder"
-            name = f"work_dir (empty, so <output_dir>-work) {value}" if key == "work_dir" and defaulted else f"{key} {value}"
+            name = (
+                f"work_dir (empty, so <output_dir>-work) {value}"
+                if key == "work_dir" and defaulted
+                else f"{key} {value}"
+            )
             fix = "; or set work_dir=A_WRITABLE_FOLDER" if key == "work_dir" and defaulted else ""
-            problems.append(f"{name}: {base} is {why} here, so it cannot be written; in a container, "
-                            f"bind a writable folder there (podman run -v HOST_DIR:{value} ..., "
-                            f"apptainer exec --bind HOST_DIR:{value} ...){fix}")
+            problems.append(
+                f"{name}: {base} is {why} here, so it cannot be written; in a container, "
+                f"bind a writable folder there (podman run -v HOST_DIR:{value} ..., "
+                f"apptainer exec --bind HOST_DIR:{value} ...){fix}"
+            )
     return problems
 
 
@@ -137,10 +145,17 @@ def main(argv: list[str]) -> int:
         return 0
     root = workflow_dir()
     if not (root / "Snakefile").is_file():
-        print(f"cmb run: no Snakefile in {root} (set CMB_WORKFLOW_DIR to the workflow folder)", file=sys.stderr)
+        print(
+            f"cmb run: no Snakefile in {root} (set CMB_WORKFLOW_DIR to the workflow folder)",
+            file=sys.stderr,
+        )
         return 2
-    problems = check_paths(config_items(argv), default_work_dir=not any(
-        a in ("--configfile", "--configfiles") or a.startswith("--configfile") for a in argv))
+    problems = check_paths(
+        config_items(argv),
+        default_work_dir=not any(
+            a in ("--configfile", "--configfiles") or a.startswith("--configfile") for a in argv
+        ),
+    )
     for line in problems:
         print(f"cmb run: error: {line}", file=sys.stderr)
     if problems:
@@ -148,7 +163,9 @@ def main(argv: list[str]) -> int:
     cmd = snakemake_command(argv, root)
     # Jobs run `python -m cmb.<stage>`: this interpreter's folder first on PATH (as `make demo` does).
     env = dict(os.environ)
-    env["PATH"] = os.pathsep.join(p for p in (str(Path(sys.executable).parent), env.get("PATH")) if p)
+    env["PATH"] = os.pathsep.join(
+        p for p in (str(Path(sys.executable).parent), env.get("PATH")) if p
+    )
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, cmd, env)

@@ -13,6 +13,35 @@ The rule asks SLURM for a GPU (``resources: gpu=1``) unless detection.use_gpu is
 false; without a visible GPU it runs on the CPU with the same results.
 """
 
+MODEL_DIR = config["detection"]["model_dir"] or os.path.join(
+    workflow.basedir, "cmb", "detect", "weights", "default"
+)
+MODEL_FILES = [
+    os.path.join(MODEL_DIR, "model.safetensors"),
+    os.path.join(MODEL_DIR, "model_card.json"),
+]
+DETECTED = {
+    "table": out_path("candidates_table"),
+    "sidecar": out_path("candidates_sidecar"),
+    "dseg": out_path("candidates_dseg"),
+    "prob": out_path("candidates_prob"),
+}
+DETECT_OPTIONS = f"--config-sections {sections('detection')} --model {shlex.quote(MODEL_DIR)}"
+
+
+def detect_args(wildcards, input, output):
+    return {
+        "soft": soft_args(
+            "detect",
+            "detect_cmb",
+            wildcards,
+            non_status(output),
+            output.status,
+            stage_status("preprocess", wildcards),
+        ),
+        "phase": shlex.join(["--phase", input.phase]) if "phase" in input.keys() else "",
+    }
+
 
 rule detect_cmb:
     """Candidates and their calibrated confidences (CUDA when visible, else CPU)."""
@@ -22,23 +51,23 @@ rule detect_cmb:
     output:
         **DETECTED,
         status=status_path("detect_cmb"),
-    params:
-        args=detect_args,
-        options=DETECT_OPTIONS,
     log:
         log_path("detect_cmb"),
     benchmark:
         benchmark_path("detect_cmb")
-    threads: 2
     priority: 3
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
     resources:
         mem_mb=lambda wc, attempt: 6000 * attempt,
         runtime=lambda wc, attempt: 15 * attempt,
         gpu=1 if config["detection"]["use_gpu"] else 0,
-    conda:
-        "../envs/torch.yaml"
+    params:
+        args=detect_args,
+        options=DETECT_OPTIONS,
     shell:
-        ": > {log:q}; python -c \"$CMB_SOFT_STAGE\" {params.args[soft]} --"
-        " python -m cmb.detect --image {input.image:q} --mask {input.mask:q} {params.args[phase]}"
+        ": > {log:q}; python -m cmb.failures run {params.args[soft]} --"
+        " cmb.detect --image {input.image:q} --mask {input.mask:q} {params.args[phase]}"
         " --out-table {output.table:q} --out-sidecar {output.sidecar:q} --out-dseg {output.dseg:q}"
         " --out-prob {output.prob:q} {params.options} --threads {threads} &>> {log:q}"

@@ -10,34 +10,42 @@ Like ingestion, a subject with phase gets part-mag/part-phase names:
   paramagnetic positive; its .json says so) and ``part-mag_desc-preproc_swi.json``.
 """
 
+PREPROCESS_OPTIONS = "--config-sections " + sections("preprocess")
+
 
 rule preprocess_swi:
     """Reorient, bias-correct, mask and normalize a magnitude without phase."""
     input:
-        mag=INGESTED_SWI,
+        mag=out_path("ingested_swi"),
     output:
-        image=PREPROC_SWI,
-        mask=PREPROC_MASK,
-        report=out_path(desc="preproc", suffix="swi.json"),
+        image=out_path("preproc_swi"),
+        mask=out_path("preproc_mask"),
+        report=out_path("preproc_swi_json"),
         status=status_path("preprocess_swi"),
-    params:
-        soft=lambda wc, output: soft_args("preprocess", "preprocess_swi", wc, non_status(output),
-                                          output.status, upstream=ingest_status(wc)),
-        options=PREPROCESS_OPTIONS,
     log:
         log_path("preprocess_swi"),
     benchmark:
         benchmark_path("preprocess_swi")
-    threads: ANTS_THREADS
     priority: 1
+    conda:
+        "../envs/ants.yaml"
+    threads: ANTS_THREADS
     resources:
         mem_mb=lambda wc, attempt: 6000 * attempt,
         runtime=lambda wc, attempt: 20 * attempt,
-    conda:
-        "../envs/ants.yaml"
+    params:
+        soft=lambda wc, output: soft_args(
+            "preprocess",
+            "preprocess_swi",
+            wc,
+            non_status(output),
+            output.status,
+            upstream=stage_status("ingest", wc),
+        ),
+        options=PREPROCESS_OPTIONS,
     shell:
-        ": > {log:q}; python -c \"$CMB_SOFT_STAGE\" {params.soft} --"
-        " python -m cmb.preprocess --mag {input.mag:q}"
+        ": > {log:q}; python -m cmb.failures run {params.soft} --"
+        " cmb.preprocess --mag {input.mag:q}"
         " --out-mag {output.image:q} --out-mask {output.mask:q} --out-json {output.report:q}"
         " {params.options} --threads {threads} &>> {log:q}"
 
@@ -45,34 +53,40 @@ rule preprocess_swi:
 rule preprocess_swi_phase:
     """As preprocess_swi, plus the high-pass filtered phase (paramagnetic positive)."""
     input:
-        mag=INGESTED_MAG,
-        phase=INGESTED_PHASE,
-        ingest_report=out_path(part="mag", desc="ingested", suffix="swi.json"),  # Manufacturer: phase sign
+        mag=out_path("ingested_mag"),
+        phase=out_path("ingested_phase"),
+        ingest_report=out_path("ingested_mag_json"),  # Manufacturer: phase sign
     output:
-        image=PREPROC_MAG,
-        mask=PREPROC_MAG_MASK,
-        phase=PREPROC_PHASE,
-        phase_json=out_path(part="phase", desc="preproc", suffix="swi.json"),
-        report=out_path(part="mag", desc="preproc", suffix="swi.json"),
+        image=out_path("preproc_mag"),
+        mask=out_path("preproc_mag_mask"),
+        phase=out_path("preproc_phase"),
+        phase_json=out_path("preproc_phase_json"),
+        report=out_path("preproc_mag_json"),
         status=status_path("preprocess_swi_phase"),
-    params:
-        soft=lambda wc, output: soft_args("preprocess", "preprocess_swi_phase", wc, non_status(output),
-                                          output.status, upstream=ingest_status(wc)),
-        options=PREPROCESS_OPTIONS,
     log:
         log_path("preprocess_swi_phase"),
     benchmark:
         benchmark_path("preprocess_swi_phase")
-    threads: ANTS_THREADS
     priority: 1
+    conda:
+        "../envs/ants.yaml"
+    threads: ANTS_THREADS
     resources:
         mem_mb=lambda wc, attempt: 8000 * attempt,
         runtime=lambda wc, attempt: 20 * attempt,
-    conda:
-        "../envs/ants.yaml"
+    params:
+        soft=lambda wc, output: soft_args(
+            "preprocess",
+            "preprocess_swi_phase",
+            wc,
+            non_status(output),
+            output.status,
+            upstream=stage_status("ingest", wc),
+        ),
+        options=PREPROCESS_OPTIONS,
     shell:
-        ": > {log:q}; python -c \"$CMB_SOFT_STAGE\" {params.soft} --"
-        " python -m cmb.preprocess --mag {input.mag:q} --phase {input.phase:q}"
+        ": > {log:q}; python -m cmb.failures run {params.soft} --"
+        " cmb.preprocess --mag {input.mag:q} --phase {input.phase:q}"
         " --ingest-report {input.ingest_report:q}"
         " --out-mag {output.image:q} --out-mask {output.mask:q} --out-phase {output.phase:q}"
         " --out-json {output.report:q} {params.options} --threads {threads} &>> {log:q}"

@@ -9,31 +9,68 @@ URL); the page renders even for a subject whose stages failed (it then shows why
 The cohort page (rule report_cohort) is in rules/cohort.smk.
 """
 
+SUBJECT_REPORT = out_path("report")
+# NiiVue once per output folder (the reviewer loop, docs/review.md)
+VIEWER = {name: f"{OUT}/viewer/{name}" for name in ("niivue.umd.js", "LICENSE", "README.md")}
+
+
+def report_inputs(wildcards):
+    files = dict(preprocessed(wildcards))
+    files.update(
+        {
+            "detections": fill(LOCALIZED["table"], wildcards),
+            "sidecar": fill(LOCALIZED["sidecar"], wildcards),
+            "candidates_dseg": fill(DETECTED["dseg"], wildcards),
+            "mars": fill(REGISTERED["mars"], wildcards),
+            "records": subject_stage_records(wildcards),
+        }
+    )
+    files.update({f"figure_{k}": fill(v, wildcards) for k, v in QC_FIGURES.items()})
+    files["viewer_js"] = VIEWER["niivue.umd.js"]
+    if has_t1w(wildcards):  # a layer of the viewer
+        files["t1w"] = ingested(wildcards)["t1w"]
+    return files
+
+
+def report_args(wildcards, input, output):
+    args = session_args(wildcards) + ["--records", *input.records]
+    args += ["--phase", input.phase] if "phase" in input.keys() else []
+    args += ["--t1w", input.t1w] if "t1w" in input.keys() else []
+    args += ["--embed-budget-bytes", str(config["review"]["embed_budget_bytes"])]
+    return {
+        "soft": soft_args("report", "report_subject", wildcards, output.html, output.status),
+        "args": shlex.join(args),
+    }
+
 
 rule report_subject:
     """Self-contained QC HTML of one subject/session."""
     input:
         unpack(report_inputs),
     output:
-        html=report(SUBJECT_REPORT, caption="../cmb/report/captions/subject.rst", category="Subject reports",
-                    labels=lambda wc: {"subject": wc.subject, "session": session_label(wc) or "-"}),
+        html=report(
+            SUBJECT_REPORT,
+            caption="../cmb/report/captions/subject.rst",
+            category="Subject reports",
+            labels=lambda wc: {"subject": wc.subject, "session": session_label(wc) or "-"},
+        ),
         status=status_path("report_subject"),
-    params:
-        args=report_args,
     log:
         log_path("report_subject"),
     benchmark:
         benchmark_path("report_subject")
-    threads: 1
     priority: 5
+    conda:
+        "../envs/report.yaml"
+    threads: 1
     resources:
         mem_mb=lambda wc, attempt: 3000 * attempt,
         runtime=lambda wc, attempt: 10 * attempt,
-    conda:
-        "../envs/report.yaml"
+    params:
+        args=report_args,
     shell:
-        ": > {log:q}; python -c \"$CMB_SOFT_STAGE\" {params.args[soft]} --"
-        " python -m cmb.report subject {params.args[args]} --detections {input.detections:q}"
+        ": > {log:q}; python -m cmb.failures run {params.args[soft]} --"
+        " cmb.report subject {params.args[args]} --detections {input.detections:q}"
         " --sidecar {input.sidecar:q} --image {input.image:q} --mask {input.mask:q} --mars {input.mars:q}"
         " --candidates-dseg {input.candidates_dseg:q} --figure-brain-mask {input.figure_brain_mask:q}"
         " --figure-registration {input.figure_registration:q} --viewer-js {input.viewer_js:q}"
@@ -49,12 +86,12 @@ rule install_viewer:
         f"{OUT}/logs/install_viewer/log.txt",
     benchmark:
         f"{OUT}/benchmarks/install_viewer/benchmark.tsv"
+    localrule: True
+    conda:
+        "../envs/report.yaml"
     threads: 1
     resources:
         mem_mb=lambda wc, attempt: 500 * attempt,
         runtime=lambda wc, attempt: 5 * attempt,
-    localrule: True
-    conda:
-        "../envs/report.yaml"
     shell:
         "python -m cmb.report viewer --out {OUT:q}/viewer &> {log:q}"

@@ -20,14 +20,28 @@ def make_nifti():
     gives uniform radians in [-pi, pi) instead.
     """
 
-    def make(path, data=None, *, shape=(40, 40, 30), zooms=(2.0, 2.0, 2.5), affine=None,
-             kind="magnitude", dtype=np.float32, qform_code=1, sform_code=1, seed=0):
+    def make(
+        path,
+        data=None,
+        *,
+        shape=(40, 40, 30),
+        zooms=(2.0, 2.0, 2.5),
+        affine=None,
+        kind="magnitude",
+        dtype=np.float32,
+        qform_code=1,
+        sform_code=1,
+        seed=0,
+    ):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         rng = np.random.default_rng(seed)
         if data is None:
-            data = (rng.uniform(-np.pi, np.pi, shape) if kind == "phase"
-                    else rng.uniform(10, 100, shape))
+            data = (
+                rng.uniform(-np.pi, np.pi, shape)
+                if kind == "phase"
+                else rng.uniform(10, 100, shape)
+            )
         if affine is None:
             affine = np.diag([*zooms, 1.0])
             affine[:3, 3] = -0.5 * np.asarray(np.shape(data)[:3]) * np.asarray(zooms)

@@ -36,12 +36,17 @@ def test_slurm_profile_settings():
     assert {"mem_mb", "runtime"} <= set(defaults)
     # a cpus_per_task default would override every rule's threads
     assert "cpus_per_task" not in defaults
-    assert "slurm_partition" not in defaults and "slurm_account" not in defaults  # placeholders stay comments
+    assert (
+        "slurm_partition" not in defaults and "slurm_account" not in defaults
+    )  # placeholders stay comments
     detect = cfg["set-resources"]["detect_cmb"]
     assert detect["cpus_per_gpu"] >= 1 and "cpus_per_task" not in detect
     # cheap per-subject CPU stages grouped; detection (GPU, maybe another partition) never
     groups = cfg["groups"]
-    assert {groups[r] for r in ("ingest_swi_phase", "preprocess_swi_phase", "register_to_mni", "plot_qc")} == {"subject"}
+    assert {
+        groups[r]
+        for r in ("ingest_swi_phase", "preprocess_swi_phase", "register_to_mni", "plot_qc")
+    } == {"subject"}
     assert {groups[r] for r in ("localize_cmb", "report_subject")} == {"subject_post"}
     assert "detect_cmb" not in groups
     assert cfg["group-components"] == {"subject": 1, "subject_post": 1}
@@ -57,7 +62,16 @@ def test_slurm_extra_carries_no_plugin_managed_option(profile):
     extras = [str(v.get("slurm_extra", "")) for v in (cfg.get("set-resources") or {}).values()]
     extras.append(str((cfg.get("default-resources") or {}).get("slurm_extra", "")))
     for extra in extras:
-        for flag in ("--gres", "--gpus", "--mem", "--time", "--partition", "--account", "-c ", "--cpus"):
+        for flag in (
+            "--gres",
+            "--gpus",
+            "--mem",
+            "--time",
+            "--partition",
+            "--account",
+            "-c ",
+            "--cpus",
+        ):
             assert flag not in extra, (profile, extra)
 
 
@@ -69,8 +83,9 @@ def test_gres_variant_asks_gres_not_gpus():
     detect = cfg["set-resources"]["detect_cmb"]
     assert detect["gres"] == "gpu:1"
     assert detect["gpu"] == 0  # the rule's gpu=1 would add --gpus=1 as well
-    assert {k: v for k, v in cfg.items() if k not in ("set-resources",)} == \
-        {k: v for k, v in load(SLURM).items() if k not in ("set-resources",)}
+    assert {k: v for k, v in cfg.items() if k not in ("set-resources",)} == {
+        k: v for k, v in load(SLURM).items() if k not in ("set-resources",)
+    }
 
 
 def test_snakemake_reads_the_profile(tmp_path):
@@ -79,7 +94,9 @@ def test_snakemake_reads_the_profile(tmp_path):
 
     with open(SLURM, encoding="utf-8") as f:
         parsed = ProfileConfigFileParser().parse(f)
-    assert "set-resources" in parsed and any(s.startswith("detect_cmb:cpus_per_gpu=") for s in parsed["set-resources"])
+    assert "set-resources" in parsed and any(
+        s.startswith("detect_cmb:cpus_per_gpu=") for s in parsed["set-resources"]
+    )
     assert any(s.startswith("register_to_mni=") for s in parsed["groups"])
 
 
@@ -88,8 +105,16 @@ def test_snakemake_reads_the_profile(tmp_path):
 
 def test_render_fills_placeholders_and_keeps_comments():
     text = SLURM.read_text(encoding="utf-8")
-    out = cp.render_profile(text, cp.ProfileSettings(partition="cpu", account="123456", gpu_partition="gpu",
-                                                     gpu_model="a100", status_command="sacct"))
+    out = cp.render_profile(
+        text,
+        cp.ProfileSettings(
+            partition="cpu",
+            account="123456",
+            gpu_partition="gpu",
+            gpu_model="a100",
+            status_command="sacct",
+        ),
+    )
     cfg = yaml.safe_load(out)
     assert cfg["default-resources"]["slurm_partition"] == "cpu"
     assert cfg["default-resources"]["slurm_account"] == "123456"  # text, not the integer 123456
@@ -105,15 +130,26 @@ def test_render_without_settings_is_the_profile():
     assert cp.render_profile(text, cp.ProfileSettings()) == text
 
 
-@pytest.mark.parametrize("field,value", [("partition", "a b"), ("account", "x;rm -rf /"), ("partition", ""),
-                                         ("gpu_model", "a100:2"), ("account", "'lab'"), ("status_command", "sinfo")])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("partition", "a b"),
+        ("account", "x;rm -rf /"),
+        ("partition", ""),
+        ("gpu_model", "a100:2"),
+        ("account", "'lab'"),
+        ("status_command", "sinfo"),
+    ],
+)
 def test_render_rejects_bad_values(field, value):
     with pytest.raises(cp.ProfileError):
         cp.render_profile(SLURM.read_text(encoding="utf-8"), cp.ProfileSettings(**{field: value}))
 
 
 def test_render_needs_each_placeholder_once():
-    text = SLURM.read_text(encoding="utf-8").replace("# slurm_account: ACCOUNT", "# no account here")
+    text = SLURM.read_text(encoding="utf-8").replace(
+        "# slurm_account: ACCOUNT", "# no account here"
+    )
     with pytest.raises(cp.ProfileError, match="slurm_account"):
         cp.render_profile(text, cp.ProfileSettings(account="lab"))
 
@@ -133,9 +169,8 @@ def test_user_profile_dir_follows_xdg(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
     if sys.platform.startswith("linux"):
         assert cp.user_profile_dir() == tmp_path / "cfg" / "snakemake"
-    from snakemake.common import get_appdirs
-
     import snakemake.common as sc
+    from snakemake.common import get_appdirs
 
     monkeypatch.setattr(sc, "APPDIRS", None)
     assert cp.user_profile_dir() == Path(get_appdirs().user_config_dir)
@@ -157,7 +192,9 @@ def test_install_then_unchanged_then_refuse_then_force(tmp_path):
 
 
 def test_install_under_another_name_and_unknown_profile(tmp_path):
-    target, _ = cp.install_profile("slurm", cp.ProfileSettings(partition="gpu"), dest=tmp_path, name="slurm-gpu")
+    target, _ = cp.install_profile(
+        "slurm", cp.ProfileSettings(partition="gpu"), dest=tmp_path, name="slurm-gpu"
+    )
     assert target == tmp_path / "slurm-gpu" / "config.yaml"
     with pytest.raises(cp.ProfileError, match="available"):
         cp.install_profile("pbs", cp.ProfileSettings(), dest=tmp_path)
@@ -183,19 +220,43 @@ def test_cli_install_and_snakemake_finds_bare_name(tmp_path, capsys):
     """`cmb profile install` into $XDG_CONFIG_HOME/snakemake; `snakemake --profile slurm` resolves it there."""
     xdg = tmp_path / "xdg"
     env = dict(os.environ, XDG_CONFIG_HOME=str(xdg))
-    rc = subprocess.run([sys.executable, "-m", "cmb.cli", "profile", "install", "slurm", "--partition", "cpu",
-                         "--account", "lab", "--gpu-partition", "gpu"], env=env, capture_output=True, text=True)
+    rc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cmb.cli",
+            "profile",
+            "install",
+            "slurm",
+            "--partition",
+            "cpu",
+            "--account",
+            "lab",
+            "--gpu-partition",
+            "gpu",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert rc.returncode == 0, rc.stderr
     assert "snakemake --profile slurm " in rc.stdout
     installed = xdg / "snakemake" / "slurm" / "config.yaml"
     assert load(installed)["set-resources"]["detect_cmb"]["slurm_partition"] == "gpu"
-    code = ("import sys; from snakemake.cli import get_profile_dir; "
-            "print(get_profile_dir('slurm')[1])")
-    found = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True)
+    code = (
+        "import sys; from snakemake.cli import get_profile_dir; print(get_profile_dir('slurm')[1])"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True
+    )
     assert found.stdout.strip() == str(installed), found.stderr
     # a second, different install is refused with exit 1 and a message
-    rc = subprocess.run([sys.executable, "-m", "cmb.cli", "profile", "install", "slurm", "--partition", "other"],
-                        env=env, capture_output=True, text=True)
+    rc = subprocess.run(
+        [sys.executable, "-m", "cmb.cli", "profile", "install", "slurm", "--partition", "other"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert rc.returncode == 1 and "--force" in rc.stderr
 
 
@@ -205,4 +266,7 @@ def test_cli_print_and_dest(tmp_path, capsys):
     assert cli_main(["profile", "install", "slurm", "--dest", str(tmp_path)]) == 0
     assert (tmp_path / "slurm" / "config.yaml").read_text() == SLURM.read_text()
     assert f"--profile {tmp_path / 'slurm'}" in capsys.readouterr().out
-    assert cli_main(["profile", "install", "slurm", "--partition", "a b", "--dest", str(tmp_path)]) == 1
+    assert (
+        cli_main(["profile", "install", "slurm", "--partition", "a b", "--dest", str(tmp_path)])
+        == 1
+    )

@@ -10,8 +10,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cmb.cohort_tables import (SubjectFiles, count_detections, mars_pattern, read_sites, stage_status,
-                               write_cohort_tables)
+from cmb.cohort_tables import (
+    SubjectFiles,
+    count_detections,
+    mars_pattern,
+    read_sites,
+    stage_status,
+    write_cohort_tables,
+)
 from cmb.mars_region import REGIONS
 from cmb.tables import COUNT_COLUMNS, DETECTION_COLUMNS, REJECT_REASONS, data_dictionary
 
@@ -23,10 +29,13 @@ from bench_report import synthetic_cohort  # noqa: E402
 def cohort(tmp_path_factory):
     root = tmp_path_factory.mktemp("cohort")
     subjects = synthetic_cohort(root / "subjects", 60, seed=4)
-    counts, det = write_cohort_tables(subjects, root / "cohort" / "cmb_counts.csv",
-                                      root / "cohort" / "cmb_detections.csv",
-                                      out_ratings=root / "cohort" / "cmb_ratings_template.tsv",
-                                      out_counts_long=root / "cohort" / "cmb_counts_long.csv")
+    counts, det = write_cohort_tables(
+        subjects,
+        root / "cohort" / "cmb_counts.csv",
+        root / "cohort" / "cmb_detections.csv",
+        out_ratings=root / "cohort" / "cmb_ratings_template.tsv",
+        out_counts_long=root / "cohort" / "cmb_counts_long.csv",
+    )
     return {"root": root, "subjects": subjects, "counts": counts, "det": det}
 
 
@@ -47,14 +56,19 @@ def test_counts_equal_the_detections_table(cohort):
     for row in have.to_dict("records"):
         mine = cmb[cmb["participant_id"] == row["participant_id"]]
         assert int(row["n_cmb"]) == len(mine)
-        assert int(row["n_above_threshold"]) == (det["participant_id"] == row["participant_id"]).sum()
+        assert (
+            int(row["n_above_threshold"]) == (det["participant_id"] == row["participant_id"]).sum()
+        )
         if row["n_lobar"] == "n/a":  # registration failed: no anatomy
             continue
         for cat in ("lobar", "deep", "infratentorial"):
             assert int(row[f"n_{cat}"]) == (mine["mars_category"] == cat).sum()
         for region in REGIONS:
             for h in ("L", "R"):
-                assert int(row[f"n_{region}_{h}"]) == ((mine["mars_region"] == region) & (mine["hemisphere"] == h)).sum()
+                assert (
+                    int(row[f"n_{region}_{h}"])
+                    == ((mine["mars_region"] == region) & (mine["hemisphere"] == h)).sum()
+                )
     assert int(pd.to_numeric(have["n_cmb"]).sum()) == len(cmb)
 
 
@@ -95,8 +109,12 @@ def test_extreme_count_is_flagged(cohort):
 
 def test_rerun_is_byte_identical(cohort, tmp_path):
     write_cohort_tables(cohort["subjects"], tmp_path / "c.csv", tmp_path / "d.csv")
-    assert (tmp_path / "c.csv").read_bytes() == (cohort["root"] / "cohort" / "cmb_counts.csv").read_bytes()
-    assert (tmp_path / "d.csv").read_bytes() == (cohort["root"] / "cohort" / "cmb_detections.csv").read_bytes()
+    assert (tmp_path / "c.csv").read_bytes() == (
+        cohort["root"] / "cohort" / "cmb_counts.csv"
+    ).read_bytes()
+    assert (tmp_path / "d.csv").read_bytes() == (
+        cohort["root"] / "cohort" / "cmb_detections.csv"
+    ).read_bytes()
 
 
 def test_data_dictionary_describes_every_column(cohort):
@@ -104,32 +122,71 @@ def test_data_dictionary_describes_every_column(cohort):
         meta = json.loads((cohort["root"] / "cohort" / f"{name}.json").read_text())
         assert list(meta) == list(columns)
         assert all(meta[c]["Description"] for c in columns)
-    assert set(data_dictionary("detections")["rejected_reason"]["Levels"]) == {*REJECT_REASONS, "n/a"}
+    assert set(data_dictionary("detections")["rejected_reason"]["Levels"]) == {
+        *REJECT_REASONS,
+        "n/a",
+    }
 
 
 def test_ratings_template_lists_every_scan(cohort):
-    t = pd.read_csv(cohort["root"] / "cohort" / "cmb_ratings_template.tsv", sep="\t", dtype=str, keep_default_na=False)
-    assert list(t.columns) == ["participant_id", "session_id", "rating", "reviewer", "comment"] and len(t) == 60
+    t = pd.read_csv(
+        cohort["root"] / "cohort" / "cmb_ratings_template.tsv",
+        sep="\t",
+        dtype=str,
+        keep_default_na=False,
+    )
+    assert (
+        list(t.columns) == ["participant_id", "session_id", "rating", "reviewer", "comment"]
+        and len(t) == 60
+    )
 
 
 def test_counts_for_a_scan_without_anatomy():
-    det = pd.DataFrame({"is_cmb": ["true"], "above_threshold": ["true"], "rejected": ["false"],
-                        "rejected_reason": ["n/a"], "mars_category": ["n/a"], "mars_region": ["n/a"],
-                        "hemisphere": ["n/a"]})
+    det = pd.DataFrame(
+        {
+            "is_cmb": ["true"],
+            "above_threshold": ["true"],
+            "rejected": ["false"],
+            "rejected_reason": ["n/a"],
+            "mars_category": ["n/a"],
+            "mars_region": ["n/a"],
+            "hemisphere": ["n/a"],
+        }
+    )
     c = count_detections(det, anatomy=False)
-    assert c["n_cmb"] == 1 and c["n_unlocalized"] == 1 and c["n_lobar"] == "n/a" and c["mars_pattern"] == "n/a"
+    assert (
+        c["n_cmb"] == 1
+        and c["n_unlocalized"] == 1
+        and c["n_lobar"] == "n/a"
+        and c["mars_pattern"] == "n/a"
+    )
 
 
-@pytest.mark.parametrize(("lobar", "deep", "infra", "pattern"), [
-    (1, 0, 0, "strictly_lobar"), (0, 1, 0, "deep_or_mixed"), (2, 1, 0, "deep_or_mixed"),
-    (1, 0, 1, "deep_or_mixed"), (0, 0, 3, "infratentorial_only"), (0, 0, 0, "none")])
+@pytest.mark.parametrize(
+    ("lobar", "deep", "infra", "pattern"),
+    [
+        (1, 0, 0, "strictly_lobar"),
+        (0, 1, 0, "deep_or_mixed"),
+        (2, 1, 0, "deep_or_mixed"),
+        (1, 0, 1, "deep_or_mixed"),
+        (0, 0, 3, "infratentorial_only"),
+        (0, 0, 0, "none"),
+    ],
+)
 def test_mars_pattern(lobar, deep, infra, pattern):
     assert mars_pattern(lobar, deep, infra) == pattern
 
 
 def test_stage_status_names_the_root_cause():
-    recs = [{"status": "ok", "stage": "ingest"},
-            {"status": "skipped", "stage": "detect", "upstream_stage": "preprocess", "message": "skipped: ..."}]
+    recs = [
+        {"status": "ok", "stage": "ingest"},
+        {
+            "status": "skipped",
+            "stage": "detect",
+            "upstream_stage": "preprocess",
+            "message": "skipped: ...",
+        },
+    ]
     assert stage_status(recs)["failing_stage"] == "preprocess"
     assert stage_status([])["status"] == "ok"
 
@@ -142,7 +199,9 @@ def test_read_sites(tmp_path):
 
 
 def test_subject_files_with_sessions(tmp_path):
-    s = SubjectFiles(participant_id="01", session_id="2", records=[{"status": "ok", "stage": "ingest"}])
+    s = SubjectFiles(
+        participant_id="01", session_id="2", records=[{"status": "ok", "stage": "ingest"}]
+    )
     counts, det = write_cohort_tables([s], tmp_path / "c.csv", tmp_path / "d.csv")
     assert counts.loc[0, ["participant_id", "session_id"]].tolist() == ["sub-01", "ses-2"]
     assert counts.loc[0, "n_cmb"] == "n/a" and len(det) == 0
@@ -153,7 +212,9 @@ def test_long_counts_match_the_wide_table(cohort):
     long = _read(cohort["root"] / "cohort" / "cmb_counts_long.csv")
     assert len(long) == 26 * len(wide)
     for r in long.sample(200, random_state=0).to_dict("records"):
-        assert r["n_cmb"] == wide.loc[r["participant_id"], f"n_{r['mars_region']}_{r['hemisphere']}"]
+        assert (
+            r["n_cmb"] == wide.loc[r["participant_id"], f"n_{r['mars_region']}_{r['hemisphere']}"]
+        )
     meta = json.loads((cohort["root"] / "cohort" / "cmb_counts_long.json").read_text())
     assert list(meta) == list(long.columns)
 
@@ -162,25 +223,42 @@ def test_phase_convention_mismatch_reaches_the_counts_and_qc_flags(tmp_path):
     from cmb.phase_convention import PhaseSignEstimate, resolve_paramagnetic_phase
 
     rows = {}
-    for pid, estimate_sign, confident in (("flipped", "positive", True), ("vague", "positive", False),
-                                          ("agrees", "negative", True)):
-        estimate = PhaseSignEstimate(estimate_sign, 7.5 if confident else 1.2, confident, 0.9, 20, 600, 200, 0.1,
-                                     3.0, "")
+    for pid, estimate_sign, confident in (
+        ("flipped", "positive", True),
+        ("vague", "positive", False),
+        ("agrees", "negative", True),
+    ):
+        estimate = PhaseSignEstimate(
+            estimate_sign, 7.5 if confident else 1.2, confident, 0.9, 20, 600, 200, 0.1, 3.0, ""
+        )
         decision = resolve_paramagnetic_phase("auto", "SIEMENS", estimate=estimate)
         phase = tmp_path / f"sub-{pid}_part-phase_desc-preproc_GRE.nii.gz"
         phase.write_bytes(b"")
         (tmp_path / f"sub-{pid}_part-phase_desc-preproc_GRE.json").write_text(
-            json.dumps({"PhaseConvention": decision.to_dict()}))
-        rows[pid] = SubjectFiles(participant_id=pid, session_id=None, phase=phase,
-                                 records=[{"status": "ok", "stage": "ingest"}])
-    rows["nophase"] = SubjectFiles(participant_id="nophase", session_id=None,
-                                   records=[{"status": "ok", "stage": "ingest"}])
+            json.dumps({"PhaseConvention": decision.to_dict()})
+        )
+        rows[pid] = SubjectFiles(
+            participant_id=pid,
+            session_id=None,
+            phase=phase,
+            records=[{"status": "ok", "stage": "ingest"}],
+        )
+    rows["nophase"] = SubjectFiles(
+        participant_id="nophase", session_id=None, records=[{"status": "ok", "stage": "ingest"}]
+    )
     counts, _ = write_cohort_tables(rows.values(), tmp_path / "c.csv", tmp_path / "d.csv")
-    c = pd.read_csv(tmp_path / "c.csv", dtype=str, keep_default_na=False).set_index("participant_id")
-    assert c.loc["sub-flipped", ["paramagnetic_phase", "phase_sign_source", "phase_convention_mismatch"]].tolist() == [
-        "positive", "data", "true"]
+    c = pd.read_csv(tmp_path / "c.csv", dtype=str, keep_default_na=False).set_index(
+        "participant_id"
+    )
+    assert c.loc[
+        "sub-flipped", ["paramagnetic_phase", "phase_sign_source", "phase_convention_mismatch"]
+    ].tolist() == ["positive", "data", "true"]
     assert "phase_convention_mismatch" in c.loc["sub-flipped", "qc_flags"].split(";")
-    assert c.loc["sub-vague", ["paramagnetic_phase", "phase_sign_data", "phase_convention_unconfident"]].tolist() == [
-        "negative", "unconfident", "true"]
-    assert c.loc["sub-agrees", "phase_convention_mismatch"] == "false" and c.loc["sub-agrees", "qc_flags"] == "n/a"
+    assert c.loc[
+        "sub-vague", ["paramagnetic_phase", "phase_sign_data", "phase_convention_unconfident"]
+    ].tolist() == ["negative", "unconfident", "true"]
+    assert (
+        c.loc["sub-agrees", "phase_convention_mismatch"] == "false"
+        and c.loc["sub-agrees", "qc_flags"] == "n/a"
+    )
     assert c.loc["sub-nophase", "phase_convention_mismatch"] == "n/a"

@@ -12,12 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cmb.annotations import acquisition_label, truth_files
 from cmb.crosssim.cohort import CrossSimOptions, generate
 from cmb.crosssim.fields import cylinder_field, rad_per_ppm, sphere_field, sphere_field_gradient
 from cmb.crosssim.forward import Contrast, draw_acquisition, simulate_scan
 from cmb.crosssim.geometry import CLASSES, PARENCHYMA, random_head
 from cmb.crosssim.sources import place_calcifications, place_microbleeds, place_veins
-from cmb.annotations import acquisition_label, truth_files
 from cmb.evaluation import load_truth
 
 TRUTH = Path("derivatives") / "cmb-truth"
@@ -31,9 +31,11 @@ def test_sphere_field_matches_the_dipole_formula():
     d *= rng.uniform(1.3, 8.0, (50, 1)) / np.linalg.norm(d, axis=1, keepdims=True)
     r = np.linalg.norm(d, axis=1)
     cos_t = d[:, 2] / r
-    expected = chi / 3 * (a / r) ** 3 * (3 * cos_t ** 2 - 1)
+    expected = chi / 3 * (a / r) ** 3 * (3 * cos_t**2 - 1)
     np.testing.assert_allclose(sphere_field(d, a, chi), expected, rtol=1e-12)
-    assert np.all(sphere_field(d * 0.1 * a / r[:, None], a, chi) == 0)  # Lorentz-corrected: no shift inside
+    assert np.all(
+        sphere_field(d * 0.1 * a / r[:, None], a, chi) == 0
+    )  # Lorentz-corrected: no shift inside
 
 
 def test_sphere_gradient_matches_finite_differences():
@@ -59,7 +61,9 @@ def test_vein_across_b0_outside_field_and_angle_dependence():
     # axis along y (perpendicular to B0): outside chi/2 (a/r)^2 cos(2 phi), phi from B0's projection (z)
     p = np.array([[0.0, 0.0, 2.0], [2.0, 0.0, 0.0], [np.sqrt(2), 0.0, np.sqrt(2)]])
     f = cylinder_field(p, [0, -30, 0], [0, 30, 0], a, chi)
-    np.testing.assert_allclose(f, [chi / 2 * (a / 2) ** 2, -chi / 2 * (a / 2) ** 2, 0.0], atol=1e-12)
+    np.testing.assert_allclose(
+        f, [chi / 2 * (a / 2) ** 2, -chi / 2 * (a / 2) ** 2, 0.0], atol=1e-12
+    )
     # inside: chi (3 cos^2 theta - 1) / 6 for an axis at 60 degrees
     d = np.array([np.sin(np.pi / 3), 0.0, np.cos(np.pi / 3)])
     inside = cylinder_field(np.zeros((1, 3)), -30 * d, 30 * d, a, chi)
@@ -73,7 +77,9 @@ def test_vein_cut_into_pieces_keeps_its_field_and_fades_past_a_free_end():
     p = np.column_stack([rng.uniform(-3, 3, 200), rng.uniform(-8, 8, 200), rng.uniform(-3, 3, 200)])
     whole = cylinder_field(p, start, end, a, chi)
     mid = np.array([0.0, 1.5, 0.0])
-    pieces = cylinder_field(p, start, mid, a, chi, True, False) + cylinder_field(p, mid, end, a, chi, False, True)
+    pieces = cylinder_field(p, start, mid, a, chi, True, False) + cylinder_field(
+        p, mid, end, a, chi, False, True
+    )
     np.testing.assert_allclose(pieces, whole, atol=1e-12)
     beyond = np.array([[1.0, 10.0 + 1.01 * a, 0.0], [0.0, -10.0 - 2 * a, 1.0]])
     assert np.all(cylinder_field(beyond, start, end, a, chi) == 0)
@@ -102,7 +108,9 @@ def test_head_has_brain_tissue_inside_skull_and_air_outside(subject):
     far = head.to_scanner(np.array([[0.0, 0.0, 200.0], [150.0, 0.0, 0.0]]))
     assert list(head.classify(far)) == [0, 0]
     # along a ray to the side: brain, then CSF, skull, scalp, air
-    ray = head.to_scanner(np.column_stack([np.linspace(0, 120, 600), np.zeros(600), np.full(600, 20.0)]))
+    ray = head.to_scanner(
+        np.column_stack([np.linspace(0, 120, 600), np.zeros(600), np.full(600, 20.0)])
+    )
     names = [CLASSES[c] for c in head.classify(ray)]
     order = [n for i, n in enumerate(names) if i == 0 or n != names[i - 1]]
     tail = [n for n in order if n in ("csf", "skull", "scalp", "air")][-4:]
@@ -115,7 +123,10 @@ def test_veins_microbleeds_and_calcifications(subject):
     for m in cmbs:
         assert head.classify(m.centre[None])[0] in PARENCHYMA
         assert 0.4 <= m.radius_mm <= 2.5 and 0.5 <= m.chi_ppm <= 2.0
-        d = min(v.axis_distance(m.centre[None])[0][0] - v.axis_distance(m.centre[None])[1][0] for v in veins)
+        d = min(
+            v.axis_distance(m.centre[None])[0][0] - v.axis_distance(m.centre[None])[1][0]
+            for v in veins
+        )
         assert m.touches_vein == (d - m.radius_mm <= 0.5)
     assert any(m.touches_vein for m in cmbs)
     for v in veins:
@@ -133,7 +144,9 @@ def test_forward_model_is_deterministic_and_shows_the_sources(subject):
 
     def run():
         rng = np.random.default_rng(3)
-        return simulate_scan(head, veins, cmbs, calcs, draw_acquisition("tiny", rng), Contrast(), rng)
+        return simulate_scan(
+            head, veins, cmbs, calcs, draw_acquisition("tiny", rng), Contrast(), rng
+        )
 
     a, b = run(), run()
     np.testing.assert_array_equal(a.magnitude, b.magnitude)
@@ -154,8 +167,12 @@ def test_forward_model_is_deterministic_and_shows_the_sources(subject):
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
     out = tmp_path_factory.mktemp("xs") / "bids"
-    generate(CrossSimOptions(out=out, n_subjects=1, seed=5, cmb_free=1, n_cmb=4, n_veins=6, preset="tiny"),
-             log=lambda *_: None)
+    generate(
+        CrossSimOptions(
+            out=out, n_subjects=1, seed=5, cmb_free=1, n_cmb=4, n_veins=6, preset="tiny"
+        ),
+        log=lambda *_: None,
+    )
     return out
 
 
@@ -169,7 +186,9 @@ def test_cohort_layout_and_sidecars(cohort):
         img = nib.load(mag)
         assert img.get_data_dtype() == np.uint16 and img.dataobj.slope != 1.0
         side = json.loads(mag.with_name(f"{sub}_part-mag_GRE.json").read_text())
-        assert side["EchoTime"] < 0.1 and side["MagneticFieldStrength"] == 3.0 and side["Manufacturer"]
+        assert (
+            side["EchoTime"] < 0.1 and side["MagneticFieldStrength"] == 3.0 and side["Manufacturer"]
+        )
         pside = json.loads(phase.with_name(f"{sub}_part-phase_GRE.json").read_text())
         data = np.asanyarray(nib.load(phase).dataobj)
         if pside["Units"] == "rad":
@@ -188,8 +207,16 @@ def test_truth_is_read_by_the_evaluation(cohort):
     assert acquisition_label(files["sub-01"]) == "tiny"
     folder = files["sub-01"].parent
     veins = pd.read_csv(folder / "sub-01_veins.tsv", sep="\t")
-    assert {"vein_id", "segment", "start_x", "end_z", "radius_mm", "angle_to_b0_deg", "is_vein_end_start",
-            "is_vein_end_end"} <= set(veins.columns)
+    assert {
+        "vein_id",
+        "segment",
+        "start_x",
+        "end_z",
+        "radius_mm",
+        "angle_to_b0_deg",
+        "is_vein_end_start",
+        "is_vein_end_end",
+    } <= set(veins.columns)
     assert veins["vein_id"].nunique() == 6
     mimics = pd.read_csv(folder / "sub-01_mimics.tsv", sep="\t")
     assert mimics["type"].str.startswith("calcification").any()
@@ -199,18 +226,30 @@ def test_truth_is_read_by_the_evaluation(cohort):
 
 def test_same_seed_same_cohort(cohort, tmp_path):
     again = tmp_path / "again"
-    generate(CrossSimOptions(out=again, n_subjects=1, seed=5, cmb_free=1, n_cmb=4, n_veins=6, preset="tiny"),
-             log=lambda *_: None)
+    generate(
+        CrossSimOptions(
+            out=again, n_subjects=1, seed=5, cmb_free=1, n_cmb=4, n_veins=6, preset="tiny"
+        ),
+        log=lambda *_: None,
+    )
     for f in sorted(p for p in cohort.rglob("*") if p.is_file() and p.name != "README"):
         assert f.read_bytes() == (again / f.relative_to(cohort)).read_bytes(), f
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "cmb.cli", "crosssim", *args], capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "cmb.cli", "crosssim", *args], capture_output=True, text=True
+    )
 
 
-@pytest.mark.parametrize("args", [["--n-subjects", "0"], ["--n-subjects", "1", "--preset", "swi-7t"],
-                                  ["--n-subjects", "1", "--n-cmb", "-1"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--n-subjects", "0"],
+        ["--n-subjects", "1", "--preset", "swi-7t"],
+        ["--n-subjects", "1", "--n-cmb", "-1"],
+    ],
+)
 def test_cli_bad_request_exits_2_and_writes_nothing(tmp_path, args):
     out = tmp_path / "out"
     r = _cli("--out", str(out), *args)

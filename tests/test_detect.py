@@ -7,10 +7,9 @@ generator.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -19,14 +18,23 @@ import pandas as pd
 import pytest
 import torch
 
-from cmb.detect import CANDIDATE_COLUMNS
-from cmb.detect.__main__ import DEFAULT_MODEL, main as detect_main, run_detect
-from cmb.detect.calibration import main as calibrate_main, recalibrate
-from cmb.detect.inference import calibrate, find_candidates
-from cmb.detect.model import load_model
 from cmb.annotations import Scan
-from cmb.detect.training import (ScanSamples, TrainConfig, _slice_balanced_weights, annotated_datasets, sample_scan,
-                                 split_by_subject, train_model)
+from cmb.detect import CANDIDATE_COLUMNS
+from cmb.detect.__main__ import DEFAULT_MODEL, run_detect
+from cmb.detect.__main__ import main as detect_main
+from cmb.detect.calibration import main as calibrate_main
+from cmb.detect.calibration import recalibrate
+from cmb.detect.inference import calibrate, find_candidates
+from cmb.detect.model import ModelError, load_model
+from cmb.detect.training import (
+    ScanSamples,
+    TrainConfig,
+    _slice_balanced_weights,
+    annotated_datasets,
+    sample_scan,
+    split_by_subject,
+    train_model,
+)
 from cmb.evaluation import evaluate_cohort, load_truth
 from cmb.preprocess import preprocess_subject
 from cmb.synth import SynthOptions, synthesize
@@ -35,8 +43,18 @@ from cmb.synth import SynthOptions, synthesize
 @pytest.fixture(scope="module")
 def scan(tmp_path_factory) -> Scan:
     root = tmp_path_factory.mktemp("detect")
-    synthesize(SynthOptions(out=root / "bids", n_subjects=1, seed=21, preset="tiny", n_cmb=8, phase_units="rad",
-                            paramagnetic_phase="negative"), log=lambda m: None)
+    synthesize(
+        SynthOptions(
+            out=root / "bids",
+            n_subjects=1,
+            seed=21,
+            preset="tiny",
+            n_cmb=8,
+            phase_units="rad",
+            paramagnetic_phase="negative",
+        ),
+        log=lambda m: None,
+    )
     mag_src = next((root / "bids").rglob("*part-mag*.nii.gz"))
     ph_src = next((root / "bids").rglob("*part-phase*.nii.gz"))
     ing = root / "ingested"
@@ -45,22 +63,43 @@ def scan(tmp_path_factory) -> Scan:
         img = nib.load(src)
         nib.save(nib.Nifti1Image(img.get_fdata(dtype=np.float32), img.affine), ing / name)
     out = root / "preproc"
-    preprocess_subject(ing / "mag.nii.gz", ing / "phase.nii.gz", out / "sub-01_desc-preproc_swi.nii.gz",
-                       out / "sub-01_desc-brain_mask.nii.gz", out / "sub-01_part-phase_desc-preproc_swi.nii.gz",
-                       paramagnetic_phase="negative")
+    preprocess_subject(
+        ing / "mag.nii.gz",
+        ing / "phase.nii.gz",
+        out / "sub-01_desc-preproc_swi.nii.gz",
+        out / "sub-01_desc-brain_mask.nii.gz",
+        out / "sub-01_part-phase_desc-preproc_swi.nii.gz",
+        paramagnetic_phase="negative",
+    )
     truth = next((root / "bids" / "derivatives" / "cmb-truth").rglob("*_label-CMB_dseg.nii.gz"))
-    return Scan("sub-01", "tiny", out / "sub-01_desc-preproc_swi.nii.gz", out / "sub-01_desc-brain_mask.nii.gz",
-                out / "sub-01_part-phase_desc-preproc_swi.nii.gz", truth)
+    return Scan(
+        "sub-01",
+        "tiny",
+        out / "sub-01_desc-preproc_swi.nii.gz",
+        out / "sub-01_desc-brain_mask.nii.gz",
+        out / "sub-01_part-phase_desc-preproc_swi.nii.gz",
+        truth,
+    )
 
 
 def _outputs(tmp_path: Path) -> dict:
-    return {k: str(tmp_path / f"sub-01_{k}") for k in ("cmb.tsv", "cmb.json", "dseg.nii.gz", "probseg.nii.gz")}
+    return {
+        k: str(tmp_path / f"sub-01_{k}")
+        for k in ("cmb.tsv", "cmb.json", "dseg.nii.gz", "probseg.nii.gz")
+    }
 
 
 def _detect(scan: Scan, tmp_path: Path, **kwargs) -> tuple[pd.DataFrame, dict, dict]:
     out = _outputs(tmp_path)
-    sidecar = run_detect(str(scan.image), str(scan.mask), out["cmb.tsv"], out["cmb.json"], out["dseg.nii.gz"],
-                         out["probseg.nii.gz"], **kwargs)
+    sidecar = run_detect(
+        str(scan.image),
+        str(scan.mask),
+        out["cmb.tsv"],
+        out["cmb.json"],
+        out["dseg.nii.gz"],
+        out["probseg.nii.gz"],
+        **kwargs,
+    )
     return pd.read_csv(out["cmb.tsv"], sep="\t"), sidecar, out
 
 
@@ -98,7 +137,9 @@ def test_magnitude_only_path_also_detects(scan, tmp_path):
     table, sidecar, _ = _detect(scan, tmp_path, use_gpu=False)
     assert not sidecar["phase_used"] and table["phase_sign"].isna().all()  # "n/a" in the TSV
     assert not table["phase_used"].any()
-    _, metrics = evaluate_cohort([("sub-01", "tiny", table[table["above_threshold"]], load_truth(scan.truth))])
+    _, metrics = evaluate_cohort(
+        [("sub-01", "tiny", table[table["above_threshold"]], load_truth(scan.truth))]
+    )
     assert metrics["sensitivity"] >= 0.5 and metrics["fp_avg"] <= 6, metrics
 
 
@@ -112,10 +153,14 @@ def test_detection_is_deterministic_and_batch_size_independent(scan, detected, t
     assert Path(a["cmb.tsv"]).read_bytes() == Path(c["cmb.tsv"]).read_bytes()
 
 
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: run on a GPU machine")
+requires_cuda = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device: run on a GPU machine"
+)
 
 
-def _same_candidates(a: pd.DataFrame, b: pd.DataFrame, threshold: float, atol: float = 0.02) -> None:
+def _same_candidates(
+    a: pd.DataFrame, b: pd.DataFrame, threshold: float, atol: float = 0.02
+) -> None:
     """CUDA and CPU tables agree to float tolerance: the screen's candidates (a tie may flip
     one or two), confidences within ``atol`` (mixed precision), and above-threshold flags
     except within ``atol`` of the threshold."""
@@ -127,16 +172,34 @@ def _same_candidates(a: pd.DataFrame, b: pd.DataFrame, threshold: float, atol: f
     assert ((flipped["confidence_x"] - threshold).abs() < atol).all(), flipped
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is visible: the fallback needs a machine without one")
-def test_a_gpu_requested_where_none_is_visible_runs_on_the_cpu_with_one_warning_line(scan, detected, tmp_path, caplog):
+@pytest.mark.skipif(
+    torch.cuda.is_available(),
+    reason="a CUDA device is visible: the fallback needs a machine without one",
+)
+def test_a_gpu_requested_where_none_is_visible_runs_on_the_cpu_with_one_warning_line(
+    scan, detected, tmp_path, caplog
+):
     """The CLI without --cpu (detection.use_gpu true, the default) on a machine without a
     usable GPU: one warning (one line) that names the reason and the setting, the CPU
     path, and the --cpu run's bytes. (The job log gets it as one line through the CLI's
     logging format; .ci/container_test.sh counts it in the image's detect_cmb logs.)"""
     out = _outputs(tmp_path)
-    args = ["--image", str(scan.image), "--mask", str(scan.mask), "--phase", str(scan.phase),
-            "--out-table", out["cmb.tsv"], "--out-sidecar", out["cmb.json"], "--out-dseg", out["dseg.nii.gz"],
-            "--out-prob", out["probseg.nii.gz"]]
+    args = [
+        "--image",
+        str(scan.image),
+        "--mask",
+        str(scan.mask),
+        "--phase",
+        str(scan.phase),
+        "--out-table",
+        out["cmb.tsv"],
+        "--out-sidecar",
+        out["cmb.json"],
+        "--out-dseg",
+        out["dseg.nii.gz"],
+        "--out-prob",
+        out["probseg.nii.gz"],
+    ]
     caplog.set_level("INFO")
     assert detect_main(args) == 0
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
@@ -157,14 +220,18 @@ def test_cuda_gives_the_cpu_results(scan, detected, tmp_path):
     assert side["device"] == "cuda" and side["mixed_precision"] and side["gpu_peak_mb"] > 0
     _same_candidates(cpu_table, table, side["threshold"])
     _, _, again = _detect(scan, tmp_path / "b", phase=str(scan.phase), use_gpu=True)
-    assert Path(out["cmb.tsv"]).read_bytes() == Path(again["cmb.tsv"]).read_bytes()  # deterministic on CUDA too
+    assert (
+        Path(out["cmb.tsv"]).read_bytes() == Path(again["cmb.tsv"]).read_bytes()
+    )  # deterministic on CUDA too
 
 
 @requires_cuda
 def test_short_gpu_memory_falls_back_with_the_same_results(scan, detected, tmp_path, caplog):
     """With 32 MB of GPU memory allowed, the screen moves to the CPU and the batch shrinks."""
     torch.cuda.empty_cache()
-    torch.cuda.set_per_process_memory_fraction(32 * 2**20 / torch.cuda.get_device_properties(0).total_memory)
+    torch.cuda.set_per_process_memory_fraction(
+        32 * 2**20 / torch.cuda.get_device_properties(0).total_memory
+    )
     try:
         table, side, _ = _detect(scan, tmp_path, phase=str(scan.phase), use_gpu=True)
     finally:
@@ -202,7 +269,9 @@ def test_work_that_runs_out_of_gpu_memory_is_redone_on_the_cpu(monkeypatch, capl
 
 def test_screen_finds_every_microbleed_of_the_subject(scan):
     s = sample_scan(scan, keep_all=True)
-    assert s.n_truth == 7  # of the 8 placed, one is too faint to see on this scan (not in the truth)
+    assert (
+        s.n_truth == 7
+    )  # of the 8 placed, one is too faint to see on this scan (not in the truth)
     assert s.n_truth_found >= 6  # stage-1 sensitivity
     assert s.labels.sum() >= s.n_truth_found
 
@@ -214,20 +283,32 @@ def test_threshold_override_and_calibration(scan, tmp_path):
     assert calibrate(np.array([1.0]), {"a": 2.0, "b": -2.0})[0] == pytest.approx(0.5)
 
 
-def test_cli_names_the_broken_file(scan, tmp_path, capsys):
+def test_cli_names_the_broken_file(scan, tmp_path):
     broken = tmp_path / "broken.nii.gz"
     broken.write_bytes(Path(scan.image).read_bytes()[:2000])
     out = _outputs(tmp_path)
-    argv = ["--image", str(broken), "--mask", str(scan.mask), "--out-table", out["cmb.tsv"],
-            "--out-sidecar", out["cmb.json"], "--out-dseg", out["dseg.nii.gz"], "--out-prob", out["probseg.nii.gz"],
-            "--cpu"]
-    assert detect_main(argv) == 1
-    err = capsys.readouterr().err
-    assert str(broken) in err and "cannot read" in err
+    argv = [
+        "--image",
+        str(broken),
+        "--mask",
+        str(scan.mask),
+        "--out-table",
+        out["cmb.tsv"],
+        "--out-sidecar",
+        out["cmb.json"],
+        "--out-dseg",
+        out["dseg.nii.gz"],
+        "--out-prob",
+        out["probseg.nii.gz"],
+        "--cpu",
+    ]
+    with pytest.raises(ValueError, match="cannot read") as raised:
+        detect_main(argv)
+    assert str(broken) in str(raised.value)
     assert not Path(out["cmb.tsv"]).exists()
 
 
-def test_cli_rejects_a_corrupt_model(scan, tmp_path, capsys):
+def test_cli_rejects_a_corrupt_model(scan, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(DEFAULT_MODEL, model)
     w = model / "model.safetensors"
@@ -235,10 +316,24 @@ def test_cli_rejects_a_corrupt_model(scan, tmp_path, capsys):
     data[len(data) // 2] ^= 0x55
     w.write_bytes(bytes(data))
     out = _outputs(tmp_path)
-    argv = ["--image", str(scan.image), "--mask", str(scan.mask), "--model", str(model), "--out-table", out["cmb.tsv"],
-            "--out-sidecar", out["cmb.json"], "--out-dseg", out["dseg.nii.gz"], "--out-prob", out["probseg.nii.gz"]]
-    assert detect_main(argv) == 1
-    assert "model.safetensors: SHA-256" in capsys.readouterr().err
+    argv = [
+        "--image",
+        str(scan.image),
+        "--mask",
+        str(scan.mask),
+        "--model",
+        str(model),
+        "--out-table",
+        out["cmb.tsv"],
+        "--out-sidecar",
+        out["cmb.json"],
+        "--out-dseg",
+        out["dseg.nii.gz"],
+        "--out-prob",
+        out["probseg.nii.gz"],
+    ]
+    with pytest.raises(ModelError, match="model.safetensors: SHA-256"):
+        detect_main(argv)
 
 
 def test_phase_on_another_grid_is_refused(scan, tmp_path):
@@ -253,9 +348,18 @@ def test_training_reduces_the_loss(scan, tmp_path):
     torch.set_num_threads(2)
     samples = sample_scan(scan, n_hard=60, n_random=40)
     val = sample_scan(scan, keep_all=True)
-    cfg = TrainConfig(width=4, epochs=4, steps_per_epoch=6, batch_size=16, lr=3e-3, patience=10, seed=1)
-    card = train_model([samples], [val], tmp_path / "m", cfg, {"name": "test"}, log_path=tmp_path / "log.csv",
-                       progress=False)
+    cfg = TrainConfig(
+        width=4, epochs=4, steps_per_epoch=6, batch_size=16, lr=3e-3, patience=10, seed=1
+    )
+    card = train_model(
+        [samples],
+        [val],
+        tmp_path / "m",
+        cfg,
+        {"name": "test"},
+        log_path=tmp_path / "log.csv",
+        progress=False,
+    )
     log = pd.read_csv(tmp_path / "log.csv")
     assert len(log) == 4
     assert log["train_loss"].iloc[-1] < log["train_loss"].iloc[0]
@@ -267,8 +371,15 @@ def test_training_reduces_the_loss(scan, tmp_path):
 def test_fine_tuning_starts_from_the_given_weights(scan, tmp_path):
     samples = sample_scan(scan, n_hard=30, n_random=10)
     cfg = TrainConfig(width=12, epochs=1, steps_per_epoch=1, batch_size=8, lr=1e-9, seed=0)
-    card = train_model([samples], [samples], tmp_path / "ft", cfg, {"name": "ft"}, init_dir=DEFAULT_MODEL,
-                       progress=False)
+    card = train_model(
+        [samples],
+        [samples],
+        tmp_path / "ft",
+        cfg,
+        {"name": "ft"},
+        init_dir=DEFAULT_MODEL,
+        progress=False,
+    )
     base = load_model(DEFAULT_MODEL).net.state_dict()
     tuned = load_model(tmp_path / "ft").net.state_dict()
     key = next(k for k in base if k.endswith("weight") and base[k].ndim == 5)
@@ -293,7 +404,10 @@ def test_training_fractions_outside_0_1_are_refused(option, capsys):
     from cmb.detect.training import build_parser
 
     base = ["--derivatives", "d", "--truth", "t", "--out", "o"]
-    assert getattr(build_parser().parse_args(base + [option, "0.9"]), option[2:].replace("-", "_")) == 0.9
+    assert (
+        getattr(build_parser().parse_args(base + [option, "0.9"]), option[2:].replace("-", "_"))
+        == 0.9
+    )
     with pytest.raises(SystemExit):
         build_parser().parse_args(base + [option, "1.5"])
     assert "must be between 0 and 1, got 1.5" in capsys.readouterr().err
@@ -303,8 +417,18 @@ def test_ema_saves_the_average_not_the_last_weights(scan, tmp_path):
     samples = sample_scan(scan, n_hard=30, n_random=10)
 
     def trained(name, steps, ema):
-        cfg = TrainConfig(width=12, epochs=1, steps_per_epoch=steps, batch_size=8, lr=1e-2, seed=0, ema=ema)
-        train_model([samples], [samples], tmp_path / name, cfg, {"name": name}, init_dir=DEFAULT_MODEL, progress=False)
+        cfg = TrainConfig(
+            width=12, epochs=1, steps_per_epoch=steps, batch_size=8, lr=1e-2, seed=0, ema=ema
+        )
+        train_model(
+            [samples],
+            [samples],
+            tmp_path / name,
+            cfg,
+            {"name": name},
+            init_dir=DEFAULT_MODEL,
+            progress=False,
+        )
         return load_model(tmp_path / name).net.state_dict()
 
     one_step, four_steps = trained("one", 1, 0.0), trained("four", 4, 0.0)
@@ -317,17 +441,49 @@ def test_ema_saves_the_average_not_the_last_weights(scan, tmp_path):
 
 def test_calibrate_refits_the_operating_point_and_keeps_the_weights(scan, tmp_path, capsys):
     out = tmp_path / "recal"
-    assert calibrate_main(["--model", str(DEFAULT_MODEL), "--derivatives", str(tmp_path), "--truth", str(tmp_path),
-                           "--out", str(DEFAULT_MODEL)]) == 2
+    assert (
+        calibrate_main(
+            [
+                "--model",
+                str(DEFAULT_MODEL),
+                "--derivatives",
+                str(tmp_path),
+                "--truth",
+                str(tmp_path),
+                "--out",
+                str(DEFAULT_MODEL),
+            ]
+        )
+        == 2
+    )
     assert "is the input model" in capsys.readouterr().err
-    assert calibrate_main(["--model", str(DEFAULT_MODEL), "--derivatives", str(tmp_path / "none"),
-                           "--truth", str(tmp_path), "--out", str(out)]) == 2
+    assert (
+        calibrate_main(
+            [
+                "--model",
+                str(DEFAULT_MODEL),
+                "--derivatives",
+                str(tmp_path / "none"),
+                "--truth",
+                str(tmp_path),
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     assert not out.exists()
 
-    card = recalibrate(DEFAULT_MODEL, [scan], out, tta=4, max_fp_avg=1.0, progress=False, phase_wrap_limit=0.3)
+    card = recalibrate(
+        DEFAULT_MODEL, [scan], out, tta=4, max_fp_avg=1.0, progress=False, phase_wrap_limit=0.3
+    )
     shipped = load_model(DEFAULT_MODEL).card
     assert card["weights_sha256"] == shipped["weights_sha256"]
-    assert card["tta"] == 4 and card["phase_wrap_limit"] == 0.3 and card["calibration"] != shipped["calibration"]
+    assert (
+        card["tta"] == 4
+        and card["phase_wrap_limit"] == 0.3
+        and card["calibration"] != shipped["calibration"]
+    )
     assert card["validation"]["fp_avg"] <= 1.0 and card["threshold_rule"].endswith("FPavg <= 1")
     assert card["validation"]["n_cmb"] == load_truth(scan.truth).n
     assert card["recalibration"]["previous"]["threshold"] == shipped["threshold"]
@@ -346,8 +502,12 @@ def test_candidates_of_an_empty_mask_region_are_none():
 
 
 def test_validation_subjects_come_from_the_chosen_datasets():
-    scans = [Scan(f"d{d}/sub-{n:02d}{ses}", "swi-3t", Path("i"), Path("m"), None, Path("t"))
-             for d in (1, 2) for n in range(1, 6) for ses in ("_ses-01", "_ses-02")]
+    scans = [
+        Scan(f"d{d}/sub-{n:02d}{ses}", "swi-3t", Path("i"), Path("m"), None, Path("t"))
+        for d in (1, 2)
+        for n in range(1, 6)
+        for ses in ("_ses-01", "_ses-02")
+    ]
     pool = {s.subject for s in scans if s.key.startswith("d2/")}
     train, val = split_by_subject(scans, 0.4, seed=3, val_pool=pool)
     assert {s.subject for s in val} <= pool and len({s.subject for s in val}) == 2
@@ -359,14 +519,26 @@ def test_validation_subjects_come_from_the_chosen_datasets():
         annotated_datasets([Path("a"), Path("b")], [Path("t")])
 
 
-def test_positive_balancing_weights_each_slice_thickness_by_the_root_of_its_count(make_nifti, tmp_path):
+def test_positive_balancing_weights_each_slice_thickness_by_the_root_of_its_count(
+    make_nifti, tmp_path
+):
     def samples(name, zooms, labels):
         img = make_nifti(tmp_path / f"{name}.nii.gz", shape=(8, 8, 4), zooms=zooms)
         lab = torch.tensor(labels, dtype=torch.float32)
-        return ScanSamples(Scan(name, "x", img, img, None, img), torch.zeros(len(lab), 1), torch.zeros(len(lab), 5),
-                           lab, pd.DataFrame(), 0, 0)
+        return ScanSamples(
+            Scan(name, "x", img, img, None, img),
+            torch.zeros(len(lab), 1),
+            torch.zeros(len(lab), 5),
+            lab,
+            pd.DataFrame(),
+            0,
+            0,
+        )
 
-    thin = [samples("thin1", (0.5, 0.5, 2.0), [1] * 5 + [0] * 3), samples("thin2", (0.5, 0.5, 2.0), [1] * 4)]
+    thin = [
+        samples("thin1", (0.5, 0.5, 2.0), [1] * 5 + [0] * 3),
+        samples("thin2", (0.5, 0.5, 2.0), [1] * 4),
+    ]
     thick = [samples("thick", (1.0, 1.0, 5.0), [1, 0, 0])]
     w = _slice_balanced_weights(thin + thick)
     labels = torch.cat([s.labels for s in thin + thick])

@@ -16,8 +16,9 @@ def _echoes(seed=0, n=3):
 
 
 def test_rms_values():
-    np.testing.assert_allclose(rms_combine(np.array([[1.0, 1.0, 1.0], [3.0, 4.0, 0.0]])),
-                               [1.0, np.sqrt(25 / 3)], rtol=1e-6)
+    np.testing.assert_allclose(
+        rms_combine(np.array([[1.0, 1.0, 1.0], [3.0, 4.0, 0.0]])), [1.0, np.sqrt(25 / 3)], rtol=1e-6
+    )
     np.testing.assert_allclose(rms_combine(np.array([[1.0, 3.0]]), "mean"), [2.0])
     with pytest.raises(ValueError):
         rms_combine(np.ones((2, 2)), "max")
@@ -31,13 +32,15 @@ def test_rms_does_not_overflow_float32():
 
 def test_list_of_3d_files_equals_one_4d_file(make_nifti, tmp_path):
     mags = _echoes()
-    files = [make_nifti(tmp_path / f"sub-01_echo-{e + 1}_part-mag_MEGRE.nii.gz", data=mags[..., e])
-             for e in range(3)]
+    files = [
+        make_nifti(tmp_path / f"sub-01_echo-{e + 1}_part-mag_MEGRE.nii.gz", data=mags[..., e])
+        for e in range(3)
+    ]
     four_d = make_nifti(tmp_path / "sub-01_part-mag_MEGRE.nii.gz", data=mags)
     a = combine_echoes(files)
     b = combine_echoes(four_d)
     np.testing.assert_allclose(a.magnitude.get_fdata(), b.magnitude.get_fdata(), rtol=1e-6)
-    np.testing.assert_allclose(a.magnitude.get_fdata(), np.sqrt((mags ** 2).mean(-1)), rtol=1e-5)
+    np.testing.assert_allclose(a.magnitude.get_fdata(), np.sqrt((mags**2).mean(-1)), rtol=1e-5)
     assert a.magnitude.shape == SHAPE and a.magnitude.get_data_dtype() == np.float32
     np.testing.assert_array_equal(a.magnitude.affine, nib.load(files[0]).affine)
     assert "3 magnitude echoes combined by rms" in a.messages
@@ -69,8 +72,12 @@ def test_phase_grid_and_echo_count_must_match(make_nifti, tmp_path):
     ph2 = make_nifti(tmp_path / "phase2.nii.gz", kind="phase", shape=SHAPE + (2,))
     with pytest.raises(InputDataError, match="phase2.nii.gz: grid differs"):
         combine_echoes(mag, ph2)
-    ph_moved = make_nifti(tmp_path / "phase_moved.nii.gz", kind="phase", shape=SHAPE + (3,),
-                          affine=np.diag([2.0, 2.0, 2.5, 1.0]))
+    ph_moved = make_nifti(
+        tmp_path / "phase_moved.nii.gz",
+        kind="phase",
+        shape=SHAPE + (3,),
+        affine=np.diag([2.0, 2.0, 2.5, 1.0]),
+    )
     with pytest.raises(InputDataError, match="phase_moved.nii.gz: grid differs .* affines"):
         combine_echoes(mag, ph_moved)
 
@@ -103,5 +110,6 @@ def test_real_fixture_rms_is_finite_and_between_echoes(real_megre):
     # RMS lies between the smallest and the largest echo, voxel by voxel
     assert np.all(mag >= raw.min(-1) * (1 - 1e-5)) and np.all(mag <= raw.max(-1) * (1 + 1e-5))
     assert res.phase_echo == 3  # TEs unknown: the last echo
-    np.testing.assert_allclose(res.phase.get_fdata(), nib.load(real_megre["phase"]).get_fdata()[..., 2],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        res.phase.get_fdata(), nib.load(real_megre["phase"]).get_fdata()[..., 2], rtol=1e-6
+    )

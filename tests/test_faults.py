@@ -34,7 +34,6 @@ import nibabel as nib
 import numpy as np
 import psutil
 import pytest
-
 from test_robustness import _checksums, read_only_tree  # noqa: I001 - tests/ is on sys.path
 from test_workflow import REPO, job_counts
 
@@ -52,14 +51,33 @@ def _env(base: Path) -> dict:
 
 
 def _cmd(ctx: dict, *args: str) -> list[str]:
-    return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(ctx["wd"]),
-            "--configfile", str(ctx["cfg"]), "--config", f"bids_dir={ctx['bids']}", f"output_dir={ctx['out']}",
-            *args]
+    return [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(ctx["wd"]),
+        "--configfile",
+        str(ctx["cfg"]),
+        "--config",
+        f"bids_dir={ctx['bids']}",
+        f"output_dir={ctx['out']}",
+        *args,
+    ]
 
 
 def _snakemake(ctx: dict, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run(_cmd(ctx, *args), capture_output=True, text=True, env=_env(ctx["base"]),
-                          stdin=subprocess.DEVNULL, timeout=timeout, check=False)
+    return subprocess.run(
+        _cmd(ctx, *args),
+        capture_output=True,
+        text=True,
+        env=_env(ctx["base"]),
+        stdin=subprocess.DEVNULL,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def _targets(ctx: dict) -> list[str]:
@@ -72,8 +90,16 @@ def _targets(ctx: dict) -> list[str]:
 
 
 def _run(ctx: dict, *extra: str) -> subprocess.CompletedProcess:
-    proc = _snakemake(ctx, "--profile", str(REPO / "profiles" / "local"), "--cores", "2", *extra, "--",
-                      *_targets(ctx))
+    proc = _snakemake(
+        ctx,
+        "--profile",
+        str(REPO / "profiles" / "local"),
+        "--cores",
+        "2",
+        *extra,
+        "--",
+        *_targets(ctx),
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
     return proc
 
@@ -92,9 +118,16 @@ def _run_and_kill_mid_write(ctx: dict, timeout: float = 300) -> str:
     """Start the run; SIGKILL all its processes once a job is writing an output (its
     temporary file exists). The preprocessed phase is the target: the job has then
     written its first outputs but not all. Returns the name of the file being written."""
-    proc = subprocess.Popen(_cmd(ctx, "--profile", str(REPO / "profiles" / "local"), "--cores", "2", "--",
-                                 *_targets(ctx)), env=_env(ctx["base"]), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        _cmd(
+            ctx, "--profile", str(REPO / "profiles" / "local"), "--cores", "2", "--", *_targets(ctx)
+        ),
+        env=_env(ctx["base"]),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     sub = ctx["out"] / "sub-01"
     preprocessed = ctx["out"] / "status" / "preprocess_swi_phase" / "sub-01" / "sub-01_status.json"
     victim = None
@@ -117,15 +150,23 @@ def _synth(out: Path) -> Path:
     """One ``tiny`` subject with magnitude and phase, no T1w."""
     from cmb.cli import main as cmb_main
 
-    assert cmb_main(["synth", "--out", str(out), "--n-subjects", "1", "--seed", "11", "--preset", "tiny"]) == 0
+    assert (
+        cmb_main(
+            ["synth", "--out", str(out), "--n-subjects", "1", "--seed", "11", "--preset", "tiny"]
+        )
+        == 0
+    )
     return out
 
 
 def _strip_times(obj):
     """JSON without timings, and without the git commit (other work may land between runs)."""
     if isinstance(obj, dict):
-        return {k: _strip_times(v) for k, v in obj.items()
-                if k not in ("time", "timings", "seconds", "commit") and not k.endswith("_s")}
+        return {
+            k: _strip_times(v)
+            for k, v in obj.items()
+            if k not in ("time", "timings", "seconds", "commit") and not k.endswith("_s")
+        }
     if isinstance(obj, list):
         return [_strip_times(v) for v in obj]
     return obj
@@ -155,8 +196,11 @@ def _unreadable(out: Path) -> list[str]:
 
 def _results(out: Path) -> dict[str, Path]:
     skip = ("logs", "benchmarks")
-    return {str(p.relative_to(out)): p for p in out.rglob("*")
-            if p.is_file() and p.relative_to(out).parts[0] not in skip}
+    return {
+        str(p.relative_to(out)): p
+        for p in out.rglob("*")
+        if p.is_file() and p.relative_to(out).parts[0] not in skip
+    }
 
 
 @pytest.fixture(scope="module")
@@ -168,9 +212,16 @@ def faults(tmp_path_factory):
     cfg.write_text(FAST)
     if WEIGHTS.is_file():  # a copy of the model, so that the test can change it
         shutil.copytree(WEIGHTS.parent, base / "model")
-        cfg.write_text(FAST + f"detection:\n  model_dir: {json.dumps(str(base / 'model'))}\n  use_gpu: false\n")
-    ctx = {"base": base, "bids": bids, "cfg": cfg, "wd": base / "wd",
-           "out": base / "deriv $(touch PWNED)" / "cmb"}
+        cfg.write_text(
+            FAST + f"detection:\n  model_dir: {json.dumps(str(base / 'model'))}\n  use_gpu: false\n"
+        )
+    ctx = {
+        "base": base,
+        "bids": bids,
+        "cfg": cfg,
+        "wd": base / "wd",
+        "out": base / "deriv $(touch PWNED)" / "cmb",
+    }
     before_input = _checksums(bids)
     before_base = {p for p in base.rglob("*")}
     with read_only_tree(bids):
@@ -182,12 +233,17 @@ def faults(tmp_path_factory):
         ctx["victim"] = _run_and_kill_mid_write(ctx)  # B, killed
         ctx["unreadable_after_kill"] = _unreadable(ctx["out"])
         ctx["dry_after_kill"] = _snakemake(ctx, "-n", "--", *_targets(ctx))
-        ctx["unlock"] = _snakemake(ctx, "--unlock")  # a killed run leaves its lock, as after a power cut
+        ctx["unlock"] = _snakemake(
+            ctx, "--unlock"
+        )  # a killed run leaves its lock, as after a power cut
         _run(ctx)  # B, rerun
     ctx["input_unchanged"] = _checksums(bids) == before_input
     allowed = (ctx["out"].parent, ctx["wd"], base / "tmp", cfg, base / "model")
-    ctx["written_outside"] = sorted(str(p) for p in set(base.rglob("*")) - before_base
-                                    if not any(p == a or a in p.parents for a in allowed))
+    ctx["written_outside"] = sorted(
+        str(p)
+        for p in set(base.rglob("*")) - before_base
+        if not any(p == a or a in p.parents for a in allowed)
+    )
     return ctx
 
 
@@ -218,7 +274,10 @@ def test_rerun_after_kill_equals_uninterrupted_run(faults):
         if rel.endswith((".csv", ".tsv", ".nii.gz", ".mat")):
             assert pa.read_bytes() == pb.read_bytes(), rel
         elif rel.endswith(".json") and pa.stat().st_size:
-            ja, jb = (json.loads(p.read_text().replace(str(faults["A"]), str(faults["out"]))) for p in (pa, pb))
+            ja, jb = (
+                json.loads(p.read_text().replace(str(faults["A"]), str(faults["out"])))
+                for p in (pa, pb)
+            )
             assert _strip_times(ja) == _strip_times(jb), rel
     mag = nib.load(b["sub-01/anat/sub-01_part-mag_desc-preproc_swi.nii.gz"])
     assert np.isfinite(np.asanyarray(mag.dataobj)).all()
@@ -242,7 +301,9 @@ def test_changed_parameter_reruns_the_affected_rules_only(faults):
     assert "Params have changed since last execution" in text
     changes = _snakemake(changed, "--list-changes", "params", "--", *_targets(faults))
     listed = changes.stdout.split()
-    assert any(p.endswith("sub-01_part-mag_desc-preproc_swi.nii.gz") for p in listed), changes.stdout[-3000:]
+    assert any(p.endswith("sub-01_part-mag_desc-preproc_swi.nii.gz") for p in listed), (
+        changes.stdout[-3000:]
+    )
     assert not any("desc-ingested" in p for p in listed)
 
 
@@ -260,14 +321,20 @@ def test_hostile_file_names_reach_the_stage_as_one_argument(tmp_path):
     status = out / "status" / "ingest_swi" / "sub-01" / "sub-01_status.json"
     dry = _snakemake(ctx, "-n", "-p", "--", str(status))
     assert dry.returncode == 0, (dry.stdout + dry.stderr)[-3000:]
-    (cmd,) = {line.split("Shell command: ", 1)[1] for line in (dry.stdout + dry.stderr).splitlines()
-              if line.startswith("Shell command: ") and "cmb.ingest run" in line}
+    (cmd,) = {
+        line.split("Shell command: ", 1)[1]
+        for line in (dry.stdout + dry.stderr).splitlines()
+        if line.startswith("Shell command: ") and "cmb.ingest run" in line
+    }
     argv = shlex.split(cmd.split("&>")[0])
     assert argv[argv.index("--mag") + 1] == str(bids / "sub-01" / "anat" / hostile)
     proc = _snakemake(ctx, "--cores", "1", "--", str(status))
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     record = json.loads(status.read_text())
-    assert record["status"] == "failed" and record["message"] == f"{bids / 'sub-01' / 'anat' / hostile}: empty file (0 bytes)"
+    assert (
+        record["status"] == "failed"
+        and record["message"] == f"{bids / 'sub-01' / 'anat' / hostile}: empty file (0 bytes)"
+    )
     assert not list(tmp_path.rglob("PWNED")) and not (REPO / "PWNED").exists()
 
 

@@ -42,7 +42,9 @@ def test_good_image_loads_as_float32_with_affine_and_codes(make_nifti, tmp_path)
 
 
 def test_int16_scaling_is_applied(tmp_path):
-    img = nib.Nifti1Image((np.arange(40 * 40 * 30).reshape(40, 40, 30) % 300).astype(np.int16), AFFINE)
+    img = nib.Nifti1Image(
+        (np.arange(40 * 40 * 30).reshape(40, 40, 30) % 300).astype(np.int16), AFFINE
+    )
     img.header.set_slope_inter(0.5, 10)
     nib.save(img, tmp_path / "int.nii")
     out, _ = load_image(tmp_path / "int.nii")
@@ -97,22 +99,29 @@ def test_truncated_file(make_nifti, tmp_path, name):
 
 @pytest.mark.parametrize("shape", [(40, 40), (40, 40, 1)])
 def test_2d_image(make_nifti, tmp_path, shape):
-    path = make_nifti(tmp_path / "slice.nii.gz", data=np.random.default_rng(0).random(shape) + 1,
-                      affine=AFFINE)
+    path = make_nifti(
+        tmp_path / "slice.nii.gz", data=np.random.default_rng(0).random(shape) + 1, affine=AFFINE
+    )
     _raises(path, "2D image")
 
 
 def test_4d_where_3d_expected(make_nifti, tmp_path):
-    path = make_nifti(tmp_path / "sub-01_swi.nii.gz", data=np.random.default_rng(0).random((40, 40, 30, 3)) + 1,
-                      affine=AFFINE)
+    path = make_nifti(
+        tmp_path / "sub-01_swi.nii.gz",
+        data=np.random.default_rng(0).random((40, 40, 30, 3)) + 1,
+        affine=AFFINE,
+    )
     _raises(path, "4D image with 3 volumes")
     img, _ = load_image(path, allow_4d=True)
     assert img.shape == (40, 40, 30, 3)
 
 
 def test_singleton_4th_dimension_is_squeezed(make_nifti, tmp_path):
-    path = make_nifti(tmp_path / "one.nii.gz", data=np.random.default_rng(0).random((40, 40, 30, 1)) + 1,
-                      affine=AFFINE)
+    path = make_nifti(
+        tmp_path / "one.nii.gz",
+        data=np.random.default_rng(0).random((40, 40, 30, 1)) + 1,
+        affine=AFFINE,
+    )
     img, messages = load_image(path)
     assert img.shape == (40, 40, 30) and "squeezed" in messages[0]
 
@@ -130,7 +139,11 @@ def test_few_nonfinite_voxels_are_set_to_zero(make_nifti, tmp_path):
     img, messages = load_image(path)
     out = np.asarray(img.dataobj)
     assert np.isfinite(out).all() and np.all(out[0, 0, :5] == 0) and out[1, 1, 1] == 0
-    assert len(messages) == 1 and messages[0].startswith(str(path)) and "6 NaN/Inf voxels" in messages[0]
+    assert (
+        len(messages) == 1
+        and messages[0].startswith(str(path))
+        and "6 NaN/Inf voxels" in messages[0]
+    )
 
 
 def test_many_nonfinite_voxels_are_an_error(make_nifti, tmp_path):
@@ -140,11 +153,15 @@ def test_many_nonfinite_voxels_are_an_error(make_nifti, tmp_path):
 
 
 def test_all_zero_image(make_nifti, tmp_path):
-    _raises(make_nifti(tmp_path / "zero.nii.gz", data=np.zeros((40, 40, 30))), "all voxels are zero")
+    _raises(
+        make_nifti(tmp_path / "zero.nii.gz", data=np.zeros((40, 40, 30))), "all voxels are zero"
+    )
 
 
 def test_constant_image(make_nifti, tmp_path):
-    _raises(make_nifti(tmp_path / "const.nii.gz", data=np.full((40, 40, 30), 7.0)), "constant image")
+    _raises(
+        make_nifti(tmp_path / "const.nii.gz", data=np.full((40, 40, 30), 7.0)), "constant image"
+    )
 
 
 def test_no_sform_and_no_qform(tmp_path):
@@ -156,44 +173,68 @@ def test_no_sform_and_no_qform(tmp_path):
 def test_singular_affine(tmp_path):
     sform = AFFINE.copy()
     sform[:3, 1] = 0
-    path = _raw(tmp_path / "singular.nii.gz", np.random.default_rng(0).random((40, 40, 30)),
-                sform=sform, scode=1)
+    path = _raw(
+        tmp_path / "singular.nii.gz",
+        np.random.default_rng(0).random((40, 40, 30)),
+        sform=sform,
+        scode=1,
+    )
     _raises(path, "degenerate affine")
 
 
 def test_non_finite_affine(tmp_path):
     sform = AFFINE.copy()
     sform[0, 3] = np.nan
-    path = _raw(tmp_path / "nanaff.nii.gz", np.random.default_rng(0).random((40, 40, 30)),
-                sform=sform, scode=1)
+    path = _raw(
+        tmp_path / "nanaff.nii.gz",
+        np.random.default_rng(0).random((40, 40, 30)),
+        sform=sform,
+        scode=1,
+    )
     _raises(path, "degenerate affine")
 
 
 def test_qform_sform_handedness_disagree(tmp_path):
     flipped = np.diag([-2.0, 2.0, 2.5, 1.0])
-    path = _raw(tmp_path / "hand.nii.gz", np.random.default_rng(0).random((40, 40, 30)),
-                qform=flipped, qcode=1, sform=AFFINE, scode=1)
+    path = _raw(
+        tmp_path / "hand.nii.gz",
+        np.random.default_rng(0).random((40, 40, 30)),
+        qform=flipped,
+        qcode=1,
+        sform=AFFINE,
+        scode=1,
+    )
     _raises(path, "disagree in handedness")
 
 
 def test_qform_sform_small_disagreement_is_a_warning(tmp_path):
     shifted = AFFINE.copy()
     shifted[:3, 3] = [1.0, 0, 0]
-    path = _raw(tmp_path / "shift.nii.gz", np.random.default_rng(0).random((40, 40, 30)) + 1,
-                qform=shifted, qcode=1, sform=AFFINE, scode=2)
+    path = _raw(
+        tmp_path / "shift.nii.gz",
+        np.random.default_rng(0).random((40, 40, 30)) + 1,
+        qform=shifted,
+        qcode=1,
+        sform=AFFINE,
+        scode=2,
+    )
     img, messages = load_image(path)
     assert any("qform and sform differ" in m for m in messages)
     np.testing.assert_array_equal(img.affine, AFFINE)
 
 
 def test_huge_voxels(make_nifti, tmp_path):
-    msg = _raises(make_nifti(tmp_path / "thick.nii.gz", zooms=(1.0, 1.0, 6.0), shape=(80, 80, 20)),
-                  "larger than 5 mm")
+    msg = _raises(
+        make_nifti(tmp_path / "thick.nii.gz", zooms=(1.0, 1.0, 6.0), shape=(80, 80, 20)),
+        "larger than 5 mm",
+    )
     assert "1 x 1 x 6 mm" in msg
 
 
 def test_five_mm_voxels_are_accepted(make_nifti, tmp_path):
-    assert load_image(make_nifti(tmp_path / "t2s.nii.gz", zooms=(1.0, 1.0, 5.0), shape=(80, 80, 20)))
+    assert load_image(
+        make_nifti(tmp_path / "t2s.nii.gz", zooms=(1.0, 1.0, 5.0), shape=(80, 80, 20))
+    )
 
 
 def test_partial_field_of_view(make_nifti, tmp_path):
@@ -227,11 +268,15 @@ def test_check_same_grid():
     a = nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), AFFINE)
     check_same_grid(a, nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), AFFINE + 1e-4), "m", "p")
     with pytest.raises(InputDataError, match=r"^p.nii: grid differs from m.nii: shape"):
-        check_same_grid(a, nib.Nifti1Image(np.zeros((4, 4, 5), np.float32), AFFINE), "m.nii", "p.nii")
+        check_same_grid(
+            a, nib.Nifti1Image(np.zeros((4, 4, 5), np.float32), AFFINE), "m.nii", "p.nii"
+        )
     shifted = AFFINE.copy()
     shifted[0, 3] = 1.0
     with pytest.raises(InputDataError, match="affines differ by up to 1 mm"):
-        check_same_grid(a, nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), shifted), "m.nii", "p.nii")
+        check_same_grid(
+            a, nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), shifted), "m.nii", "p.nii"
+        )
     a4 = nib.Nifti1Image(np.zeros((4, 4, 4, 3), np.float32), AFFINE)
     with pytest.raises(InputDataError, match="shape"):
         check_same_grid(a4, nib.Nifti1Image(np.zeros((4, 4, 4, 2), np.float32), AFFINE), "m", "p")
@@ -239,7 +284,9 @@ def test_check_same_grid():
 
 def test_voxel_sizes_of_oblique_affine():
     theta = np.deg2rad(30)
-    rot = np.array([[np.cos(theta), -np.sin(theta), 0], [np.sin(theta), np.cos(theta), 0], [0, 0, 1]])
+    rot = np.array(
+        [[np.cos(theta), -np.sin(theta), 0], [np.sin(theta), np.cos(theta), 0], [0, 0, 1]]
+    )
     affine = np.eye(4)
     affine[:3, :3] = rot @ np.diag([0.5, 0.5, 2.0])
     np.testing.assert_allclose(voxel_sizes(affine), [0.5, 0.5, 2.0])

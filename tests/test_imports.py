@@ -26,7 +26,11 @@ def import_graph(package: Path = PACKAGE) -> nx.DiGraph:
     graph.add_nodes_from(modules)
     for name, path in modules.items():
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "cmb":
+            if (
+                isinstance(node, ast.ImportFrom)
+                and node.level == 0
+                and (node.module or "").split(".")[0] == "cmb"
+            ):
                 targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
             elif isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
@@ -39,7 +43,9 @@ def import_graph(package: Path = PACKAGE) -> nx.DiGraph:
 def test_the_graph_sees_the_package():
     graph = import_graph()
     assert graph.number_of_nodes() > 40
-    assert graph.has_edge("cmb.evaluation.truth", "cmb.annotations") and graph.has_edge("cmb.localize", "cmb.tables")
+    assert graph.has_edge("cmb.evaluation.truth", "cmb.annotations") and graph.has_edge(
+        "cmb.localize", "cmb.tables"
+    )
 
 
 def test_no_import_cycles():
@@ -55,3 +61,26 @@ def test_a_cycle_is_found(tmp_path):
     (pkg / "b.py").write_text("def f():\n    from cmb import a\n")
     cycles = [c for c in nx.strongly_connected_components(import_graph(pkg)) if len(c) > 1]
     assert cycles == [{"cmb.a", "cmb.b"}]
+
+
+def private_imports(root=None):
+    """``(module, imported name)`` for every private name one cmb module imports from another."""
+    root = Path(root or Path(__file__).resolve().parents[1] / "cmb")
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "cmb":
+                found += [
+                    (str(path.relative_to(root.parent)), f"{node.module}.{a.name}")
+                    for a in node.names
+                    if a.name.startswith("_") and not a.name.startswith("__")
+                ]
+    return found
+
+
+def test_no_private_names_cross_modules(tmp_path):
+    assert not private_imports(), private_imports()
+    pkg = tmp_path / "cmb"
+    pkg.mkdir()
+    (pkg / "a.py").write_text("def f():\n    from cmb.b import _helper\n")
+    assert private_imports(pkg) == [("cmb/a.py", "cmb.b._helper")]

@@ -59,16 +59,35 @@ VARIANTS = [  # (files, with {s} for the subject label; kind; magnitude names; p
     (["anat/{s}_T2star.nii"], "t2starw", ["{s}_T2star.nii"], None),
     (["anat/{s}_swi.nii.gz"], "swi", ["{s}_swi.nii.gz"], None),
     (["swi/{s}_swi.nii.gz"], "swi", ["{s}_swi.nii.gz"], None),
-    (["swi/{s}_part-mag_GRE.nii.gz", "swi/{s}_part-phase_GRE.nii.gz"],
-     "gre_phase", ["{s}_part-mag_GRE.nii.gz"], ["{s}_part-phase_GRE.nii.gz"]),
+    (
+        ["swi/{s}_part-mag_GRE.nii.gz", "swi/{s}_part-phase_GRE.nii.gz"],
+        "gre_phase",
+        ["{s}_part-mag_GRE.nii.gz"],
+        ["{s}_part-phase_GRE.nii.gz"],
+    ),
     (["swi/{s}_part-mag_GRE.nii.gz"], "gre", ["{s}_part-mag_GRE.nii.gz"], None),
-    (["swi/{s}_swi.nii.gz", "swi/{s}_part-phase_GRE.nii.gz"],
-     "swi_phase", ["{s}_swi.nii.gz"], ["{s}_part-phase_GRE.nii.gz"]),
-    (["anat/{s}_part-mag_swi.nii.gz", "anat/{s}_part-phase_swi.nii.gz"],
-     "swi_phase", ["{s}_part-mag_swi.nii.gz"], ["{s}_part-phase_swi.nii.gz"]),
-    ([f"anat/{{s}}_echo-{e}_part-{p}_MEGRE.nii.gz" for e in (1, 2, 10) for p in ("mag", "phase")],
-     "megre", [f"{{s}}_echo-{e}_part-mag_MEGRE.nii.gz" for e in (1, 2, 10)],
-     [f"{{s}}_echo-{e}_part-phase_MEGRE.nii.gz" for e in (1, 2, 10)]),
+    (
+        ["swi/{s}_swi.nii.gz", "swi/{s}_part-phase_GRE.nii.gz"],
+        "swi_phase",
+        ["{s}_swi.nii.gz"],
+        ["{s}_part-phase_GRE.nii.gz"],
+    ),
+    (
+        ["anat/{s}_part-mag_swi.nii.gz", "anat/{s}_part-phase_swi.nii.gz"],
+        "swi_phase",
+        ["{s}_part-mag_swi.nii.gz"],
+        ["{s}_part-phase_swi.nii.gz"],
+    ),
+    (
+        [
+            f"anat/{{s}}_echo-{e}_part-{p}_MEGRE.nii.gz"
+            for e in (1, 2, 10)
+            for p in ("mag", "phase")
+        ],
+        "megre",
+        [f"{{s}}_echo-{e}_part-mag_MEGRE.nii.gz" for e in (1, 2, 10)],
+        [f"{{s}}_echo-{e}_part-phase_MEGRE.nii.gz" for e in (1, 2, 10)],
+    ),
     (["anat/{s}_part-mag_MEGRE.nii.gz"], "megre", ["{s}_part-mag_MEGRE.nii.gz"], None),
 ]
 
@@ -77,7 +96,9 @@ VARIANTS = [  # (files, with {s} for the subject label; kind; magnitude names; p
 def variant_plan(tmp_path_factory):
     """One dataset holding every naming variant, one subject each, planned once."""
     tmp = tmp_path_factory.mktemp("variants")
-    files = [f"sub-v{i}/" + f.format(s=f"sub-v{i}") for i, (fs, *_) in enumerate(VARIANTS) for f in fs]
+    files = [
+        f"sub-v{i}/" + f.format(s=f"sub-v{i}") for i, (fs, *_) in enumerate(VARIANTS) for f in fs
+    ]
     return {r.subject: r for r in plan_inputs(_bids(tmp / "bids", files), tmp / "db")}
 
 
@@ -94,17 +115,27 @@ def test_each_naming_variant(variant_plan, i):
 
 
 def test_megre_phase_ignored_when_an_echo_is_missing(tmp_path):
-    (rec,) = _plan(tmp_path, ["sub-01/anat/sub-01_echo-1_part-mag_MEGRE.nii.gz",
-                              "sub-01/anat/sub-01_echo-2_part-mag_MEGRE.nii.gz",
-                              "sub-01/anat/sub-01_echo-1_part-phase_MEGRE.nii.gz"])
+    (rec,) = _plan(
+        tmp_path,
+        [
+            "sub-01/anat/sub-01_echo-1_part-mag_MEGRE.nii.gz",
+            "sub-01/anat/sub-01_echo-2_part-mag_MEGRE.nii.gz",
+            "sub-01/anat/sub-01_echo-1_part-phase_MEGRE.nii.gz",
+        ],
+    )
     assert rec.kind == "megre" and rec.phase is None and "missing for echo 2" in rec.reason
 
 
 def test_default_preference_and_reason(tmp_path):
     s = "sub-01/swi/sub-01_"
-    files = [s + "swi.nii.gz", s + "part-mag_GRE.nii.gz", s + "part-phase_GRE.nii.gz",
-             "sub-01/anat/sub-01_T2starw.nii.gz", "sub-01/anat/sub-01_T1w.nii.gz",
-             "sub-01/anat/sub-01_echo-1_part-mag_MEGRE.nii.gz"]
+    files = [
+        s + "swi.nii.gz",
+        s + "part-mag_GRE.nii.gz",
+        s + "part-phase_GRE.nii.gz",
+        "sub-01/anat/sub-01_T2starw.nii.gz",
+        "sub-01/anat/sub-01_T1w.nii.gz",
+        "sub-01/anat/sub-01_echo-1_part-mag_MEGRE.nii.gz",
+    ]
     (rec,) = _plan(tmp_path, files)
     assert rec.kind == "swi_phase" and rec.t1w.endswith("sub-01_T1w.nii.gz")
     assert rec.reason.startswith("chosen swi_phase (sub-01_swi.nii.gz)")
@@ -113,8 +144,11 @@ def test_default_preference_and_reason(tmp_path):
 
 
 def test_preference_override(tmp_path):
-    files = ["sub-01/swi/sub-01_swi.nii.gz", "sub-01/anat/sub-01_T2starw.nii.gz",
-             "sub-01/anat/sub-01_echo-1_part-mag_MEGRE.nii.gz"]
+    files = [
+        "sub-01/swi/sub-01_swi.nii.gz",
+        "sub-01/anat/sub-01_T2starw.nii.gz",
+        "sub-01/anat/sub-01_echo-1_part-mag_MEGRE.nii.gz",
+    ]
     (rec,) = _plan(tmp_path, files, preference=["t2starw", "megre"])
     assert rec.kind == "t2starw"
     assert "not in the preference order, ignored: swi" in rec.reason
@@ -130,7 +164,10 @@ def test_latest_run_wins_numerically(tmp_path):
     assert rec.magnitude[0].endswith("run-10_T2starw.nii.gz")
     assert "provisional among 3 t2starw candidates" in rec.reason
     assert [a["magnitude"][0][-21:] for a in rec.alternatives] == [
-        "_run-10_T2starw.nii.gz"[-21:], "1_run-2_T2starw.nii.gz"[-21:], "1_run-1_T2starw.nii.gz"[-21:]]
+        "_run-10_T2starw.nii.gz"[-21:],
+        "1_run-2_T2starw.nii.gz"[-21:],
+        "1_run-1_T2starw.nii.gz"[-21:],
+    ]
 
 
 def test_no_acq_before_acq_then_alphabetical(tmp_path):
@@ -143,20 +180,27 @@ def test_no_acq_before_acq_then_alphabetical(tmp_path):
 
 
 def test_sessions_and_subject_level_t1w(tmp_path):
-    files = ["sub-01/ses-1/anat/sub-01_ses-1_T2starw.nii.gz",
-             "sub-01/ses-2/swi/sub-01_ses-2_swi.nii.gz",
-             "sub-01/ses-2/anat/sub-01_ses-2_T1w.nii.gz",
-             "sub-01/anat/sub-01_T1w.nii.gz"]
+    files = [
+        "sub-01/ses-1/anat/sub-01_ses-1_T2starw.nii.gz",
+        "sub-01/ses-2/swi/sub-01_ses-2_swi.nii.gz",
+        "sub-01/ses-2/anat/sub-01_ses-2_T1w.nii.gz",
+        "sub-01/anat/sub-01_T1w.nii.gz",
+    ]
     recs = _plan(tmp_path, files)
     assert [(r.session, r.kind) for r in recs] == [("1", "t2starw"), ("2", "swi")]
-    assert recs[0].t1w.endswith("sub-01/anat/sub-01_T1w.nii.gz") and "subject level" in recs[0].reason
+    assert (
+        recs[0].t1w.endswith("sub-01/anat/sub-01_T1w.nii.gz") and "subject level" in recs[0].reason
+    )
     assert recs[1].t1w.endswith("sub-01_ses-2_T1w.nii.gz") and recs[1].session_id == "ses-2"
 
 
 def test_participant_label_filters_keep_leading_zeros(tmp_path):
     files = [f"sub-{s}/anat/sub-{s}_T2starw.nii.gz" for s in ("01", "02", "2", "10")]
     _bids(tmp_path / "bids", files)
-    plan = lambda **kw: [r.subject for r in plan_inputs(tmp_path / "bids", tmp_path / "db", **kw)]
+
+    def plan(**kw):
+        return [r.subject for r in plan_inputs(tmp_path / "bids", tmp_path / "db", **kw)]
+
     assert plan() == ["01", "02", "10", "2"]
     assert plan(participant_label=["02"]) == ["02"]
     assert plan(participant_label="2") == ["2"]
@@ -182,10 +226,12 @@ def test_subject_with_only_t1w_has_no_usable_input(tmp_path):
 
 
 def test_derivatives_sourcedata_and_sidecars_are_not_inputs(tmp_path):
-    files = ["sub-01/anat/sub-01_T2starw.nii.gz",
-             "derivatives/cmb/sub-01/anat/sub-01_swi.nii.gz",
-             "sourcedata/sub-01/anat/sub-01_swi.nii.gz",
-             "derivatives/cmb/sub-09/anat/sub-09_swi.nii.gz"]
+    files = [
+        "sub-01/anat/sub-01_T2starw.nii.gz",
+        "derivatives/cmb/sub-01/anat/sub-01_swi.nii.gz",
+        "sourcedata/sub-01/anat/sub-01_swi.nii.gz",
+        "derivatives/cmb/sub-09/anat/sub-09_swi.nii.gz",
+    ]
     recs = _plan(tmp_path, files, sidecars={"sub-01/anat/sub-01_T2starw.json": {"EchoTime": 0.02}})
     assert [(r.subject, r.kind) for r in recs] == [("01", "t2starw")]
     assert recs[0].echo_times == (0.02,)
@@ -217,8 +263,10 @@ def test_index_is_reused_and_rebuilt_when_files_change(tmp_path):
 def test_plan_never_writes_into_the_dataset_and_handles_odd_paths(tmp_path):
     root = tmp_path / "mes données ü" / "bids"
     _bids(root, ["sub-01/anat/sub-01_T2starw.nii.gz"], description=False)
-    os.symlink("../../.git/annex/objects/ab/cd/SHA256E-s1--x.nii.gz",
-               root / "sub-01/anat/sub-01_T1w.nii.gz")
+    os.symlink(
+        "../../.git/annex/objects/ab/cd/SHA256E-s1--x.nii.gz",
+        root / "sub-01/anat/sub-01_T1w.nii.gz",
+    )
     before = _snapshot(root)
     os.chmod(root, 0o555)
     try:
@@ -243,9 +291,16 @@ def gre_subject(tmp_path, make_nifti):
     affine = np.array([[-2.0, 0, 0, 40], [0, 2.0, 0, -40], [0, 0, 2.5, -30], [0, 0, 0, 1]])
     phase_rad = np.random.default_rng(3).uniform(-np.pi, np.pi, (40, 40, 30))
     _real(make_nifti, root, "sub-02/swi/sub-02_part-mag_GRE.nii.gz", affine=affine)
-    _real(make_nifti, root, "sub-02/swi/sub-02_part-phase_GRE.nii.gz", affine=affine,
-          data=np.degrees(phase_rad))
-    _real(make_nifti, root, "sub-02/anat/sub-02_T1w.nii.gz", shape=(64, 64, 64), zooms=(1.5, 1.5, 1.5))
+    _real(
+        make_nifti,
+        root,
+        "sub-02/swi/sub-02_part-phase_GRE.nii.gz",
+        affine=affine,
+        data=np.degrees(phase_rad),
+    )
+    _real(
+        make_nifti, root, "sub-02/anat/sub-02_T1w.nii.gz", shape=(64, 64, 64), zooms=(1.5, 1.5, 1.5)
+    )
     meta = {"EchoTime": 0.02, "MagneticFieldStrength": 3, "Manufacturer": "Philips"}
     for part in ("mag", "phase"):
         (root / f"sub-02/swi/sub-02_part-{part}_GRE.json").write_text(json.dumps(meta))
@@ -258,8 +313,9 @@ def test_ingest_gre_with_degrees_phase(tmp_path, gre_subject):
     (rec,) = plan_inputs(root, tmp_path / "db", participant_label=["02"])
     assert rec.kind == "gre_phase" and rec.has_t1w
     out = tmp_path / "out"
-    report = ingest_subject(rec, out / "mag.nii.gz", out / "phase.nii.gz", out / "t1w.nii.gz",
-                            out / "ingest.json")
+    report = ingest_subject(
+        rec, out / "mag.nii.gz", out / "phase.nii.gz", out / "t1w.nii.gz", out / "ingest.json"
+    )
     mag, ph, t1 = (nib.load(out / n) for n in ("mag.nii.gz", "phase.nii.gz", "t1w.nii.gz"))
     for img in (mag, ph, t1):
         assert img.get_data_dtype() == np.float32
@@ -274,10 +330,16 @@ def test_ingest_gre_with_degrees_phase(tmp_path, gre_subject):
     assert on_disk["participant_id"] == "sub-02" and on_disk["kind"] == "gre_phase"
     assert on_disk["phase_units"]["units"] == "degrees"
     assert any("degrees" in f for f in on_disk["fixes"])
-    assert on_disk["inputs"]["magnitude"][0]["sha256"] == hashlib.sha256(
-        Path(rec.magnitude[0]).read_bytes()).hexdigest()
+    assert (
+        on_disk["inputs"]["magnitude"][0]["sha256"]
+        == hashlib.sha256(Path(rec.magnitude[0]).read_bytes()).hexdigest()
+    )
     assert on_disk["inputs"]["t1w"]["path"] == rec.t1w
-    assert on_disk["metadata"] == {"EchoTime": 0.02, "MagneticFieldStrength": 3, "Manufacturer": "Philips"}
+    assert on_disk["metadata"] == {
+        "EchoTime": 0.02,
+        "MagneticFieldStrength": 3,
+        "Manufacturer": "Philips",
+    }
     assert on_disk["reason"] == rec.reason and on_disk["voxel_size_mm"] == [2.0, 2.0, 2.5]
     assert _snapshot(root) == before  # the input dataset is never modified
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
@@ -311,14 +373,20 @@ def test_megre_3d_echoes_combined_with_te_chosen_phase(tmp_path, make_nifti):
         base = f"sub-01/anat/sub-01_echo-{e + 1}_part-"
         _real(make_nifti, root, base + "mag_MEGRE.nii.gz", data=mags[..., e])
         _real(make_nifti, root, base + "phase_MEGRE.nii.gz", data=phases[..., e], dtype=np.int16)
-        (root / (base + "mag_MEGRE.json")).write_text(json.dumps({"EchoTime": [0.008, 0.018, 0.028][e]}))
+        (root / (base + "mag_MEGRE.json")).write_text(
+            json.dumps({"EchoTime": [0.008, 0.018, 0.028][e]})
+        )
     (rec,) = plan_inputs(root, tmp_path / "db")
-    report = ingest_subject(rec, tmp_path / "m.nii.gz", tmp_path / "p.nii.gz", out_json=tmp_path / "r.json")
-    np.testing.assert_allclose(nib.load(tmp_path / "m.nii.gz").get_fdata(),
-                               np.sqrt((mags ** 2).mean(-1)), rtol=1e-5)
+    report = ingest_subject(
+        rec, tmp_path / "m.nii.gz", tmp_path / "p.nii.gz", out_json=tmp_path / "r.json"
+    )
+    np.testing.assert_allclose(
+        nib.load(tmp_path / "m.nii.gz").get_fdata(), np.sqrt((mags**2).mean(-1)), rtol=1e-5
+    )
     assert report["phase_echo"] == 2 and report["n_echoes"] == 3  # 18 ms is closest to 20 ms
-    np.testing.assert_allclose(nib.load(tmp_path / "p.nii.gz").get_fdata(),
-                               phases[..., 1] * np.pi / 4096, atol=1e-5)
+    np.testing.assert_allclose(
+        nib.load(tmp_path / "p.nii.gz").get_fdata(), phases[..., 1] * np.pi / 4096, atol=1e-5
+    )
     assert report["phase_units"]["units"] == "integer"
     assert report["echo_times"] == [0.008, 0.018, 0.028] and report["echo_combination"] == "rms"
 
@@ -333,16 +401,20 @@ def test_real_fixture_as_4d_megre(tmp_path, real_megre):
     assert rec.kind == "megre" and rec.echo_times is None
     with pytest.raises(InputDataError, match="partial field of view"):
         ingest_subject(rec, tmp_path / "m.nii.gz", tmp_path / "p.nii.gz")
-    report = ingest_subject(rec, tmp_path / "m.nii.gz", tmp_path / "p.nii.gz", min_fov_mm=None,
-                            phase_echo=2)
+    report = ingest_subject(
+        rec, tmp_path / "m.nii.gz", tmp_path / "p.nii.gz", min_fov_mm=None, phase_echo=2
+    )
     mag = nib.load(tmp_path / "m.nii.gz").get_fdata()
     rad = nib.load(tmp_path / "p.nii.gz").get_fdata(dtype=np.float32)
     assert mag.shape == (51, 51, 41) and np.isfinite(mag).all() and mag.min() > 0
     assert rad.min() >= -PI32 and rad.max() < PI32 and rad.max() - rad.min() > 6.0
-    assert report["phase_units"]["units"] == "scaled" and "855" in report["phase_units"]["description"]
+    assert (
+        report["phase_units"]["units"] == "scaled" and "855" in report["phase_units"]["description"]
+    )
     raw = nib.load(real_megre["phase"]).get_fdata()[..., 1]
-    np.testing.assert_allclose(rad, np.pi * raw / np.abs(nib.load(real_megre["phase"]).get_fdata()).max(),
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        rad, np.pi * raw / np.abs(nib.load(real_megre["phase"]).get_fdata()).max(), atol=1e-4
+    )
 
 
 def test_missing_modality_names_the_subject_folder(tmp_path):
@@ -354,7 +426,13 @@ def test_missing_modality_names_the_subject_folder(tmp_path):
 def test_mag_phase_grid_mismatch_names_the_phase_file(tmp_path, make_nifti):
     root = _bids(tmp_path / "bids", [])
     _real(make_nifti, root, "sub-01/swi/sub-01_part-mag_GRE.nii.gz")
-    _real(make_nifti, root, "sub-01/swi/sub-01_part-phase_GRE.nii.gz", kind="phase", shape=(40, 40, 32))
+    _real(
+        make_nifti,
+        root,
+        "sub-01/swi/sub-01_part-phase_GRE.nii.gz",
+        kind="phase",
+        shape=(40, 40, 32),
+    )
     (rec,) = plan_inputs(root, tmp_path / "db")
     with pytest.raises(InputDataError, match=r"sub-01_part-phase_GRE.nii.gz: grid differs"):
         ingest_subject(rec, tmp_path / "m.nii.gz", tmp_path / "p.nii.gz")
@@ -384,8 +462,19 @@ def test_record_round_trips_through_dict(tmp_path, gre_subject):
 def test_cli_run_soft_failure_writes_record_and_placeholders(tmp_path, make_nifti):
     bad = make_nifti(tmp_path / "bids" / "sub-07_swi.nii.gz", data=np.zeros((40, 40, 30)))
     outs = {k: tmp_path / "out" / f"{k}.nii.gz" for k in ("mag",)}
-    argv = ["run", "--subject", "07", "--kind", "swi", "--mag", str(bad),
-            "--out-mag", str(outs["mag"]), "--out-json", str(tmp_path / "out" / "r.json")]
+    argv = [
+        "run",
+        "--subject",
+        "07",
+        "--kind",
+        "swi",
+        "--mag",
+        str(bad),
+        "--out-mag",
+        str(outs["mag"]),
+        "--out-json",
+        str(tmp_path / "out" / "r.json"),
+    ]
     assert main(argv) == 1  # hard failure without a failure record
     assert main(argv + ["--failure-record", str(tmp_path / "f.json"), "--log", "l.txt"]) == 0
     rec = json.loads((tmp_path / "f.json").read_text())
@@ -397,22 +486,57 @@ def test_cli_run_soft_failure_writes_record_and_placeholders(tmp_path, make_nift
 def test_cli_plan_and_run_as_subprocess(tmp_path, gre_subject):
     root, _, _ = gre_subject
     plan_json = tmp_path / "plan.json"
-    cmd = [sys.executable, "-m", "cmb.cli", "plan", str(root), "--db-dir",
-           str(tmp_path / "db"), "--participant-label", "02", "--json", str(plan_json)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cmb.cli",
+        "plan",
+        str(root),
+        "--db-dir",
+        str(tmp_path / "db"),
+        "--participant-label",
+        "02",
+        "--json",
+        str(plan_json),
+    ]
     shown = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     assert "sub-02: gre_phase" in shown and "phase:" in shown
     (rec,) = json.loads(plan_json.read_text())
     assert rec["subject"] == "02" and rec["kind"] == "gre_phase"
-    run = [sys.executable, "-m", "cmb.ingest", "run", "--subject", "02", "--kind", rec["kind"],
-           "--mag", *rec["magnitude"], "--phase", *rec["phase"], "--reason", rec["reason"],
-           "--bids-dir", str(root), "--out-mag", str(tmp_path / "o" / "m.nii.gz"),
-           "--out-phase", str(tmp_path / "o" / "p.nii.gz"), "--out-json", str(tmp_path / "o" / "r.json"),
-           "--failure-record", str(tmp_path / "o" / "status.json")]
+    run = [
+        sys.executable,
+        "-m",
+        "cmb.ingest",
+        "run",
+        "--subject",
+        "02",
+        "--kind",
+        rec["kind"],
+        "--mag",
+        *rec["magnitude"],
+        "--phase",
+        *rec["phase"],
+        "--reason",
+        rec["reason"],
+        "--bids-dir",
+        str(root),
+        "--out-mag",
+        str(tmp_path / "o" / "m.nii.gz"),
+        "--out-phase",
+        str(tmp_path / "o" / "p.nii.gz"),
+        "--out-json",
+        str(tmp_path / "o" / "r.json"),
+        "--failure-record",
+        str(tmp_path / "o" / "status.json"),
+    ]
     subprocess.run(run, check=True, capture_output=True)
     assert json.loads((tmp_path / "o" / "status.json").read_text())["status"] == "ok"
-    assert json.loads((tmp_path / "o" / "r.json").read_text())["metadata"]["Manufacturer"] == "Philips"
-    help_text = subprocess.run([sys.executable, "-m", "cmb.ingest", "--help"], capture_output=True,
-                               text=True, check=True).stdout
+    assert (
+        json.loads((tmp_path / "o" / "r.json").read_text())["metadata"]["Manufacturer"] == "Philips"
+    )
+    help_text = subprocess.run(
+        [sys.executable, "-m", "cmb.ingest", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     assert "run" in help_text
 
 
@@ -425,8 +549,11 @@ def test_two_datasets_can_share_the_index_folder(tmp_path):
 
 
 def test_unreadable_sidecar_is_skipped(tmp_path):
-    (rec,) = _plan(tmp_path, ["sub-01/anat/sub-01_T2starw.nii.gz"],
-                   sidecars={"T2starw.json": {"MagneticFieldStrength": 1.5}})
+    (rec,) = _plan(
+        tmp_path,
+        ["sub-01/anat/sub-01_T2starw.nii.gz"],
+        sidecars={"T2starw.json": {"MagneticFieldStrength": 1.5}},
+    )
     (tmp_path / "bids/sub-01/anat/sub-01_T2starw.json").write_text("{broken")
     assert read_sidecar(rec.magnitude[0], tmp_path / "bids") == {"MagneticFieldStrength": 1.5}
     assert read_sidecar(rec.magnitude[0]) == {}  # without the root only the own folder is read

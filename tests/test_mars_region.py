@@ -28,8 +28,53 @@ from cmb.template import load_mni
 CLASSES = set(REGIONS) | {CEREBRAL_WHITE_MATTER, CORTEX, CSF, UNLABELLED}
 
 # FreeSurfer 7 aseg.mgz labels (FreeSurferColorLUT numbers, as `mri_segstats --ctab-default` lists them).
-ASEG_LABELS = (0, 2, 4, 5, 7, 8, 10, 11, 12, 13, 14, 15, 16, 17, 18, 24, 26, 28, 30, 31, 41, 43, 44, 46, 47,
-               49, 50, 51, 52, 53, 54, 58, 60, 62, 63, 72, 77, 85, 251, 252, 253, 254, 255, 3, 42)
+ASEG_LABELS = (
+    0,
+    2,
+    4,
+    5,
+    7,
+    8,
+    10,
+    11,
+    12,
+    13,
+    14,
+    15,
+    16,
+    17,
+    18,
+    24,
+    26,
+    28,
+    30,
+    31,
+    41,
+    43,
+    44,
+    46,
+    47,
+    49,
+    50,
+    51,
+    52,
+    53,
+    54,
+    58,
+    60,
+    62,
+    63,
+    72,
+    77,
+    85,
+    251,
+    252,
+    253,
+    254,
+    255,
+    3,
+    42,
+)
 
 
 def test_every_label_of_the_packaged_atlas_is_in_the_table():
@@ -56,8 +101,14 @@ def test_no_label_of_the_table_is_left_unmapped():
             assert CATEGORY[cls] in ("lobar", "deep", "infratentorial")
     # every cortical parcel but "unknown" names its lobe
     for value in (*range(1001, 1036), *range(2001, 2036)):
-        assert FREESURFER_MARS[value][1] in {"frontal", "parietal", "temporal", "occipital", "insula",
-                                             "corpus_callosum"}, FREESURFER_MARS[value]
+        assert FREESURFER_MARS[value][1] in {
+            "frontal",
+            "parietal",
+            "temporal",
+            "occipital",
+            "insula",
+            "corpus_callosum",
+        }, FREESURFER_MARS[value]
 
 
 def test_a_parcellation_numbered_otherwise_is_refused():
@@ -95,7 +146,10 @@ def test_unlabelled_voxel_next_to_cerebellum_is_infratentorial_with_its_distance
     native[9:13, 2:10, 2:10] = 250  # unknown: beyond the map's own search distance
     t = pd.DataFrame({"candidate_id": [1], "i": [10], "j": [5], "k": [5]})
     out = localize_candidates(t, None, native, brain)
-    assert out.loc[0, "mars_region"] == "cerebellum" and out.loc[0, "mars_category"] == "infratentorial"
+    assert (
+        out.loc[0, "mars_region"] == "cerebellum"
+        and out.loc[0, "mars_category"] == "infratentorial"
+    )
     assert out.loc[0, "atlas_label_distance_mm"] == pytest.approx(2.0)
     assert not out.loc[0, "rejected"]
     # beyond label_search_mm it stays unknown
@@ -106,7 +160,9 @@ def test_unlabelled_voxel_next_to_cerebellum_is_infratentorial_with_its_distance
 def test_a_detection_at_the_juxtacortical_deep_border_is_borderline():
     native = np.full((30, 12, 12), CODE["frontal"], np.int16)
     native[15:] = CODE["deep_wm"]
-    t = pd.DataFrame({"candidate_id": [1, 2], "i": [14, 4], "j": [6, 6], "k": [6, 6], "diameter_mm": [2.0, 2.0]})
+    t = pd.DataFrame(
+        {"candidate_id": [1, 2], "i": [14, 4], "j": [6, 6], "k": [6, 6], "diameter_mm": [2.0, 2.0]}
+    )
     out = localize_candidates(t, None, native, np.ones(native.shape, bool))
     near, far = out.loc[0], out.loc[1]
     assert near["mars_region"] == "frontal" and near["borderline"]
@@ -114,7 +170,9 @@ def test_a_detection_at_the_juxtacortical_deep_border_is_borderline():
     assert near["mars_border_distance_mm"] == pytest.approx(1.0)
     assert 0.5 <= near["mars_category_confidence"] < 0.9
     assert not far["borderline"] and far["mars_category_confidence"] == 1.0
-    assert far["mars_region_second"] == "n/a" and np.isnan(far["mars_border_distance_mm"])  # 11 mm: beyond the search
+    assert far["mars_region_second"] == "n/a" and np.isnan(
+        far["mars_border_distance_mm"]
+    )  # 11 mm: beyond the search
 
 
 def test_a_second_choice_of_the_same_category_is_not_borderline():

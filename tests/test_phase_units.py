@@ -18,14 +18,17 @@ def _circular_error(a, b):
     return np.abs(np.angle(np.exp(1j * (a.astype(float) - b))))
 
 
-@pytest.mark.parametrize("stored, units", [
-    (TRUE, "radians"),
-    (np.mod(TRUE, 2 * np.pi), "radians-0-2pi"),
-    (np.degrees(TRUE), "degrees"),
-    (np.mod(np.degrees(TRUE), 360), "degrees-0-360"),
-    (1000 * TRUE, "milliradians"),
-    (TRUE * 855.0 ** -1, "scaled"),
-])
+@pytest.mark.parametrize(
+    "stored, units",
+    [
+        (TRUE, "radians"),
+        (np.mod(TRUE, 2 * np.pi), "radians-0-2pi"),
+        (np.degrees(TRUE), "degrees"),
+        (np.mod(np.degrees(TRUE), 360), "degrees-0-360"),
+        (1000 * TRUE, "milliradians"),
+        (TRUE * 855.0**-1, "scaled"),
+    ],
+)
 def test_float_units_detected_and_rescaled(stored, units):
     rad, how = rescale_phase(stored)
     assert detect_phase_units(stored).units == units
@@ -34,14 +37,19 @@ def test_float_units_detected_and_rescaled(stored, units):
     assert how
 
 
-@pytest.mark.parametrize("lo, hi, expect", [
-    (-4096, 4095, "x * pi / 4096"),
-    (0, 4095, "(x - 2048) * pi / 2048"),
-    (-2048, 2047, "x * pi / 2048"),
-])
+@pytest.mark.parametrize(
+    "lo, hi, expect",
+    [
+        (-4096, 4095, "x * pi / 4096"),
+        (0, 4095, "(x - 2048) * pi / 2048"),
+        (-2048, 2047, "x * pi / 2048"),
+    ],
+)
 def test_raw_integer_ranges(lo, hi, expect):
     period = hi - lo + 1
-    stored = np.round((TRUE + np.pi) / (2 * np.pi) * period + lo - 0.5).clip(lo, hi).astype(np.int16)
+    stored = (
+        np.round((TRUE + np.pi) / (2 * np.pi) * period + lo - 0.5).clip(lo, hi).astype(np.int16)
+    )
     rad, how = rescale_phase(stored)
     assert expect in how and _in_range(rad)
     # integer steps quantise: error within one step
@@ -100,11 +108,14 @@ def test_real_fixture_phase_scaling(real_megre):
     assert "0.00367" in scaling.description
 
 
-@pytest.mark.parametrize("values, match", [
-    (np.full((5, 5, 5), 1.5), "constant"),
-    (np.r_[np.zeros(10000), 1.0, 2.0], "nearly constant"),
-    (np.full(3, np.nan), "no finite"),
-])
+@pytest.mark.parametrize(
+    "values, match",
+    [
+        (np.full((5, 5, 5), 1.5), "constant"),
+        (np.r_[np.zeros(10000), 1.0, 2.0], "nearly constant"),
+        (np.full(3, np.nan), "no finite"),
+    ],
+)
 def test_degenerate_phase_is_an_error_naming_the_file(values, match):
     with pytest.raises(InputDataError, match=match) as err:
         rescale_phase(values, name="/x/sub-01_part-phase_GRE.nii.gz")
@@ -135,8 +146,11 @@ def test_wrap_is_half_open_in_float32():
 
 # --------------------------------------------------------------------------- GE phase, decided by the sidecar
 
-GE_FILTERED = {"Manufacturer": "GE MEDICAL SYSTEMS", "ManufacturersModelName": "DISCOVERY MR750",
-               "ImageType": ["DERIVED", "PRIMARY", "FILT_PHA"]}
+GE_FILTERED = {
+    "Manufacturer": "GE MEDICAL SYSTEMS",
+    "ManufacturersModelName": "DISCOVERY MR750",
+    "ImageType": ["DERIVED", "PRIMARY", "FILT_PHA"],
+}
 
 
 def _filtered_phase(seed=3):
@@ -161,12 +175,17 @@ def test_ge_filtered_phase_is_scaled_into_pi_by_the_sidecar():
 
 def test_ge_filtered_phase_without_the_sidecar_is_refused_not_scaled_three_times_too_much():
     stored = np.round(_filtered_phase() * 1000).astype(np.int16)
-    with pytest.raises(InputDataError, match=r"^sub-01_part-phase_swi.nii.gz: integer phase .* does not fill a stored "
-                                             r"phase range.*would scale it 6\.14 times too much"):  # 1000 pi / 512
+    with pytest.raises(
+        InputDataError,
+        match=r"^sub-01_part-phase_swi.nii.gz: integer phase .* does not fill a stored "
+        r"phase range.*would scale it 6\.14 times too much",
+    ):  # 1000 pi / 512
         rescale_phase(stored, name="sub-01_part-phase_swi.nii.gz")
 
 
-@pytest.mark.parametrize("image_type", ["DERIVED\\PRIMARY\\FILT_PHA", ["ORIGINAL", "PRIMARY", "FILT_PHA"]])
+@pytest.mark.parametrize(
+    "image_type", ["DERIVED\\PRIMARY\\FILT_PHA", ["ORIGINAL", "PRIMARY", "FILT_PHA"]]
+)
 def test_filt_pha_alone_decides_even_without_a_manufacturer(image_type):
     stored = np.round(_filtered_phase() * 1000).astype(np.int16)
     rad, how = rescale_phase(stored, metadata={"ImageType": image_type})
@@ -175,22 +194,32 @@ def test_filt_pha_alone_decides_even_without_a_manufacturer(image_type):
 
 def test_ge_filtered_phase_outside_its_range_is_refused_with_the_reason():
     stored = np.round(RNG.uniform(-4096, 4095, 5000))
-    with pytest.raises(InputDataError, match=r"FILT_PHA\) is stored as integer radians x 1000, within \+-3142"):
+    with pytest.raises(
+        InputDataError, match=r"FILT_PHA\) is stored as integer radians x 1000, within \+-3142"
+    ):
         phase_scaling(stored, metadata=GE_FILTERED, name="p.nii")
 
 
 def test_ge_raw_phase_and_other_vendors():
     ge_raw = np.round(TRUE * 1000)  # wrapped, fills +-3142
-    for metadata in (None, {"Manufacturer": "GE MEDICAL SYSTEMS", "ImageType": ["ORIGINAL", "PRIMARY", "P"]}):
+    for metadata in (
+        None,
+        {"Manufacturer": "GE MEDICAL SYSTEMS", "ImageType": ["ORIGINAL", "PRIMARY", "P"]},
+    ):
         rad, _ = rescale_phase(ge_raw, metadata=metadata)
         assert _circular_error(rad, TRUE).max() < 1e-3
     siemens = np.round((TRUE + np.pi) / (2 * np.pi) * 4096).clip(0, 4095)
-    assert "(x - 2048) * pi / 2048" in phase_scaling(siemens, metadata={"Manufacturer": "Siemens"}).description
+    assert (
+        "(x - 2048) * pi / 2048"
+        in phase_scaling(siemens, metadata={"Manufacturer": "Siemens"}).description
+    )
     float_rad = phase_scaling(TRUE, metadata=GE_FILTERED)  # the sidecar decides integers only
     assert float_rad.units == "radians"
 
 
 def test_integer_phase_that_does_not_fill_its_range_is_refused():
     partial = np.round(RNG.uniform(0, 2500, 5000))  # unsigned, not 0..4095
-    with pytest.raises(InputDataError, match=r"does not fill a stored phase range \(the nearest, 0\.\.4095"):
+    with pytest.raises(
+        InputDataError, match=r"does not fill a stored phase range \(the nearest, 0\.\.4095"
+    ):
         rescale_phase(partial, name="p.nii")

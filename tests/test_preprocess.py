@@ -14,7 +14,13 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from cmb.preprocess import highpass_phase, main, n4_bias_correct, preprocess_subject, reorient_to_ras
+from cmb.preprocess import (
+    highpass_phase,
+    main,
+    n4_bias_correct,
+    preprocess_subject,
+    reorient_to_ras,
+)
 from cmb.synth import SynthOptions, synthesize
 
 TRUTH = Path("derivatives/cmb-truth")
@@ -47,14 +53,26 @@ def truth_to_mni(map_img: nib.Nifti1Image, points: np.ndarray) -> np.ndarray:
     """MNI mm of scanner mm points, by linear interpolation of the generator's coordinate map."""
     vox = np.linalg.inv(map_img.affine) @ np.c_[points, np.ones(len(points))].T
     c = map_img.get_fdata(dtype=np.float32)
-    return np.stack([ndi.map_coordinates(c[..., k], vox[:3], order=1, mode="nearest") for k in range(3)], 1)
+    return np.stack(
+        [ndi.map_coordinates(c[..., k], vox[:3], order=1, mode="nearest") for k in range(3)], 1
+    )
 
 
 @pytest.fixture(scope="module")
 def subject(tmp_path_factory):
     root = tmp_path_factory.mktemp("preprocess")
-    synthesize(SynthOptions(out=root / "bids", n_subjects=1, seed=5, preset="tiny", n_cmb=6, phase_units="rad",
-                            paramagnetic_phase="negative"), log=lambda m: None)
+    synthesize(
+        SynthOptions(
+            out=root / "bids",
+            n_subjects=1,
+            seed=5,
+            preset="tiny",
+            n_cmb=6,
+            phase_units="rad",
+            paramagnetic_phase="negative",
+        ),
+        log=lambda m: None,
+    )
     return ingest_like(root / "bids", root / "ingested")
 
 
@@ -62,14 +80,34 @@ def subject(tmp_path_factory):
 def preprocessed(subject, tmp_path_factory):
     """The whole preprocessing, run once through the command line."""
     out = tmp_path_factory.mktemp("preproc_out")
-    paths = {k: out / f"sub-01_{k}" for k in ("mag.nii.gz", "mask.nii.gz", "phase.nii.gz", "report.json")}
-    argv = ["--mag", str(subject["mag"]), "--phase", str(subject["phase"]),
-            "--out-mag", str(paths["mag.nii.gz"]), "--out-mask", str(paths["mask.nii.gz"]),
-            "--out-phase", str(paths["phase.nii.gz"]), "--out-json", str(paths["report.json"]),
-            "--paramagnetic-phase", "negative", "--threads", "2"]
+    paths = {
+        k: out / f"sub-01_{k}" for k in ("mag.nii.gz", "mask.nii.gz", "phase.nii.gz", "report.json")
+    }
+    argv = [
+        "--mag",
+        str(subject["mag"]),
+        "--phase",
+        str(subject["phase"]),
+        "--out-mag",
+        str(paths["mag.nii.gz"]),
+        "--out-mask",
+        str(paths["mask.nii.gz"]),
+        "--out-phase",
+        str(paths["phase.nii.gz"]),
+        "--out-json",
+        str(paths["report.json"]),
+        "--paramagnetic-phase",
+        "negative",
+        "--threads",
+        "2",
+    ]
     assert main(argv) == 0
-    return {"mag": paths["mag.nii.gz"], "mask": paths["mask.nii.gz"], "phase": paths["phase.nii.gz"],
-            "report": paths["report.json"]}
+    return {
+        "mag": paths["mag.nii.gz"],
+        "mask": paths["mask.nii.gz"],
+        "phase": paths["phase.nii.gz"],
+        "report": paths["report.json"],
+    }
 
 
 def _world(affine, ijk):
@@ -93,9 +131,13 @@ def test_reorientation_keeps_world_coordinates_exactly():
 
 
 def test_reorientation_of_ras_input_changes_nothing():
-    img = nib.Nifti1Image(np.random.default_rng(0).random((4, 5, 6)).astype(np.float32), np.diag([1.0, 2.0, 3.0, 1]))
+    img = nib.Nifti1Image(
+        np.random.default_rng(0).random((4, 5, 6)).astype(np.float32), np.diag([1.0, 2.0, 3.0, 1])
+    )
     ras = reorient_to_ras(img)
-    assert np.array_equal(ras.affine, img.affine) and np.array_equal(np.asanyarray(ras.dataobj), img.dataobj)
+    assert np.array_equal(ras.affine, img.affine) and np.array_equal(
+        np.asanyarray(ras.dataobj), img.dataobj
+    )
 
 
 def test_preprocessed_outputs_are_ras_float32_on_the_input_grid(subject, preprocessed):
@@ -106,7 +148,9 @@ def test_preprocessed_outputs_are_ras_float32_on_the_input_grid(subject, preproc
     assert mag.get_data_dtype() == np.float32 and mask.get_data_dtype() == np.uint8
     assert np.allclose(mag.affine, mask.affine)
     # same voxel centres in the world as the input, only in another order
-    corners = np.array(np.meshgrid(*[[0, s - 1] for s in src.shape], indexing="ij")).reshape(3, -1).T
+    corners = (
+        np.array(np.meshgrid(*[[0, s - 1] for s in src.shape], indexing="ij")).reshape(3, -1).T
+    )
     mine = np.array(np.meshgrid(*[[0, s - 1] for s in mag.shape], indexing="ij")).reshape(3, -1).T
     a, b = _world(src.affine, corners), _world(mag.affine, mine)
     assert all(np.min(np.linalg.norm(b - p, axis=1)) < 1e-4 for p in a)  # float32 header precision
@@ -172,8 +216,12 @@ def test_highpass_phase_sign_flips_with_the_convention_on_real_phase(subject):
     mag = reorient_to_ras(nib.load(subject["mag"]))
     zooms = ph.header.get_zooms()[:3]
     pos = highpass_phase(ph.get_fdata(dtype=np.float32), mag.get_fdata(dtype=np.float32), zooms)
-    neg = highpass_phase(ph.get_fdata(dtype=np.float32), mag.get_fdata(dtype=np.float32), zooms,
-                         paramagnetic_phase="negative")
+    neg = highpass_phase(
+        ph.get_fdata(dtype=np.float32),
+        mag.get_fdata(dtype=np.float32),
+        zooms,
+        paramagnetic_phase="negative",
+    )
     not_pi = np.abs(pos) < 3.1
     np.testing.assert_allclose(neg[not_pi], -pos[not_pi], atol=1e-5)
 
@@ -195,7 +243,9 @@ def test_phase_on_another_grid_is_rejected_before_any_work(subject, tmp_path):
     bad = tmp_path / "phase_bad.nii.gz"
     nib.save(nib.Nifti1Image(ph.get_fdata(dtype=np.float32)[:-2], ph.affine), bad)
     with pytest.raises(ValueError, match="phase_bad"):
-        preprocess_subject(subject["mag"], bad, tmp_path / "m.nii.gz", tmp_path / "k.nii.gz", tmp_path / "p.nii.gz")
+        preprocess_subject(
+            subject["mag"], bad, tmp_path / "m.nii.gz", tmp_path / "k.nii.gz", tmp_path / "p.nii.gz"
+        )
     assert not (tmp_path / "m.nii.gz").exists()
 
 

@@ -40,7 +40,20 @@ def test_registration_figure_png(volumes, tmp_path):
 
 def test_brain_mask_figure_svg_via_cli(volumes, tmp_path):
     out = tmp_path / "sub-01_desc-brain_mask.svg"
-    assert main(["mask", "--image", str(volumes["image"]), "--mask", str(volumes["mask"]), "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "mask",
+                "--image",
+                str(volumes["image"]),
+                "--mask",
+                str(volumes["mask"]),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     text = out.read_text()
     assert text.lstrip().startswith("<?xml") and "<svg" in text and text.count("<image") >= 7
 

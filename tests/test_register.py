@@ -43,8 +43,13 @@ def truth_from_mni(map_img: nib.Nifti1Image, mni: np.ndarray, iterations: int = 
     x = world[[np.argmin(np.linalg.norm(values - m, axis=1)) for m in mni]]
     for _ in range(iterations):
         f = truth_to_mni(map_img, x) - mni
-        jac = np.stack([(truth_to_mni(map_img, x + e) - truth_to_mni(map_img, x - e)) / 2.0
-                        for e in np.eye(3)], axis=2)  # (n, 3 outputs, 3 inputs)
+        jac = np.stack(
+            [
+                (truth_to_mni(map_img, x + e) - truth_to_mni(map_img, x - e)) / 2.0
+                for e in np.eye(3)
+            ],
+            axis=2,
+        )  # (n, 3 outputs, 3 inputs)
         x = x - np.linalg.solve(jac, f[..., None])[..., 0]
     return x
 
@@ -52,8 +57,18 @@ def truth_from_mni(map_img: nib.Nifti1Image, mni: np.ndarray, iterations: int = 
 @pytest.fixture(scope="module")
 def case(tmp_path_factory):
     root = tmp_path_factory.mktemp("register")
-    synthesize(SynthOptions(out=root / "bids", n_subjects=1, seed=9, preset="tiny", n_cmb=20, with_t1w=True,
-                            phase_units="rad"), log=lambda m: None)
+    synthesize(
+        SynthOptions(
+            out=root / "bids",
+            n_subjects=1,
+            seed=9,
+            preset="tiny",
+            n_cmb=20,
+            with_t1w=True,
+            phase_units="rad",
+        ),
+        log=lambda m: None,
+    )
     subj = ingest_like(root / "bids", root / "ingested")
     # registration input: bias-corrected RAS magnitude and the true brain mask (the
     # brain-mask algorithm is tested in test_preprocess)
@@ -61,10 +76,18 @@ def case(tmp_path_factory):
     corrected, _ = n4_bias_correct(ras)
     nib.save(corrected, root / "preproc.nii.gz")
     brain = reorient_to_ras(nib.load(subj["brain"]))
-    nib.save(nib.Nifti1Image(np.asanyarray(brain.dataobj).astype(np.uint8), brain.affine), root / "mask.nii.gz")
+    nib.save(
+        nib.Nifti1Image(np.asanyarray(brain.dataobj).astype(np.uint8), brain.affine),
+        root / "mask.nii.gz",
+    )
     write_mars_map(root / "mars_mni.nii.gz", resolution_mm=2)
-    return {**subj, "root": root, "image": root / "preproc.nii.gz", "mask": root / "mask.nii.gz",
-            "mars_mni": root / "mars_mni.nii.gz"}
+    return {
+        **subj,
+        "root": root,
+        "image": root / "preproc.nii.gz",
+        "mask": root / "mask.nii.gz",
+        "mars_mni": root / "mars_mni.nii.gz",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -76,15 +99,34 @@ def registered(case):
     old = tempfile.tempdir
     tempfile.tempdir = str(tmp)
     try:
-        argv = ["--image", str(case["image"]), "--mask", str(case["mask"]), "--out-prefix", str(out / "sub-01"),
-                "--out-quality", str(out / "sub-01_desc-registration_qc.json"), "--mars-mni", str(case["mars_mni"]),
-                "--out-mars", str(out / "sub-01_desc-mars_dseg.nii.gz"),
-                "--out-mars-tsv", str(out / "sub-01_desc-mars_dseg.tsv"), "--threads", "2"]
+        argv = [
+            "--image",
+            str(case["image"]),
+            "--mask",
+            str(case["mask"]),
+            "--out-prefix",
+            str(out / "sub-01"),
+            "--out-quality",
+            str(out / "sub-01_desc-registration_qc.json"),
+            "--mars-mni",
+            str(case["mars_mni"]),
+            "--out-mars",
+            str(out / "sub-01_desc-mars_dseg.nii.gz"),
+            "--out-mars-tsv",
+            str(out / "sub-01_desc-mars_dseg.tsv"),
+            "--threads",
+            "2",
+        ]
         assert main(argv) == 0
     finally:
         tempfile.tempdir = old
-    return {"xfm": xfm_paths(out / "sub-01"), "quality": out / "sub-01_desc-registration_qc.json",
-            "dseg": out / "sub-01_desc-mars_dseg.nii.gz", "tsv": out / "sub-01_desc-mars_dseg.tsv", "tmp": tmp}
+    return {
+        "xfm": xfm_paths(out / "sub-01"),
+        "quality": out / "sub-01_desc-registration_qc.json",
+        "dseg": out / "sub-01_desc-mars_dseg.nii.gz",
+        "tsv": out / "sub-01_desc-mars_dseg.tsv",
+        "tmp": tmp,
+    }
 
 
 def _landmarks(mars_img: nib.Nifti1Image, per_region: int = 4, seed: int = 0):
@@ -92,7 +134,15 @@ def _landmarks(mars_img: nib.Nifti1Image, per_region: int = 4, seed: int = 0):
     labels = np.asanyarray(mars_img.dataobj)
     rng = np.random.default_rng(seed)
     points, values = [], []
-    for region in ("frontal", "parietal", "temporal", "occipital", "basal_ganglia", "thalamus", "cerebellum"):
+    for region in (
+        "frontal",
+        "parietal",
+        "temporal",
+        "occipital",
+        "basal_ganglia",
+        "thalamus",
+        "cerebellum",
+    ):
         for value in (CODE[region], CODE[region] + RIGHT_OFFSET):
             inside = ndi.binary_erosion(labels == value, iterations=2)
             ijk = np.argwhere(inside)
@@ -109,11 +159,16 @@ def test_rigid_registration_recovers_a_known_motion(case, tmp_path):
     motion[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
     centre = (img.affine @ np.r_[(np.array(img.shape) - 1) / 2, 1])[:3]
     motion[:3, 3] = centre - motion[:3, :3] @ centre + [3.0, -2.0, 1.5]
-    moved = nib.Nifti1Image(np.asanyarray(img.dataobj), motion @ img.affine)  # same voxels, moved in the world
+    moved = nib.Nifti1Image(
+        np.asanyarray(img.dataobj), motion @ img.affine
+    )  # same voxels, moved in the world
     got = register_rigid(img, moved, tmp_path / "rigid.mat")
     # ``got`` maps a point of the fixed image to the moving image: the moved voxel is at motion @ p
     probe = centre + np.array([[40.0, 0, 0], [0, 50, 0], [0, 0, 40], [-30, -40, 20]])
-    err = np.linalg.norm((got[:3, :3] @ probe.T).T + got[:3, 3] - (motion[:3, :3] @ probe.T).T - motion[:3, 3], axis=1)
+    err = np.linalg.norm(
+        (got[:3, :3] @ probe.T).T + got[:3, 3] - (motion[:3, :3] @ probe.T).T - motion[:3, 3],
+        axis=1,
+    )
     assert err.max() < 1.0, err
     assert (tmp_path / "rigid.mat").is_file()
 
@@ -123,8 +178,8 @@ def test_transforms_are_written_in_ants_formats_with_bids_names(registered):
 
     xfm = registered["xfm"]
     assert xfm.exist()
-    assert xfm.fwd_affine.name == "sub-01_from-T2starw_to-MNI152NLin2009cAsym_mode-image_xfm.mat"
-    assert xfm.inv_warp.name == "sub-01_from-MNI152NLin2009cAsym_to-T2starw_mode-image_xfm.nii.gz"
+    assert xfm.fwd_affine.name == "sub-01_from-SWI_to-MNI152NLin2009cAsym_mode-image_xfm.mat"
+    assert xfm.inv_warp.name == "sub-01_from-MNI152NLin2009cAsym_to-SWI_mode-image_xfm.nii.gz"
     fwd, inv = ants.read_transform(str(xfm.fwd_affine)), ants.read_transform(str(xfm.inv_affine))
     assert fwd.transform_type == "AffineTransform"
     p = np.array([10.0, -20.0, 30.0])
@@ -163,17 +218,28 @@ def test_point_mappings_are_inverse_of_each_other(registered):
 def test_native_mars_map_gives_the_region_at_landmarks(case, registered):
     dseg = nib.load(registered["dseg"])
     ref = nib.load(case["image"])
-    assert dseg.shape == ref.shape and np.allclose(dseg.affine, ref.affine) and dseg.get_data_dtype() == np.int16
+    assert (
+        dseg.shape == ref.shape
+        and np.allclose(dseg.affine, ref.affine)
+        and dseg.get_data_dtype() == np.int16
+    )
     mni, want = _landmarks(nib.load(case["mars_mni"]))
     subject_mm = truth_from_mni(nib.load(case["to_mni"]), mni)
-    ijk = np.rint(np.linalg.inv(dseg.affine) @ np.c_[subject_mm, np.ones(len(mni))].T)[:3].astype(int)
-    inside = np.all((ijk >= 0) & (ijk < np.array(dseg.shape)[:, None]), axis=0)  # the slab may cut some off
+    ijk = np.rint(np.linalg.inv(dseg.affine) @ np.c_[subject_mm, np.ones(len(mni))].T)[:3].astype(
+        int
+    )
+    inside = np.all(
+        (ijk >= 0) & (ijk < np.array(dseg.shape)[:, None]), axis=0
+    )  # the slab may cut some off
     got = np.asanyarray(dseg.dataobj)[tuple(ijk[:, inside])]
     assert inside.sum() >= 0.8 * len(want)
-    assert (got == want[inside]).mean() >= 0.9, [(decode_label(w), decode_label(g)) for w, g in
-                                                  zip(want[inside], got) if w != g]
+    assert (got == want[inside]).mean() >= 0.9, [
+        (decode_label(w), decode_label(g)) for w, g in zip(want[inside], got) if w != g
+    ]
     tsv = registered["tsv"].read_text().splitlines()
-    assert tsv[0].split("\t")[:2] == ["index", "name"] and len(tsv) == 1 + 2 * 13 + 3  # outside, csf, unknown
+    assert (
+        tsv[0].split("\t")[:2] == ["index", "name"] and len(tsv) == 1 + 2 * 13 + 3
+    )  # outside, csf, unknown
 
 
 def test_quality_report(registered):
@@ -188,11 +254,17 @@ def test_quality_report(registered):
 def test_nearest_neighbour_and_generic_label_agree_away_from_borders(case, registered):
     mars = nib.load(case["mars_mni"])
     ref = nib.load(case["image"])
-    coarse = nib.Nifti1Image(np.zeros((40, 40, 20), np.float32), ref.affine @ np.diag([3.0, 3.0, 2.0, 1.0]))
+    coarse = nib.Nifti1Image(
+        np.zeros((40, 40, 20), np.float32), ref.affine @ np.diag([3.0, 3.0, 2.0, 1.0])
+    )
     small = nib.Nifti1Image(coarse.get_fdata(dtype=np.float32), _centered(coarse, ref))
     nn = np.asanyarray(warp_labels_to_native(mars, small, registered["xfm"]).dataobj)
-    gl = np.asanyarray(warp_labels_to_native(mars, small, registered["xfm"], interpolation="genericLabel").dataobj)
-    assert set(np.unique(nn)) <= set(np.unique(np.asanyarray(mars.dataobj)))  # labels are never blended
+    gl = np.asanyarray(
+        warp_labels_to_native(mars, small, registered["xfm"], interpolation="genericLabel").dataobj
+    )
+    assert set(np.unique(nn)) <= set(
+        np.unique(np.asanyarray(mars.dataobj))
+    )  # labels are never blended
     border = ndi.morphological_gradient(nn, size=3) > 0
     assert (nn == gl)[~border].mean() > 0.99
 
@@ -221,13 +293,16 @@ def test_t1w_route(case, tmp_path):
     motion[:3, 3] = [6.0, -4.0, 3.0]
     moved = tmp_path / "T1w_moved.nii.gz"
     nib.save(nib.Nifti1Image(np.asanyarray(t1.dataobj), motion @ t1.affine), moved)
-    rep = register_subject(case["image"], case["mask"], tmp_path / "sub-01", t1w=moved,
-                           out_quality=tmp_path / "q.json")
-    assert (tmp_path / "sub-01_from-T2starw_to-T1w_mode-image_xfm.mat").is_file()
+    rep = register_subject(
+        case["image"], case["mask"], tmp_path / "sub-01", t1w=moved, out_quality=tmp_path / "q.json"
+    )
+    assert (tmp_path / "sub-01_from-SWI_to-T1w_mode-image_xfm.mat").is_file()
     assert rep["quality"]["contrast"] == "t1"
     mni, _ = _landmarks(nib.load(case["mars_mni"]), per_region=2)
     expected = truth_from_mni(nib.load(case["to_mni"]), mni)
-    err = np.linalg.norm(mni_to_subject_points(mni, xfm_paths(tmp_path / "sub-01")) - expected, axis=1)
+    err = np.linalg.norm(
+        mni_to_subject_points(mni, xfm_paths(tmp_path / "sub-01")) - expected, axis=1
+    )
     assert np.median(err) <= 3.0
 
 

@@ -20,7 +20,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import nibabel as nib
@@ -62,14 +61,30 @@ def _noise(shape=(40, 40, 30), seed=0):
     return np.random.default_rng(seed).uniform(10, 100, shape)
 
 
-def _ingest(tmp_path: Path, mag: Path, phase: Path | None = None, **extra) -> tuple[dict, dict | None, Path]:
+def _ingest(
+    tmp_path: Path, mag: Path, phase: Path | None = None, **extra
+) -> tuple[dict, dict | None, Path]:
     """Run the ingest CLI as the workflow does; return (status record, report or None, log)."""
     out = tmp_path / "out"
     out.mkdir(parents=True, exist_ok=True)
     log = out / "ingest.log"
-    argv = ["run", "--subject", "01", "--kind", "gre_phase" if phase else "t2starw",
-            "--mag", str(mag), "--out-mag", str(out / "mag.nii.gz"), "--out-json", str(out / "report.json"),
-            "--failure-record", str(out / "status.json"), "--log", str(log)]
+    argv = [
+        "run",
+        "--subject",
+        "01",
+        "--kind",
+        "gre_phase" if phase else "t2starw",
+        "--mag",
+        str(mag),
+        "--out-mag",
+        str(out / "mag.nii.gz"),
+        "--out-json",
+        str(out / "report.json"),
+        "--failure-record",
+        str(out / "status.json"),
+        "--log",
+        str(log),
+    ]
     if phase is not None:
         argv += ["--phase", str(phase), "--out-phase", str(out / "phase.nii.gz")]
     for key, value in extra.items():
@@ -118,39 +133,87 @@ def _annex_pointer(d: Path) -> Path:
 def _broken_link(d: Path) -> Path:
     path = d / "sub-01_T2starw.nii.gz"
     path.parent.mkdir(parents=True, exist_ok=True)
-    os.symlink("../../.git/annex/objects/Xy/Zw/SHA256E-s123456--0123abcd.nii.gz/"
-               "SHA256E-s123456--0123abcd.nii.gz", path)
+    os.symlink(
+        "../../.git/annex/objects/Xy/Zw/SHA256E-s123456--0123abcd.nii.gz/"
+        "SHA256E-s123456--0123abcd.nii.gz",
+        path,
+    )
     return path
 
 
 ERROR_CASES = {
     "truncated .nii.gz": (_truncated, ["truncated or corrupt"]),
     "NaN/Inf beyond the limit": (_nan_heavy, ["NaN/Inf voxels", "limit"]),
-    "all zero": (lambda d: _raw(d / "sub-01_T2starw.nii.gz", np.zeros((40, 40, 30)), sform=AFFINE, scode=1),
-                 ["all voxels are zero"]),
-    "constant": (lambda d: _raw(d / "sub-01_T2starw.nii.gz", np.full((40, 40, 30), 3.0), sform=AFFINE,
-                                scode=1), ["constant image"]),
-    "unexpected 4D": (lambda d: _raw(d / "sub-01_T2starw.nii.gz", _noise((40, 40, 30, 3)), sform=AFFINE,
-                                     scode=1), ["4D image with 3 volumes"]),
-    "2D image": (lambda d: _raw(d / "sub-01_T2starw.nii.gz", _noise((64, 64)), sform=AFFINE, scode=1),
-                 ["2D image"]),
-    "single slice": (lambda d: _raw(d / "sub-01_T2starw.nii.gz", _noise((64, 64, 1)), sform=AFFINE, scode=1),
-                     ["2D image"]),
-    "no sform, no qform": (lambda d: _raw(d / "sub-01_T2starw.nii.gz", _noise()),
-                           ["sform_code and qform_code are both 0"]),
+    "all zero": (
+        lambda d: _raw(d / "sub-01_T2starw.nii.gz", np.zeros((40, 40, 30)), sform=AFFINE, scode=1),
+        ["all voxels are zero"],
+    ),
+    "constant": (
+        lambda d: _raw(
+            d / "sub-01_T2starw.nii.gz", np.full((40, 40, 30), 3.0), sform=AFFINE, scode=1
+        ),
+        ["constant image"],
+    ),
+    "unexpected 4D": (
+        lambda d: _raw(d / "sub-01_T2starw.nii.gz", _noise((40, 40, 30, 3)), sform=AFFINE, scode=1),
+        ["4D image with 3 volumes"],
+    ),
+    "2D image": (
+        lambda d: _raw(d / "sub-01_T2starw.nii.gz", _noise((64, 64)), sform=AFFINE, scode=1),
+        ["2D image"],
+    ),
+    "single slice": (
+        lambda d: _raw(d / "sub-01_T2starw.nii.gz", _noise((64, 64, 1)), sform=AFFINE, scode=1),
+        ["2D image"],
+    ),
+    "no sform, no qform": (
+        lambda d: _raw(d / "sub-01_T2starw.nii.gz", _noise()),
+        ["sform_code and qform_code are both 0"],
+    ),
     "qform/sform of opposite handedness": (
-        lambda d: _raw(d / "sub-01_T2starw.nii.gz", _noise(), qform=np.diag([-2.0, 2.0, 2.5, 1.0]), qcode=1,
-                       sform=AFFINE, scode=1), ["disagree in handedness"]),
-    "huge voxels": (lambda d: _raw(d / "sub-01_T2starw.nii.gz", _noise((40, 40, 12)),
-                                   sform=np.diag([2.0, 2.0, 8.0, 1.0]), scode=1), ["larger than 5 mm"]),
-    "tiny field of view": (lambda d: _raw(d / "sub-01_T2starw.nii.gz", _noise((20, 20, 20)), sform=AFFINE,
-                                          scode=1), ["partial field of view"]),
-    "empty file": (lambda d: (d.mkdir(parents=True, exist_ok=True), (d / "sub-01_T2starw.nii.gz").touch(),
-                              d / "sub-01_T2starw.nii.gz")[-1], ["empty file"]),
-    "not a NIfTI": (lambda d: (d.mkdir(parents=True, exist_ok=True),
-                               (d / "sub-01_T2starw.nii.gz").write_bytes(gzip.compress(b"<html>" * 400)),
-                               d / "sub-01_T2starw.nii.gz")[-1], ["cannot read NIfTI header"]),
-    "git-annex pointer (unlocked, not fetched)": (_annex_pointer, ["git-annex pointer", "datalad get"]),
+        lambda d: _raw(
+            d / "sub-01_T2starw.nii.gz",
+            _noise(),
+            qform=np.diag([-2.0, 2.0, 2.5, 1.0]),
+            qcode=1,
+            sform=AFFINE,
+            scode=1,
+        ),
+        ["disagree in handedness"],
+    ),
+    "huge voxels": (
+        lambda d: _raw(
+            d / "sub-01_T2starw.nii.gz",
+            _noise((40, 40, 12)),
+            sform=np.diag([2.0, 2.0, 8.0, 1.0]),
+            scode=1,
+        ),
+        ["larger than 5 mm"],
+    ),
+    "tiny field of view": (
+        lambda d: _raw(d / "sub-01_T2starw.nii.gz", _noise((20, 20, 20)), sform=AFFINE, scode=1),
+        ["partial field of view"],
+    ),
+    "empty file": (
+        lambda d: (
+            d.mkdir(parents=True, exist_ok=True),
+            (d / "sub-01_T2starw.nii.gz").touch(),
+            d / "sub-01_T2starw.nii.gz",
+        )[-1],
+        ["empty file"],
+    ),
+    "not a NIfTI": (
+        lambda d: (
+            d.mkdir(parents=True, exist_ok=True),
+            (d / "sub-01_T2starw.nii.gz").write_bytes(gzip.compress(b"<html>" * 400)),
+            d / "sub-01_T2starw.nii.gz",
+        )[-1],
+        ["cannot read NIfTI header"],
+    ),
+    "git-annex pointer (unlocked, not fetched)": (
+        _annex_pointer,
+        ["git-annex pointer", "datalad get"],
+    ),
     "broken symlink (DataLad, not fetched)": (_broken_link, ["broken symlink", "datalad get"]),
 }
 
@@ -171,12 +234,20 @@ def test_mag_and_phase_on_different_grids(tmp_path):
     mag = _raw(anat / "sub-01_part-mag_GRE.nii.gz", _noise(), sform=AFFINE, scode=1)
     shifted = AFFINE.copy()
     shifted[:3, 3] = [4.0, 0, 0]
-    phase = _raw(anat / "sub-01_part-phase_GRE.nii.gz", np.random.default_rng(1).uniform(-np.pi, np.pi, (40, 40, 30)),
-                 sform=shifted, scode=1)
+    phase = _raw(
+        anat / "sub-01_part-phase_GRE.nii.gz",
+        np.random.default_rng(1).uniform(-np.pi, np.pi, (40, 40, 30)),
+        sform=shifted,
+        scode=1,
+    )
     status, _, _ = _ingest(tmp_path, mag, phase)
     _assert_failed(status, phase, "grid differs from", mag.name, "4 mm")
-    small = _raw(anat / "sub-01_part-phase_GRE.nii.gz", np.random.default_rng(1).uniform(-np.pi, np.pi, (40, 40, 28)),
-                 sform=AFFINE, scode=1)
+    small = _raw(
+        anat / "sub-01_part-phase_GRE.nii.gz",
+        np.random.default_rng(1).uniform(-np.pi, np.pi, (40, 40, 28)),
+        sform=AFFINE,
+        scode=1,
+    )
     status, _, _ = _ingest(tmp_path, mag, small)
     _assert_failed(status, small, "grid differs from", "shape (40, 40, 28)")
 
@@ -184,8 +255,12 @@ def test_mag_and_phase_on_different_grids(tmp_path):
 def test_phase_in_unknown_units_names_the_file(tmp_path):
     anat = _dataset(tmp_path / "bids") / "sub-01" / "swi"
     mag = _raw(anat / "sub-01_part-mag_GRE.nii.gz", _noise(), sform=AFFINE, scode=1)
-    phase = _raw(anat / "sub-01_part-phase_GRE.nii.gz", np.random.default_rng(1).uniform(3, 70, (40, 40, 30)),
-                 sform=AFFINE, scode=1)
+    phase = _raw(
+        anat / "sub-01_part-phase_GRE.nii.gz",
+        np.random.default_rng(1).uniform(3, 70, (40, 40, 30)),
+        sform=AFFINE,
+        scode=1,
+    )
     status, _, _ = _ingest(tmp_path, mag, phase)
     _assert_failed(status, phase, "cannot tell the units")
 
@@ -203,17 +278,24 @@ def _fix_nan(d):
 def _fix_qform(d):
     shifted = AFFINE.copy()
     shifted[:3, 3] = [1.5, 0, 0]
-    return (_raw(d / "sub-01_T2starw.nii.gz", _noise(), qform=shifted, qcode=1, sform=AFFINE, scode=2),
-            "qform and sform differ by up to 1.5 mm; the sform is used")
+    return (
+        _raw(d / "sub-01_T2starw.nii.gz", _noise(), qform=shifted, qcode=1, sform=AFFINE, scode=2),
+        "qform and sform differ by up to 1.5 mm; the sform is used",
+    )
 
 
 def _fix_squeeze(d):
-    return (_raw(d / "sub-01_T2starw.nii.gz", _noise((40, 40, 30, 1)), sform=AFFINE, scode=1),
-            "singleton 4th dimension squeezed to 3D")
+    return (
+        _raw(d / "sub-01_T2starw.nii.gz", _noise((40, 40, 30, 1)), sform=AFFINE, scode=1),
+        "singleton 4th dimension squeezed to 3D",
+    )
 
 
-FIX_CASES = {"few NaN/Inf voxels": _fix_nan, "qform and sform differ slightly": _fix_qform,
-             "4D with one volume": _fix_squeeze}
+FIX_CASES = {
+    "few NaN/Inf voxels": _fix_nan,
+    "qform and sform differ slightly": _fix_qform,
+    "4D with one volume": _fix_squeeze,
+}
 
 
 @pytest.mark.parametrize("case", list(FIX_CASES))
@@ -232,7 +314,10 @@ def test_well_defined_fix_is_applied_and_logged(case, tmp_path, caplog):
 PHASES = {  # stored values from radians; expected detected units
     "radians": (lambda r: r, "radians"),
     "degrees": (np.degrees, "degrees"),
-    "raw integers 0..4095": (lambda r: np.round((r + np.pi) / (2 * np.pi) * 4096).clip(0, 4095), "integer"),
+    "raw integers 0..4095": (
+        lambda r: np.round((r + np.pi) / (2 * np.pi) * 4096).clip(0, 4095),
+        "integer",
+    ),
     "raw integers -4096..4095": (lambda r: np.round(r / np.pi * 4096).clip(-4096, 4095), "integer"),
 }
 
@@ -257,7 +342,9 @@ def test_phase_units_are_rescaled_to_radians_and_logged(stored, tmp_path, caplog
 # --------------------------------------------------------------------------- dataset-level oddities
 
 
-def test_missing_participants_tsv_and_dataset_description_are_warnings(tmp_path, make_nifti, caplog):
+def test_missing_participants_tsv_and_dataset_description_are_warnings(
+    tmp_path, make_nifti, caplog
+):
     root = tmp_path / "bids"
     make_nifti(root / "sub-01" / "anat" / "sub-01_T2starw.nii.gz")
     make_nifti(root / "sub-02" / "anat" / "sub-02_T2starw.nii.gz")
@@ -276,7 +363,10 @@ def test_unreadable_participants_tsv_is_a_warning(tmp_path, make_nifti, caplog):
     with caplog.at_level(logging.WARNING):
         (rec,) = plan_inputs(root, tmp_path / "db")
     assert rec.kind == "t2starw"
-    assert any("participants.tsv: unreadable participants.tsv ignored" in r.getMessage() for r in caplog.records)
+    assert any(
+        "participants.tsv: unreadable participants.tsv ignored" in r.getMessage()
+        for r in caplog.records
+    )
 
 
 def test_duplicate_runs_and_extensions(tmp_path, make_nifti):
@@ -289,8 +379,9 @@ def test_duplicate_runs_and_extensions(tmp_path, make_nifti):
     assert "ties to the highest run" in rec.reason
     for run in (1, 2):
         assert f"sub-01_run-{run}_T2starw.nii.gz" in rec.reason  # the other candidates are named
-    assert [a["magnitude"] for a in rec.alternatives] == [[str(anat / f"sub-01_run-{r}_T2starw.nii.gz")]
-                                                          for r in (10, 2, 1)]  # .nii.gz over .nii
+    assert [a["magnitude"] for a in rec.alternatives] == [
+        [str(anat / f"sub-01_run-{r}_T2starw.nii.gz")] for r in (10, 2, 1)
+    ]  # .nii.gz over .nii
 
 
 def _annexed(root: Path, rel: str, content: bytes | None) -> Path:
@@ -314,7 +405,10 @@ def test_datalad_dataset_fetched_and_unfetched(tmp_path, make_nifti):
     records = {r.subject: r for r in plan_inputs(root, tmp_path / "db")}
     assert records["01"].magnitude == (str(ok),) and records["02"].magnitude == (str(missing),)
     status, report, _ = _ingest(tmp_path / "a", ok)
-    assert status["status"] == "ok" and report["inputs"]["magnitude"][0]["sha256"] == hashlib.sha256(good).hexdigest()
+    assert (
+        status["status"] == "ok"
+        and report["inputs"]["magnitude"][0]["sha256"] == hashlib.sha256(good).hexdigest()
+    )
     status, _, _ = _ingest(tmp_path / "b", missing)
     _assert_failed(status, missing, "broken symlink", "DataLad", "datalad get")
 
@@ -327,9 +421,19 @@ def read_only_tree(root: Path):
         os.chmod(p, mode & ~0o222)
     mounted = False
     if os.geteuid() == 0:
-        mounted = subprocess.run(["mount", "--bind", str(root), str(root)], capture_output=True).returncode == 0
-        if mounted and subprocess.run(["mount", "-o", "remount,bind,ro", str(root)],
-                                      capture_output=True).returncode != 0:
+        mounted = (
+            subprocess.run(
+                ["mount", "--bind", str(root), str(root)], capture_output=True
+            ).returncode
+            == 0
+        )
+        if (
+            mounted
+            and subprocess.run(
+                ["mount", "-o", "remount,bind,ro", str(root)], capture_output=True
+            ).returncode
+            != 0
+        ):
             subprocess.run(["umount", str(root)], capture_output=True)
             mounted = False
     try:
@@ -365,7 +469,9 @@ def test_read_only_input_is_planned_and_ingested_and_never_modified(tmp_path, ma
             with pytest.raises(OSError):
                 (root / "probe").write_text("x")
         (rec,) = plan_inputs(root, tmp_path / "db")
-        status, report, _ = _ingest(tmp_path, Path(rec.magnitude[0]), Path(rec.phase[0]), bids_dir=root)
+        status, report, _ = _ingest(
+            tmp_path, Path(rec.magnitude[0]), Path(rec.phase[0]), bids_dir=root
+        )
     assert status["status"] == "ok", status
     assert report["metadata"]["Manufacturer"] == "Siemens"
     assert _checksums(root) == before
@@ -376,10 +482,14 @@ def test_read_only_input_is_planned_and_ingested_and_never_modified(tmp_path, ma
 
 def test_writer_killed_mid_write_leaves_no_file_and_its_leftover_is_removed(tmp_path):
     target = tmp_path / "out" / "sub-01_desc-preproc_swi.nii.gz"
-    code = ("import sys, time\nfrom cmb.atomic import atomic_path\n"
-            "with atomic_path(sys.argv[1]) as tmp:\n"
-            "    tmp.write_bytes(b'half a NIfTI')\n    print('writing', flush=True)\n    time.sleep(60)\n")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(target)], stdout=subprocess.PIPE, text=True)
+    code = (
+        "import sys, time\nfrom cmb.atomic import atomic_path\n"
+        "with atomic_path(sys.argv[1]) as tmp:\n"
+        "    tmp.write_bytes(b'half a NIfTI')\n    print('writing', flush=True)\n    time.sleep(60)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(target)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout.readline().strip() == "writing"
         os.kill(proc.pid, signal.SIGKILL)
@@ -413,8 +523,9 @@ def small_disk(tmp_path):
     mnt.mkdir()
     if os.geteuid() != 0:
         pytest.skip("a small tmpfs needs root (mount -t tmpfs); the full-disk test cannot run")
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True,
-                          text=True)
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True
+    )
     if proc.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs: {proc.stderr.strip()}")
     try:
@@ -442,13 +553,32 @@ def test_full_disk_fails_the_job_cleanly_instead_of_a_soft_failure(tmp_path, sma
     anat.mkdir(parents=True)
     src = anat / "sub-01_T2starw.nii.gz"
     nib.save(_big(), src)
-    cmd = [sys.executable, "-m", "cmb.ingest", "run", "--subject", "01", "--kind", "t2starw", "--mag", str(src),
-           "--out-mag", str(small_disk / "mag.nii.gz"), "--out-json", str(small_disk / "report.json"),
-           "--failure-record", str(small_disk / "status.json"), "--log", str(tmp_path / "log.txt")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cmb.ingest",
+        "run",
+        "--subject",
+        "01",
+        "--kind",
+        "t2starw",
+        "--mag",
+        str(src),
+        "--out-mag",
+        str(small_disk / "mag.nii.gz"),
+        "--out-json",
+        str(small_disk / "report.json"),
+        "--failure-record",
+        str(small_disk / "status.json"),
+        "--log",
+        str(tmp_path / "log.txt"),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ingest sub-01: OSError: [Errno 28] No space left on device"), last
+    assert last.startswith("error: ingest sub-01: OSError: [Errno 28] No space left on device"), (
+        last
+    )
     assert list(small_disk.iterdir()) == []
 
 
@@ -457,10 +587,14 @@ def test_resource_errors_are_raised_not_recorded(tmp_path):
         raise OSError(errno.ENOSPC, "No space left on device", "/out/x.nii.gz")
 
     with pytest.raises(ResourceError, match="No space left on device"):
-        run_stage("preprocess", "01", None, [tmp_path / "o.nii.gz"], tmp_path / "s.json", None, full)
+        run_stage(
+            "preprocess", "01", None, [tmp_path / "o.nii.gz"], tmp_path / "s.json", None, full
+        )
     assert list(tmp_path.iterdir()) == []  # no record, no placeholder
     # as the soft-stage wrapper sees a failed subprocess: the class name and message only
-    wrapped = type("OSError", (RuntimeError,), {})("[Errno 28] No space left on device: '/out/x.nii.gz'")
+    wrapped = type("OSError", (RuntimeError,), {})(
+        "[Errno 28] No space left on device: '/out/x.nii.gz'"
+    )
     assert is_resource_error(wrapped) and is_resource_error(MemoryError())
     assert not is_resource_error(InputDataError("/in/sub-01_swi.nii.gz: all voxels are zero"))
     assert not is_resource_error(FileNotFoundError(errno.ENOENT, "No such file"))
@@ -469,10 +603,19 @@ def test_resource_errors_are_raised_not_recorded(tmp_path):
 # --------------------------------------------------------------------------- vendor phase sign
 
 
-@pytest.mark.parametrize(("manufacturer", "sign"), [
-    ("Siemens", "negative"), ("SIEMENS", "negative"), ("Siemens Healthineers", "negative"),
-    ("Philips", "negative"), ("Philips Medical Systems", "negative"), ("GE MEDICAL SYSTEMS", "positive"),
-    ("GE", "positive"), ("General Electric", "positive")])
+@pytest.mark.parametrize(
+    ("manufacturer", "sign"),
+    [
+        ("Siemens", "negative"),
+        ("SIEMENS", "negative"),
+        ("Siemens Healthineers", "negative"),
+        ("Philips", "negative"),
+        ("Philips Medical Systems", "negative"),
+        ("GE MEDICAL SYSTEMS", "positive"),
+        ("GE", "positive"),
+        ("General Electric", "positive"),
+    ],
+)
 def test_auto_phase_sign_by_manufacturer(manufacturer, sign):
     decision = resolve_paramagnetic_phase("auto", manufacturer, "r.json")
     assert decision.paramagnetic_phase == sign and decision.source == "vendor"
@@ -480,7 +623,9 @@ def test_auto_phase_sign_by_manufacturer(manufacturer, sign):
 
 @pytest.mark.parametrize("manufacturer", [None, "", "Canon Medical Systems", "GEM imaging"])
 def test_auto_phase_sign_of_unknown_vendor_is_an_error_naming_the_file(manufacturer):
-    with pytest.raises(InputDataError, match=r"^sub-01_ingested\.json: .*set preprocess\.paramagnetic_phase"):
+    with pytest.raises(
+        InputDataError, match=r"^sub-01_ingested\.json: .*set preprocess\.paramagnetic_phase"
+    ):
         resolve_paramagnetic_phase("auto", manufacturer, "sub-01_ingested.json")
 
 
@@ -495,14 +640,25 @@ def test_explicit_phase_sign_overrides_the_vendor():
 def test_ingest_report_carries_the_manufacturer_for_the_phase_sign(tmp_path):
     anat = _dataset(tmp_path / "bids") / "sub-01" / "swi"
     mag = _raw(anat / "sub-01_part-mag_GRE.nii.gz", _noise(), sform=AFFINE, scode=1)
-    phase = _raw(anat / "sub-01_part-phase_GRE.nii.gz", np.random.default_rng(1).uniform(-np.pi, np.pi, (40, 40, 30)),
-                 sform=AFFINE, scode=1)
-    (anat.parent.parent / "GRE.json").write_text('{"Manufacturer": "Philips Medical Systems"}')  # inherited
+    phase = _raw(
+        anat / "sub-01_part-phase_GRE.nii.gz",
+        np.random.default_rng(1).uniform(-np.pi, np.pi, (40, 40, 30)),
+        sform=AFFINE,
+        scode=1,
+    )
+    (anat.parent.parent / "GRE.json").write_text(
+        '{"Manufacturer": "Philips Medical Systems"}'
+    )  # inherited
     status, _, _ = _ingest(tmp_path, mag, phase, bids_dir=anat.parent.parent)
     assert status["status"] == "ok"
     report = tmp_path / "out" / "report.json"
     assert manufacturer_from_report(report) == "Philips Medical Systems"
-    assert resolve_paramagnetic_phase("auto", manufacturer_from_report(report), report).paramagnetic_phase == "negative"
+    assert (
+        resolve_paramagnetic_phase(
+            "auto", manufacturer_from_report(report), report
+        ).paramagnetic_phase
+        == "negative"
+    )
     report.write_text("")  # an upstream placeholder is not a report
     with pytest.raises(InputDataError, match="cannot read the ingest report"):
         manufacturer_from_report(report)
@@ -517,8 +673,10 @@ def test_preprocess_auto_sign_flips_a_siemens_phase(tmp_path):
     shape = (48, 48, 32)
     g = np.indices(shape).astype(float)
     head = (((g[0] - 24) / 20) ** 2 + ((g[1] - 24) / 20) ** 2 + ((g[2] - 16) / 13) ** 2) < 1
-    mag = nib.Nifti1Image(np.where(head, 100.0, 1.0).astype(np.float32) + _noise(shape).astype(np.float32),
-                          np.diag([3.0, 3.0, 3.0, 1.0]))
+    mag = nib.Nifti1Image(
+        np.where(head, 100.0, 1.0).astype(np.float32) + _noise(shape).astype(np.float32),
+        np.diag([3.0, 3.0, 3.0, 1.0]),
+    )
     bleed = np.exp(-(((g[0] - 24) ** 2 + (g[1] - 30) ** 2 + (g[2] - 16) ** 2) / 2.0))
     phase = nib.Nifti1Image((0.8 * bleed).astype(np.float32), mag.affine)  # a positive raw shift
     nib.save(mag, tmp_path / "mag.nii.gz")
@@ -529,24 +687,45 @@ def test_preprocess_auto_sign_flips_a_siemens_phase(tmp_path):
         report.write_text(json.dumps({"metadata": {"Manufacturer": vendor}}))
         out = tmp_path / vendor
         out.mkdir()
-        kw = dict(paramagnetic_phase="auto", ingest_report=report, n4_iterations=(5,), mask_work_mm=3.0)
+        kw = dict(
+            paramagnetic_phase="auto", ingest_report=report, n4_iterations=(5,), mask_work_mm=3.0
+        )
         if vendor == "Hitachi":
-            with pytest.raises(InputDataError, match=r"Hitachi.json: Manufacturer 'Hitachi' has no known phase "
-                                                     r"sign, and the veins of .*phase.nii.gz do not tell it either"
-                                                     r".*set preprocess\.paramagnetic_phase"):
-                preprocess_subject(tmp_path / "mag.nii.gz", tmp_path / "phase.nii.gz", out / "m.nii.gz",
-                                   out / "mask.nii.gz", out / "p.nii.gz", **kw)
+            with pytest.raises(
+                InputDataError,
+                match=r"Hitachi.json: Manufacturer 'Hitachi' has no known phase "
+                r"sign, and the veins of .*phase.nii.gz do not tell it either"
+                r".*set preprocess\.paramagnetic_phase",
+            ):
+                preprocess_subject(
+                    tmp_path / "mag.nii.gz",
+                    tmp_path / "phase.nii.gz",
+                    out / "m.nii.gz",
+                    out / "mask.nii.gz",
+                    out / "p.nii.gz",
+                    **kw,
+                )
             assert list(out.iterdir()) == []
             continue
-        rep = preprocess_subject(tmp_path / "mag.nii.gz", tmp_path / "phase.nii.gz", out / "m.nii.gz",
-                                 out / "mask.nii.gz", out / "p.nii.gz", **kw)
+        rep = preprocess_subject(
+            tmp_path / "mag.nii.gz",
+            tmp_path / "phase.nii.gz",
+            out / "m.nii.gz",
+            out / "mask.nii.gz",
+            out / "p.nii.gz",
+            **kw,
+        )
         assert rep["phase"]["InputParamagneticPhaseSetting"] == "auto"
         assert vendor in rep["phase"]["InputParamagneticPhaseReason"]
-        convention = rep["phase"]["PhaseConvention"]  # no veins here: the vendor rule, flagged unconfident
+        convention = rep["phase"][
+            "PhaseConvention"
+        ]  # no veins here: the vendor rule, flagged unconfident
         assert convention["source"] == "vendor" and convention["agreement"] == "unconfident"
         assert rep["phase"]["QCFlags"] == ["phase_convention_unconfident"]
         values[vendor] = float(nib.load(out / "p.nii.gz").get_fdata()[24, 30, 16])
-    assert values["GE MEDICAL SYSTEMS"] > 0.1 and values["SIEMENS"] == pytest.approx(-values["GE MEDICAL SYSTEMS"])
+    assert values["GE MEDICAL SYSTEMS"] > 0.1 and values["SIEMENS"] == pytest.approx(
+        -values["GE MEDICAL SYSTEMS"]
+    )
 
 
 # --------------------------------------------------------------------------- failure isolation

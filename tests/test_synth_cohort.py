@@ -22,7 +22,10 @@ TRUTH = Path("derivatives/cmb-truth")
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth") / "bids"
-    synthesize(SynthOptions(out=out, n_subjects=2, seed=11, preset="tiny", n_cmb=6, with_t1w=True), log=lambda m: None)
+    synthesize(
+        SynthOptions(out=out, n_subjects=2, seed=11, preset="tiny", n_cmb=6, with_t1w=True),
+        log=lambda m: None,
+    )
     return out
 
 
@@ -47,7 +50,10 @@ def test_bids_layout_parses(cohort):
     assert niftis == on_disk and len(on_disk) == 6  # mag, phase, T1w per subject
     desc = json.loads((cohort / "dataset_description.json").read_text())
     assert desc["BIDSVersion"] and desc["GeneratedBy"][0]["Name"] == "cmb synth"
-    assert pd.read_csv(cohort / "participants.tsv", sep="\t").participant_id.tolist() == ["sub-01", "sub-02"]
+    assert pd.read_csv(cohort / "participants.tsv", sep="\t").participant_id.tolist() == [
+        "sub-01",
+        "sub-02",
+    ]
 
 
 def test_images_have_valid_affines_matching_sidecars(cohort):
@@ -71,11 +77,17 @@ def test_cmb_truth_is_self_consistent(cohort):
         table = pd.read_csv(_truth(params_path, "_label-CMB_dseg.tsv"), sep="\t")
         dseg = nib.load(_truth(params_path, "_label-CMB_dseg.nii.gz"))
         labels = np.asarray(dseg.dataobj)
-        subvisible = pd.read_csv(_truth(params_path, "_mimics.tsv"), sep="\t").type.eq("cmb_subvisible").sum()
+        subvisible = (
+            pd.read_csv(_truth(params_path, "_mimics.tsv"), sep="\t")
+            .type.eq("cmb_subvisible")
+            .sum()
+        )
         assert len(table) + subvisible == 6 and set(np.unique(labels)) == {0, *table["index"]}
         for r in table.itertuples():
             xyz = dseg.affine @ [r.i, r.j, r.k, 1]
-            assert np.linalg.norm(xyz[:3] - [r.x_mm, r.y_mm, r.z_mm]) < np.linalg.norm(dseg.header.get_zooms())
+            assert np.linalg.norm(xyz[:3] - [r.x_mm, r.y_mm, r.z_mm]) < np.linalg.norm(
+                dseg.header.get_zooms()
+            )
             assert labels[r.i, r.j, r.k] == r.index
 
 
@@ -86,7 +98,11 @@ def test_cmb_centres_darker_than_surrounding_tissue(cohort):
         labels = np.asarray(nib.load(_truth(params_path, "_label-CMB_dseg.nii.gz")).dataobj)
         for r in pd.read_csv(_truth(params_path, "_label-CMB_dseg.tsv"), sep="\t").itertuples():
             lesion = labels == r.index
-            shell = ndi.binary_dilation(lesion, iterations=3) & ~ndi.binary_dilation(lesion) & (labels == 0)
+            shell = (
+                ndi.binary_dilation(lesion, iterations=3)
+                & ~ndi.binary_dilation(lesion)
+                & (labels == 0)
+            )
             ratios.append(mag[lesion].min() / np.median(mag[shell]))
     assert np.mean(np.array(ratios) < 0.85) >= 0.9 and np.median(ratios) < 0.6
 
@@ -94,7 +110,9 @@ def test_cmb_centres_darker_than_surrounding_tissue(cohort):
 def _mars_value(mars, r) -> int:
     """The MARS label at a truth row's MNI centre."""
     inv = np.linalg.inv(mars.affine)
-    return mars.labels[tuple(np.round(inv[:3, :3] @ [r.mni_x, r.mni_y, r.mni_z] + inv[:3, 3]).astype(int))]
+    return mars.labels[
+        tuple(np.round(inv[:3, :3] @ [r.mni_x, r.mni_y, r.mni_z] + inv[:3, 3]).astype(int))
+    ]
 
 
 def test_cmbs_in_parenchyma_with_mars_label_of_the_atlas(cohort):
@@ -112,9 +130,16 @@ def test_truth_labels_come_from_the_1mm_mars_map_for_a_2mm_head_model(tmp_path):
     # The tiny preset's head model is 2 mm; its truth must still match the 1 mm map the
     # workflow uses by default. Of these 50 CMBs, 45 are visible (MARS map version 2), and some sit
     # where the two maps disagree.
-    synthesize(SynthOptions(out=tmp_path, n_subjects=2, seed=11, preset="tiny", n_cmb=25), log=lambda m: None)
+    synthesize(
+        SynthOptions(out=tmp_path, n_subjects=2, seed=11, preset="tiny", n_cmb=25),
+        log=lambda m: None,
+    )
     mars = build_mars_map(load_mni(1))
-    rows = [r for p, _ in _scans(tmp_path) for r in pd.read_csv(_truth(p, "_label-CMB_dseg.tsv"), sep="\t").itertuples()]
+    rows = [
+        r
+        for p, _ in _scans(tmp_path)
+        for r in pd.read_csv(_truth(p, "_label-CMB_dseg.tsv"), sep="\t").itertuples()
+    ]
     assert len(rows) == 45
     for r in rows:
         assert decode_label(_mars_value(mars, r)) == (r.mars_category, r.mars_region, r.hemisphere)
@@ -122,7 +147,13 @@ def test_truth_labels_come_from_the_1mm_mars_map_for_a_2mm_head_model(tmp_path):
 
 def test_truth_transform_maps_scanner_to_mni(cohort):
     for params_path, _ in _scans(cohort):
-        xfm = nib.load(next(params_path.parent.glob(params_path.name.split("_synth")[0] + "_from-scanner*_xfm.nii.gz")))
+        xfm = nib.load(
+            next(
+                params_path.parent.glob(
+                    params_path.name.split("_synth")[0] + "_from-scanner*_xfm.nii.gz"
+                )
+            )
+        )
         coords = xfm.get_fdata()
         inv = np.linalg.inv(xfm.affine)
         for r in pd.read_csv(_truth(params_path, "_label-CMB_dseg.tsv"), sep="\t").itertuples():
@@ -146,27 +177,55 @@ def test_mimics_table_lists_veins_and_air(cohort):
         ("T2starw", None, ["anat/sub-01_T2starw.nii.gz"]),
         ("swi-swi", None, ["swi/sub-01_swi.nii.gz"]),
         ("swi-anat", None, ["anat/sub-01_swi.nii.gz"]),
-        ("MEGRE", (5.0, 12.0, 20.0), [f"anat/sub-01_echo-{e}_part-{p}_MEGRE.nii.gz" for e in (1, 2, 3)
-                                      for p in ("mag", "phase")]),
+        (
+            "MEGRE",
+            (5.0, 12.0, 20.0),
+            [
+                f"anat/sub-01_echo-{e}_part-{p}_MEGRE.nii.gz"
+                for e in (1, 2, 3)
+                for p in ("mag", "phase")
+            ],
+        ),
     ],
 )
 def test_naming_variants(tmp_path, layout, te, expected):
-    synthesize(SynthOptions(out=tmp_path, n_subjects=1, seed=3, preset="tiny", layout=layout, te_ms=te, n_cmb=1,
-                            n_veins=2), log=lambda m: None)
-    written = sorted(str(p.relative_to(tmp_path / "sub-01")) for p in tmp_path.glob("sub-01/*/*.nii.gz"))
+    synthesize(
+        SynthOptions(
+            out=tmp_path,
+            n_subjects=1,
+            seed=3,
+            preset="tiny",
+            layout=layout,
+            te_ms=te,
+            n_cmb=1,
+            n_veins=2,
+        ),
+        log=lambda m: None,
+    )
+    written = sorted(
+        str(p.relative_to(tmp_path / "sub-01")) for p in tmp_path.glob("sub-01/*/*.nii.gz")
+    )
     assert written == sorted(expected)
     if expected[0].startswith("anat/") and layout != "swi-anat":  # in the released BIDS schema
         assert all(BIDSValidator().is_bids(f"/sub-01/{e}") for e in expected)
     if layout == "MEGRE":
-        tes = [json.loads((tmp_path / "sub-01" / e.replace(".nii.gz", ".json")).read_text())["EchoTime"]
-               for e in expected[::2]]
+        tes = [
+            json.loads((tmp_path / "sub-01" / e.replace(".nii.gz", ".json")).read_text())[
+                "EchoTime"
+            ]
+            for e in expected[::2]
+        ]
         assert tes == [0.005, 0.012, 0.02]
 
 
 def test_same_seed_same_voxels_other_seed_differs(tmp_path):
     def run(name, seed):
-        synthesize(SynthOptions(out=tmp_path / name, n_subjects=1, seed=seed, preset="tiny", n_cmb=2, n_veins=3),
-                   log=lambda m: None)
+        synthesize(
+            SynthOptions(
+                out=tmp_path / name, n_subjects=1, seed=seed, preset="tiny", n_cmb=2, n_veins=3
+            ),
+            log=lambda m: None,
+        )
         mag = nib.load(tmp_path / name / "sub-01/swi/sub-01_part-mag_GRE.nii.gz").get_fdata()
         table = (tmp_path / name / TRUTH / "sub-01/swi/sub-01_label-CMB_dseg.tsv").read_text()
         return mag, table
@@ -179,8 +238,12 @@ def test_same_seed_same_voxels_other_seed_differs(tmp_path):
 
 
 def test_preview_figure(tmp_path):
-    synthesize(SynthOptions(out=tmp_path, n_subjects=1, seed=2, preset="tiny", n_cmb=3, n_veins=3, preview=True),
-               log=lambda m: None)
+    synthesize(
+        SynthOptions(
+            out=tmp_path, n_subjects=1, seed=2, preset="tiny", n_cmb=3, n_veins=3, preview=True
+        ),
+        log=lambda m: None,
+    )
     png = tmp_path / TRUTH / "preview.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
 
@@ -195,7 +258,10 @@ def test_preview_figure(tmp_path):
         (["--n-subjects", "1", "--field-strength", "50"], "impossible physics: --field-strength"),
         (["--n-subjects", "1", "--slice-thickness", "40"], "impossible physics: --slice-thickness"),
         (["--n-subjects", "1", "--location-prior", "lobar=-1,deep=1"], "weights must be >= 0"),
-        (["--n-subjects", "1", "--location-prior", "frontal=1"], "unknown location prior 'frontal=1'"),
+        (
+            ["--n-subjects", "1", "--location-prior", "frontal=1"],
+            "unknown location prior 'frontal=1'",
+        ),
     ],
 )
 def test_bad_requests_fail_cleanly_and_write_nothing(tmp_path, capsys, args, message):
@@ -215,9 +281,22 @@ def test_non_empty_out_needs_overwrite(tmp_path, capsys):
 
 def test_location_prior_shifts_cmbs(tmp_path):
     def categories(prior, name):
-        synthesize(SynthOptions(out=tmp_path / name, n_subjects=2, seed=8, preset="tiny", n_cmb=12, n_veins=0,
-                                location_prior=prior), log=lambda m: None)
-        tables = [pd.read_csv(p, sep="\t") for p in (tmp_path / name / TRUTH).rglob("*_label-CMB_dseg.tsv")]
+        synthesize(
+            SynthOptions(
+                out=tmp_path / name,
+                n_subjects=2,
+                seed=8,
+                preset="tiny",
+                n_cmb=12,
+                n_veins=0,
+                location_prior=prior,
+            ),
+            log=lambda m: None,
+        )
+        tables = [
+            pd.read_csv(p, sep="\t")
+            for p in (tmp_path / name / TRUTH).rglob("*_label-CMB_dseg.tsv")
+        ]
         return pd.concat(tables).mars_category.value_counts(normalize=True)
 
     caa, deep = categories("caa", "caa"), categories("lobar=0,deep=1,infratentorial=0", "deep")

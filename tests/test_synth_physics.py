@@ -32,7 +32,9 @@ def _dark_voxels(f, level=0.8):
 def test_cmb_centre_darker_than_surroundings():
     f = np.abs(_factor(_cmb()))
     c = tuple(np.array(SHAPE) // 2)
-    ring = np.concatenate([f[c[0] - 8 : c[0] + 9, c[1] - 8, c[2]], f[c[0] - 8 : c[0] + 9, c[1] + 8, c[2]]])
+    ring = np.concatenate(
+        [f[c[0] - 8 : c[0] + 9, c[1] - 8, c[2]], f[c[0] - 8 : c[0] + 9, c[1] + 8, c[2]]]
+    )
     assert f[c] < 0.5 * ring.mean()
 
 
@@ -47,7 +49,9 @@ def test_blooming_grows_with_echo_time_and_field(param):
 
 def test_calcification_phase_opposite_to_cmb():
     cmb = np.angle(_factor(_cmb(chi=0.8)))
-    calc = np.angle(_factor(Source("calcification", CENTRE, radius_mm=0.8, chi_ppm=-0.8, pd_scale=0.3)))
+    calc = np.angle(
+        _factor(Source("calcification", CENTRE, radius_mm=0.8, chi_ppm=-0.8, pd_scale=0.3))
+    )
     c = np.array(SHAPE) // 2
     # Along B0 (z) a paramagnetic source raises the field, across it lowers it.
     assert cmb[c[0], c[1], c[2] + 1] > 0.1 and calc[c[0], c[1], c[2] + 1] < -0.1
@@ -58,7 +62,9 @@ def test_calcification_phase_opposite_to_cmb():
 
 def test_vein_dark_region_is_elongated():
     path = np.array([[-8.0, -4.0, 0.0], [0.0, 0.0, 0.0], [8.0, 4.0, 0.0]])
-    f = _factor(Source("vein", path, radius_mm=0.5, chi_ppm=0.4, pd_scale=0.9, r2s_extra=30.0), te=0.03)
+    f = _factor(
+        Source("vein", path, radius_mm=0.5, chi_ppm=0.4, pd_scale=0.9, r2s_extra=30.0), te=0.03
+    )
     idx = np.argwhere(np.abs(f) < 0.8)
     mm = idx * np.diag(AFFINE)[:3]
     evals = np.sort(np.linalg.eigvalsh(np.cov(mm.T)))[::-1]
@@ -85,7 +91,9 @@ def test_field_is_linear_in_susceptibility_and_b0_direction_matters():
 
 def test_oblique_grid_keeps_dipole_along_scanner_z():
     # Rotating the grid 90 degrees about x moves scanner z onto the grid's y axis.
-    rot = np.array([[1.0, 0, 0, 0], [0, 0, -1, 0], [0, 1, 0, 0], [0, 0, 0, 1]]) @ np.diag([0.5, 0.5, 0.5, 1])
+    rot = np.array([[1.0, 0, 0, 0], [0, 0, -1, 0], [0, 1, 0, 0], [0, 0, 0, 1]]) @ np.diag(
+        [0.5, 0.5, 0.5, 1]
+    )
     shape = (32, 32, 32)
     rot[:3, 3] = -rot[:3, :3] @ (np.array(shape) / 2)
     (eff,) = simulate_sources([_cmb()], rot, shape, 3.0, [0.02])
@@ -113,8 +121,15 @@ def test_cmb_too_faint_for_a_thick_slice_is_left_out_of_the_truth():
     thick = np.diag([1.0, 1.0, 5.0, 1.0])
     thick[:3, 3] = -np.array(SHAPE) / 2 * np.diag(thick)[:3]
     big = Source("cmb", CENTRE, radius_mm=0.9, chi_ppm=1.5, pd_scale=0.8, r2s_extra=100.0, label=1)
-    tiny = Source("cmb", CENTRE + [0.0, 12.0, 0.0], radius_mm=0.3, chi_ppm=0.6, pd_scale=0.8, r2s_extra=100.0,
-                  label=2)
+    tiny = Source(
+        "cmb",
+        CENTRE + [0.0, 12.0, 0.0],
+        radius_mm=0.3,
+        chi_ppm=0.6,
+        pd_scale=0.8,
+        r2s_extra=100.0,
+        label=2,
+    )
     effects = simulate_sources([big, tiny], thick, SHAPE, 1.5, [0.025])
     assert np.abs(effects[1].factors[0]).min() > 0.8 > np.abs(effects[0].factors[0]).min()
     lesions = [SimpleNamespace(source=s) for s in (big, tiny)]

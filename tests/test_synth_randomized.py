@@ -11,10 +11,16 @@ import pytest
 
 from cmb.cli import main
 from cmb.synth import SynthError, SynthOptions, synthesize, validate_options
-from cmb.synth.cohort import cmb_size_model
 from cmb.synth.anatomy import _r2s_at_field, build_head_model
+from cmb.synth.cohort import cmb_size_model
 from cmb.synth.geometry import acquisition_affine, distance_to_path, random_pose, random_warp
-from cmb.synth.lesions import LOCATION_PRIORS, blooming_factor, place_cmbs, place_veins, to_subject_space
+from cmb.synth.lesions import (
+    LOCATION_PRIORS,
+    blooming_factor,
+    place_cmbs,
+    place_veins,
+    to_subject_space,
+)
 from cmb.synth.physics import Source, simulate_sources
 from cmb.synth.presets import RANDOMIZED, SITES, draw_acquisition
 from cmb.synth.random_veins import LENGTH_MM, RADIUS_MM, place_random_veins, place_touching_cmbs
@@ -22,10 +28,42 @@ from cmb.synth.truth import cmb_table
 
 TRUTH = Path("derivatives/cmb-truth")
 # The truth columns before the randomized veins (kept, in this order, for every mode).
-OLD_CMB_COLUMNS = ["index", "name", "x_mm", "y_mm", "z_mm", "i", "j", "k", "radius_mm", "apparent_diameter_mm",
-                   "chi_ppm", "mars_category", "mars_region", "hemisphere", "atlas_label", "mni_x", "mni_y", "mni_z"]
-OLD_MIMIC_COLUMNS = ["type", "x_mm", "y_mm", "z_mm", "i", "j", "k", "radius_mm", "length_mm", "direction_x",
-                     "direction_y", "direction_z", "through_plane", "chi_ppm"]
+OLD_CMB_COLUMNS = [
+    "index",
+    "name",
+    "x_mm",
+    "y_mm",
+    "z_mm",
+    "i",
+    "j",
+    "k",
+    "radius_mm",
+    "apparent_diameter_mm",
+    "chi_ppm",
+    "mars_category",
+    "mars_region",
+    "hemisphere",
+    "atlas_label",
+    "mni_x",
+    "mni_y",
+    "mni_z",
+]
+OLD_MIMIC_COLUMNS = [
+    "type",
+    "x_mm",
+    "y_mm",
+    "z_mm",
+    "i",
+    "j",
+    "k",
+    "radius_mm",
+    "length_mm",
+    "direction_x",
+    "direction_y",
+    "direction_z",
+    "through_plane",
+    "chi_ppm",
+]
 # Images and the old truth columns of `tiny`, seed 11, 3 CMBs, without randomized veins. Recomputed when
 # MARS_MAP_VERSION 2 (cmb.mars_region) moved where lesions are placed; the randomized veins must not move it.
 DEFAULT_FINGERPRINT = "e00519e612fcfbb5a09af6c474d6addc6f41ff9756e3786d79876a765b985eb1"
@@ -38,32 +76,61 @@ def _fingerprint(root: Path) -> str:
         h.update(np.asarray(nib.load(p).dataobj).tobytes())
     for p in sorted(root.rglob("*.tsv")):
         df = pd.read_csv(p, sep="\t")
-        cols = OLD_CMB_COLUMNS if "dseg" in p.name else OLD_MIMIC_COLUMNS if "mimics" in p.name else list(df.columns)
+        cols = (
+            OLD_CMB_COLUMNS
+            if "dseg" in p.name
+            else OLD_MIMIC_COLUMNS
+            if "mimics" in p.name
+            else list(df.columns)
+        )
         h.update(df[cols].to_csv(sep="\t", index=False).encode())
     return h.hexdigest()
 
 
 def test_default_output_unchanged(tmp_path):
-    synthesize(SynthOptions(out=tmp_path, n_subjects=1, seed=11, preset="tiny", n_cmb=3), log=lambda m: None)
+    synthesize(
+        SynthOptions(out=tmp_path, n_subjects=1, seed=11, preset="tiny", n_cmb=3),
+        log=lambda m: None,
+    )
     assert _fingerprint(tmp_path) == DEFAULT_FINGERPRINT
     truth = tmp_path / TRUTH / "sub-01/swi"
     cmbs = pd.read_csv(truth / "sub-01_label-CMB_dseg.tsv", sep="\t")
     assert cmbs.touches_vein.dtype == bool
     mimics = pd.read_csv(truth / "sub-01_mimics.tsv", sep="\t")
     veins = mimics[mimics.type.str.startswith("vein")]
-    assert set(veins.type) == {"vein_medullary", "vein_pial"} and set(veins.vein_shape) == {"bent", "surface_walk"}
-    assert veins.parent_vein.isna().all() and mimics[~mimics.type.str.startswith("vein")].start_x.isna().all()
+    assert set(veins.type) == {"vein_medullary", "vein_pial"} and set(veins.vein_shape) == {
+        "bent",
+        "surface_walk",
+    }
+    assert (
+        veins.parent_vein.isna().all()
+        and mimics[~mimics.type.str.startswith("vein")].start_x.isna().all()
+    )
     assert "vein_model" not in json.loads((truth / "sub-01_synth.json").read_text())
 
 
 @pytest.fixture(scope="module")
 def randomized(tmp_path_factory):
     out = tmp_path_factory.mktemp("randomized") / "bids"
-    synthesize(SynthOptions(out=out, n_subjects=1, seed=5, preset="tiny", vein_model="randomized", n_cmb=20,
-                            n_veins=50), log=lambda m: None)
+    synthesize(
+        SynthOptions(
+            out=out,
+            n_subjects=1,
+            seed=5,
+            preset="tiny",
+            vein_model="randomized",
+            n_cmb=20,
+            n_veins=50,
+        ),
+        log=lambda m: None,
+    )
     truth = out / TRUTH / "sub-01/swi"
-    return out, pd.read_csv(truth / "sub-01_mimics.tsv", sep="\t"), pd.read_csv(
-        truth / "sub-01_label-CMB_dseg.tsv", sep="\t"), json.loads((truth / "sub-01_synth.json").read_text())
+    return (
+        out,
+        pd.read_csv(truth / "sub-01_mimics.tsv", sep="\t"),
+        pd.read_csv(truth / "sub-01_label-CMB_dseg.tsv", sep="\t"),
+        json.loads((truth / "sub-01_synth.json").read_text()),
+    )
 
 
 def test_randomized_veins_in_the_mimics_table(randomized):
@@ -74,17 +141,25 @@ def test_randomized_veins_in_the_mimics_table(randomized):
     assert len(rand) >= 30 and {"straight", "curved", "branch"} <= set(rand["vein_shape"])
     assert rand.radius_mm.between(*RADIUS_MM).all()
     assert rand.length_mm.between(LENGTH_MM[0] - 0.01, LENGTH_MM[1]).all()
-    start, end = veins[["start_x", "start_y", "start_z"]].to_numpy(), veins[["end_x", "end_y", "end_z"]].to_numpy()
+    start, end = (
+        veins[["start_x", "start_y", "start_z"]].to_numpy(),
+        veins[["end_x", "end_y", "end_z"]].to_numpy(),
+    )
     d = (end - start) / np.linalg.norm(end - start, axis=1, keepdims=True)
     np.testing.assert_allclose(d, veins[["direction_x", "direction_y", "direction_z"]], atol=1e-3)
-    np.testing.assert_allclose(np.degrees(np.arccos(np.abs(d[:, 2]))), veins.angle_to_b0_deg, atol=0.05)
+    np.testing.assert_allclose(
+        np.degrees(np.arccos(np.abs(d[:, 2]))), veins.angle_to_b0_deg, atol=0.05
+    )
     # Aimed in scanner space: a third within 20 degrees of B0, the rest spread out. (The share exactly along
     # B0, 7 %, is too small to show reliably in 38 veins: random_direction's doctest checks it on 2000.)
     assert 0.25 <= (rand.angle_to_b0_deg <= 20).mean() <= 0.55
     assert (rand.angle_to_b0_deg > 70).any()
     # Straight veins: the start-to-end chord is the path.
     straight = rand[rand["vein_shape"] == "straight"]
-    chord = straight[["end_x", "end_y", "end_z"]].to_numpy() - straight[["start_x", "start_y", "start_z"]].to_numpy()
+    chord = (
+        straight[["end_x", "end_y", "end_z"]].to_numpy()
+        - straight[["start_x", "start_y", "start_z"]].to_numpy()
+    )
     np.testing.assert_allclose(np.linalg.norm(chord, axis=1), straight.length_mm, rtol=1e-3)
     branches = rand[rand["vein_shape"] == "branch"]
     assert branches.parent_vein.isin(veins.vein_id).all()
@@ -103,8 +178,17 @@ def subject():
 
 def _copy(lesions):
     """Lesions with their own sources, so that mapping them to subject space leaves the fixture's in MNI space."""
-    return [les.__class__(les.source.__class__(**les.source.__dict__), les.mni, les.mars_category, les.mars_region,
-                          les.hemisphere, les.atlas_label) for les in lesions]
+    return [
+        les.__class__(
+            les.source.__class__(**les.source.__dict__),
+            les.mni,
+            les.mars_category,
+            les.mars_region,
+            les.hemisphere,
+            les.atlas_label,
+        )
+        for les in lesions
+    ]
 
 
 def _axes(veins, pose=None):
@@ -124,20 +208,30 @@ def test_randomized_vein_shapes(subject):
     axes = _axes(lesions, pose)
     assert len(axes) == 60
     # Curved veins leave their chord; straight ones stay on it (in scanner space, where they were drawn).
-    bend = {v: distance_to_path(p, p[[0, -1]]).max() for v, (p, _, e) in axes.items() if e["shape"] != "branch"}
+    bend = {
+        v: distance_to_path(p, p[[0, -1]]).max()
+        for v, (p, _, e) in axes.items()
+        if e["shape"] != "branch"
+    }
     shapes = {v: e["shape"] for v, (_, _, e) in axes.items()}
     assert max(bend[v] for v in bend if shapes[v] == "curved") > 3.0
     assert max(bend[v] for v in bend if shapes[v] == "straight") < 0.01
     # A branch starts on its parent's axis.
     branches = [(p, e["parent"]) for p, _, e in axes.values() if e["shape"] == "branch"]
-    assert branches and all(distance_to_path(p[:1], axes[parent][0])[0] < 0.01 for p, parent in branches)
+    assert branches and all(
+        distance_to_path(p[:1], axes[parent][0])[0] < 0.01 for p, parent in branches
+    )
     # Some veins pass across others they are not branched from.
     crossings = 0
     ids = list(axes)
     for n, a in enumerate(ids):
-        for b in ids[n + 1:]:
+        for b in ids[n + 1 :]:
             (pa, ra, ea), (pb, rb, eb) = axes[a], axes[b]
-            if b == ea["parent"] or a == eb["parent"] or (ea["parent"] is not None and ea["parent"] == eb["parent"]):
+            if (
+                b == ea["parent"]
+                or a == eb["parent"]
+                or (ea["parent"] is not None and ea["parent"] == eb["parent"])
+            ):
                 continue
             crossings += distance_to_path(pa, pb).min() < ra + rb + 0.5
     assert crossings >= 3
@@ -166,9 +260,15 @@ def test_guarded_pieces_add_up_to_one_tube():
         return occ
 
     whole = occupancy([Source("vein", path[[0, -1]], 1.0, 0.4)])
-    pieces = occupancy([Source("vein", path[[0, 9, 10]], 1.0, 0.4, extra={"guards": (False, True)}),
-                        Source("vein", path[[8, 9, 17]], 1.0, 0.4, extra={"guards": (True, False)})])
-    capped = occupancy([Source("vein", path[[0, 9]], 1.0, 0.4), Source("vein", path[[9, 17]], 1.0, 0.4)])
+    pieces = occupancy(
+        [
+            Source("vein", path[[0, 9, 10]], 1.0, 0.4, extra={"guards": (False, True)}),
+            Source("vein", path[[8, 9, 17]], 1.0, 0.4, extra={"guards": (True, False)}),
+        ]
+    )
+    capped = occupancy(
+        [Source("vein", path[[0, 9]], 1.0, 0.4), Source("vein", path[[9, 17]], 1.0, 0.4)]
+    )
     np.testing.assert_allclose(pieces, whole, atol=1e-3)  # float32 sub-voxel sums
     assert capped.max() > 1.2  # overlapping caps: a bead at the joint
 
@@ -184,24 +284,40 @@ def test_touches_vein_is_geometric_and_touching_cmbs_are_placed(subject):
     lesions = touching + others + veins
     to_subject_space(lesions, warp)
     axes = list(_axes(veins, pose).values())
-    fine = [(np.vstack([np.linspace(p0, p1, 200) for p0, p1 in zip(p[:-1], p[1:])]), r) for p, r, _ in axes]
+    fine = [
+        (np.vstack([np.linspace(p0, p1, 200) for p0, p1 in zip(p[:-1], p[1:])]), r)
+        for p, r, _ in axes
+    ]
     for scan_pose in (pose, random_pose(np.random.default_rng(8))):
         centre = scan_pose[:3, :3] @ np.array([0.0, -18.0, 12.0]) + scan_pose[:3, 3]
-        affine = acquisition_affine(np.random.default_rng(0), (1.0, 1.0, 1.0), (260, 260, 260), centre=centre)
+        affine = acquisition_affine(
+            np.random.default_rng(0), (1.0, 1.0, 1.0), (260, 260, 260), centre=centre
+        )
         table = cmb_table(lesions, scan_pose, affine, {}, (260, 260, 260))
         assert len(table) == 18
-        scanner_fine = [((pts - pose[:3, 3]) @ np.linalg.inv(pose[:3, :3]).T @ scan_pose[:3, :3].T + scan_pose[:3, 3],
-                         r) for pts, r in fine]
+        scanner_fine = [
+            (
+                (pts - pose[:3, 3]) @ np.linalg.inv(pose[:3, :3]).T @ scan_pose[:3, :3].T
+                + scan_pose[:3, 3],
+                r,
+            )
+            for pts, r in fine
+        ]
         for row, cmb in zip(table.itertuples(), touching + others):
             xyz = np.array([row.x_mm, row.y_mm, row.z_mm])
             gap = min(np.linalg.norm(pts - xyz, axis=1).min() - r for pts, r in scanner_fine)
-            assert row.touches_vein == (gap <= row.radius_mm + 0.5) or abs(gap - row.radius_mm - 0.5) < 0.02
+            assert (
+                row.touches_vein == (gap <= row.radius_mm + 0.5)
+                or abs(gap - row.radius_mm - 0.5) < 0.02
+            )
             assert row.touches_vein == any(cmb is t for t in touching)
 
 
 def test_randomized_cohort_marks_touching_cmbs(randomized):
     _, mimics, cmbs, _ = randomized
-    assert cmbs.touches_vein.dtype == bool and cmbs.touches_vein.any() and not cmbs.touches_vein.all()
+    assert (
+        cmbs.touches_vein.dtype == bool and cmbs.touches_vein.any() and not cmbs.touches_vein.all()
+    )
 
 
 def test_randomized_preset_draws_within_its_ranges():
@@ -210,7 +326,10 @@ def test_randomized_preset_draws_within_its_ranges():
     assert {a.b0 for a, _ in draws} == {1.5, 3.0, 7.0}
     for acq, site in draws:
         assert acq.name == "randomized" and site.b0 == acq.b0 and site in SITES
-        assert acq.voxel_mm[0] == acq.voxel_mm[1] and r["in_plane_mm"][0] <= acq.voxel_mm[0] <= r["in_plane_mm"][1]
+        assert (
+            acq.voxel_mm[0] == acq.voxel_mm[1]
+            and r["in_plane_mm"][0] <= acq.voxel_mm[0] <= r["in_plane_mm"][1]
+        )
         assert r["slice_mm"][0] <= acq.voxel_mm[2] <= r["slice_mm"][1]
         lo, hi = r["te_ms"][acq.b0]
         tes = np.array(acq.tes) * 1000
@@ -220,7 +339,10 @@ def test_randomized_preset_draws_within_its_ranges():
         fov = np.array(acq.voxel_mm) * np.array(acq.matrix)
         assert (fov[:2] >= 180).all() and fov[2] >= 60
         assert all(lim[0] <= f <= lim[1] for f, lim in zip(acq.fov_mm, r["fov_mm"]))
-        assert r["snr"][0] <= acq.snr <= r["snr"][1] and r["bias_scale"][0] <= acq.bias_scale <= r["bias_scale"][1]
+        assert (
+            r["snr"][0] <= acq.snr <= r["snr"][1]
+            and r["bias_scale"][0] <= acq.bias_scale <= r["bias_scale"][1]
+        )
         assert r["contrast_jitter"][0] <= acq.contrast_jitter <= r["contrast_jitter"][1]
     tes7 = [t for a, _ in draws if a.b0 == 7.0 for t in a.tes]
     tes15 = [t for a, _ in draws if a.b0 == 1.5 for t in a.tes]
@@ -232,7 +354,9 @@ def test_randomized_preset_draws_within_its_ranges():
 
 
 def test_7t_is_accepted_and_scales_the_physics(tmp_path):
-    validate_options(SynthOptions(out=tmp_path, n_subjects=1, preset="randomized", field_strength=7.0))
+    validate_options(
+        SynthOptions(out=tmp_path, n_subjects=1, preset="randomized", field_strength=7.0)
+    )
     assert _r2s_at_field(21.0, 7.0) == pytest.approx(21.0 * (0.35 + 0.65 * 7.0 / 3.0))
     assert blooming_factor(1.0, 7.0, 0.02) > blooming_factor(1.0, 3.0, 0.02)
 
@@ -245,8 +369,28 @@ def test_randomized_preset_scan_ingests(tmp_path):
     acq, site = draw_acquisition("randomized", np.random.default_rng([65, 1]))
     assert acq.b0 == 7.0 and acq.layout == "MEGRE" and site.b0 == 7.0
     bids = tmp_path / "bids"
-    assert main(["synth", "--out", str(bids), "--n-subjects", "1", "--seed", "65", "--preset", "randomized",
-                 "--vein-model", "randomized", "--n-cmb", "4", "--n-veins", "30"]) == 0
+    assert (
+        main(
+            [
+                "synth",
+                "--out",
+                str(bids),
+                "--n-subjects",
+                "1",
+                "--seed",
+                "65",
+                "--preset",
+                "randomized",
+                "--vein-model",
+                "randomized",
+                "--n-cmb",
+                "4",
+                "--n-veins",
+                "30",
+            ]
+        )
+        == 0
+    )
     params = json.loads(next((bids / TRUTH).rglob("*_synth.json")).read_text())
     assert params["preset"] == "randomized" and params["field_strength"] == 7.0
     assert params["matrix"] == list(acq.matrix) and params["echo_times"] == list(acq.tes)
@@ -265,8 +409,14 @@ def test_randomized_preset_scan_ingests(tmp_path):
     [
         (["--vein-model", "fractal"], "--vein-model must be one of anatomical, randomized"),
         (["--n-veins", "-1", "--vein-model", "randomized"], "--n-veins must be between 0 and 200"),
-        (["--preset", "randomized", "--field-strength", "50"], "impossible physics: --field-strength"),
-        (["--preset", "randomized", "--slice-thickness", "40"], "impossible physics: --slice-thickness"),
+        (
+            ["--preset", "randomized", "--field-strength", "50"],
+            "impossible physics: --field-strength",
+        ),
+        (
+            ["--preset", "randomized", "--slice-thickness", "40"],
+            "impossible physics: --slice-thickness",
+        ),
     ],
 )
 def test_bad_options_exit_2(tmp_path, capsys, args, message):
@@ -284,10 +434,15 @@ def test_the_randomized_preset_draws_cmbs_of_every_size(tmp_path):
     radii = {}
     for sizes in ("typical", "wide"):
         out = tmp_path / sizes
-        synthesize(SynthOptions(out=out, n_subjects=1, seed=7, preset="tiny", n_cmb=30, cmb_sizes=sizes),
-                   log=lambda m: None)
+        synthesize(
+            SynthOptions(out=out, n_subjects=1, seed=7, preset="tiny", n_cmb=30, cmb_sizes=sizes),
+            log=lambda m: None,
+        )
         truth = out / TRUTH / "sub-01/swi"
-        assert json.loads((truth / "sub-01_synth.json").read_text()).get("cmb_sizes", "typical") == sizes
+        assert (
+            json.loads((truth / "sub-01_synth.json").read_text()).get("cmb_sizes", "typical")
+            == sizes
+        )
         radii[sizes] = pd.read_csv(truth / "sub-01_label-CMB_dseg.tsv", sep="\t")["radius_mm"]
     # the same blooming at the same field and TE: a wide draw holds far more large CMBs
     big = {k: float((v > np.quantile(radii["typical"], 0.9)).mean()) for k, v in radii.items()}

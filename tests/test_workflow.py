@@ -20,8 +20,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-
-from test_review import LOCAL_SCHEMES, gray_pixels, needs_browser, open_viewer_offline, sync_playwright
+from test_review import (
+    LOCAL_SCHEMES,
+    gray_pixels,
+    needs_browser,
+    open_viewer_offline,
+    sync_playwright,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"
@@ -34,15 +39,38 @@ def run_snakemake(workdir: Path, *args: str, timeout: float = 600) -> subprocess
     """Run the workflow's Snakefile in ``workdir`` with this interpreter's environment."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args]
-    return subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL,
-                          timeout=timeout)
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(workdir),
+        *args,
+    ]
+    return subprocess.run(
+        cmd,
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        timeout=timeout,
+    )
 
 
 def dry_run(bids: Path, tmp_path: Path, *extra: str) -> tuple[Counter, str]:
     """``snakemake -n -p``; returns the job count per rule and the printed text."""
-    proc = run_snakemake(tmp_path, "-n", "-p", "--config", f"bids_dir={bids}",
-                         f"output_dir={tmp_path / 'out'}", *extra)
+    proc = run_snakemake(
+        tmp_path,
+        "-n",
+        "-p",
+        "--config",
+        f"bids_dir={bids}",
+        f"output_dir={tmp_path / 'out'}",
+        *extra,
+    )
     text = proc.stdout + proc.stderr
     assert proc.returncode == 0, text[-5000:]
     return job_counts(text), text
@@ -53,7 +81,7 @@ def job_counts(text: str) -> Counter:
     counts: Counter = Counter()
     if "Job stats:" not in text:
         return counts
-    table = text[text.index("Job stats:"):].splitlines()[3:]
+    table = text[text.index("Job stats:") :].splitlines()[3:]
     for line in table:
         m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
         if not m:
@@ -65,8 +93,11 @@ def job_counts(text: str) -> Counter:
 
 def shell_commands(text: str, marker: str) -> list[str]:
     """The distinct shell commands of a ``-p`` dry run that contain ``marker``."""
-    cmds = {line.split("Shell command: ", 1)[1] for line in text.splitlines()
-            if line.startswith("Shell command: ") and marker in line}
+    cmds = {
+        line.split("Shell command: ", 1)[1]
+        for line in text.splitlines()
+        if line.startswith("Shell command: ") and marker in line
+    }
     return sorted(cmds)
 
 
@@ -74,31 +105,39 @@ def expected_jobs(plain: int = 0, phase: int = 0, t1w: int = 0) -> Counter:
     """Jobs of a cohort with ``plain`` subjects/sessions without phase, ``phase`` with
     phase, ``t1w`` of them with a T1w (one per subject/session and stage)."""
     n = plain + phase
-    jobs = Counter({
-        "ingest_swi": plain,
-        "ingest_swi_phase": phase,
-        "ingest_t1w": t1w,
-        "preprocess_swi": plain,
-        "preprocess_swi_phase": phase,
-        "register_to_mni": n,
-        "plot_qc": n,
-        "detect_cmb": n,
-        "localize_cmb": n,
-        "report_subject": n,
-        "collect_cohort_tables": 1,
-        "report_cohort": 1,
-        "build_mars_map": 1,
-        "write_dataset_description": 1,
-        "install_viewer": 1,
-        "collect_failures": 1,
-        "all": 1,
-    })
+    jobs = Counter(
+        {
+            "ingest_swi": plain,
+            "ingest_swi_phase": phase,
+            "ingest_t1w": t1w,
+            "preprocess_swi": plain,
+            "preprocess_swi_phase": phase,
+            "register_to_mni": n,
+            "plot_qc": n,
+            "detect_cmb": n,
+            "localize_cmb": n,
+            "report_subject": n,
+            "collect_cohort_tables": 1,
+            "report_cohort": 1,
+            "build_mars_map": 1,
+            "write_dataset_description": 1,
+            "install_viewer": 1,
+            "collect_failures": 1,
+            "all": 1,
+        }
+    )
     return +jobs  # drop zero counts
 
 
 def wrong_config(tmp_path: Path, *config: str) -> str:
-    proc = run_snakemake(tmp_path, "-n", "--config", f"bids_dir={DATA / 'bids_t2starw'}",
-                         f"output_dir={tmp_path / 'out'}", *config)
+    proc = run_snakemake(
+        tmp_path,
+        "-n",
+        "--config",
+        f"bids_dir={DATA / 'bids_t2starw'}",
+        f"output_dir={tmp_path / 'out'}",
+        *config,
+    )
     assert proc.returncode != 0
     return proc.stdout + proc.stderr
 
@@ -140,7 +179,11 @@ def test_dry_run_sessions_runs_and_subject_level_t1w(tmp_path):
     assert f"{out}/sub-01/ses-1/anat/sub-01_ses-1_desc-ingested_swi.nii.gz" in text
     assert "sub-01_ses-1_run-2_T2starw.nii.gz" in text
     assert f"{out}/sub-01/ses-2/anat/sub-01_ses-2_part-phase_desc-ingested_swi.nii.gz" in text
-    t1w_cmds = [c for c in shell_commands(text, "cmb.ingest run --subject 01 ") if "_desc-ingested_T1w.nii.gz" in c]
+    t1w_cmds = [
+        c
+        for c in shell_commands(text, "cmb.ingest run --subject 01 ")
+        if "_desc-ingested_T1w.nii.gz" in c
+    ]
     assert len(t1w_cmds) == 2 and all("sub-01/anat/sub-01_T1w.nii.gz" in c for c in t1w_cmds)
 
 
@@ -170,7 +213,10 @@ def test_dry_run_register_gets_the_sessions_own_parcellation(tmp_path):
     (two,) = shell_commands(text, "cmb.registration --image " + str(tmp_path / "out" / "sub-02"))
     assert f"--parcellation {parc}" in one and "--parcellation-refused" not in one
     assert f"--parcellation-root {fmriprep}" in one and "--parcellation-min-dice 0.8" in one
-    assert "--parcellation-refused 'no parcellation of sub-02 under" in two and "--parcellation " not in two
+    assert (
+        "--parcellation-refused 'no parcellation of sub-02 under" in two
+        and "--parcellation " not in two
+    )
     _, plain = dry_run(DATA / "bids_anat_swi", tmp_path / "plain")
     assert "--parcellation" not in plain
 
@@ -189,8 +235,10 @@ def test_dry_run_paths_with_spaces_are_quoted(tmp_path):
 def test_participant_label_02_from_config_file_stays_a_string(tmp_path):
     # sub-02 and sub-2 both exist: an unquoted YAML 02 must select sub-02 only
     cfg = tmp_path / "config.yaml"
-    cfg.write_text(f"bids_dir: {DATA / 'bids_sessions'}\noutput_dir: {tmp_path / 'out'}\n"
-                   "participant_label: 02\n")
+    cfg.write_text(
+        f"bids_dir: {DATA / 'bids_sessions'}\noutput_dir: {tmp_path / 'out'}\n"
+        "participant_label: 02\n"
+    )
     proc = run_snakemake(tmp_path, "-n", "--configfile", str(cfg))
     text = proc.stdout + proc.stderr
     assert proc.returncode == 0, text[-3000:]
@@ -202,11 +250,18 @@ def test_schema_fills_in_defaults(tmp_path):
     # only the two required keys; the workflow's own config file is left out
     cfg = tmp_path / "minimal.yaml"
     cfg.write_text(f"bids_dir: {DATA / 'bids_swi_gre'}\noutput_dir: {tmp_path / 'out'}\n")
-    proc = run_snakemake(tmp_path, "-n", "-p", "--configfile", str(cfg), "--replace-workflow-config")
+    proc = run_snakemake(
+        tmp_path, "-n", "-p", "--configfile", str(cfg), "--replace-workflow-config"
+    )
     text = proc.stdout + proc.stderr
     assert proc.returncode == 0, text[-3000:]
-    for default in ("--phase-units auto", "--n4-spacing-mm 4.0", "--paramagnetic-phase auto",
-                    "--step-mm 2", "--juxtacortical-mm 5.0"):
+    for default in (
+        "--phase-units auto",
+        "--n4-spacing-mm 4.0",
+        "--paramagnetic-phase auto",
+        "--step-mm 2",
+        "--juxtacortical-mm 5.0",
+    ):
         assert default in text, default
     assert (tmp_path / "out-work" / "pybids").is_dir()  # default pybids_db_dir
 
@@ -217,8 +272,14 @@ def test_participant_label_02_on_the_command_line(tmp_path):
 
 
 def test_ambiguous_integer_label_asks_for_quotes(tmp_path):
-    proc = run_snakemake(tmp_path, "-n", "--config", f"bids_dir={DATA / 'bids_sessions'}",
-                         f"output_dir={tmp_path / 'out'}", "participant_label=02")
+    proc = run_snakemake(
+        tmp_path,
+        "-n",
+        "--config",
+        f"bids_dir={DATA / 'bids_sessions'}",
+        f"output_dir={tmp_path / 'out'}",
+        "participant_label=02",
+    )
     text = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "matches several subjects" in text and "quote" in text
@@ -231,12 +292,18 @@ def test_exclude_participant_label(tmp_path):
 
 def test_nested_config_on_the_command_line_is_typed_by_the_schema(tmp_path):
     # Snakemake hands nested --config values over as strings ("false", "3")
-    _, text = dry_run(DATA / "bids_swi_gre", tmp_path, "register={syn: false, step_mm: 3}",
-                      "detection={use_gpu: false}")
+    _, text = dry_run(
+        DATA / "bids_swi_gre",
+        tmp_path,
+        "register={syn: false, step_mm: 3}",
+        "detection={use_gpu: false}",
+    )
     assert "--step-mm 3" in text and "--no-syn" in text
     assert "gpu=1" not in text
     bad = wrong_config(tmp_path, "register={syn: maybe}")
-    assert "invalid configuration (register.syn)" in bad and "'maybe' is not of type 'boolean'" in bad
+    assert (
+        "invalid configuration (register.syn)" in bad and "'maybe' is not of type 'boolean'" in bad
+    )
 
 
 def test_bad_config_value_gives_a_clear_error(tmp_path):
@@ -255,8 +322,13 @@ def test_unknown_participant_is_an_error(tmp_path):
 
 
 def test_missing_bids_dir_is_an_error(tmp_path):
-    proc = run_snakemake(tmp_path, "-n", "--config", f"bids_dir={tmp_path / 'nowhere'}",
-                         f"output_dir={tmp_path / 'out'}")
+    proc = run_snakemake(
+        tmp_path,
+        "-n",
+        "--config",
+        f"bids_dir={tmp_path / 'nowhere'}",
+        f"output_dir={tmp_path / 'out'}",
+    )
     assert proc.returncode != 0 and "BIDS folder not found" in proc.stdout + proc.stderr
 
 
@@ -266,8 +338,23 @@ def test_missing_bids_dir_is_an_error(tmp_path):
 def _synth(out: Path, n: int, seed: int) -> Path:
     from cmb.cli import main as cmb_main
 
-    assert cmb_main(["synth", "--out", str(out), "--n-subjects", str(n), "--seed", str(seed),
-                     "--preset", "tiny", "--t1w"]) == 0
+    assert (
+        cmb_main(
+            [
+                "synth",
+                "--out",
+                str(out),
+                "--n-subjects",
+                str(n),
+                "--seed",
+                str(seed),
+                "--preset",
+                "tiny",
+                "--t1w",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -285,12 +372,24 @@ def cohort_run(tmp_path_factory):
     """
     base = tmp_path_factory.mktemp("cohort")
     bids = _synth(base / "raw data; $(touch PWNED) (v1)", 3, seed=7)
-    mags = [p for p in sorted((bids / "sub-03").rglob("*.nii.gz"))
-            if "T1w" not in p.name and "phase" not in p.name]
+    mags = [
+        p
+        for p in sorted((bids / "sub-03").rglob("*.nii.gz"))
+        if "T1w" not in p.name and "phase" not in p.name
+    ]
     _truncate(mags[0])
     out = base / "deriv atives" / "cmb"
-    proc = run_snakemake(base, "--profile", str(REPO / "profiles" / "local"), "--cores", "2",
-                         "--config", f"bids_dir={bids}", f"output_dir={out}", timeout=1200)
+    proc = run_snakemake(
+        base,
+        "--profile",
+        str(REPO / "profiles" / "local"),
+        "--cores",
+        "2",
+        "--config",
+        f"bids_dir={bids}",
+        f"output_dir={out}",
+        timeout=1200,
+    )
     return {"base": base, "bids": bids, "out": out, "proc": proc, "corrupt": mags[0]}
 
 
@@ -327,7 +426,9 @@ def test_end_to_end_outputs(cohort_run):
         categories = {table[v]["mars_category"] for v in labels}
         assert {"lobar", "deep", "infratentorial"} <= categories
         assert {table[v]["hemisphere"] for v in labels} >= {"L", "R"}
-        quality = json.loads((anat / f"sub-{sub}_from-SWI_to-MNI152NLin2009cAsym_mode-image_xfm.json").read_text())
+        quality = json.loads(
+            (anat / f"sub-{sub}_from-SWI_to-MNI152NLin2009cAsym_mode-image_xfm.json").read_text()
+        )
         assert quality["quality"]["nmi"] > 1.0
         for name in ("brainmask", "registration"):
             figure = out / f"sub-{sub}" / "figures" / f"sub-{sub}_desc-{name}_swi.svg"
@@ -345,17 +446,39 @@ def test_end_to_end_outputs(cohort_run):
 def expected_subject_files(sub: str, phase: bool, t1w: bool) -> list[str]:
     """Files every completed subject has in its anat/ folder."""
     p = f"sub-{sub}"
-    files = ([f"{p}_part-mag_desc-ingested_swi.nii.gz", f"{p}_part-phase_desc-ingested_swi.nii.gz",
-              f"{p}_part-mag_desc-ingested_swi.json"] if phase else
-             [f"{p}_desc-ingested_swi.nii.gz", f"{p}_desc-ingested_swi.json"])
-    files += ([f"{p}_part-mag_desc-preproc_swi.nii.gz", f"{p}_part-mag_desc-brain_mask.nii.gz",
-               f"{p}_part-phase_desc-preproc_swi.nii.gz", f"{p}_part-mag_desc-preproc_swi.json"] if phase else
-              [f"{p}_desc-preproc_swi.nii.gz", f"{p}_desc-brain_mask.nii.gz", f"{p}_desc-preproc_swi.json"])
+    files = (
+        [
+            f"{p}_part-mag_desc-ingested_swi.nii.gz",
+            f"{p}_part-phase_desc-ingested_swi.nii.gz",
+            f"{p}_part-mag_desc-ingested_swi.json",
+        ]
+        if phase
+        else [f"{p}_desc-ingested_swi.nii.gz", f"{p}_desc-ingested_swi.json"]
+    )
+    files += (
+        [
+            f"{p}_part-mag_desc-preproc_swi.nii.gz",
+            f"{p}_part-mag_desc-brain_mask.nii.gz",
+            f"{p}_part-phase_desc-preproc_swi.nii.gz",
+            f"{p}_part-mag_desc-preproc_swi.json",
+        ]
+        if phase
+        else [
+            f"{p}_desc-preproc_swi.nii.gz",
+            f"{p}_desc-brain_mask.nii.gz",
+            f"{p}_desc-preproc_swi.json",
+        ]
+    )
     mni = "MNI152NLin2009cAsym"
-    files += [f"{p}_from-SWI_to-{mni}_mode-image_xfm.mat", f"{p}_from-SWI_to-{mni}_mode-image_xfm.nii.gz",
-              f"{p}_from-{mni}_to-SWI_mode-image_xfm.mat", f"{p}_from-{mni}_to-SWI_mode-image_xfm.nii.gz",
-              f"{p}_from-SWI_to-{mni}_mode-image_xfm.json", f"{p}_desc-mars_dseg.nii.gz",
-              f"{p}_desc-mars_dseg.tsv"]
+    files += [
+        f"{p}_from-SWI_to-{mni}_mode-image_xfm.mat",
+        f"{p}_from-SWI_to-{mni}_mode-image_xfm.nii.gz",
+        f"{p}_from-{mni}_to-SWI_mode-image_xfm.mat",
+        f"{p}_from-{mni}_to-SWI_mode-image_xfm.nii.gz",
+        f"{p}_from-SWI_to-{mni}_mode-image_xfm.json",
+        f"{p}_desc-mars_dseg.nii.gz",
+        f"{p}_desc-mars_dseg.tsv",
+    ]
     if t1w:
         files += [f"{p}_desc-ingested_T1w.nii.gz", f"{p}_from-SWI_to-T1w_mode-image_xfm.mat"]
     return files
@@ -371,14 +494,22 @@ def test_corrupt_subject_is_reported_and_the_others_finish(cohort_run):
     first = next(r for r in rows if r["stage"] == "ingest")
     assert cohort_run["corrupt"].name in first["message"] and "truncated" in first["message"]
     assert first["error_class"] == "InputDataError" and Path(first["log"]).is_file()
-    assert all(r["message"].startswith("skipped: upstream stage ingest failed") for r in rows
-               if r is not first and r["stage"] != "ingest")
+    assert all(
+        r["message"].startswith("skipped: upstream stage ingest failed")
+        for r in rows
+        if r is not first and r["stage"] != "ingest"
+    )
 
 
 @pytest.mark.slow
 def test_second_run_has_nothing_to_do(cohort_run):
-    proc = run_snakemake(cohort_run["base"], "-n", "--config", f"bids_dir={cohort_run['bids']}",
-                         f"output_dir={cohort_run['out']}")
+    proc = run_snakemake(
+        cohort_run["base"],
+        "-n",
+        "--config",
+        f"bids_dir={cohort_run['bids']}",
+        f"output_dir={cohort_run['out']}",
+    )
     text = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "Nothing to be done" in text, text[-3000:]
 
@@ -396,27 +527,45 @@ def test_end_to_end_detections_cohort_tables_and_reports(cohort_run):
     vessel_rows = {}
     for sub in ("01", "02"):
         anat = _anat(out, sub)
-        det = pd.read_csv(anat / f"sub-{sub}_desc-cmb_detections.tsv", sep="\t", dtype=str, keep_default_na=False)
+        det = pd.read_csv(
+            anat / f"sub-{sub}_desc-cmb_detections.tsv", sep="\t", dtype=str, keep_default_na=False
+        )
         assert list(det.columns) == DETECTION_COLUMNS
         rows += int((det["above_threshold"] == "true").sum())
         # phase_used comes through from the detect stage: false where the phase was hidden
         scored = json.loads((anat / f"sub-{sub}_desc-candidates_cmb.json").read_text())
         no_phase = scored["n_scored_without_phase"] if scored["phase_used"] else len(det)
-        assert set(det["phase_used"]) <= {"true", "false"} and (det["phase_used"] == "false").sum() == no_phase
+        assert (
+            set(det["phase_used"]) <= {"true", "false"}
+            and (det["phase_used"] == "false").sum() == no_phase
+        )
         # the vessel rule's rejections come through from the detect stage, with their measurements
         vessel = det[det["rejected_reason"] == "vessel"]
-        assert len(vessel) == scored["n_rejected_vessel"] and (vessel["vessel_length_mm"] != "n/a").all()
+        assert (
+            len(vessel) == scored["n_rejected_vessel"]
+            and (vessel["vessel_length_mm"] != "n/a").all()
+        )
         vessel_rows[sub] = len(vessel)
         ingested = nib.load(anat / f"sub-{sub}_part-mag_desc-ingested_swi.nii.gz")
         for name in ("label-CMB_dseg", "label-CMB_probseg"):
             img = nib.load(anat / f"sub-{sub}_{name}.nii.gz")
-            assert img.shape == ingested.shape and np.allclose(img.affine, ingested.affine, atol=1e-4)
+            assert img.shape == ingested.shape and np.allclose(
+                img.affine, ingested.affine, atol=1e-4
+            )
         counted = set(det.loc[det["is_cmb"] == "true", "cmb_id"].astype(int))
-        labels = set(np.unique(np.asanyarray(nib.load(anat / f"sub-{sub}_label-CMB_dseg.nii.gz").dataobj)).tolist())
+        labels = set(
+            np.unique(
+                np.asanyarray(nib.load(anat / f"sub-{sub}_label-CMB_dseg.nii.gz").dataobj)
+            ).tolist()
+        )
         assert labels - {0} == counted
         meta = json.loads((anat / f"sub-{sub}_desc-cmb_detections.json").read_text())
         prov = meta["Provenance"]
-        assert prov["config_sha256"] and prov["model_card_sha256"] and prov["inputs"]["magnitude"][0]["sha256"]
+        assert (
+            prov["config_sha256"]
+            and prov["model_card_sha256"]
+            and prov["inputs"]["magnitude"][0]["sha256"]
+        )
         assert set(prov["software"]) >= {"ants", "torch", "snakemake"}
         page = (out / f"sub-{sub}" / f"sub-{sub}_report.html").read_text()
         assert "http://" not in page and "https://" not in page and 'id="detections"' in page
@@ -429,7 +578,9 @@ def test_end_to_end_detections_cohort_tables_and_reports(cohort_run):
     bad = counts.set_index("participant_id").loc["sub-03"]
     assert bad["status"] == "failed" and bad["failing_stage"] == "ingest" and bad["n_cmb"] == "n/a"
     assert bad["parcellation_source"] == "n/a"
-    detections = pd.read_csv(out / "cohort" / "cmb_detections.csv", dtype=str, keep_default_na=False)
+    detections = pd.read_csv(
+        out / "cohort" / "cmb_detections.csv", dtype=str, keep_default_na=False
+    )
     assert len(detections) == rows
     for pid in ("sub-01", "sub-02"):
         row = counts.set_index("participant_id").loc[pid]
@@ -437,10 +588,17 @@ def test_end_to_end_detections_cohort_tables_and_reports(cohort_run):
         assert row["status"] == "ok" and int(row["n_cmb"]) == len(mine)
         assert row["parcellation_source"] == "atlas:MNI152NLin2009cAsym-DK"
         assert set(detections.loc[detections["participant_id"] == pid, "parcellation_source"]) <= {
-            "atlas:MNI152NLin2009cAsym-DK"}
+            "atlas:MNI152NLin2009cAsym-DK"
+        }
         assert int(row["n_rejected_vessel"]) == vessel_rows[pid[4:]]
-    for name in ("cmb_counts.json", "cmb_detections.json", "cmb_ratings_template.tsv", "cmb_counts_long.csv",
-                 "figures/cmb_count_distribution.svg", "figures/cmb_region_counts.svg"):
+    for name in (
+        "cmb_counts.json",
+        "cmb_detections.json",
+        "cmb_ratings_template.tsv",
+        "cmb_counts_long.csv",
+        "figures/cmb_count_distribution.svg",
+        "figures/cmb_region_counts.svg",
+    ):
         assert (out / "cohort" / name).stat().st_size > 0, name
     html = (out / "cohort" / "cmb_report.html").read_text()
     for pid in ("sub-01", "sub-02", "sub-03"):
@@ -486,10 +644,18 @@ def test_a_new_verdict_file_reruns_the_cohort_tables_only(cohort_run):
     vfile = write_verdicts(verdicts, out.parent / "cmb-verdicts", "sub-01", "alice")
     config = ("--config", f"bids_dir={cohort_run['bids']}", f"output_dir={out}")
     counts, text = job_counts_of(run_snakemake(cohort_run["base"], "-n", *config))
-    assert counts == Counter({"collect_cohort_tables": 1, "report_cohort": 1, "all": 1}), text[-3000:]
-    proc = run_snakemake(cohort_run["base"], "--profile", str(REPO / "profiles" / "local"), "--cores", "2", *config)
+    assert counts == Counter({"collect_cohort_tables": 1, "report_cohort": 1, "all": 1}), text[
+        -3000:
+    ]
+    proc = run_snakemake(
+        cohort_run["base"], "--profile", str(REPO / "profiles" / "local"), "--cores", "2", *config
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    row = pd.read_csv(out / "cohort" / "cmb_counts.csv", dtype=str).set_index("participant_id").loc["sub-01"]
+    row = (
+        pd.read_csv(out / "cohort" / "cmb_counts.csv", dtype=str)
+        .set_index("participant_id")
+        .loc["sub-01"]
+    )
     assert row["reviewed"] == "true" and row["n_reviewers"] == "1"
     assert int(row["n_cmb_reviewed"]) == int(row["n_cmb"]) - len(kept)
     assert vfile.is_file()
@@ -511,23 +677,59 @@ def test_train_and_evaluate_targets_skip_the_failed_subject(tmp_path):
     from cmb.detect.model import load_model
 
     bids = tmp_path / "bids"
-    assert cmb_main(["synth", "--out", str(bids), "--n-subjects", "3", "--seed", "11", "--preset", "tiny",
-                     "--count-profile", "enriched"]) == 0
+    assert (
+        cmb_main(
+            [
+                "synth",
+                "--out",
+                str(bids),
+                "--n-subjects",
+                "3",
+                "--seed",
+                "11",
+                "--preset",
+                "tiny",
+                "--count-profile",
+                "enriched",
+            ]
+        )
+        == 0
+    )
     _truncate(next(p for p in sorted((bids / "sub-03").rglob("*.nii.gz")) if "phase" not in p.name))
     out = tmp_path / "out"
-    proc = run_snakemake(tmp_path, "--profile", str(REPO / "profiles" / "local"), "--cores", "2",
-                         "train_model", "evaluate_detections", "--config", f"bids_dir={bids}", f"output_dir={out}",
-                         "training={epochs: 2, steps_per_epoch: 2, val_fraction: 0.5}", timeout=900)
+    proc = run_snakemake(
+        tmp_path,
+        "--profile",
+        str(REPO / "profiles" / "local"),
+        "--cores",
+        "2",
+        "train_model",
+        "evaluate_detections",
+        "--config",
+        f"bids_dir={bids}",
+        f"output_dir={out}",
+        "training={epochs: 2, steps_per_epoch: 2, val_fraction: 0.5}",
+        timeout=900,
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
     card = load_model(out / "model").card  # checks the SHA-256 of the new weights
     data = card["training"]["data"]
     assert card["training"]["epochs_run"] == 2 and len(card["training"]["log"]) == 2
-    assert data["train"]["n_subjects"] == data["validation"]["n_subjects"] == 1  # sub-03 failed at ingest
-    assert data["train"]["synthetic_cohort_seeds"] == data["validation"]["synthetic_cohort_seeds"] == [11]
+    assert (
+        data["train"]["n_subjects"] == data["validation"]["n_subjects"] == 1
+    )  # sub-03 failed at ingest
+    assert (
+        data["train"]["synthetic_cohort_seeds"]
+        == data["validation"]["synthetic_cohort_seeds"]
+        == [11]
+    )
     subjects = pd.read_csv(out / "evaluation" / "subjects.csv")
     assert sorted(subjects["subject"]) == ["sub-01", "sub-02"]
-    truth = sum(len(pd.read_csv(p, sep="\t")) for sub in ("01", "02")
-                for p in (bids / "derivatives" / "cmb-truth" / f"sub-{sub}").rglob("*_label-CMB_dseg.tsv"))
+    truth = sum(
+        len(pd.read_csv(p, sep="\t"))
+        for sub in ("01", "02")
+        for p in (bids / "derivatives" / "cmb-truth" / f"sub-{sub}").rglob("*_label-CMB_dseg.tsv")
+    )
     assert subjects["n_truth"].sum() == truth > 0
     # scored at the threshold of the model that detected (the shipped one), not the new one's
     shipped = load_model(REPO / "cmb" / "detect" / "weights" / "default").card["threshold"]

@@ -37,10 +37,24 @@ import cmb
 from cmb.atomic import save_nifti, write_json, write_text
 from cmb.crosssim.forward import PRESETS, Contrast, draw_acquisition, simulate_scan
 from cmb.crosssim.geometry import CLASSES, random_head
-from cmb.crosssim.sources import parenchyma_pool, place_calcifications, place_microbleeds, place_veins
+from cmb.crosssim.sources import (
+    parenchyma_pool,
+    place_calcifications,
+    place_microbleeds,
+    place_veins,
+)
 
-__all__ = ["CrossSimOptions", "CrossSimError", "PRESET_NAMES", "TRUTH_PIPELINE", "SITES", "generate",
-           "validate_options", "CMB_COLUMNS", "VEIN_COLUMNS"]
+__all__ = [
+    "CrossSimOptions",
+    "CrossSimError",
+    "PRESET_NAMES",
+    "TRUTH_PIPELINE",
+    "SITES",
+    "generate",
+    "validate_options",
+    "CMB_COLUMNS",
+    "VEIN_COLUMNS",
+]
 
 TRUTH_PIPELINE = "cmb-truth"
 PRESET_NAMES = (*PRESETS, "mixed")  # mixed: the three clinical presets in turn
@@ -52,13 +66,47 @@ SITES = {
 }
 #: Columns of the CMB table: those of ``cmb synth`` (same order), then the cross-simulator's own.
 CMB_COLUMNS = [
-    "index", "name", "x_mm", "y_mm", "z_mm", "i", "j", "k", "radius_mm", "apparent_diameter_mm", "chi_ppm",
-    "mars_category", "mars_region", "hemisphere", "atlas_label", "mni_x", "mni_y", "mni_z",
-    "touches_vein", "visible", "half_axis_1_mm", "half_axis_2_mm", "half_axis_3_mm", "tissue",
+    "index",
+    "name",
+    "x_mm",
+    "y_mm",
+    "z_mm",
+    "i",
+    "j",
+    "k",
+    "radius_mm",
+    "apparent_diameter_mm",
+    "chi_ppm",
+    "mars_category",
+    "mars_region",
+    "hemisphere",
+    "atlas_label",
+    "mni_x",
+    "mni_y",
+    "mni_z",
+    "touches_vein",
+    "visible",
+    "half_axis_1_mm",
+    "half_axis_2_mm",
+    "half_axis_3_mm",
+    "tissue",
 ]
 VEIN_COLUMNS = [
-    "vein_id", "segment", "start_x", "start_y", "start_z", "end_x", "end_y", "end_z", "radius_mm",
-    "angle_to_b0_deg", "is_vein_end_start", "is_vein_end_end", "branch", "kind", "chi_ppm",
+    "vein_id",
+    "segment",
+    "start_x",
+    "start_y",
+    "start_z",
+    "end_x",
+    "end_y",
+    "end_z",
+    "radius_mm",
+    "angle_to_b0_deg",
+    "is_vein_end_start",
+    "is_vein_end_end",
+    "branch",
+    "kind",
+    "chi_ppm",
 ]
 MIMIC_COLUMNS = ["type", "x_mm", "y_mm", "z_mm", "i", "j", "k", "radius_mm", "chi_ppm"]
 
@@ -127,10 +175,30 @@ def _cmb_table(cmbs, head, result) -> tuple[pd.DataFrame, list]:
             outside.append(m)
             continue
         tissue = CLASSES[int(head.classify(m.centre[None])[0])]
-        rows.append([m.label, f"CMB{m.label}", *np.round(m.centre, 3), i, j, k, round(m.radius_mm, 3),
-                     round(result.apparent_diameter_mm.get(m.label, 0.0), 3), round(m.chi_ppm, 4), m.mars_category,
-                     "n/a", m.hemisphere, "n/a", "n/a", "n/a", "n/a", _bool(m.touches_vein),
-                     _bool(result.visible.get(m.label, False)), *np.round(m.half_axes, 3), tissue])
+        rows.append(
+            [
+                m.label,
+                f"CMB{m.label}",
+                *np.round(m.centre, 3),
+                i,
+                j,
+                k,
+                round(m.radius_mm, 3),
+                round(result.apparent_diameter_mm.get(m.label, 0.0), 3),
+                round(m.chi_ppm, 4),
+                m.mars_category,
+                "n/a",
+                m.hemisphere,
+                "n/a",
+                "n/a",
+                "n/a",
+                "n/a",
+                _bool(m.touches_vein),
+                _bool(result.visible.get(m.label, False)),
+                *np.round(m.half_axes, 3),
+                tissue,
+            ]
+        )
     return pd.DataFrame(rows, columns=CMB_COLUMNS), outside
 
 
@@ -138,29 +206,57 @@ def _vein_table(veins) -> pd.DataFrame:
     rows = []
     for v in veins:
         for r in v.segments():
-            rows.append([v.vein_id, r["segment"], *np.round(r["start"], 3), *np.round(r["end"], 3),
-                         round(r["radius_mm"], 3), round(r["angle_to_b0_deg"], 2), _bool(r["is_vein_end_start"]),
-                         _bool(r["is_vein_end_end"]), r["branch"], r["kind"], round(r["chi_ppm"], 4)])
+            rows.append(
+                [
+                    v.vein_id,
+                    r["segment"],
+                    *np.round(r["start"], 3),
+                    *np.round(r["end"], 3),
+                    round(r["radius_mm"], 3),
+                    round(r["angle_to_b0_deg"], 2),
+                    _bool(r["is_vein_end_start"]),
+                    _bool(r["is_vein_end_end"]),
+                    r["branch"],
+                    r["kind"],
+                    round(r["chi_ppm"], 4),
+                ]
+            )
     return pd.DataFrame(rows, columns=VEIN_COLUMNS)
 
 
 def _mimic_table(calcs, head, outside_cmbs, affine) -> pd.DataFrame:
     rows = []
     for c in calcs:
-        rows.append([f"calcification_{c.site}", *np.round(c.centre, 3), *_voxel(affine, c.centre),
-                     round(c.radius_mm, 3), round(c.chi_ppm, 4)])
+        rows.append(
+            [
+                f"calcification_{c.site}",
+                *np.round(c.centre, 3),
+                *_voxel(affine, c.centre),
+                round(c.radius_mm, 3),
+                round(c.chi_ppm, 4),
+            ]
+        )
     for name, centre, radius in head.cavities:
         xyz = head.to_scanner(centre)[0]
         rows.append([f"air_{name}", *np.round(xyz, 3), *_voxel(affine, xyz), round(radius, 3), 9.2])
     for m in outside_cmbs:  # outside the slab: not in the image, not in the truth
-        rows.append(["cmb_outside_fov", *np.round(m.centre, 3), *_voxel(affine, m.centre), round(m.radius_mm, 3),
-                     round(m.chi_ppm, 4)])
+        rows.append(
+            [
+                "cmb_outside_fov",
+                *np.round(m.centre, 3),
+                *_voxel(affine, m.centre),
+                round(m.radius_mm, 3),
+                round(m.chi_ppm, 4),
+            ]
+        )
     return pd.DataFrame(rows, columns=MIMIC_COLUMNS)
 
 
 def _phase_stored(phase: np.ndarray, units: str) -> tuple[np.ndarray, dict]:
     if units == "int12":  # Siemens: -4096..4095 for -pi..pi
-        return np.round(phase / np.pi * 4096).clip(-4096, 4095).astype(np.int16), {"Units": "arbitrary"}
+        return np.round(phase / np.pi * 4096).clip(-4096, 4095).astype(np.int16), {
+            "Units": "arbitrary"
+        }
     return phase.astype(np.float32), {"Units": "rad"}
 
 
@@ -179,7 +275,9 @@ def _subject(o: CrossSimOptions, n: int, cmb_free: bool, root: Path, width: int)
     head = random_head(rng, map_shape=(361, 721) if min(acq.voxel_mm) < 1.0 else (181, 361))
     contrast = Contrast().jittered(rng)
     pool = parenchyma_pool(head, rng)
-    veins = place_veins(head, rng, o.n_veins if o.n_veins is not None else int(rng.integers(15, 31)), pool[0])
+    veins = place_veins(
+        head, rng, o.n_veins if o.n_veins is not None else int(rng.integers(15, 31)), pool[0]
+    )
     calcs = place_calcifications(head, rng)
     n_cmb = 0 if cmb_free else (o.n_cmb if o.n_cmb is not None else int(rng.integers(0, 13)))
     cmbs = place_microbleeds(head, rng, n_cmb, veins, calcs, pool)
@@ -189,77 +287,156 @@ def _subject(o: CrossSimOptions, n: int, cmb_free: bool, root: Path, width: int)
     raw = root / prefix / acq.datatype
     truth = root / "derivatives" / TRUTH_PIPELINE / prefix / acq.datatype
     sidecar = {
-        "EchoTime": acq.te, "MagneticFieldStrength": acq.b0, "Manufacturer": manufacturer,
-        "ManufacturersModelName": model, "InstitutionName": "cmb crosssim", "RepetitionTime": acq.tr,
-        "FlipAngle": acq.flip_deg, "SliceThickness": acq.voxel_mm[2], "MRAcquisitionType": "3D",
+        "EchoTime": acq.te,
+        "MagneticFieldStrength": acq.b0,
+        "Manufacturer": manufacturer,
+        "ManufacturersModelName": model,
+        "InstitutionName": "cmb crosssim",
+        "RepetitionTime": acq.tr,
+        "FlipAngle": acq.flip_deg,
+        "SliceThickness": acq.voxel_mm[2],
+        "MRAcquisitionType": "3D",
         "ReceiveCoilActiveElements": f"{acq.n_coils} channels, root-sum-of-squares",
     }
     mag_path = raw / f"{prefix}_part-mag_GRE.nii.gz"
     save_nifti(_nifti(result.magnitude.astype(np.float32), result.affine, np.uint16), mag_path)
-    write_json(mag_path.with_name(mag_path.name.replace(".nii.gz", ".json")),
-               {**sidecar, "ImageType": ["ORIGINAL", "PRIMARY", "M"]})
+    write_json(
+        mag_path.with_name(mag_path.name.replace(".nii.gz", ".json")),
+        {**sidecar, "ImageType": ["ORIGINAL", "PRIMARY", "M"]},
+    )
     phase, unit_keys = _phase_stored(result.phase, units)
     phase_path = raw / f"{prefix}_part-phase_GRE.nii.gz"
     save_nifti(_nifti(phase, result.affine), phase_path)
-    write_json(phase_path.with_name(phase_path.name.replace(".nii.gz", ".json")), {
-        **sidecar, "ImageType": ["ORIGINAL", "PRIMARY", "P"], **unit_keys,
-        "PhaseDescription": ("wrapped phase of the coil-combined signal referenced to a virtual body coil, "
-                             + ("integers -4096..4095 for -pi..pi" if units == "int12" else "radians in (-pi, pi]")
-                             + f"; a paramagnetic shift is {para} ({manufacturer} convention)"),
-    })
+    write_json(
+        phase_path.with_name(phase_path.name.replace(".nii.gz", ".json")),
+        {
+            **sidecar,
+            "ImageType": ["ORIGINAL", "PRIMARY", "P"],
+            **unit_keys,
+            "PhaseDescription": (
+                "wrapped phase of the coil-combined signal referenced to a virtual body coil, "
+                + (
+                    "integers -4096..4095 for -pi..pi"
+                    if units == "int12"
+                    else "radians in (-pi, pi]"
+                )
+                + f"; a paramagnetic shift is {para} ({manufacturer} convention)"
+            ),
+        },
+    )
     images = {"mag": str(mag_path.relative_to(root)), "phase": str(phase_path.relative_to(root))}
 
     table, outside = _cmb_table(cmbs, head, result)
-    labels = np.where(np.isin(result.cmb_labels, table["index"].to_numpy()), result.cmb_labels, 0).astype(np.int16)
+    labels = np.where(
+        np.isin(result.cmb_labels, table["index"].to_numpy()), result.cmb_labels, 0
+    ).astype(np.int16)
     save_nifti(_nifti(labels, result.affine), truth / f"{prefix}_label-CMB_dseg.nii.gz")
     write_text(truth / f"{prefix}_label-CMB_dseg.tsv", _tsv(table))
     write_text(truth / f"{prefix}_veins.tsv", _tsv(_vein_table(veins)))
-    write_text(truth / f"{prefix}_mimics.tsv", _tsv(_mimic_table(calcs, head, outside, result.affine)))
-    save_nifti(_nifti(result.brain_mask.astype(np.uint8), result.affine), truth / f"{prefix}_desc-brain_mask.nii.gz")
+    write_text(
+        truth / f"{prefix}_mimics.tsv", _tsv(_mimic_table(calcs, head, outside, result.affine))
+    )
+    save_nifti(
+        _nifti(result.brain_mask.astype(np.uint8), result.affine),
+        truth / f"{prefix}_desc-brain_mask.nii.gz",
+    )
     params = {
-        "simulator": "cmb crosssim", "version": cmb.__version__, "seed": o.seed, "participant_id": prefix,
-        "preset": acq.preset, "acquisition": asdict(acq),
-        "affine": result.affine, "manufacturer": manufacturer, "model": model, "paramagnetic_phase": para,
-        "phase_units": units, "noise_sigma_per_coil": result.noise_sigma, "cmb_free": cmb_free,
-        "head": {"rotation": head.rotation, "translation_mm": head.translation, "cerebrum_half_axes_mm": head.half_axes,
-                 "cavities": [{"name": nm, "centre_head_mm": c, "radius_mm": r} for nm, c, r in head.cavities],
-                 "sulcus_halfwidth_mm": head.sulcus_halfwidth, "tentorial_gap_mm": head.tentorial_gap},
-        "contrast": asdict(contrast), "n_cmb": len(table), "n_cmb_placed": len(cmbs), "n_veins": len(veins),
-        "n_vein_segments": sum(len(v.segments()) for v in veins), "n_calcifications": len(calcs),
-        "monte_carlo_voxels": result.n_mc_voxels, "images": images,
+        "simulator": "cmb crosssim",
+        "version": cmb.__version__,
+        "seed": o.seed,
+        "participant_id": prefix,
+        "preset": acq.preset,
+        "acquisition": asdict(acq),
+        "affine": result.affine,
+        "manufacturer": manufacturer,
+        "model": model,
+        "paramagnetic_phase": para,
+        "phase_units": units,
+        "noise_sigma_per_coil": result.noise_sigma,
+        "cmb_free": cmb_free,
+        "head": {
+            "rotation": head.rotation,
+            "translation_mm": head.translation,
+            "cerebrum_half_axes_mm": head.half_axes,
+            "cavities": [
+                {"name": nm, "centre_head_mm": c, "radius_mm": r} for nm, c, r in head.cavities
+            ],
+            "sulcus_halfwidth_mm": head.sulcus_halfwidth,
+            "tentorial_gap_mm": head.tentorial_gap,
+        },
+        "contrast": asdict(contrast),
+        "n_cmb": len(table),
+        "n_cmb_placed": len(cmbs),
+        "n_veins": len(veins),
+        "n_vein_segments": sum(len(v.segments()) for v in veins),
+        "n_calcifications": len(calcs),
+        "monte_carlo_voxels": result.n_mc_voxels,
+        "images": images,
     }  # no timings: a seed gives byte-identical files
     write_json(truth / f"{prefix}_synth.json", params)
-    return {"participant_id": prefix, "age": int(rng.integers(55, 90)), "sex": "F" if rng.random() < 0.5 else "M",
-            "preset": acq.preset, "manufacturer": manufacturer, "n_cmb": len(table), "cmb_free": _bool(cmb_free),
-            "seconds": round(time.perf_counter() - t0, 1), "timing": result.seconds}
+    return {
+        "participant_id": prefix,
+        "age": int(rng.integers(55, 90)),
+        "sex": "F" if rng.random() < 0.5 else "M",
+        "preset": acq.preset,
+        "manufacturer": manufacturer,
+        "n_cmb": len(table),
+        "cmb_free": _bool(cmb_free),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "timing": result.seconds,
+    }
 
 
 def _dataset_files(root: Path, participants: pd.DataFrame, command: str, seed: int) -> None:
-    generated = [{"Name": "cmb crosssim", "Version": cmb.__version__, "CodeURL": "https://github.com/cmb-project/cmb"}]
-    write_json(root / "dataset_description.json", {
-        "Name": "cmb cross-simulator SWI/T2*-GRE cohort", "BIDSVersion": "1.9.0", "DatasetType": "raw",
-        "License": "CC0", "GeneratedBy": generated,
-    })
+    generated = [
+        {
+            "Name": "cmb crosssim",
+            "Version": cmb.__version__,
+            "CodeURL": "https://github.com/cmb-project/cmb",
+        }
+    ]
+    write_json(
+        root / "dataset_description.json",
+        {
+            "Name": "cmb cross-simulator SWI/T2*-GRE cohort",
+            "BIDSVersion": "1.9.0",
+            "DatasetType": "raw",
+            "License": "CC0",
+            "GeneratedBy": generated,
+        },
+    )
     write_text(root / "participants.tsv", _tsv(participants))
-    write_json(root / "participants.json", {
-        "age": {"Description": "age at scan", "Units": "year"},
-        "sex": {"Description": "sex", "Levels": {"F": "female", "M": "male"}},
-        "preset": {"Description": "acquisition preset of the cross-simulator"},
-        "manufacturer": {"Description": "simulated vendor (phase units and sign convention)"},
-        "n_cmb": {"Description": "microbleeds in the field of view (the truth)"},
-        "cmb_free": {"Description": "subject generated without microbleeds (--cmb-free)"},
-    })
-    write_text(root / "README", (
-        "SWI / T2*-GRE cohort generated by cmb crosssim, the second simulator (procedural head, analytic\n"
-        "fields, Monte-Carlo sub-voxel signal, multi-coil noise), for cross-simulator validation.\n\n"
-        f"Command: {command}\nSeed: {seed}\n\n"
-        "Ground truth (CMB labels and tables, vein segments, mimics, brain masks, parameters) is in\n"
-        "derivatives/cmb-truth/.\n"
-    ))
-    write_json(root / "derivatives" / TRUTH_PIPELINE / "dataset_description.json", {
-        "Name": "cmb crosssim ground truth", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
-        "GeneratedBy": generated, "SourceDatasets": [{"URL": "../../"}],
-    })
+    write_json(
+        root / "participants.json",
+        {
+            "age": {"Description": "age at scan", "Units": "year"},
+            "sex": {"Description": "sex", "Levels": {"F": "female", "M": "male"}},
+            "preset": {"Description": "acquisition preset of the cross-simulator"},
+            "manufacturer": {"Description": "simulated vendor (phase units and sign convention)"},
+            "n_cmb": {"Description": "microbleeds in the field of view (the truth)"},
+            "cmb_free": {"Description": "subject generated without microbleeds (--cmb-free)"},
+        },
+    )
+    write_text(
+        root / "README",
+        (
+            "SWI / T2*-GRE cohort generated by cmb crosssim, the second simulator (procedural head, analytic\n"
+            "fields, Monte-Carlo sub-voxel signal, multi-coil noise), for cross-simulator validation.\n\n"
+            f"Command: {command}\nSeed: {seed}\n\n"
+            "Ground truth (CMB labels and tables, vein segments, mimics, brain masks, parameters) is in\n"
+            "derivatives/cmb-truth/.\n"
+        ),
+    )
+    write_json(
+        root / "derivatives" / TRUTH_PIPELINE / "dataset_description.json",
+        {
+            "Name": "cmb crosssim ground truth",
+            "BIDSVersion": "1.9.0",
+            "DatasetType": "derivative",
+            "GeneratedBy": generated,
+            "SourceDatasets": [{"URL": "../../"}],
+        },
+    )
 
 
 def generate(o: CrossSimOptions, log=print) -> pd.DataFrame:
@@ -277,8 +454,10 @@ def generate(o: CrossSimOptions, log=print) -> pd.DataFrame:
             row = _subject(o, n, n > o.n_subjects, tmp, width)
             rows.append(row)
             t = row["timing"]
-            log(f"{row['participant_id']}: {row['preset']}, {row['n_cmb']} CMB(s) ({row['seconds']:.1f} s: "
-                f"tissue {t['base']:.1f}, sources {t['monte_carlo']:.1f}, coils {t['receive']:.1f})")
+            log(
+                f"{row['participant_id']}: {row['preset']}, {row['n_cmb']} CMB(s) ({row['seconds']:.1f} s: "
+                f"tissue {t['base']:.1f}, sources {t['monte_carlo']:.1f}, coils {t['receive']:.1f})"
+            )
         participants = pd.DataFrame(rows).drop(columns=["seconds", "timing"])
         _dataset_files(tmp, participants, command, o.seed)
         os.chmod(tmp, 0o777 & ~_umask())
@@ -297,8 +476,21 @@ def generate(o: CrossSimOptions, log=print) -> pd.DataFrame:
 
 def _command(o: CrossSimOptions) -> str:
     """The command line that regenerates this cohort."""
-    args = ["--out", str(o.out), "--n-subjects", str(o.n_subjects), "--seed", str(o.seed), "--preset", o.preset]
-    for flag, value in (("--cmb-free", o.cmb_free or None), ("--n-cmb", o.n_cmb), ("--n-veins", o.n_veins)):
+    args = [
+        "--out",
+        str(o.out),
+        "--n-subjects",
+        str(o.n_subjects),
+        "--seed",
+        str(o.seed),
+        "--preset",
+        o.preset,
+    ]
+    for flag, value in (
+        ("--cmb-free", o.cmb_free or None),
+        ("--n-cmb", o.n_cmb),
+        ("--n-veins", o.n_veins),
+    ):
         if value is not None:
             args += [flag, str(value)]
     return "cmb crosssim " + shlex.join(args)

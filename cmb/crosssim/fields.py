@@ -52,7 +52,9 @@ def _taper(x: np.ndarray, start: float, stop: float) -> np.ndarray:
     return t * t * (3 - 2 * t)
 
 
-def sphere_field(d: np.ndarray, radius: float, chi: float, reach: float | None = None) -> np.ndarray:
+def sphere_field(
+    d: np.ndarray, radius: float, chi: float, reach: float | None = None
+) -> np.ndarray:
     """Field (ppm) at displacements ``d`` (N, 3; mm) from the centre of a sphere.
 
     >>> f = sphere_field(np.array([[0.0, 0.0, 2.0], [2.0, 0.0, 0.0], [0.1, 0.0, 0.0]]), 1.0, 0.9)
@@ -63,7 +65,7 @@ def sphere_field(d: np.ndarray, radius: float, chi: float, reach: float | None =
     r2 = np.einsum("ij,ij->i", d, d)
     r = np.sqrt(r2)
     with np.errstate(divide="ignore", invalid="ignore"):
-        f = (chi / 3.0) * radius ** 3 * (3.0 * d[:, 2] ** 2 - r2) / (r2 * r2 * r)
+        f = (chi / 3.0) * radius**3 * (3.0 * d[:, 2] ** 2 - r2) / (r2 * r2 * r)
     f = np.where(r > radius, f, 0.0)
     if reach is not None:
         f = f * _taper(r, 0.7 * reach, reach)
@@ -74,12 +76,12 @@ def sphere_field_gradient(d: np.ndarray, radius: float, chi: float) -> np.ndarra
     """Spatial gradient (ppm/mm, N x 3) of :func:`sphere_field` (0 inside)."""
     d = np.asarray(d, float)
     r2 = np.einsum("ij,ij->i", d, d)
-    outside = r2 > radius ** 2
+    outside = r2 > radius**2
     r2 = np.where(outside, r2, 1.0)
-    k = (chi / 3.0) * radius ** 3
+    k = (chi / 3.0) * radius**3
     num = 3.0 * d[:, 2] ** 2 - r2
-    g = -2.0 * d / r2[:, None] ** 2.5 - 5.0 * (num / r2 ** 3.5)[:, None] * d
-    g[:, 2] += 6.0 * d[:, 2] / r2 ** 2.5
+    g = -2.0 * d / r2[:, None] ** 2.5 - 5.0 * (num / r2**3.5)[:, None] * d
+    g[:, 2] += 6.0 * d[:, 2] / r2**2.5
     return np.where(outside[:, None], k * g, 0.0)
 
 
@@ -90,8 +92,17 @@ def _end_window(s: np.ndarray, h: float, free: bool) -> np.ndarray:
     return _taper(-s, -h, h)  # joint: 0.5 at the end, complementary to the next segment's window
 
 
-def cylinder_field(p: np.ndarray, start, end, radius: float, chi: float, free_start: bool = True,
-                   free_end: bool = True, reach: float | None = None, joint_mm: float | None = None) -> np.ndarray:
+def cylinder_field(
+    p: np.ndarray,
+    start,
+    end,
+    radius: float,
+    chi: float,
+    free_start: bool = True,
+    free_end: bool = True,
+    reach: float | None = None,
+    joint_mm: float | None = None,
+) -> np.ndarray:
     """Field (ppm) at points ``p`` (N, 3) of a straight vessel segment from ``start`` to ``end``.
 
     >>> p = np.array([[1.5, 0.0, 5.0], [0.0, 1.5, 5.0], [0.0, 0.0, 5.0]])
@@ -111,13 +122,13 @@ def cylinder_field(p: np.ndarray, start, end, radius: float, chi: float, free_st
     perp = v - s[:, None] * d
     rho2 = np.einsum("ij,ij->i", perp, perp)
     cos_t = d[2]
-    sin2 = 1.0 - cos_t ** 2
+    sin2 = 1.0 - cos_t**2
     b_perp = np.array([0.0, 0.0, 1.0]) - cos_t * d  # B0 projected on the plane normal to the axis
     pb = perp @ b_perp
-    inside = rho2 < radius ** 2
+    inside = rho2 < radius**2
     with np.errstate(divide="ignore", invalid="ignore"):
-        outside = 0.5 * chi * radius ** 2 * (2.0 * pb ** 2 / rho2 - sin2) / rho2
-    f = np.where(inside, chi * (3.0 * cos_t ** 2 - 1.0) / 6.0, outside)
+        outside = 0.5 * chi * radius**2 * (2.0 * pb**2 / rho2 - sin2) / rho2
+    f = np.where(inside, chi * (3.0 * cos_t**2 - 1.0) / 6.0, outside)
     h = radius if joint_mm is None else joint_mm
     f = f * _end_window(s, h, free_start) * _end_window(length - s, h, free_end)
     if reach is not None:
@@ -128,20 +139,46 @@ def cylinder_field(p: np.ndarray, start, end, radius: float, chi: float, free_st
 def sphere_reach(radius: float, chi: float, rad_ppm: float, cap_mm: float = 15.0) -> float:
     """Distance (mm) from the centre beyond which a sphere's phase is negligible."""
     amp = abs(chi) * 2.0 / 3.0 * rad_ppm
-    return float(np.clip(radius * (amp / _PHASE_FLOOR) ** (1 / 3), 2.0 * radius, max(cap_mm, 2.0 * radius)))
+    return float(
+        np.clip(radius * (amp / _PHASE_FLOOR) ** (1 / 3), 2.0 * radius, max(cap_mm, 2.0 * radius))
+    )
 
 
-def cylinder_reach(radius: float, chi: float, sin2: float, rad_ppm: float, cap_mm: float = 8.0) -> float:
+def cylinder_reach(
+    radius: float, chi: float, sin2: float, rad_ppm: float, cap_mm: float = 8.0
+) -> float:
     """Distance (mm) from the axis beyond which a vessel's phase is negligible."""
     amp = abs(chi) * sin2 / 2.0 * rad_ppm
-    return float(np.clip(radius * np.sqrt(max(amp, 1e-12) / _PHASE_FLOOR), 2.5 * radius, max(cap_mm, 2.5 * radius)))
+    return float(
+        np.clip(
+            radius * np.sqrt(max(amp, 1e-12) / _PHASE_FLOOR),
+            2.5 * radius,
+            max(cap_mm, 2.5 * radius),
+        )
+    )
 
 
-_POWERS = np.array([(1, 0, 0), (0, 1, 0), (0, 0, 1), (2, 0, 0), (0, 2, 0), (0, 0, 2), (1, 1, 0), (1, 0, 1),
-                    (0, 1, 1), (0, 0, 3), (1, 0, 2), (0, 1, 2)])
+_POWERS = np.array(
+    [
+        (1, 0, 0),
+        (0, 1, 0),
+        (0, 0, 1),
+        (2, 0, 0),
+        (0, 2, 0),
+        (0, 0, 2),
+        (1, 1, 0),
+        (1, 0, 1),
+        (0, 1, 1),
+        (0, 0, 3),
+        (1, 0, 2),
+        (0, 1, 2),
+    ]
+)
 
 
-def polynomial_field(p: np.ndarray, coeffs: np.ndarray, centre, scale_mm: float = 100.0) -> np.ndarray:
+def polynomial_field(
+    p: np.ndarray, coeffs: np.ndarray, centre, scale_mm: float = 100.0
+) -> np.ndarray:
     """Smooth background field (ppm): a polynomial in ``(p - centre) / scale_mm`` (orders 1-3)."""
     x = (np.asarray(p, float) - centre) / scale_mm
     out = np.zeros(len(x))
@@ -150,7 +187,9 @@ def polynomial_field(p: np.ndarray, coeffs: np.ndarray, centre, scale_mm: float 
     return out
 
 
-def polynomial_gradient(p: np.ndarray, coeffs: np.ndarray, centre, scale_mm: float = 100.0) -> np.ndarray:
+def polynomial_gradient(
+    p: np.ndarray, coeffs: np.ndarray, centre, scale_mm: float = 100.0
+) -> np.ndarray:
     x = (np.asarray(p, float) - centre) / scale_mm
     g = np.zeros((len(x), 3))
     for c, pw in zip(coeffs, _POWERS):

@@ -45,15 +45,45 @@ __all__ = [
 #: Tissue classes (index = class id). ``vein``, ``cmb`` and ``calcification`` are set
 #: by the forward model where those sources are.
 CLASSES = (
-    "air", "scalp", "skull", "csf", "ventricle", "cortex", "white_matter", "caudate", "putamen", "pallidum",
-    "thalamus", "red_nucleus", "dentate", "cerebellar_cortex", "cerebellar_white_matter", "brainstem", "cavity",
-    "vein", "cmb", "calcification",
+    "air",
+    "scalp",
+    "skull",
+    "csf",
+    "ventricle",
+    "cortex",
+    "white_matter",
+    "caudate",
+    "putamen",
+    "pallidum",
+    "thalamus",
+    "red_nucleus",
+    "dentate",
+    "cerebellar_cortex",
+    "cerebellar_white_matter",
+    "brainstem",
+    "cavity",
+    "vein",
+    "cmb",
+    "calcification",
 )
 _C = {name: i for i, name in enumerate(CLASSES)}
 #: Brain tissue where a microbleed can be (not CSF, ventricles or outside the brain).
-PARENCHYMA = tuple(_C[n] for n in (
-    "cortex", "white_matter", "caudate", "putamen", "pallidum", "thalamus", "red_nucleus", "dentate",
-    "cerebellar_cortex", "cerebellar_white_matter", "brainstem"))
+PARENCHYMA = tuple(
+    _C[n]
+    for n in (
+        "cortex",
+        "white_matter",
+        "caudate",
+        "putamen",
+        "pallidum",
+        "thalamus",
+        "red_nucleus",
+        "dentate",
+        "cerebellar_cortex",
+        "cerebellar_white_matter",
+        "brainstem",
+    )
+)
 _DEEP_NUCLEI = ("caudate", "putamen", "pallidum", "thalamus")
 _R0 = 70.0  # radius (mm) of the sphere on which direction-dependent noise is sampled
 
@@ -66,14 +96,18 @@ class PlaneWaves:
     phase: np.ndarray  # (n,)
 
     @classmethod
-    def random(cls, rng: np.random.Generator, wavelength_mm: tuple[float, float], n: int = 48) -> PlaneWaves:
+    def random(
+        cls, rng: np.random.Generator, wavelength_mm: tuple[float, float], n: int = 48
+    ) -> PlaneWaves:
         d = rng.standard_normal((n, 3))
         d /= np.linalg.norm(d, axis=1, keepdims=True)
         lam = rng.uniform(*wavelength_mm, n)
         return cls(d * (2 * np.pi / lam)[:, None], rng.uniform(0, 2 * np.pi, n))
 
     def __call__(self, p: np.ndarray) -> np.ndarray:
-        return np.sqrt(2.0 / len(self.phase)) * np.cos(np.asarray(p) @ self.k.T + self.phase).sum(-1)
+        return np.sqrt(2.0 / len(self.phase)) * np.cos(np.asarray(p) @ self.k.T + self.phase).sum(
+            -1
+        )
 
     def gradient(self, p: np.ndarray) -> np.ndarray:
         s = -np.sqrt(2.0 / len(self.phase)) * np.sin(np.asarray(p) @ self.k.T + self.phase)
@@ -92,8 +126,18 @@ class DirectionMaps:
 
     maps: np.ndarray  # (10, n_theta, n_phi) float32
 
-    NAMES = ("pial_radius", "sulcus_distance", "sulcal_depth", "cortex_thickness", "csf_shell", "skull", "scalp",
-             "slant_x", "slant_y", "slant_z")
+    NAMES = (
+        "pial_radius",
+        "sulcus_distance",
+        "sulcal_depth",
+        "cortex_thickness",
+        "csf_shell",
+        "skull",
+        "scalp",
+        "slant_x",
+        "slant_y",
+        "slant_z",
+    )
 
     @staticmethod
     def directions(n_theta: int = 361, n_phi: int = 721) -> np.ndarray:
@@ -212,7 +256,7 @@ class Head:
         p = np.atleast_2d(p_scanner)
         out = np.empty(len(p), np.uint8)
         for s in range(0, len(p), chunk):
-            out[s:s + chunk] = self._classify_head(self.to_head(p[s:s + chunk]))[0]
+            out[s : s + chunk] = self._classify_head(self.to_head(p[s : s + chunk]))[0]
         return out
 
     def depth(self, p_scanner: np.ndarray) -> np.ndarray:
@@ -266,14 +310,16 @@ class Head:
             tilt = np.stack([sl[deep] for sl in slant], -1) * (below[deep] / _R0)[:, None]
             v = u[deep] + tilt
             sulc = sulc.copy()
-            sulc[deep] = self.maps.lookup(v / np.linalg.norm(v, axis=1, keepdims=True), slice(1, 2))[0]
+            sulc[deep] = self.maps.lookup(
+                v / np.linalg.norm(v, axis=1, keepdims=True), slice(1, 2)
+            )[0]
         sulcus_mm = np.abs(sulc) * rho / _R0
         in_sulcus = (sulcus_mm < self.sulcus_halfwidth) & (below < sdepth)
         lined = (sulcus_mm < self.sulcus_halfwidth + thick) & (below < sdepth + thick)
         # the fissure reaches down to the corpus callosum, an arch; in front of and behind it, to the base
         half_cc = 0.40 * self.half_axes[1]
         beyond = np.maximum(np.abs(q[:, 1] - 0.04 * self.half_axes[1]) - half_cc, 0.0)
-        floor = self.callosum_top - 0.004 * q[:, 1] ** 2 - 0.08 * beyond ** 2
+        floor = self.callosum_top - 0.004 * q[:, 1] ** 2 - 0.08 * beyond**2
         ax = np.abs(q[:, 0])
         in_fissure = (ax < self.fissure_halfwidth) & (q[:, 2] > floor)
         medial = (ax < self.fissure_halfwidth + thick) & (q[:, 2] > floor - thick)
@@ -285,14 +331,18 @@ class Head:
         self._deep(q, cls, cerebrum)
         self._infratentorial(q, cls, d_cb, d_bs)
         for _, centre, radius in self.cavities:
-            inside = np.sum((q - centre) ** 2, axis=1) < radius ** 2
+            inside = np.sum((q - centre) ** 2, axis=1) < radius**2
             cls[inside & ((cls == _C["skull"]) | (cls == _C["scalp"]))] = _C["cavity"]
         return cls, np.where(cerebrum, depth, np.where(d_inf < 0, -d_inf, 0.0))
 
     def _deep(self, q, cls, cerebrum) -> None:
         a, b, c = self.half_axes
-        sel = np.flatnonzero(cerebrum & (np.abs(q[:, 0]) < 0.62 * a) & (np.abs(q[:, 1]) < 0.62 * b)
-                             & (np.abs(q[:, 2]) < 0.55 * c))
+        sel = np.flatnonzero(
+            cerebrum
+            & (np.abs(q[:, 0]) < 0.62 * a)
+            & (np.abs(q[:, 1]) < 0.62 * b)
+            & (np.abs(q[:, 2]) < 0.55 * c)
+        )
         if not len(sel):
             return
         qs = q[sel]
@@ -334,8 +384,13 @@ class Head:
         out = np.full(len(q), "n/a", dtype=object)
         out[np.isin(cls, PARENCHYMA)] = "deep"
         out[(cls == _C["cortex"]) | ((cls == _C["white_matter"]) & (depth < 15.0))] = "lobar"
-        infra = np.isin(cls, [_C[n] for n in ("cerebellar_cortex", "cerebellar_white_matter", "dentate",
-                                                "brainstem")])
+        infra = np.isin(
+            cls,
+            [
+                _C[n]
+                for n in ("cerebellar_cortex", "cerebellar_white_matter", "dentate", "brainstem")
+            ],
+        )
         infra |= (cls == _C["red_nucleus"]) & self.brainstem.inside(q)
         out[infra] = "infratentorial"
         return out
@@ -356,20 +411,25 @@ def _mirror(centre, half_axes, rng, scale, rough_noise, roughness=0.08, jitter=1
     """A left/right pair of nuclei with independent jitter (centre given for the right one)."""
     out = []
     for side in (-1.0, 1.0):
-        c = np.asarray(centre, float) * scale * np.array([side, 1.0, 1.0]) + rng.normal(0, jitter, 3)
+        c = np.asarray(centre, float) * scale * np.array([side, 1.0, 1.0]) + rng.normal(
+            0, jitter, 3
+        )
         h = np.asarray(half_axes, float) * scale * rng.uniform(0.88, 1.12, 3)
         rot = Rotation.from_euler("xyz", rng.normal(0, 6, 3), degrees=True).as_matrix()
         out.append(Blob(c, h, rot, roughness=roughness, noise=rough_noise))
     return out
 
 
-def random_pose(rng: np.random.Generator, max_rotation_deg: float = 15.0,
-                max_shift_mm: float = 5.0) -> tuple[np.ndarray, np.ndarray]:
+def random_pose(
+    rng: np.random.Generator, max_rotation_deg: float = 15.0, max_shift_mm: float = 5.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Head rotation (random axis, angle up to ``max_rotation_deg``) and translation."""
     axis = rng.standard_normal(3)
     axis /= np.linalg.norm(axis)
     angle = np.radians(rng.uniform(0.0, max_rotation_deg))
-    return Rotation.from_rotvec(axis * angle).as_matrix(), rng.uniform(-max_shift_mm, max_shift_mm, 3)
+    return Rotation.from_rotvec(axis * angle).as_matrix(), rng.uniform(
+        -max_shift_mm, max_shift_mm, 3
+    )
 
 
 def random_head(rng: np.random.Generator, pose: bool = True, map_shape=(361, 721)) -> Head:
@@ -393,21 +453,34 @@ def random_head(rng: np.random.Generator, pose: bool = True, map_shape=(361, 721
     sdepth = rng.uniform(9.0, 15.0) * (1.0 + 0.3 * low[1](pts))
     thick = rng.uniform(2.2, 2.9) * (1.0 + 0.15 * low[2](pts))
     csf = rng.uniform(1.5, 3.8) * np.clip(1.0 + 0.3 * low[3](pts), 0.4, None)
-    skull = rng.uniform(5.0, 7.5) * (1.0 + 0.15 * low[4](pts)) * (1.0 + 0.25 * np.clip(-u[:, 1], 0, 1))
+    skull = (
+        rng.uniform(5.0, 7.5) * (1.0 + 0.15 * low[4](pts)) * (1.0 + 0.25 * np.clip(-u[:, 1], 0, 1))
+    )
     scalp = rng.uniform(4.0, 7.0) * (1.0 + 0.15 * low[5](pts))
-    slant = np.stack([w(pts) for w in (PlaneWaves.random(rng, (40.0, 100.0), n=12) for _ in range(3))], -1)
+    slant = np.stack(
+        [w(pts) for w in (PlaneWaves.random(rng, (40.0, 100.0), n=12) for _ in range(3))], -1
+    )
     slant = 0.9 * (slant - (slant * u).sum(1, keepdims=True) * u)
-    maps = DirectionMaps(np.concatenate([np.stack([pial, sulc, sdepth, thick, csf, skull, scalp]), slant.T])
-                         .astype(np.float32).reshape(10, *map_shape))
+    maps = DirectionMaps(
+        np.concatenate([np.stack([pial, sulc, sdepth, thick, csf, skull, scalp]), slant.T])
+        .astype(np.float32)
+        .reshape(10, *map_shape)
+    )
 
     rough = PlaneWaves.random(rng, (25.0, 60.0), n=8)
     tilt = Rotation.from_euler("x", rng.uniform(-10, 10), degrees=True).as_matrix()
-    cerebellum = Blob(np.array([0.0, -43.0, -47.0]) * s3 + rng.normal(0, 1.5, 3),
-                      np.array([48.0, 27.0, 20.0]) * s3 * rng.uniform(0.92, 1.08, 3), tilt,
-                      roughness=0.03, noise=rough)
-    brainstem = Blob(np.array([0.0, -15.0, -43.0]) * s3 + rng.normal(0, 1.0, 3),
-                     np.array([12.0, 12.5, 28.0]) * s3 * rng.uniform(0.92, 1.08, 3),
-                     Rotation.from_euler("x", rng.uniform(12, 25), degrees=True).as_matrix())
+    cerebellum = Blob(
+        np.array([0.0, -43.0, -47.0]) * s3 + rng.normal(0, 1.5, 3),
+        np.array([48.0, 27.0, 20.0]) * s3 * rng.uniform(0.92, 1.08, 3),
+        tilt,
+        roughness=0.03,
+        noise=rough,
+    )
+    brainstem = Blob(
+        np.array([0.0, -15.0, -43.0]) * s3 + rng.normal(0, 1.0, 3),
+        np.array([12.0, 12.5, 28.0]) * s3 * rng.uniform(0.92, 1.08, 3),
+        Rotation.from_euler("x", rng.uniform(12, 25), degrees=True).as_matrix(),
+    )
     nuc_noise = PlaneWaves.random(rng, (12.0, 30.0), n=8)
     nuclei = {
         "caudate": _mirror((12.5, 24.0, 0.0), (4.5, 11.0, 6.0), rng, s3, nuc_noise),
@@ -425,13 +498,17 @@ def random_head(rng: np.random.Generator, pose: bool = True, map_shape=(361, 721
         h = np.array([4.5 * vent_scale, 29.0, 6.5 * vent_scale]) * s3 * rng.uniform(0.9, 1.1, 3)
         rot = Rotation.from_euler("z", side * rng.uniform(3, 9), degrees=True).as_matrix()
         ventricles.append(Blob(c, h, rot, bend=-0.010, roughness=0.06, noise=vent_noise))
-    ventricles.append(Blob(np.array([0.0, 4.0, -10.0]) * s3, np.array([1.2 * vent_scale, 12.0, 9.0]) * s3))
+    ventricles.append(
+        Blob(np.array([0.0, 4.0, -10.0]) * s3, np.array([1.2 * vent_scale, 12.0, 9.0]) * s3)
+    )
 
     cavities = []
-    for name, direction, radius, prob in (("frontal_sinus", (0.0, 0.92, -0.38), (8.0, 12.0), 1.0),
-                                          ("mastoid_left", (-0.72, -0.22, -0.66), (7.0, 10.0), 1.0),
-                                          ("mastoid_right", (0.72, -0.22, -0.66), (7.0, 10.0), 1.0),
-                                          ("sphenoid_sinus", (0.0, 0.45, -0.89), (8.0, 11.0), 0.5)):
+    for name, direction, radius, prob in (
+        ("frontal_sinus", (0.0, 0.92, -0.38), (8.0, 12.0), 1.0),
+        ("mastoid_left", (-0.72, -0.22, -0.66), (7.0, 10.0), 1.0),
+        ("mastoid_right", (0.72, -0.22, -0.66), (7.0, 10.0), 1.0),
+        ("sphenoid_sinus", (0.0, 0.45, -0.89), (8.0, 11.0), 0.5),
+    ):
         if rng.random() >= prob:
             continue
         d = np.asarray(direction) + rng.normal(0, 0.04, 3)
@@ -443,10 +520,20 @@ def random_head(rng: np.random.Generator, pose: bool = True, map_shape=(361, 721
 
     rotation, translation = random_pose(rng) if pose else (np.eye(3), np.zeros(3))
     return Head(
-        rotation=rotation, translation=translation, half_axes=abc, maps=maps, cerebellum=cerebellum,
-        brainstem=brainstem, nuclei=nuclei, ventricles=tuple(ventricles), cavities=tuple(cavities),
-        sulcus_halfwidth=rng.uniform(0.35, 1.0), fissure_halfwidth=rng.uniform(0.6, 1.4),
-        callosum_top=rng.uniform(8.0, 14.0) * s3[2], tentorial_gap=rng.uniform(1.5, 3.0),
-        folia_period=rng.uniform(3.0, 4.2), folia_noise=PlaneWaves.random(rng, (15.0, 40.0), n=8),
+        rotation=rotation,
+        translation=translation,
+        half_axes=abc,
+        maps=maps,
+        cerebellum=cerebellum,
+        brainstem=brainstem,
+        nuclei=nuclei,
+        ventricles=tuple(ventricles),
+        cavities=tuple(cavities),
+        sulcus_halfwidth=rng.uniform(0.35, 1.0),
+        fissure_halfwidth=rng.uniform(0.6, 1.4),
+        callosum_top=rng.uniform(8.0, 14.0) * s3[2],
+        tentorial_gap=rng.uniform(1.5, 3.0),
+        folia_period=rng.uniform(3.0, 4.2),
+        folia_noise=PlaneWaves.random(rng, (15.0, 40.0), n=8),
         cerebellar_cortex=rng.uniform(7.0, 10.0),
     )

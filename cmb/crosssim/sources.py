@@ -68,12 +68,21 @@ class Vein:
             for i in range(len(pts) - 1):
                 d = pts[i + 1] - pts[i]
                 angle = np.degrees(np.arccos(min(1.0, abs(d[2]) / max(np.linalg.norm(d), 1e-12))))
-                rows.append({"vein_id": self.vein_id, "segment": len(rows) + 1, "branch": b, "kind": self.kind,
-                             "start": pts[i], "end": pts[i + 1], "radius_mm": float(radius),
-                             "angle_to_b0_deg": float(angle),
-                             "is_vein_end_start": bool(free_start and i == 0),
-                             "is_vein_end_end": bool(free_end and i == len(pts) - 2),
-                             "chi_ppm": self.chi_ppm})
+                rows.append(
+                    {
+                        "vein_id": self.vein_id,
+                        "segment": len(rows) + 1,
+                        "branch": b,
+                        "kind": self.kind,
+                        "start": pts[i],
+                        "end": pts[i + 1],
+                        "radius_mm": float(radius),
+                        "angle_to_b0_deg": float(angle),
+                        "is_vein_end_start": bool(free_start and i == 0),
+                        "is_vein_end_end": bool(free_end and i == len(pts) - 2),
+                        "chi_ppm": self.chi_ppm,
+                    }
+                )
         return rows
 
     def pieces(self, max_mm: float = 5.0) -> list[tuple]:
@@ -84,8 +93,15 @@ class Vein:
             a, b = row["start"], row["end"]
             n = max(1, int(np.ceil(np.linalg.norm(b - a) / max_mm)))
             for i in range(n):
-                out.append((a + (b - a) * i / n, a + (b - a) * (i + 1) / n, row["radius_mm"],
-                            row["is_vein_end_start"] and i == 0, row["is_vein_end_end"] and i == n - 1))
+                out.append(
+                    (
+                        a + (b - a) * i / n,
+                        a + (b - a) * (i + 1) / n,
+                        row["radius_mm"],
+                        row["is_vein_end_start"] and i == 0,
+                        row["is_vein_end_end"] and i == n - 1,
+                    )
+                )
         return out
 
     def axis_distance(self, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -125,7 +141,7 @@ class Calcification:
 
     def inside(self, p: np.ndarray) -> np.ndarray:
         d = np.asarray(p) - self.centre
-        return np.einsum("ij,ij->i", d, d) < self.radius_mm ** 2
+        return np.einsum("ij,ij->i", d, d) < self.radius_mm**2
 
 
 def segment_distance(p: np.ndarray, a, b) -> np.ndarray:
@@ -153,7 +169,7 @@ def _near_b0(rng, max_deg: float) -> np.ndarray:
     """Uniform on the spherical cap within ``max_deg`` of +-B0."""
     cos_t = rng.uniform(np.cos(np.radians(max_deg)), 1.0)
     phi = rng.uniform(0, 2 * np.pi)
-    s = np.sqrt(1 - cos_t ** 2)
+    s = np.sqrt(1 - cos_t**2)
     return np.array([s * np.cos(phi), s * np.sin(phi), cos_t]) * rng.choice([-1.0, 1.0])
 
 
@@ -165,8 +181,11 @@ def _perpendicular(d, rng) -> np.ndarray:
 def _arc(start, tangent, normal, curvature_radius, length, step=2.5) -> np.ndarray:
     n = max(2, int(np.ceil(length / step)))
     s = np.linspace(0.0, length, n + 1)[:, None]
-    return start + curvature_radius * np.sin(s / curvature_radius) * tangent \
+    return (
+        start
+        + curvature_radius * np.sin(s / curvature_radius) * tangent
         + curvature_radius * (1 - np.cos(s / curvature_radius)) * normal
+    )
 
 
 def _dense(pts: np.ndarray, step: float = 1.0) -> np.ndarray:
@@ -182,7 +201,9 @@ def _inside_brain(head: Head, pts: np.ndarray, min_parenchyma: float = 0.85) -> 
     return not np.isin(cls, _FORBIDDEN).any() and np.isin(cls, PARENCHYMA).mean() >= min_parenchyma
 
 
-def parenchyma_pool(head: Head, rng: np.random.Generator, n: int = 40_000) -> tuple[np.ndarray, np.ndarray]:
+def parenchyma_pool(
+    head: Head, rng: np.random.Generator, n: int = 40_000
+) -> tuple[np.ndarray, np.ndarray]:
     """Random scanner points in parenchyma and their MARS categories."""
     lo, hi = head.icv_box()
     q = rng.uniform(lo, hi, (n, 3))
@@ -201,7 +222,9 @@ def _draw_vein(kind, centre, rng) -> tuple:
     if kind == "curved":
         t = _near_b0(rng, 35.0) if rng.random() < 0.4 else _random_unit(rng)
         length = rng.uniform(12.0, 35.0)
-        pts = _arc(centre - t * length / 2, t, _perpendicular(t, rng), rng.uniform(12.0, 40.0), length)
+        pts = _arc(
+            centre - t * length / 2, t, _perpendicular(t, rng), rng.uniform(12.0, 40.0), length
+        )
         return ((pts, radius, True, True),)
     # branching: a (possibly bent) trunk and one or two branches leaving it
     t = _near_b0(rng, 25.0) if rng.random() < 0.5 else _random_unit(rng)
@@ -213,14 +236,24 @@ def _draw_vein(kind, centre, rng) -> tuple:
         root = trunk[int(rng.integers(1, len(trunk) - 1))]
         seg = trunk[1] - trunk[0]
         angle = np.radians(rng.uniform(30.0, 70.0))
-        d = _unit(np.cos(angle) * _unit(seg) * rng.choice([-1.0, 1.0]) + np.sin(angle) * _perpendicular(seg, rng))
+        d = _unit(
+            np.cos(angle) * _unit(seg) * rng.choice([-1.0, 1.0])
+            + np.sin(angle) * _perpendicular(seg, rng)
+        )
         blen = rng.uniform(6.0, 15.0)
-        out.append((np.stack([root, root + d * blen]), radius * rng.uniform(0.55, 0.8), False, True))
+        out.append(
+            (np.stack([root, root + d * blen]), radius * rng.uniform(0.55, 0.8), False, True)
+        )
     return tuple(out)
 
 
-def place_veins(head: Head, rng: np.random.Generator, n: int, pool: np.ndarray | None = None,
-                max_tries: int = 60) -> list[Vein]:
+def place_veins(
+    head: Head,
+    rng: np.random.Generator,
+    n: int,
+    pool: np.ndarray | None = None,
+    max_tries: int = 60,
+) -> list[Vein]:
     """``n`` veins inside the brain (each polyline vertex and every mm between in brain tissue)."""
     if pool is None:
         pool = parenchyma_pool(head, rng)[0]
@@ -247,16 +280,39 @@ def _vein_clearance(p: np.ndarray, veins) -> np.ndarray:
 
 
 def _surface_points(centre, half_axes, rotation, margin=0.3) -> np.ndarray:
-    dirs = np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1],
-                     [1, 1, 1], [1, 1, -1], [1, -1, 1], [1, -1, -1], [-1, 1, 1], [-1, 1, -1], [-1, -1, 1],
-                     [-1, -1, -1]], float)
+    dirs = np.array(
+        [
+            [1, 0, 0],
+            [-1, 0, 0],
+            [0, 1, 0],
+            [0, -1, 0],
+            [0, 0, 1],
+            [0, 0, -1],
+            [1, 1, 1],
+            [1, 1, -1],
+            [1, -1, 1],
+            [1, -1, -1],
+            [-1, 1, 1],
+            [-1, 1, -1],
+            [-1, -1, 1],
+            [-1, -1, -1],
+        ],
+        float,
+    )
     dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
     return centre + (dirs * (half_axes + margin)) @ rotation.T
 
 
-def place_microbleeds(head: Head, rng: np.random.Generator, n: int, veins, calcifications=(),
-                      pool: tuple | None = None, touching_fraction: float = 0.25,
-                      max_tries: int = 400) -> list[Microbleed]:
+def place_microbleeds(
+    head: Head,
+    rng: np.random.Generator,
+    n: int,
+    veins,
+    calcifications=(),
+    pool: tuple | None = None,
+    touching_fraction: float = 0.25,
+    max_tries: int = 400,
+) -> list[Microbleed]:
     """``n`` microbleeds in parenchyma (fewer if the head has no room), labels 1..n."""
     points, categories = pool if pool is not None else parenchyma_pool(head, rng)
     by_cat = {c: points[categories == c] for c in CATEGORY_PRIOR}
@@ -275,13 +331,18 @@ def place_microbleeds(head: Head, rng: np.random.Generator, n: int, veins, calci
         rot = Rotation.random(random_state=rng).as_matrix()
         chi = float(rng.uniform(0.5, 2.0))
         touching = bool(segments) and rng.random() < touching_fraction
-        cat = cats[rng.choice(len(cats), p=weights / weights.sum())]  # once: a retry must not change the prior
+        cat = cats[
+            rng.choice(len(cats), p=weights / weights.sum())
+        ]  # once: a retry must not change the prior
         for _ in range(max_tries):
             if touching:
                 row = segments[rng.choice(len(segments), p=lengths / lengths.sum())]
                 axis = row["end"] - row["start"]
                 foot = row["start"] + axis * rng.uniform(0.15, 0.85)
-                dist = max(row["radius_mm"] + 0.2, row["radius_mm"] + radius + rng.uniform(-0.5 * radius, 0.5))
+                dist = max(
+                    row["radius_mm"] + 0.2,
+                    row["radius_mm"] + radius + rng.uniform(-0.5 * radius, 0.5),
+                )
                 centre = foot + dist * _perpendicular(axis, rng)
             else:
                 centre = by_cat[cat][rng.integers(len(by_cat[cat]))] + rng.uniform(-0.5, 0.5, 3)
@@ -290,20 +351,34 @@ def place_microbleeds(head: Head, rng: np.random.Generator, n: int, veins, calci
                 continue
             if any(np.linalg.norm(centre - m.centre) < m.radius_mm + radius + 4.0 for m in out):
                 continue
-            if any(np.linalg.norm(centre - c.centre) < c.radius_mm + radius + 3.0 for c in calcifications):
+            if any(
+                np.linalg.norm(centre - c.centre) < c.radius_mm + radius + 3.0
+                for c in calcifications
+            ):
                 continue
             clearance = _vein_clearance(centre[None], veins)[0] - radius if veins else np.inf
             if not touching and clearance < 1.5:
                 continue
-            out.append(Microbleed(
-                label=len(out) + 1, centre=centre, radius_mm=radius, half_axes=half, rotation=rot, chi_ppm=chi,
-                touches_vein=bool(clearance <= 0.5), mars_category=str(head.mars_category(centre[None])[0]),
-                hemisphere=str(head.hemisphere(centre[None])[0])))
+            out.append(
+                Microbleed(
+                    label=len(out) + 1,
+                    centre=centre,
+                    radius_mm=radius,
+                    half_axes=half,
+                    rotation=rot,
+                    chi_ppm=chi,
+                    touches_vein=bool(clearance <= 0.5),
+                    mars_category=str(head.mars_category(centre[None])[0]),
+                    hemisphere=str(head.hemisphere(centre[None])[0]),
+                )
+            )
             break
     return out
 
 
-def place_calcifications(head: Head, rng: np.random.Generator, n: int | None = None) -> list[Calcification]:
+def place_calcifications(
+    head: Head, rng: np.random.Generator, n: int | None = None
+) -> list[Calcification]:
     """One to four calcifications in the pallidum, the choroid plexus or the pineal gland."""
     n = int(rng.integers(1, 5)) if n is None else n
     sites = []
@@ -318,6 +393,12 @@ def place_calcifications(head: Head, rng: np.random.Generator, n: int | None = N
     out = []
     for i in rng.permutation(len(sites))[:n]:
         name, q = sites[i]
-        out.append(Calcification(head.to_scanner(q)[0], float(rng.uniform(0.5, 2.0)),
-                                 float(rng.uniform(-1.0, -0.3)), name))
+        out.append(
+            Calcification(
+                head.to_scanner(q)[0],
+                float(rng.uniform(0.5, 2.0)),
+                float(rng.uniform(-1.0, -0.3)),
+                name,
+            )
+        )
     return out

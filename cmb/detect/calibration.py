@@ -27,30 +27,70 @@ from tqdm import tqdm
 
 from cmb.detect.model import ModelError, load_model, save_model
 from cmb.detect.patches import DEFAULT_PHASE_WRAP_LIMIT
-from cmb.detect.training import (_data_description, add_operating_point_arguments, add_runtime_arguments,
-                                 annotated_datasets, model_summary, operating_point, sample_scan, start_run)
+from cmb.detect.training import (
+    add_operating_point_arguments,
+    add_runtime_arguments,
+    annotated_datasets,
+    model_summary,
+    operating_point,
+    sample_scan,
+    scan_data_description,
+    start_run,
+)
 
 __all__ = ["recalibrate"]
 
 _log = logging.getLogger(__name__)
 
 
-def recalibrate(model_dir: Path, scans, out_dir: Path, tta: int = 1, max_fp_avg: float | None = None,
-                progress: bool = True, device: torch.device | str = "cpu",
-                phase_wrap_limit: float | None = DEFAULT_PHASE_WRAP_LIMIT) -> dict:
+def recalibrate(
+    model_dir: Path,
+    scans,
+    out_dir: Path,
+    tta: int = 1,
+    max_fp_avg: float | None = None,
+    progress: bool = True,
+    device: torch.device | str = "cpu",
+    phase_wrap_limit: float | None = DEFAULT_PHASE_WRAP_LIMIT,
+) -> dict:
     """Fit the calibration, threshold and validation metrics of ``model_dir`` on ``scans``; write ``out_dir``."""
     model = load_model(model_dir, device)
     card = model.card
-    samples = [sample_scan(s, card.get("screen"), keep_all=True, scales=tuple(tuple(x) for x in card["scales"]),
-                           device=device)
-               for s in tqdm(scans, desc="calibration scans", disable=not progress)]
-    point = operating_point(model.net, samples, torch.device(device), tta, max_fp_avg, phase_wrap_limit)
-    previous = {k: card.get(k) for k in ("calibration", "threshold", "threshold_rule", "tta", "phase_wrap_limit",
-                                         "validation")}
-    new = {**card, **point,
-           "recalibration": {
-               "command": "cmb calibrate " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["calibrate"] else sys.argv[1:]),
-               "from_model": str(model_dir), "data": _data_description(scans), "previous": previous}}
+    samples = [
+        sample_scan(
+            s,
+            card.get("screen"),
+            keep_all=True,
+            scales=tuple(tuple(x) for x in card["scales"]),
+            device=device,
+        )
+        for s in tqdm(scans, desc="calibration scans", disable=not progress)
+    ]
+    point = operating_point(
+        model.net, samples, torch.device(device), tta, max_fp_avg, phase_wrap_limit
+    )
+    previous = {
+        k: card.get(k)
+        for k in (
+            "calibration",
+            "threshold",
+            "threshold_rule",
+            "tta",
+            "phase_wrap_limit",
+            "validation",
+        )
+    }
+    new = {
+        **card,
+        **point,
+        "recalibration": {
+            "command": "cmb calibrate "
+            + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["calibrate"] else sys.argv[1:]),
+            "from_model": str(model_dir),
+            "data": scan_data_description(scans),
+            "previous": previous,
+        },
+    }
     for key in ("weights_sha256", "weights_file", "architecture", "hyper_parameters"):
         new.pop(key, None)
     save_model(model.net, out_dir, new)
@@ -59,12 +99,29 @@ def recalibrate(model_dir: Path, scans, out_dir: Path, tta: int = 1, max_fp_avg:
 
 def build_parser(parser=None):
     p = parser or argparse.ArgumentParser(prog="cmb calibrate", description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, type=Path, help="model folder to recalibrate (e.g. the shipped default)")
-    p.add_argument("--derivatives", required=True, type=Path, action="append",
-                   help="workflow output folder with the preprocessed scans; repeat, with one --truth each")
-    p.add_argument("--truth", required=True, type=Path, action="append",
-                   help="folder of *_label-CMB_dseg.nii.gz / .tsv annotations")
-    p.add_argument("--out", required=True, type=Path, help="model folder to write (not the input model)")
+    p.add_argument(
+        "--model",
+        required=True,
+        type=Path,
+        help="model folder to recalibrate (e.g. the shipped default)",
+    )
+    p.add_argument(
+        "--derivatives",
+        required=True,
+        type=Path,
+        action="append",
+        help="workflow output folder with the preprocessed scans; repeat, with one --truth each",
+    )
+    p.add_argument(
+        "--truth",
+        required=True,
+        type=Path,
+        action="append",
+        help="folder of *_label-CMB_dseg.nii.gz / .tsv annotations",
+    )
+    p.add_argument(
+        "--out", required=True, type=Path, help="model folder to write (not the input model)"
+    )
     add_operating_point_arguments(p)
     add_runtime_arguments(p)
     return p
@@ -73,16 +130,29 @@ def build_parser(parser=None):
 def run(args) -> int:
     device = start_run(args)
     if args.out.resolve() == args.model.resolve():
-        print(f"cmb calibrate: error: --out {args.out} is the input model; write a new folder", file=sys.stderr)
+        print(
+            f"cmb calibrate: error: --out {args.out} is the input model; write a new folder",
+            file=sys.stderr,
+        )
         return 2
     t0 = time.perf_counter()
     try:
         scans = [s for d in annotated_datasets(args.derivatives, args.truth) for s in d]
         if not scans:
-            raise ValueError(f"no annotated scans found (derivatives {', '.join(map(str, args.derivatives))}; "
-                             f"truth {', '.join(map(str, args.truth))})")
-        card = recalibrate(args.model, scans, args.out, args.tta, args.max_fp_avg, progress=not args.no_progress,
-                           device=device, phase_wrap_limit=args.phase_wrap_limit)
+            raise ValueError(
+                f"no annotated scans found (derivatives {', '.join(map(str, args.derivatives))}; "
+                f"truth {', '.join(map(str, args.truth))})"
+            )
+        card = recalibrate(
+            args.model,
+            scans,
+            args.out,
+            args.tta,
+            args.max_fp_avg,
+            progress=not args.no_progress,
+            device=device,
+            phase_wrap_limit=args.phase_wrap_limit,
+        )
     except (ModelError, ValueError) as err:
         print(f"cmb calibrate: error: {err}", file=sys.stderr)
         return 2

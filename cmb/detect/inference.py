@@ -21,53 +21,111 @@ import pandas as pd
 import torch
 from scipy.special import expit
 
-from cmb.candidates import dark_blob_response, delineate_candidates, find_peaks, inner_mask, screen_bytes
+from cmb.candidates import (
+    dark_blob_response,
+    delineate_candidates,
+    find_peaks,
+    inner_mask,
+    screen_bytes,
+)
 from cmb.detect import CANDIDATE_COLUMNS
 from cmb.detect.model import LoadedModel
-from cmb.detect.patches import SCALES, PatchSampler, has_phase, hide_phase, phase_wrap_density, symmetric_views
-from cmb.detect.vessel_evidence import DEFAULT_VESSEL_RULE, evidence_reliable, measure_vessel_evidence, vessel_rule
+from cmb.detect.patches import (
+    SCALES,
+    PatchSampler,
+    has_phase,
+    hide_phase,
+    phase_wrap_density,
+    symmetric_views,
+)
+from cmb.detect.vessel_evidence import (
+    DEFAULT_VESSEL_RULE,
+    evidence_reliable,
+    measure_vessel_evidence,
+    vessel_rule,
+)
 
-__all__ = ["DEFAULT_SCREEN", "Candidates", "find_candidates", "hand_features", "score_candidates", "view_averaged_logits",
-           "wrapped_phase", "calibrate", "Detection", "detect"]
+__all__ = [
+    "DEFAULT_SCREEN",
+    "Candidates",
+    "find_candidates",
+    "hand_features",
+    "score_candidates",
+    "view_averaged_logits",
+    "wrapped_phase",
+    "calibrate",
+    "Detection",
+    "detect",
+]
 
 _log = logging.getLogger(__name__)
 
 #: Screen settings; a model card's "screen" entry overrides them.
-DEFAULT_SCREEN = {"threshold": 0.1, "min_distance_mm": 2.5, "radii_mm": [1.0, 1.75, 3.0],
-                  "max_candidates": 3000, "level": 0.5, "min_edge_mm": 1.5, "blob_extent_radii": 2.5}
+DEFAULT_SCREEN = {
+    "threshold": 0.1,
+    "min_distance_mm": 2.5,
+    "radii_mm": [1.0, 1.75, 3.0],
+    "max_candidates": 3000,
+    "level": 0.5,
+    "min_edge_mm": 1.5,
+    "blob_extent_radii": 2.5,
+}
+
 
 @dataclass
 class Candidates:
     """Candidates of one scan on its (preprocessed) grid."""
 
-    table: pd.DataFrame  # i, j, k, score, radius_mm, volume_mm3, diameter_mm, sphericity, phase_mean
+    table: (
+        pd.DataFrame
+    )  # i, j, k, score, radius_mm, volume_mm3, diameter_mm, sphericity, phase_mean
     labels: np.ndarray  # candidate n (row n - 1) labelled n
     seconds: dict = field(default_factory=dict)
 
 
-def find_candidates(magnitude: np.ndarray, mask: np.ndarray, zooms, phase: np.ndarray | None = None,
-                    screen: dict | None = None, device: torch.device | str = "cpu") -> Candidates:
+def find_candidates(
+    magnitude: np.ndarray,
+    mask: np.ndarray,
+    zooms,
+    phase: np.ndarray | None = None,
+    screen: dict | None = None,
+    device: torch.device | str = "cpu",
+) -> Candidates:
     """Dark-blob screen over the brain mask, then each candidate's blob (:mod:`cmb.candidates`).
 
     The screen's filtering runs on ``device`` when it fits in free memory, else on the CPU.
     """
     s = {**DEFAULT_SCREEN, **(screen or {})}
     t0 = time.perf_counter()
-    peaks, response = _where_it_fits(lambda d: _screen(magnitude, mask, zooms, s, d), torch.device(device),
-                                     screen_bytes(magnitude.shape), "screen")
+    peaks, response = _where_it_fits(
+        lambda d: _screen(magnitude, mask, zooms, s, d),
+        torch.device(device),
+        screen_bytes(magnitude.shape),
+        "screen",
+    )
     t1 = time.perf_counter()
-    labels, table = delineate_candidates(response, peaks, zooms, phase, s["level"],
-                                         extent_radii=s["blob_extent_radii"])
+    labels, table = delineate_candidates(
+        response, peaks, zooms, phase, s["level"], extent_radii=s["blob_extent_radii"]
+    )
     t2 = time.perf_counter()
     return Candidates(table, labels, {"screen": t1 - t0, "delineate": t2 - t1})
 
 
-def _screen(magnitude, mask, zooms, s: dict, device: torch.device) -> tuple[pd.DataFrame, np.ndarray]:
+def _screen(
+    magnitude, mask, zooms, s: dict, device: torch.device
+) -> tuple[pd.DataFrame, np.ndarray]:
     response, radius = dark_blob_response(magnitude, mask, zooms, s["radii_mm"], device=device)
     # The outer shell of the mask is dark partial volume with skull and dura: no peaks there.
     inner = inner_mask(mask, zooms, s["min_edge_mm"], device=device)
-    peaks = find_peaks(np.where(inner, response, 0), radius, zooms, s["threshold"], s["min_distance_mm"],
-                       s["max_candidates"], device=device)
+    peaks = find_peaks(
+        np.where(inner, response, 0),
+        radius,
+        zooms,
+        s["threshold"],
+        s["min_distance_mm"],
+        s["max_candidates"],
+        device=device,
+    )
     return peaks, response
 
 
@@ -82,28 +140,37 @@ def _where_it_fits(work, device: torch.device, n_bytes: int, what: str):
         return work(torch.device("cpu"))
 
 
-def _fitting_device(device: torch.device, n_bytes: int, what: str, fraction: float = 0.5) -> torch.device:
+def _fitting_device(
+    device: torch.device, n_bytes: int, what: str, fraction: float = 0.5
+) -> torch.device:
     """``device``, or the CPU when ``n_bytes`` exceed ``fraction`` of the GPU's free memory."""
     if device.type != "cuda":
         return device
     free, _ = torch.cuda.mem_get_info(device)
     if n_bytes <= fraction * free:
         return device
-    _log.warning("GPU memory short for the %s (%.1f GB needed, %.1f GB free): using the CPU", what, n_bytes / 1e9,
-                 free / 1e9)
+    _log.warning(
+        "GPU memory short for the %s (%.1f GB needed, %.1f GB free): using the CPU",
+        what,
+        n_bytes / 1e9,
+        free / 1e9,
+    )
     return torch.device("cpu")
 
 
 def hand_features(table: pd.DataFrame, has_phase: bool) -> np.ndarray:
     """``(N, 5)`` float32 :data:`~cmb.detect.patches.FEATURES` of candidates."""
     phase = table["phase_mean"].to_numpy(float) if has_phase else np.zeros(len(table))
-    return np.stack([
-        table["score"].to_numpy(float),
-        np.log(np.maximum(table["diameter_mm"].to_numpy(float), 0.5)),
-        table["sphericity"].to_numpy(float),
-        np.nan_to_num(phase),
-        np.full(len(table), float(has_phase)),
-    ], 1).astype(np.float32)
+    return np.stack(
+        [
+            table["score"].to_numpy(float),
+            np.log(np.maximum(table["diameter_mm"].to_numpy(float), 0.5)),
+            table["sphericity"].to_numpy(float),
+            np.nan_to_num(phase),
+            np.full(len(table), float(has_phase)),
+        ],
+        1,
+    ).astype(np.float32)
 
 
 def _batches(n: int, size: int):
@@ -111,9 +178,19 @@ def _batches(n: int, size: int):
         yield slice(start, min(start + size, n))
 
 
-def score_candidates(net: torch.nn.Module, magnitude, mask, phase, zooms, table: pd.DataFrame,
-                     device: torch.device, batch_size: int = 256, scales=SCALES, tta: int = 1,
-                     phase_wrap_limit: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+def score_candidates(
+    net: torch.nn.Module,
+    magnitude,
+    mask,
+    phase,
+    zooms,
+    table: pd.DataFrame,
+    device: torch.device,
+    batch_size: int = 256,
+    scales=SCALES,
+    tta: int = 1,
+    phase_wrap_limit: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Network logits of every candidate (float64, one per row of ``table``), averaged over
     ``tta`` symmetric views of each patch (:func:`~cmb.detect.patches.symmetric_views`),
     and which candidates were scored without their phase because it is wrapped beyond
@@ -126,8 +203,12 @@ def score_candidates(net: torch.nn.Module, magnitude, mask, phase, zooms, table:
     feats = hand_features(table, phase is not None)
     cuda = device.type == "cuda"
     size = batch_size
-    sampler = _where_it_fits(lambda d: PatchSampler(magnitude, mask, phase, zooms, scales, d), device,
-                             PatchSampler.bytes_needed(magnitude.shape, phase is not None), "patch sampling")
+    sampler = _where_it_fits(
+        lambda d: PatchSampler(magnitude, mask, phase, zooms, scales, d),
+        device,
+        PatchSampler.bytes_needed(magnitude.shape, phase is not None),
+        "patch sampling",
+    )
     if cuda:  # stay well inside free memory: about 6 MB of activations per 16^3 patch in fp16
         free, _ = torch.cuda.mem_get_info(device)
         size = max(1, min(size, int(0.5 * free / 6e6)))
@@ -163,20 +244,28 @@ def wrapped_phase(patches: torch.Tensor, phase_wrap_limit: float | None) -> torc
     return has_phase(patches) & (phase_wrap_density(patches) > phase_wrap_limit)
 
 
-def view_averaged_logits(net: torch.nn.Module, patches: torch.Tensor, features: torch.Tensor, n_views: int,
-                         hide_phase_of: torch.Tensor | None = None) -> torch.Tensor:
+def view_averaged_logits(
+    net: torch.nn.Module,
+    patches: torch.Tensor,
+    features: torch.Tensor,
+    n_views: int,
+    hide_phase_of: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The network's logits averaged over ``n_views`` symmetric views of each patch (float32).
 
     The rows ``hide_phase_of`` (bool, from :func:`wrapped_phase`) are scored with their
     phase hidden, as training's phase dropout hides it: the model then judges those
     candidates on the magnitude alone.
     """
+
     def mean_over_views(x, f):
         return torch.stack([net(v, f).float() for v in symmetric_views(x, n_views)]).mean(0)
 
     logits = mean_over_views(patches, features)
     if hide_phase_of is not None and hide_phase_of.any():
-        logits[hide_phase_of] = mean_over_views(*hide_phase(patches[hide_phase_of], features[hide_phase_of]))
+        logits[hide_phase_of] = mean_over_views(
+            *hide_phase(patches[hide_phase_of], features[hide_phase_of])
+        )
     return logits
 
 
@@ -195,12 +284,21 @@ class Detection:
     probability: np.ndarray  # float32, confidence per voxel
     threshold: float
     seconds: dict
-    n_phase_hidden: int = 0  # candidates scored without their phase (wrapped: :func:`wrapped_phase`)
+    n_phase_hidden: int = (
+        0  # candidates scored without their phase (wrapped: :func:`wrapped_phase`)
+    )
     vessel: dict = field(default_factory=dict)  # the vessel rule's settings, reliability and counts
 
 
-def detect(image: nib.Nifti1Image, mask: np.ndarray, phase: np.ndarray | None, model: LoadedModel,
-           threshold: float | None = None, batch_size: int = 256, vessel_rule_enabled: bool = True) -> Detection:
+def detect(
+    image: nib.Nifti1Image,
+    mask: np.ndarray,
+    phase: np.ndarray | None,
+    model: LoadedModel,
+    threshold: float | None = None,
+    batch_size: int = 256,
+    vessel_rule_enabled: bool = True,
+) -> Detection:
     """Detect CMBs in one preprocessed magnitude (``image``) with its brain ``mask`` and optional phase.
 
     Returns every candidate, strongest screen response first, with its calibrated
@@ -217,8 +315,19 @@ def detect(image: nib.Nifti1Image, mask: np.ndarray, phase: np.ndarray | None, m
     cands = find_candidates(magnitude, mask, zooms, phase, card.get("screen"), device)
     t0 = time.perf_counter()
     scales = tuple(tuple(s) for s in card.get("scales", SCALES))
-    logits, phase_hidden = score_candidates(model.net, magnitude, mask, phase, zooms, cands.table, device, batch_size,
-                                            scales, int(card.get("tta", 1)), card.get("phase_wrap_limit"))
+    logits, phase_hidden = score_candidates(
+        model.net,
+        magnitude,
+        mask,
+        phase,
+        zooms,
+        cands.table,
+        device,
+        batch_size,
+        scales,
+        int(card.get("tta", 1)),
+        card.get("phase_wrap_limit"),
+    )
     t1 = time.perf_counter()
     conf = calibrate(logits, card.get("calibration"))
     thr = float(card["threshold"] if threshold is None else threshold)
@@ -228,25 +337,35 @@ def detect(image: nib.Nifti1Image, mask: np.ndarray, phase: np.ndarray | None, m
     ijk = tab[["i", "j", "k"]].to_numpy(int).reshape(-1, 3)
     xyz = nib.affines.apply_affine(image.affine, ijk) if n else np.zeros((0, 3))
     phase_mean = tab["phase_mean"].to_numpy(float)
-    sign = np.where(np.isnan(phase_mean), "n/a", np.where(phase_mean >= 0, "paramagnetic", "diamagnetic"))
-    out = pd.DataFrame({
-        "candidate_id": np.arange(1, n + 1),
-        "i": ijk[:, 0], "j": ijk[:, 1], "k": ijk[:, 2],
-        "x_mm": xyz[:, 0], "y_mm": xyz[:, 1], "z_mm": xyz[:, 2],
-        "volume_mm3": tab["volume_mm3"].to_numpy(float),
-        "diameter_mm": tab["diameter_mm"].to_numpy(float),
-        "screen_score": tab["score"].to_numpy(float),
-        "sphericity": tab["sphericity"].to_numpy(float),
-        "phase_mean": phase_mean,
-        "phase_sign": sign,
-        "phase_used": (phase is not None) & ~phase_hidden,
-        "confidence": conf,
-        "above_threshold": conf >= thr,
-    })
+    sign = np.where(
+        np.isnan(phase_mean), "n/a", np.where(phase_mean >= 0, "paramagnetic", "diamagnetic")
+    )
+    out = pd.DataFrame(
+        {
+            "candidate_id": np.arange(1, n + 1),
+            "i": ijk[:, 0],
+            "j": ijk[:, 1],
+            "k": ijk[:, 2],
+            "x_mm": xyz[:, 0],
+            "y_mm": xyz[:, 1],
+            "z_mm": xyz[:, 2],
+            "volume_mm3": tab["volume_mm3"].to_numpy(float),
+            "diameter_mm": tab["diameter_mm"].to_numpy(float),
+            "screen_score": tab["score"].to_numpy(float),
+            "sphericity": tab["sphericity"].to_numpy(float),
+            "phase_mean": phase_mean,
+            "phase_sign": sign,
+            "phase_used": (phase is not None) & ~phase_hidden,
+            "confidence": conf,
+            "above_threshold": conf >= thr,
+        }
+    )
     rule = {**DEFAULT_VESSEL_RULE, **card.get("vessel_rule", {})}
     rule["enabled"] = bool(rule["enabled"] and vessel_rule_enabled)
     measured = conf >= float(rule["min_confidence_fraction"]) * thr
-    evidence = measure_vessel_evidence(magnitude, mask, zooms, image.affine, tab, cands.labels, measured, rule)
+    evidence = measure_vessel_evidence(
+        magnitude, mask, zooms, image.affine, tab, cands.labels, measured, rule
+    )
     vein = vessel_rule(evidence, zooms, rule) & measured
     for col in evidence.columns:
         out[col] = evidence[col].to_numpy()
@@ -254,9 +373,21 @@ def detect(image: nib.Nifti1Image, mask: np.ndarray, phase: np.ndarray | None, m
     out["rejected_reason"] = np.where(vein, "vessel", "n/a")
     out = out[CANDIDATE_COLUMNS]
     t2 = time.perf_counter()
-    vessel = {"settings": rule, "reliable": evidence_reliable(zooms, rule), "n_measured": int(measured.sum()),
-              "n_rejected": int(vein.sum()), "n_rejected_above_threshold": int((vein & (conf >= thr)).sum())}
+    vessel = {
+        "settings": rule,
+        "reliable": evidence_reliable(zooms, rule),
+        "n_measured": int(measured.sum()),
+        "n_rejected": int(vein.sum()),
+        "n_rejected_above_threshold": int((vein & (conf >= thr)).sum()),
+    }
     lut = np.concatenate([[0.0], conf]).astype(np.float32)
     prob = lut[cands.labels]
-    return Detection(out, cands.labels, prob, thr, {**cands.seconds, "network": t1 - t0, "vessel": t2 - t1},
-                     int(phase_hidden.sum()), vessel)
+    return Detection(
+        out,
+        cands.labels,
+        prob,
+        thr,
+        {**cands.seconds, "network": t1 - t0, "vessel": t2 - t1},
+        int(phase_hidden.sum()),
+        vessel,
+    )

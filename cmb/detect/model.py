@@ -27,8 +27,16 @@ from torch import nn
 from cmb.atomic import atomic_path, write_json
 from cmb.detect.patches import N_SYMMETRIES
 
-__all__ = ["ModelError", "CandidateNet", "ARCHITECTURES", "select_device", "sha256_file", "save_model",
-           "load_model", "LoadedModel"]
+__all__ = [
+    "ModelError",
+    "CandidateNet",
+    "ARCHITECTURES",
+    "select_device",
+    "sha256_file",
+    "save_model",
+    "load_model",
+    "LoadedModel",
+]
 
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "model_card.json"
@@ -42,8 +50,12 @@ def _block(cin: int, cout: int) -> nn.Sequential:
     # Batch norm, not instance norm: in eval mode a candidate's score does not depend
     # on the other patches of its batch nor on the batch size.
     return nn.Sequential(
-        nn.Conv3d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm3d(cout), nn.LeakyReLU(0.1),
-        nn.Conv3d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm3d(cout), nn.LeakyReLU(0.1),
+        nn.Conv3d(cin, cout, 3, padding=1, bias=False),
+        nn.BatchNorm3d(cout),
+        nn.LeakyReLU(0.1),
+        nn.Conv3d(cout, cout, 3, padding=1, bias=False),
+        nn.BatchNorm3d(cout),
+        nn.LeakyReLU(0.1),
     )
 
 
@@ -62,8 +74,9 @@ class CandidateNet(nn.Module):
         self.enc2 = _block(width, 2 * width)
         self.enc3 = _block(2 * width, 4 * width)
         self.pool = nn.MaxPool3d(2)
-        self.head = nn.Sequential(nn.Linear(4 * width + n_features, 2 * width), nn.LeakyReLU(0.1),
-                                  nn.Linear(2 * width, 1))
+        self.head = nn.Sequential(
+            nn.Linear(4 * width + n_features, 2 * width), nn.LeakyReLU(0.1), nn.Linear(2 * width, 1)
+        )
 
     def forward(self, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
         x = self.enc1(x)
@@ -105,7 +118,10 @@ def select_device(prefer_gpu: bool = True, setting: str = "detection.use_gpu") -
     logging.getLogger("cmb.detect").warning(
         "GPU requested but %s%s: running on the CPU (same results, slower); "
         "set %s: false (or --cpu) to silence this",
-        why, f" [{notes}]" if notes else "", setting)
+        why,
+        f" [{notes}]" if notes else "",
+        setting,
+    )
     return torch.device("cpu")
 
 
@@ -132,8 +148,13 @@ def save_model(net: nn.Module, folder: Path, card: dict) -> Path:
     tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     with atomic_path(weights) as tmp:
         save_file(tensors, str(tmp))
-    full = {**card, "architecture": type(net).__name__, "hyper_parameters": net.hyper_parameters(),
-            "weights_file": WEIGHTS_NAME, "weights_sha256": sha256_file(weights)}
+    full = {
+        **card,
+        "architecture": type(net).__name__,
+        "hyper_parameters": net.hyper_parameters(),
+        "weights_file": WEIGHTS_NAME,
+        "weights_sha256": sha256_file(weights),
+    }
     write_json(folder / CARD_NAME, full)
     return folder
 
@@ -153,21 +174,31 @@ def load_model(folder: Path, device: torch.device | str = "cpu") -> LoadedModel:
         raise ModelError(f"{weights}: weights file missing")
     digest = sha256_file(weights)
     if digest != card.get("weights_sha256"):
-        raise ModelError(f"{weights}: SHA-256 {digest[:12]}... does not match the model card "
-                         f"({str(card.get('weights_sha256'))[:12]}...); the file is corrupt or was replaced")
+        raise ModelError(
+            f"{weights}: SHA-256 {digest[:12]}... does not match the model card "
+            f"({str(card.get('weights_sha256'))[:12]}...); the file is corrupt or was replaced"
+        )
     tta = card.get("tta", 1)
     if not (isinstance(tta, int) and 1 <= tta <= N_SYMMETRIES):
-        raise ModelError(f"{card_path}: 'tta' must be an integer from 1 to {N_SYMMETRIES}, got {tta!r}")
+        raise ModelError(
+            f"{card_path}: 'tta' must be an integer from 1 to {N_SYMMETRIES}, got {tta!r}"
+        )
     limit = card.get("phase_wrap_limit")
-    if limit is not None and not (isinstance(limit, (int, float)) and not isinstance(limit, bool) and limit >= 0):
-        raise ModelError(f"{card_path}: 'phase_wrap_limit' must be a number >= 0 or null, got {limit!r}")
+    if limit is not None and not (
+        isinstance(limit, (int, float)) and not isinstance(limit, bool) and limit >= 0
+    ):
+        raise ModelError(
+            f"{card_path}: 'phase_wrap_limit' must be a number >= 0 or null, got {limit!r}"
+        )
     arch = ARCHITECTURES.get(card.get("architecture", ""))
     if arch is None:
         raise ModelError(f"{card_path}: unknown architecture {card.get('architecture')!r}")
     try:
         net = arch(**card.get("hyper_parameters", {}))
     except TypeError as e:
-        raise ModelError(f"{card_path}: hyper-parameters do not fit {card['architecture']} ({e})") from None
+        raise ModelError(
+            f"{card_path}: hyper-parameters do not fit {card['architecture']} ({e})"
+        ) from None
     try:
         tensors = load_file(str(weights))
     except (SafetensorError, OSError) as e:
@@ -176,5 +207,7 @@ def load_model(folder: Path, device: torch.device | str = "cpu") -> LoadedModel:
         net.load_state_dict(tensors, strict=True)
     except RuntimeError as e:
         first = str(e).splitlines()[0]
-        raise ModelError(f"{weights}: weights do not match the {card['architecture']} architecture ({first})") from None
+        raise ModelError(
+            f"{weights}: weights do not match the {card['architecture']} architecture ({first})"
+        ) from None
     return LoadedModel(net=net.to(device).eval(), card=card, folder=folder)

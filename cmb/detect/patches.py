@@ -12,13 +12,31 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["PatchSampler", "extract_patches", "symmetric_views", "hide_phase", "has_phase", "phase_wrap_density",
-           "SCALES", "PATCH_CHANNELS", "FEATURES", "N_SYMMETRIES", "DEFAULT_PHASE_WRAP_LIMIT"]
+__all__ = [
+    "PatchSampler",
+    "extract_patches",
+    "symmetric_views",
+    "hide_phase",
+    "has_phase",
+    "phase_wrap_density",
+    "SCALES",
+    "PATCH_CHANNELS",
+    "FEATURES",
+    "N_SYMMETRIES",
+    "DEFAULT_PHASE_WRAP_LIMIT",
+]
 
 #: (samples per edge, mm per sample) of the fine and the coarse patch.
 SCALES = ((12, 1.0), (12, 2.0))
 #: Network input channels, in order.
-PATCH_CHANNELS = ("magnitude_fine", "phase_fine", "magnitude_coarse", "phase_coarse", "brain_coarse", "phase_present")
+PATCH_CHANNELS = (
+    "magnitude_fine",
+    "phase_fine",
+    "magnitude_coarse",
+    "phase_coarse",
+    "brain_coarse",
+    "phase_present",
+)
 #: Hand features given to the network's head, in order.
 FEATURES = ("screen_score", "log_diameter", "sphericity", "phase_mean", "phase_present")
 #: Phase wraps per brain sample beyond which a candidate is scored without its phase
@@ -56,8 +74,15 @@ class PatchSampler:
     torch.Size([1, 6, 12, 12, 12])
     """
 
-    def __init__(self, magnitude: np.ndarray, mask: np.ndarray, phase: np.ndarray | None, zooms,
-                 scales=SCALES, device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        magnitude: np.ndarray,
+        mask: np.ndarray,
+        phase: np.ndarray | None,
+        zooms,
+        scales=SCALES,
+        device: torch.device | str = "cpu",
+    ):
         (self.n_fine, self.mm_fine), (n_coarse, self.mm_coarse) = scales
         if self.n_fine != n_coarse:
             raise ValueError("both scales must have the same number of samples per edge")
@@ -66,7 +91,9 @@ class PatchSampler:
         if self.has_phase:
             chans.append((phase / np.pi).astype(np.float32))
         chans.append(mask.astype(np.float32))
-        self.volume = torch.from_numpy(np.stack(chans)).to(device)  # (C, X, Y, Z): magnitude, [phase], brain
+        self.volume = torch.from_numpy(np.stack(chans)).to(
+            device
+        )  # (C, X, Y, Z): magnitude, [phase], brain
         self.zooms = zooms
 
     @staticmethod
@@ -91,7 +118,9 @@ def has_phase(patches: torch.Tensor) -> torch.Tensor:
     return patches[:, PATCH_CHANNELS.index("phase_present"), 0, 0, 0] > 0
 
 
-def hide_phase(patches: torch.Tensor, features: torch.Tensor, which: torch.Tensor | None = None) -> tuple:
+def hide_phase(
+    patches: torch.Tensor, features: torch.Tensor, which: torch.Tensor | None = None
+) -> tuple:
     """Copies of ``patches`` and ``features`` as the network sees a scan without phase.
 
     The phase channels and the phase features of the rows ``which`` (default: all) are
@@ -130,12 +159,20 @@ def phase_wrap_density(patches: torch.Tensor) -> torch.Tensor:
     phase = patches[:, PATCH_CHANNELS.index("phase_coarse")]  # radians / pi
     brain = patches[:, PATCH_CHANNELS.index("brain_coarse")] > 0.5
     n = phase.shape[-1]
-    wraps = sum(((phase.diff(dim=a).abs() > 0.5) & brain.narrow(a, 1, n - 1)).sum((1, 2, 3)) for a in (1, 2, 3))
+    wraps = sum(
+        ((phase.diff(dim=a).abs() > 0.5) & brain.narrow(a, 1, n - 1)).sum((1, 2, 3))
+        for a in (1, 2, 3)
+    )
     return wraps.float() / brain.sum((1, 2, 3)).clamp(min=1).float()
 
 
-def extract_patches(volume: np.ndarray | torch.Tensor, zooms, centres_ijk: np.ndarray, size: int = 24,
-                    spacing_mm: float = 1.0) -> torch.Tensor:
+def extract_patches(
+    volume: np.ndarray | torch.Tensor,
+    zooms,
+    centres_ijk: np.ndarray,
+    size: int = 24,
+    spacing_mm: float = 1.0,
+) -> torch.Tensor:
     """Sample ``(N, C, size, size, size)`` patches centred on voxel positions ``centres_ijk``.
 
     Parameters
@@ -163,7 +200,11 @@ def extract_patches(volume: np.ndarray | torch.Tensor, zooms, centres_ijk: np.nd
     >>> [round(float(v), 4) for v in p[0, 0, :, 1, 1]]  # along i, one voxel (2 mm) apart
     [9.0, 25.0, 41.0]
     """
-    vol = volume if torch.is_tensor(volume) else torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))
+    vol = (
+        volume
+        if torch.is_tensor(volume)
+        else torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))
+    )
     shape = np.array(vol.shape[1:], float)
     offsets = (np.arange(size) - (size - 1) / 2.0) * spacing_mm
     steps = [offsets / z for z in zooms]  # offsets in voxels along each axis
@@ -175,8 +216,13 @@ def extract_patches(volume: np.ndarray | torch.Tensor, zooms, centres_ijk: np.nd
     # grid_sample's last grid axis is (W, H, D) = (k, j, i) for a (D, H, W) = (X, Y, Z) volume.
     grid = torch.from_numpy(norm[..., ::-1].astype(np.float32).copy()).to(vol.device)
     n = grid.shape[0]
-    return F.grid_sample(vol[None].expand(n, -1, -1, -1, -1), grid, mode="bilinear", padding_mode="zeros",
-                         align_corners=True)
+    return F.grid_sample(
+        vol[None].expand(n, -1, -1, -1, -1),
+        grid,
+        mode="bilinear",
+        padding_mode="zeros",
+        align_corners=True,
+    )
 
 
 def symmetric_views(patches: torch.Tensor, n: int):

@@ -53,17 +53,41 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from cmb.atomic import write_text
-from cmb.detect.inference import (DEFAULT_SCREEN, calibrate, find_candidates, hand_features, view_averaged_logits,
-                                 wrapped_phase)
-from cmb.detect.model import CandidateNet, load_model, save_model, select_device
-from cmb.detect.patches import (DEFAULT_PHASE_WRAP_LIMIT, FEATURES, N_SYMMETRIES, PATCH_CHANNELS, SCALES, PatchSampler,
-                                has_phase, hide_phase)
 from cmb.annotations import Scan, paired_scans
-from cmb.evaluation import (MARGIN_MM, MIN_POINT_RADIUS_MM, choose_threshold, detection_hits, froc_curve, load_truth,
-                            match_cohort, sensitivity_at_fp, truth_from_points)
+from cmb.atomic import write_text
+from cmb.config import add_config_sections
+from cmb.detect.inference import (
+    DEFAULT_SCREEN,
+    calibrate,
+    find_candidates,
+    hand_features,
+    view_averaged_logits,
+    wrapped_phase,
+)
+from cmb.detect.model import CandidateNet, load_model, save_model, select_device
+from cmb.detect.patches import (
+    DEFAULT_PHASE_WRAP_LIMIT,
+    FEATURES,
+    N_SYMMETRIES,
+    PATCH_CHANNELS,
+    SCALES,
+    PatchSampler,
+    has_phase,
+    hide_phase,
+)
+from cmb.evaluation import (
+    MARGIN_MM,
+    MIN_POINT_RADIUS_MM,
+    choose_threshold,
+    detection_hits,
+    froc_curve,
+    load_truth,
+    match_cohort,
+    sensitivity_at_fp,
+    truth_from_points,
+)
 
-__all__ = ["ScanSamples", "sample_scan", "TrainConfig", "train_model"]
+__all__ = ["ScanSamples", "sample_scan", "scan_data_description", "TrainConfig", "train_model"]
 
 _log = logging.getLogger(__name__)
 
@@ -87,8 +111,16 @@ def _read(path) -> np.ndarray:
     return np.asarray(nib.load(path).dataobj, dtype=np.float32)
 
 
-def sample_scan(scan: Scan, screen: dict | None = None, n_hard: int = 300, n_random: int = 200,
-                keep_all: bool = False, seed: int = 0, scales=SCALES, device: torch.device | str = "cpu") -> ScanSamples:
+def sample_scan(
+    scan: Scan,
+    screen: dict | None = None,
+    n_hard: int = 300,
+    n_random: int = 200,
+    keep_all: bool = False,
+    seed: int = 0,
+    scales=SCALES,
+    device: torch.device | str = "cpu",
+) -> ScanSamples:
     """Screen one scan (on ``device``), label its candidates against the truth, and cut their patches."""
     img = nib.load(scan.image)
     mag = np.asarray(img.dataobj, dtype=np.float32)
@@ -106,7 +138,9 @@ def sample_scan(scan: Scan, screen: dict | None = None, n_hard: int = 300, n_ran
         hits = np.zeros((len(tab), truth.n), bool)
     positive = hits.any(1)
     reviewed = np.ones(len(tab), bool)
-    if truth.non_cmb is not None:  # reviewers' verdicts: candidates nobody judged are unknown, not negatives
+    if (
+        truth.non_cmb is not None
+    ):  # reviewers' verdicts: candidates nobody judged are unknown, not negatives
         rejected = truth_from_points(truth.non_cmb)
         reviewed = positive.copy()
         if rejected.n and len(tab):
@@ -122,13 +156,23 @@ def sample_scan(scan: Scan, screen: dict | None = None, n_hard: int = 300, n_ran
         rows = np.sort(np.concatenate([np.flatnonzero(positive), hard, rand]))
     sub = tab.iloc[rows].reset_index(drop=True)
     sampler = PatchSampler(mag, mask, phase, zooms, scales)
-    chunks = [sampler(ijk[rows[s:s + 512]]).half() for s in range(0, len(rows), 512)]
-    patches = torch.cat(chunks) if chunks else torch.zeros((0, len(PATCH_CHANNELS), *(scales[0][0],) * 3),
-                                                            dtype=torch.float16)
+    chunks = [sampler(ijk[rows[s : s + 512]]).half() for s in range(0, len(rows), 512)]
+    patches = (
+        torch.cat(chunks)
+        if chunks
+        else torch.zeros((0, len(PATCH_CHANNELS), *(scales[0][0],) * 3), dtype=torch.float16)
+    )
     feats = torch.from_numpy(hand_features(sub, phase is not None))
     cand_xyz = pd.DataFrame(xyz[rows], columns=["x_mm", "y_mm", "z_mm"])
-    return ScanSamples(scan, patches, feats, torch.from_numpy(positive[rows].astype(np.float32)), cand_xyz,
-                       truth.n, int(hits.any(0).sum()))
+    return ScanSamples(
+        scan,
+        patches,
+        feats,
+        torch.from_numpy(positive[rows].astype(np.float32)),
+        cand_xyz,
+        truth.n,
+        int(hits.any(0).sum()),
+    )
 
 
 @dataclass
@@ -171,13 +215,16 @@ def augment(x: torch.Tensor, f: torch.Tensor, gen: torch.Generator, phase_dropou
     gain = torch.exp(0.25 * torch.randn(n, generator=gen)).view(n, 1, 1, 1, 1)
     gamma = torch.exp(0.2 * torch.randn(n, generator=gen)).view(n, 1, 1, 1, 1)
     m = x[:, mag].clamp_min(0)
-    m = (m ** gamma) * gain
+    m = (m**gamma) * gain
     # linear bias ramp along a random direction, +-15%
     g = torch.linspace(-1, 1, x.shape[-1])
     direction = torch.randn(n, 3, generator=gen)
     direction = direction / direction.norm(dim=1, keepdim=True)
-    ramp = (direction[:, 0].view(n, 1, 1, 1) * g.view(1, -1, 1, 1) + direction[:, 1].view(n, 1, 1, 1) * g.view(1, 1, -1, 1)
-            + direction[:, 2].view(n, 1, 1, 1) * g.view(1, 1, 1, -1))
+    ramp = (
+        direction[:, 0].view(n, 1, 1, 1) * g.view(1, -1, 1, 1)
+        + direction[:, 1].view(n, 1, 1, 1) * g.view(1, 1, -1, 1)
+        + direction[:, 2].view(n, 1, 1, 1) * g.view(1, 1, 1, -1)
+    )
     m = m * (1 + 0.15 * torch.rand(n, generator=gen).view(n, 1, 1, 1) * ramp).unsqueeze(1)
     noise = 0.05 * torch.rand(n, generator=gen).view(n, 1, 1, 1, 1)
     m = m + noise * torch.randn(m.shape, generator=gen)
@@ -197,8 +244,14 @@ def augment(x: torch.Tensor, f: torch.Tensor, gen: torch.Generator, phase_dropou
     return x, f
 
 
-def sample_logits(net, samples: list[ScanSamples], device, batch: int = 512, tta: int = 1,
-                  phase_wrap_limit: float | None = None) -> list[np.ndarray]:
+def sample_logits(
+    net,
+    samples: list[ScanSamples],
+    device,
+    batch: int = 512,
+    tta: int = 1,
+    phase_wrap_limit: float | None = None,
+) -> list[np.ndarray]:
     """Network logits of every kept candidate of each scan, averaged over ``tta`` symmetric views,
     as the detect stage scores them (phase hidden beyond ``phase_wrap_limit``)."""
     net.eval()
@@ -207,16 +260,28 @@ def sample_logits(net, samples: list[ScanSamples], device, batch: int = 512, tta
         for s in samples:
             res = []
             for i in range(0, len(s.labels), batch):
-                x, f = s.patches[i:i + batch].float().to(device), s.features[i:i + batch].to(device)
-                res.append(view_averaged_logits(net, x, f, tta, wrapped_phase(x, phase_wrap_limit)).cpu())
+                x, f = (
+                    s.patches[i : i + batch].float().to(device),
+                    s.features[i : i + batch].to(device),
+                )
+                res.append(
+                    view_averaged_logits(net, x, f, tta, wrapped_phase(x, phase_wrap_limit)).cpu()
+                )
             out.append(torch.cat(res).numpy().astype(np.float64) if res else np.zeros(0))
     return out
 
 
 def validation_froc(samples: list[ScanSamples], scores: list[np.ndarray]) -> pd.DataFrame:
     """FROC of the validation scans (every candidate kept) with the given scores as confidences."""
-    pairs = [(s.scan.key, s.scan.acquisition, s.candidates.assign(confidence=sc), load_truth(s.scan.truth))
-             for s, sc in zip(samples, scores)]
+    pairs = [
+        (
+            s.scan.key,
+            s.scan.acquisition,
+            s.candidates.assign(confidence=sc),
+            load_truth(s.scan.truth),
+        )
+        for s, sc in zip(samples, scores)
+    ]
     return froc_curve(match_cohort(pairs))
 
 
@@ -242,8 +307,14 @@ def fit_platt(logits: np.ndarray, labels: np.ndarray) -> dict:
     return {"a": a, "b": b}
 
 
-def operating_point(net, val: list[ScanSamples], device, tta: int = 1, max_fp_avg: float | None = None,
-                    phase_wrap_limit: float | None = None) -> dict:
+def operating_point(
+    net,
+    val: list[ScanSamples],
+    device,
+    tta: int = 1,
+    max_fp_avg: float | None = None,
+    phase_wrap_limit: float | None = None,
+) -> dict:
     """Calibration, operating threshold and validation metrics of ``net`` on validation scans.
 
     Platt scaling of the logits (averaged over ``tta`` symmetric views, the phase hidden
@@ -266,15 +337,21 @@ def operating_point(net, val: list[ScanSamples], device, tta: int = 1, max_fp_av
     return {
         "calibration": {"method": "platt", **platt},
         "threshold": float(threshold),
-        "threshold_rule": ("best validation F1" if max_fp_avg is None else
-                           f"highest validation sensitivity at FPavg <= {max_fp_avg:g}"),
+        "threshold_rule": (
+            "best validation F1"
+            if max_fp_avg is None
+            else f"highest validation sensitivity at FPavg <= {max_fp_avg:g}"
+        ),
         "tta": int(tta),
         "phase_wrap_limit": phase_wrap_limit,
         "validation": {
-            "n_scans": len(val), "n_cmb": int(n_truth),
+            "n_scans": len(val),
+            "n_cmb": int(n_truth),
             "screen_sensitivity": found / n_truth if n_truth else None,
-            "sensitivity": float(at["sensitivity"]), "fp_avg": float(at["fp_avg"]),
-            "precision": float(at["precision"]), "f1": float(at["f1"]),
+            "sensitivity": float(at["sensitivity"]),
+            "fp_avg": float(at["fp_avg"]),
+            "precision": float(at["precision"]),
+            "f1": float(at["f1"]),
             "partial_froc": partial_froc(froc),
             "sensitivity_at_1fp": float(sensitivity_at_fp(froc, (1.0,))["sensitivity"].iloc[0]),
         },
@@ -292,23 +369,40 @@ def _slice_balanced_weights(samples: list[ScanSamples]) -> torch.Tensor:
     n_pos: dict[float, float] = {}
     for t, s in zip(thickness, samples):
         n_pos[t] = n_pos.get(t, 0.0) + float(s.labels.sum())
-    return torch.cat([torch.full((len(s.labels),), 1.0 / math.sqrt(max(n_pos[t], 1.0)), dtype=torch.float64)
-                      for t, s in zip(thickness, samples)])
+    return torch.cat(
+        [
+            torch.full((len(s.labels),), 1.0 / math.sqrt(max(n_pos[t], 1.0)), dtype=torch.float64)
+            for t, s in zip(thickness, samples)
+        ]
+    )
 
 
 def check_samples(train: list[ScanSamples], val: list[ScanSamples]) -> None:
     """A clear error when the split cannot train a model: no CMB to learn from, or none to validate on."""
     if not any(bool((s.labels > 0).any()) for s in train):
-        raise ValueError(f"no CMB among the candidates of the {len(train)} training scan(s): nothing to learn")
+        raise ValueError(
+            f"no CMB among the candidates of the {len(train)} training scan(s): nothing to learn"
+        )
     if not any(s.n_truth for s in val):
         names = ", ".join(s.scan.subject for s in val[:5]) + (", ..." if len(val) > 5 else "")
-        raise ValueError(f"the validation scans ({names or 'none'}) hold no CMB: the best epoch, the calibration and "
-                         "the threshold are chosen on validation CMBs. Validate on more subjects (--val-fraction) "
-                         "or on annotated ones (--val-from)")
+        raise ValueError(
+            f"the validation scans ({names or 'none'}) hold no CMB: the best epoch, the calibration and "
+            "the threshold are chosen on validation CMBs. Validate on more subjects (--val-fraction) "
+            "or on annotated ones (--val-from)"
+        )
 
 
-def train_model(train: list[ScanSamples], val: list[ScanSamples], out_dir, cfg: TrainConfig, card: dict,
-                init_dir=None, log_path=None, progress: bool = True, device: torch.device | str = "cpu") -> dict:
+def train_model(
+    train: list[ScanSamples],
+    val: list[ScanSamples],
+    out_dir,
+    cfg: TrainConfig,
+    card: dict,
+    init_dir=None,
+    log_path=None,
+    progress: bool = True,
+    device: torch.device | str = "cpu",
+) -> dict:
     """Train (or fine-tune from ``init_dir``), calibrate, choose the threshold, save; returns the model card.
 
     On a CUDA ``device`` the training steps run in mixed precision (bfloat16); the
@@ -325,8 +419,13 @@ def train_model(train: list[ScanSamples], val: list[ScanSamples], out_dir, cfg: 
         net = CandidateNet(len(PATCH_CHANNELS), cfg.width, n_features=5)
     net = net.to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    ema = (torch.optim.swa_utils.AveragedModel(net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema),
-                                               use_buffers=True) if cfg.ema else None)
+    ema = (
+        torch.optim.swa_utils.AveragedModel(
+            net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema), use_buffers=True
+        )
+        if cfg.ema
+        else None
+    )
     judged = ema.module if ema else net  # the network that is validated and saved
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
 
@@ -346,22 +445,34 @@ def train_model(train: list[ScanSamples], val: list[ScanSamples], out_dir, cfg: 
     for epoch in range(cfg.epochs):
         net.train()
         losses = []
-        bar = tqdm(range(cfg.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress,
-                   leave=False)
+        bar = tqdm(
+            range(cfg.steps_per_epoch),
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            disable=not progress,
+            leave=False,
+        )
         for _ in bar:
-            pi = (pos[torch.multinomial(pos_weight, per_pos, replacement=True, generator=gen)] if pos_weight is not None
-                  else pos[torch.randint(pos.numel(), (per_pos,), generator=gen)])
+            pi = (
+                pos[torch.multinomial(pos_weight, per_pos, replacement=True, generator=gen)]
+                if pos_weight is not None
+                else pos[torch.randint(pos.numel(), (per_pos,), generator=gen)]
+            )
             n_mined = int(round(per_neg * cfg.mining_fraction)) if epoch else 0
-            ni = torch.cat([
-                neg[torch.multinomial(neg_weight, n_mined, replacement=True, generator=gen)] if n_mined else
-                torch.zeros(0, dtype=torch.long),
-                neg[torch.randint(neg.numel(), (per_neg - n_mined,), generator=gen)],
-            ])
+            ni = torch.cat(
+                [
+                    neg[torch.multinomial(neg_weight, n_mined, replacement=True, generator=gen)]
+                    if n_mined
+                    else torch.zeros(0, dtype=torch.long),
+                    neg[torch.randint(neg.numel(), (per_neg - n_mined,), generator=gen)],
+                ]
+            )
             idx = torch.cat([pi, ni])
             x, f = augment(x_all[idx], f_all[idx], gen, cfg.phase_dropout)
             y = y_all[idx]
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-                logits = net(x.to(device, non_blocking=True), f.to(device, non_blocking=True)).float()
+                logits = net(
+                    x.to(device, non_blocking=True), f.to(device, non_blocking=True)
+                ).float()
             loss = F.binary_cross_entropy_with_logits(logits, y.to(device))
             opt.zero_grad()
             loss.backward()
@@ -375,26 +486,52 @@ def train_model(train: list[ScanSamples], val: list[ScanSamples], out_dir, cfg: 
         with torch.inference_mode():
             net.eval()
             chunk = 4096 if cuda else 512
-            probs = torch.cat([_mining_probabilities(net, x_all[neg[i:i + chunk]], f_all[neg[i:i + chunk]], device)
-                               for i in range(0, neg.numel(), chunk)])
+            probs = torch.cat(
+                [
+                    _mining_probabilities(
+                        net, x_all[neg[i : i + chunk]], f_all[neg[i : i + chunk]], device
+                    )
+                    for i in range(0, neg.numel(), chunk)
+                ]
+            )
         neg_weight = probs.double() + 1e-3
         val_scores = sample_logits(judged, val, device, phase_wrap_limit=cfg.phase_wrap_limit)
         froc = validation_froc(val, val_scores)
         score = partial_froc(froc)
         val_y = np.concatenate([s.labels.numpy() for s in val]) if val else np.zeros(0)
         val_z = np.concatenate(val_scores) if val else np.zeros(0)
-        val_loss = float(F.binary_cross_entropy_with_logits(torch.tensor(val_z), torch.tensor(val_y, dtype=torch.float64)))
-        row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": val_loss,
-               "val_partial_froc": score, "lr": sched.get_last_lr()[0], "seconds": round(time.perf_counter() - t0, 1)}
+        val_loss = float(
+            F.binary_cross_entropy_with_logits(
+                torch.tensor(val_z), torch.tensor(val_y, dtype=torch.float64)
+            )
+        )
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": float(np.mean(losses)),
+            "val_loss": val_loss,
+            "val_partial_froc": score,
+            "lr": sched.get_last_lr()[0],
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
         log_rows.append(row)
-        _log.info("epoch %d: train loss %.4f, val loss %.4f, val partial FROC %.4f", epoch + 1,
-                  row["train_loss"], val_loss, score)
+        _log.info(
+            "epoch %d: train loss %.4f, val loss %.4f, val partial FROC %.4f",
+            epoch + 1,
+            row["train_loss"],
+            val_loss,
+            score,
+        )
         if log_path:
             write_text(log_path, pd.DataFrame(log_rows).to_csv(index=False, float_format="%.6g"))
         # With few validation CMBs the partial FROC moves in coarse steps and ties are
         # common: a tie goes to the lower validation loss.
         if (score, -val_loss) > (best[0], -best[3]):
-            best = (score, {k: v.detach().clone() for k, v in judged.state_dict().items()}, epoch + 1, val_loss)
+            best = (
+                score,
+                {k: v.detach().clone() for k, v in judged.state_dict().items()},
+                epoch + 1,
+                val_loss,
+            )
         elif epoch + 1 - best[2] >= cfg.patience:
             _log.info("early stop: no improvement for %d epochs", cfg.patience)
             break
@@ -411,23 +548,32 @@ def train_model(train: list[ScanSamples], val: list[ScanSamples], out_dir, cfg: 
         "screen": {**DEFAULT_SCREEN, **card.get("screen", {})},
         **point,
         "validation": {**point["validation"], "best_epoch": best[2]},
-        "training": {**card.get("training", {}), "epochs_run": len(log_rows), "config": cfg.__dict__,
-                     "n_train_scans": len(train), "n_train_patches": int(y_all.numel()),
-                     "n_train_positive": int(pos.numel()), "seconds": round(time.perf_counter() - t0, 1),
-                     "log": log_rows},
+        "training": {
+            **card.get("training", {}),
+            "epochs_run": len(log_rows),
+            "config": cfg.__dict__,
+            "n_train_scans": len(train),
+            "n_train_patches": int(y_all.numel()),
+            "n_train_positive": int(pos.numel()),
+            "seconds": round(time.perf_counter() - t0, 1),
+            "log": log_rows,
+        },
     }
     save_model(net, out_dir, full)
     return json.loads((Path(out_dir) / "model_card.json").read_text())
 
 
-def _mining_probabilities(net, x: torch.Tensor, f: torch.Tensor, device: torch.device) -> torch.Tensor:
+def _mining_probabilities(
+    net, x: torch.Tensor, f: torch.Tensor, device: torch.device
+) -> torch.Tensor:
     """The network's probabilities of patches ``x`` (CPU), computed on ``device``, back on the CPU."""
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
         return torch.sigmoid(net(x.to(device).float(), f.to(device)).float()).cpu()
 
 
-def split_by_subject(scans: list[Scan], val_fraction: float, seed: int,
-                     val_pool: set[str] | None = None) -> tuple[list[Scan], list[Scan]]:
+def split_by_subject(
+    scans: list[Scan], val_fraction: float, seed: int, val_pool: set[str] | None = None
+) -> tuple[list[Scan], list[Scan]]:
     """Train/validation split by subject (all sessions and runs of a subject on one side).
 
     Validation subjects are drawn from ``val_pool`` (subject ids) when given, else from all
@@ -439,7 +585,10 @@ def split_by_subject(scans: list[Scan], val_fraction: float, seed: int,
     rng.shuffle(pool)
     n_val = max(1, int(math.ceil(val_fraction * len(pool)))) if len(subjects) > 1 and pool else 0
     val_subjects = set(pool[:n_val])
-    return ([s for s in scans if s.subject not in val_subjects], [s for s in scans if s.subject in val_subjects])
+    return (
+        [s for s in scans if s.subject not in val_subjects],
+        [s for s in scans if s.subject in val_subjects],
+    )
 
 
 def annotated_datasets(derivatives: list[Path], truths: list[Path]) -> list[list[Scan]]:
@@ -448,7 +597,9 @@ def annotated_datasets(derivatives: list[Path], truths: list[Path]) -> list[list
     The prefix keeps ``sub-01`` of two datasets two subjects.
     """
     if len(derivatives) != len(truths):
-        raise ValueError(f"give one --truth per --derivatives (got {len(derivatives)} and {len(truths)})")
+        raise ValueError(
+            f"give one --truth per --derivatives (got {len(derivatives)} and {len(truths)})"
+        )
     out = []
     for n, (der, truth) in enumerate(zip(derivatives, truths), start=1):
         scans = paired_scans(der, truth)
@@ -458,7 +609,7 @@ def annotated_datasets(derivatives: list[Path], truths: list[Path]) -> list[list
     return out
 
 
-def _data_description(scans: list[Scan]) -> dict:
+def scan_data_description(scans: list[Scan]) -> dict:
     """Acquisitions and, for synthetic data, the generator seeds of the scans used."""
     seeds = set()
     for s in scans:
@@ -468,23 +619,41 @@ def _data_description(scans: list[Scan]) -> dict:
                 seeds.add(int(json.loads(params.read_text())["seed"]))
             except (ValueError, KeyError, TypeError):
                 pass
-    return {"n_scans": len(scans), "n_subjects": len({s.subject for s in scans}),
-            "acquisitions": dict(pd.Series([s.acquisition for s in scans]).value_counts().sort_index()),
-            "synthetic_cohort_seeds": sorted(seeds)}
+    return {
+        "n_scans": len(scans),
+        "n_subjects": len({s.subject for s in scans}),
+        "acquisitions": dict(pd.Series([s.acquisition for s in scans]).value_counts().sort_index()),
+        "synthetic_cohort_seeds": sorted(seeds),
+    }
 
 
 def add_operating_point_arguments(p) -> None:
     """``--tta``, ``--phase-wrap-limit`` and ``--max-fp-avg``, shared by ``cmb train`` and ``cmb calibrate``."""
-    p.add_argument("--tta", type=int, default=TrainConfig.tta, choices=range(1, N_SYMMETRIES + 1), metavar="N",
-                   help="calibrate for test-time augmentation over N symmetric views of each patch "
-                        f"(1-{N_SYMMETRIES}); the detect stage then averages over as many")
-    p.add_argument("--phase-wrap-limit", type=_wrap_limit, default=TrainConfig.phase_wrap_limit, metavar="W",
-                   help="score candidates without their phase where their 24 mm context has more than W phase "
-                        "wraps per brain sample (air-cavity fringes; for models trained with --phase-dropout); "
-                        f"'none' keeps every phase (default {DEFAULT_PHASE_WRAP_LIMIT})")
-    p.add_argument("--max-fp-avg", type=float, metavar="FP",
-                   help="operating threshold: the most sensitive one with at most FP false positives per "
-                        "validation scan (default: the best validation F1)")
+    p.add_argument(
+        "--tta",
+        type=int,
+        default=TrainConfig.tta,
+        choices=range(1, N_SYMMETRIES + 1),
+        metavar="N",
+        help="calibrate for test-time augmentation over N symmetric views of each patch "
+        f"(1-{N_SYMMETRIES}); the detect stage then averages over as many",
+    )
+    p.add_argument(
+        "--phase-wrap-limit",
+        type=_wrap_limit,
+        default=TrainConfig.phase_wrap_limit,
+        metavar="W",
+        help="score candidates without their phase where their 24 mm context has more than W phase "
+        "wraps per brain sample (air-cavity fringes; for models trained with --phase-dropout); "
+        f"'none' keeps every phase (default {DEFAULT_PHASE_WRAP_LIMIT})",
+    )
+    p.add_argument(
+        "--max-fp-avg",
+        type=float,
+        metavar="FP",
+        help="operating threshold: the most sensitive one with at most FP false positives per "
+        "validation scan (default: the best validation F1)",
+    )
 
 
 def _unit_interval(text: str) -> float:
@@ -518,14 +687,18 @@ def _init_model(text: str) -> Path:
 
 def add_runtime_arguments(p) -> None:
     """``--threads``, ``--cpu`` and ``--no-progress``, shared by ``cmb train`` and ``cmb calibrate``."""
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for PyTorch (default: its own choice)")
+    p.add_argument(
+        "--threads", type=int, default=0, help="CPU threads for PyTorch (default: its own choice)"
+    )
     p.add_argument("--cpu", action="store_true", help="do not use a GPU even if one is visible")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
 
 
 def start_run(args) -> torch.device:
     """Logging to the terminal and the thread count of :func:`add_runtime_arguments`; returns the device to use."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if args.threads:
         torch.set_num_threads(args.threads)
     device = select_device(prefer_gpu=not args.cpu)
@@ -537,39 +710,74 @@ def build_parser(parser=None):
     import argparse
 
     p = parser or argparse.ArgumentParser(prog="cmb train")
-    p.add_argument("--derivatives", required=True, type=Path, action="append",
-                   help="workflow output folder with the preprocessed scans (run the workflow up to preprocessing); "
-                        "repeat, with one --truth each, to train on several datasets")
-    p.add_argument("--truth", required=True, type=Path, action="append",
-                   help="folder of *_label-CMB_dseg.nii.gz / .tsv annotations")
+    p.add_argument(
+        "--derivatives",
+        required=True,
+        type=Path,
+        action="append",
+        help="workflow output folder with the preprocessed scans (run the workflow up to preprocessing); "
+        "repeat, with one --truth each, to train on several datasets",
+    )
+    p.add_argument(
+        "--truth",
+        required=True,
+        type=Path,
+        action="append",
+        help="folder of *_label-CMB_dseg.nii.gz / .tsv annotations",
+    )
     p.add_argument("--out", required=True, type=Path, help="model folder to write")
-    p.add_argument("--init", type=_init_model, help="fine-tune from this model folder; 'shipped' is the shipped "
-                                                     "default (cmb/detect/weights/default)")
+    p.add_argument(
+        "--init",
+        type=_init_model,
+        help="fine-tune from this model folder; 'shipped' is the shipped "
+        "default (cmb/detect/weights/default)",
+    )
     p.add_argument("--name", default="cmb-candidate-net")
     p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument("--val-from", type=int, action="append",
-                   help="draw validation subjects only from the N-th --derivatives/--truth pair (1-based; repeatable), "
-                        "e.g. your own annotated scans when fine-tuning on them plus synthetic ones")
+    p.add_argument(
+        "--val-from",
+        type=int,
+        action="append",
+        help="draw validation subjects only from the N-th --derivatives/--truth pair (1-based; repeatable), "
+        "e.g. your own annotated scans when fine-tuning on them plus synthetic ones",
+    )
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     p.add_argument("--steps-per-epoch", type=int, default=TrainConfig.steps_per_epoch)
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     p.add_argument("--width", type=int, default=TrainConfig.width)
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
     p.add_argument("--patience", type=int, default=TrainConfig.patience)
-    p.add_argument("--n-hard", type=int, default=300, help="darkest negatives kept per training scan")
-    p.add_argument("--n-random", type=int, default=200, help="random negatives kept per training scan")
-    p.add_argument("--balance-positives", action="store_true",
-                   help="draw positives with each slice thickness weighted by the square root of its CMB count")
-    p.add_argument("--phase-dropout", type=_unit_interval, default=TrainConfig.phase_dropout, metavar="P",
-                   help="probability of hiding a training patch's phase, so that one model serves scans with and "
-                        "without phase")
-    p.add_argument("--ema", type=_unit_interval, default=TrainConfig.ema, metavar="DECAY",
-                   help="validate and save an exponential moving average of the weights with this decay per step "
-                        "(e.g. 0.99); 0 turns it off")
+    p.add_argument(
+        "--n-hard", type=int, default=300, help="darkest negatives kept per training scan"
+    )
+    p.add_argument(
+        "--n-random", type=int, default=200, help="random negatives kept per training scan"
+    )
+    p.add_argument(
+        "--balance-positives",
+        action="store_true",
+        help="draw positives with each slice thickness weighted by the square root of its CMB count",
+    )
+    p.add_argument(
+        "--phase-dropout",
+        type=_unit_interval,
+        default=TrainConfig.phase_dropout,
+        metavar="P",
+        help="probability of hiding a training patch's phase, so that one model serves scans with and "
+        "without phase",
+    )
+    p.add_argument(
+        "--ema",
+        type=_unit_interval,
+        default=TrainConfig.ema,
+        metavar="DECAY",
+        help="validate and save an exponential moving average of the weights with this decay per step "
+        "(e.g. 0.99); 0 turns it off",
+    )
     add_operating_point_arguments(p)
     p.add_argument("--seed", type=int, default=0)
     add_runtime_arguments(p)
-    return p
+    return add_config_sections(p, "training")
 
 
 def run(args) -> int:
@@ -585,38 +793,63 @@ def run(args) -> int:
         return 2
     scans = [s for d in datasets for s in d]
     if len({s.subject for s in scans}) < 2:
-        print(f"cmb train: error: need scans of at least 2 subjects with ground truth, found {len(scans)} "
-              f"(derivatives {', '.join(map(str, args.derivatives))}; truth {', '.join(map(str, args.truth))})",
-              file=sys.stderr)
+        print(
+            f"cmb train: error: need scans of at least 2 subjects with ground truth, found {len(scans)} "
+            f"(derivatives {', '.join(map(str, args.derivatives))}; truth {', '.join(map(str, args.truth))})",
+            file=sys.stderr,
+        )
         return 2
     val_pool = None
     if args.val_from:
         if not all(1 <= n <= len(datasets) for n in args.val_from):
-            print(f"cmb train: error: --val-from must be between 1 and {len(datasets)}", file=sys.stderr)
+            print(
+                f"cmb train: error: --val-from must be between 1 and {len(datasets)}",
+                file=sys.stderr,
+            )
             return 2
         val_pool = {s.subject for n in args.val_from for s in datasets[n - 1]}
     train_scans, val_scans = split_by_subject(scans, args.val_fraction, args.seed, val_pool)
     _log.info("%d training scans, %d validation scans", len(train_scans), len(val_scans))
     screen = load_model(args.init).card.get("screen") if args.init else None
-    train = [sample_scan(s, screen, args.n_hard, args.n_random, seed=args.seed + i, device=device)
-             for i, s in enumerate(tqdm(train_scans, desc="training scans", disable=args.no_progress))]
-    val = [sample_scan(s, screen, keep_all=True, device=device)
-           for s in tqdm(val_scans, desc="validation scans", disable=args.no_progress)]
+    train = [
+        sample_scan(s, screen, args.n_hard, args.n_random, seed=args.seed + i, device=device)
+        for i, s in enumerate(tqdm(train_scans, desc="training scans", disable=args.no_progress))
+    ]
+    val = [
+        sample_scan(s, screen, keep_all=True, device=device)
+        for s in tqdm(val_scans, desc="validation scans", disable=args.no_progress)
+    ]
     t_data = time.perf_counter() - t0
-    cfg = TrainConfig(width=args.width, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
-                      batch_size=args.batch_size, lr=args.lr, patience=args.patience,
-                      balance_positives=args.balance_positives, tta=args.tta,
-                      phase_wrap_limit=args.phase_wrap_limit, max_fp_avg=args.max_fp_avg, ema=args.ema,
-                      phase_dropout=args.phase_dropout,
-                      seed=args.seed)
+    cfg = TrainConfig(
+        width=args.width,
+        epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        patience=args.patience,
+        balance_positives=args.balance_positives,
+        tta=args.tta,
+        phase_wrap_limit=args.phase_wrap_limit,
+        max_fp_avg=args.max_fp_avg,
+        ema=args.ema,
+        phase_dropout=args.phase_dropout,
+        seed=args.seed,
+    )
     card = {
         "name": args.name,
         "training": {
-            "command": "cmb train " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["train"] else sys.argv[1:]),
-            "derivatives": [str(p) for p in args.derivatives], "truth": [str(p) for p in args.truth],
-            "init": str(args.init) if args.init else None, "seed": args.seed,
-            "data": {"train": _data_description(train_scans), "validation": _data_description(val_scans)},
-            "data_seconds": round(t_data, 1), "threads": torch.get_num_threads(),
+            "command": "cmb train "
+            + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["train"] else sys.argv[1:]),
+            "derivatives": [str(p) for p in args.derivatives],
+            "truth": [str(p) for p in args.truth],
+            "init": str(args.init) if args.init else None,
+            "seed": args.seed,
+            "data": {
+                "train": scan_data_description(train_scans),
+                "validation": scan_data_description(val_scans),
+            },
+            "data_seconds": round(t_data, 1),
+            "threads": torch.get_num_threads(),
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         },
     }
@@ -628,8 +861,17 @@ def run(args) -> int:
         print(f"cmb train: error: {err}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
-    result = train_model(train, val, args.out, cfg, card, init_dir=args.init,
-                         log_path=args.out / "training_log.csv", progress=not args.no_progress, device=device)
+    result = train_model(
+        train,
+        val,
+        args.out,
+        cfg,
+        card,
+        init_dir=args.init,
+        log_path=args.out / "training_log.csv",
+        progress=not args.no_progress,
+        device=device,
+    )
     print(model_summary(args.out, result, time.perf_counter() - t0))
     return 0
 
@@ -637,11 +879,13 @@ def run(args) -> int:
 def model_summary(folder, card: dict, seconds: float) -> str:
     """Two lines on a written model folder: where, which weights, and its validation operating point."""
     v = card["validation"]
-    return (f"model: {folder} (weights sha256 {card['weights_sha256'][:12]}, {card.get('tta', 1)} test-time view(s), "
-            f"phase wrap limit {card.get('phase_wrap_limit')})\n"
-            f"validation ({v['n_scans']} scans, {v['n_cmb']} CMBs): screen sensitivity {v['screen_sensitivity']:.3f}, "
-            f"sensitivity {v['sensitivity']:.3f}, FPavg {v['fp_avg']:.2f}, F1 {v['f1']:.3f}, "
-            f"partial FROC {v['partial_froc']:.3f} at threshold {card['threshold']:.3f}; {seconds:.0f} s in all")
+    return (
+        f"model: {folder} (weights sha256 {card['weights_sha256'][:12]}, {card.get('tta', 1)} test-time view(s), "
+        f"phase wrap limit {card.get('phase_wrap_limit')})\n"
+        f"validation ({v['n_scans']} scans, {v['n_cmb']} CMBs): screen sensitivity {v['screen_sensitivity']:.3f}, "
+        f"sensitivity {v['sensitivity']:.3f}, FPavg {v['fp_avg']:.2f}, F1 {v['f1']:.3f}, "
+        f"partial FROC {v['partial_froc']:.3f} at threshold {card['threshold']:.3f}; {seconds:.0f} s in all"
+    )
 
 
 def main(argv=None) -> int:

@@ -39,13 +39,19 @@ slices), and the detect sidecar says that the evidence is less reliable.
 
 from __future__ import annotations
 
+import cc3d
 import numpy as np
 import pandas as pd
-import cc3d
 from scipy import ndimage as ndi
 
-__all__ = ["DEFAULT_VESSEL_RULE", "VESSEL_COLUMNS", "measure_vessel_evidence", "vessel_rule", "tubularity",
-           "evidence_reliable"]
+__all__ = [
+    "DEFAULT_VESSEL_RULE",
+    "VESSEL_COLUMNS",
+    "measure_vessel_evidence",
+    "vessel_rule",
+    "tubularity",
+    "evidence_reliable",
+]
 
 #: Settings of the vessel measurements and rule (one source; a model card's ``vessel_rule`` overrides).
 DEFAULT_VESSEL_RULE = {
@@ -66,8 +72,16 @@ DEFAULT_VESSEL_RULE = {
 }
 
 #: Columns that :func:`measure_vessel_evidence` adds (NaN where not measured).
-VESSEL_COLUMNS = ["vessel_length_mm", "vessel_width_mm", "vessel_elongation", "vessel_angle_b0_deg",
-                  "vessel_slices", "vessel_bulge", "vessel_darkening", "tubularity"]
+VESSEL_COLUMNS = [
+    "vessel_length_mm",
+    "vessel_width_mm",
+    "vessel_elongation",
+    "vessel_angle_b0_deg",
+    "vessel_slices",
+    "vessel_bulge",
+    "vessel_darkening",
+    "tubularity",
+]
 
 _TUBE_SCALES_MM = (0.5, 0.75, 1.0, 1.5)
 _ISO_MM = 0.5
@@ -79,7 +93,9 @@ def evidence_reliable(zooms, settings: dict | None = None) -> bool:
     return float(max(zooms)) <= float(s["thick_slice_mm"])
 
 
-def _darkness(mag: np.ndarray, mask: np.ndarray, zooms: np.ndarray, background_mm: float) -> np.ndarray:
+def _darkness(
+    mag: np.ndarray, mask: np.ndarray, zooms: np.ndarray, background_mm: float
+) -> np.ndarray:
     """``1 - mag / background`` over ``mask`` (0 outside, and where brighter than the background)."""
     m = mask.astype(np.float32)
     sigma = background_mm / zooms
@@ -90,15 +106,20 @@ def _darkness(mag: np.ndarray, mask: np.ndarray, zooms: np.ndarray, background_m
     return np.where(mask, np.clip(d, 0.0, None), 0.0).astype(np.float32)
 
 
-def _structure_geometry(points_mm: np.ndarray, zooms: np.ndarray, centre_mm: np.ndarray,
-                        blob_radius_mm: float, darkness: np.ndarray | None = None) -> dict:
+def _structure_geometry(
+    points_mm: np.ndarray,
+    zooms: np.ndarray,
+    centre_mm: np.ndarray,
+    blob_radius_mm: float,
+    darkness: np.ndarray | None = None,
+) -> dict:
     """Length, width, elongation, long axis and bulge of a set of voxel centres (mm, voxel frame).
 
     The width is the diameter of the median cross-section (a disc of that area), so a
     CMB on a vein does not widen the vein.
     """
     cov = np.cov(points_mm.T, bias=True) if len(points_mm) > 1 else np.zeros((3, 3))
-    _, v = np.linalg.eigh(cov + np.diag(zooms ** 2 / 12.0))  # a voxel is a box, not a point
+    _, v = np.linalg.eigh(cov + np.diag(zooms**2 / 12.0))  # a voxel is a box, not a point
     axis = v[:, -1]
     t = (points_mm - centre_mm) @ axis
     voxel_extent = float(np.abs(axis) @ zooms)  # one voxel's length along the axis
@@ -116,18 +137,30 @@ def _structure_geometry(points_mm: np.ndarray, zooms: np.ndarray, centre_mm: np.
     width = 2.0 * float(np.sqrt(np.median(area[occupied]) / np.pi))
     near = np.abs(at) <= max(1.0, blob_radius_mm)
     far = (np.abs(at) > blob_radius_mm + 2.5) & occupied
-    bulge = float(area[near].max() / np.median(area[far])) if near.any() and far.sum() >= 6 else float("inf")
+    bulge = (
+        float(area[near].max() / np.median(area[far]))
+        if near.any() and far.sum() >= 6
+        else float("inf")
+    )
     dark_bulge = float("inf")
     if darkness is not None and np.isfinite(bulge):
         peak = np.zeros(len(counts))
         np.maximum.at(peak, bins - lo, darkness)
         peak = ndi.maximum_filter1d(peak, window, mode="constant")
         dark_bulge = float(peak[near].max() / max(np.median(peak[far]), 1e-6))
-    return {"length": length, "width": width, "elongation": length / max(width, 1e-6), "axis": axis,
-            "bulge": bulge, "dark_bulge": dark_bulge}
+    return {
+        "length": length,
+        "width": width,
+        "elongation": length / max(width, 1e-6),
+        "axis": axis,
+        "bulge": bulge,
+        "dark_bulge": dark_bulge,
+    }
 
 
-def tubularity(mag: np.ndarray, zooms, centre_vox, scales_mm=_TUBE_SCALES_MM, iso_mm: float = _ISO_MM) -> float:
+def tubularity(
+    mag: np.ndarray, zooms, centre_vox, scales_mm=_TUBE_SCALES_MM, iso_mm: float = _ISO_MM
+) -> float:
     """Frangi vesselness of a *dark* line at ``centre_vox``, best over Gaussian ``scales_mm``.
 
     In millimetres on any grid: the neighbourhood is resampled (cubic spline) to
@@ -143,7 +176,7 @@ def tubularity(mag: np.ndarray, zooms, centre_vox, scales_mm=_TUBE_SCALES_MM, is
     (0.9, 0.1)
     """
     zooms = np.asarray(zooms, float)
-    voxel_var = zooms ** 2 / 12.0
+    voxel_var = zooms**2 / 12.0
     widest = float(voxel_var.max())
     half_mm = 3.0 * np.sqrt(max(scales_mm) ** 2 + widest) + iso_mm
     n = int(np.ceil(half_mm / iso_mm))
@@ -154,7 +187,9 @@ def tubularity(mag: np.ndarray, zooms, centre_vox, scales_mm=_TUBE_SCALES_MM, is
     hi = np.minimum(np.ceil(c + (half_mm / zooms) + 4).astype(int), np.asarray(mag.shape))
     crop = np.asarray(mag[tuple(slice(a, b) for a, b in zip(lo, hi))], np.float64)
     coords = (c - lo)[:, None, None, None] + grid / zooms[:, None, None, None]
-    patch = ndi.map_coordinates(crop, coords.reshape(3, -1), order=3, mode="nearest").reshape(grid.shape[1:])
+    patch = ndi.map_coordinates(crop, coords.reshape(3, -1), order=3, mode="nearest").reshape(
+        grid.shape[1:]
+    )
     best, best_strength = 0.0, 0.0
     for s in scales_mm:
         total = s * s + widest  # the same total blur (mm^2) on every axis
@@ -165,8 +200,10 @@ def tubularity(mag: np.ndarray, zooms, centre_vox, scales_mm=_TUBE_SCALES_MM, is
                 order = [0, 0, 0]
                 order[a] += 1
                 order[b] += 1
-                h[a, b] = h[b, a] = ndi.gaussian_filter(patch, sigma_vox, order=order, mode="nearest")[n, n, n]
-        lam = np.linalg.eigvalsh(h * total / iso_mm ** 2)  # scale-normalized
+                h[a, b] = h[b, a] = ndi.gaussian_filter(
+                    patch, sigma_vox, order=order, mode="nearest"
+                )[n, n, n]
+        lam = np.linalg.eigvalsh(h * total / iso_mm**2)  # scale-normalized
         lam = lam[np.argsort(np.abs(lam))]
         l1, l2, l3 = lam
         strength = float(np.sqrt(l2 * l2 + l3 * l3))
@@ -178,9 +215,16 @@ def tubularity(mag: np.ndarray, zooms, centre_vox, scales_mm=_TUBE_SCALES_MM, is
     return best
 
 
-def measure_vessel_evidence(magnitude: np.ndarray, mask: np.ndarray, zooms, affine: np.ndarray,
-                            table: pd.DataFrame, labels: np.ndarray, measure: np.ndarray | None = None,
-                            settings: dict | None = None) -> pd.DataFrame:
+def measure_vessel_evidence(
+    magnitude: np.ndarray,
+    mask: np.ndarray,
+    zooms,
+    affine: np.ndarray,
+    table: pd.DataFrame,
+    labels: np.ndarray,
+    measure: np.ndarray | None = None,
+    settings: dict | None = None,
+) -> pd.DataFrame:
     """:data:`VESSEL_COLUMNS` for the candidates of ``table`` (rows where ``measure``; NaN elsewhere).
 
     Parameters
@@ -235,13 +279,24 @@ def measure_vessel_evidence(magnitude: np.ndarray, mask: np.ndarray, zooms, affi
         cc = cc3d.connected_components(fg, connectivity=26)
         structure = np.isin(cc, np.setdiff1d(np.unique(cc[seed & fg]), [0]))
         pts = np.argwhere(structure)
-        geo = _structure_geometry(pts * zooms, zooms, np.asarray(local) * zooms, float(radius[row]),
-                                  dark[tuple(pts.T)])
+        geo = _structure_geometry(
+            pts * zooms, zooms, np.asarray(local) * zooms, float(radius[row]), dark[tuple(pts.T)]
+        )
         axis_world = rot @ geo["axis"]
-        angle = float(np.degrees(np.arccos(min(abs(axis_world[2]) / np.linalg.norm(axis_world), 1.0))))
+        angle = float(
+            np.degrees(np.arccos(min(abs(axis_world[2]) / np.linalg.norm(axis_world), 1.0)))
+        )
         slices = geo["length"] * abs(geo["axis"][2]) / zooms[2]  # slices the long axis runs through
-        out.loc[row, VESSEL_COLUMNS] = [geo["length"], geo["width"], geo["elongation"], angle, slices, geo["bulge"],
-                                        geo["dark_bulge"], tubularity(mag, zooms, c)]
+        out.loc[row, VESSEL_COLUMNS] = [
+            geo["length"],
+            geo["width"],
+            geo["elongation"],
+            angle,
+            slices,
+            geo["bulge"],
+            geo["dark_bulge"],
+            tubularity(mag, zooms, c),
+        ]
     return out
 
 
@@ -260,10 +315,12 @@ def vessel_rule(evidence: pd.DataFrame, zooms, settings: dict | None = None) -> 
     through_plane = e["vessel_angle_b0_deg"].to_numpy(float) < 45.0
     need = float(s["min_slices"] if evidence_reliable(zooms, s) else s["thick_min_slices"])
     with np.errstate(invalid="ignore"):
-        vein = ((e["vessel_length_mm"].to_numpy(float) >= float(s["min_length_mm"]))
-                & (e["vessel_elongation"].to_numpy(float) >= float(s["min_elongation"]))
-                & (e["vessel_width_mm"].to_numpy(float) <= float(s["max_width_mm"]))
-                & (e["vessel_bulge"].to_numpy(float) <= float(s["max_bulge"]))
-                & (e["vessel_darkening"].to_numpy(float) <= float(s["max_darkening"]))
-                & (~through_plane | (slices >= need)))
+        vein = (
+            (e["vessel_length_mm"].to_numpy(float) >= float(s["min_length_mm"]))
+            & (e["vessel_elongation"].to_numpy(float) >= float(s["min_elongation"]))
+            & (e["vessel_width_mm"].to_numpy(float) <= float(s["max_width_mm"]))
+            & (e["vessel_bulge"].to_numpy(float) <= float(s["max_bulge"]))
+            & (e["vessel_darkening"].to_numpy(float) <= float(s["max_darkening"]))
+            & (~through_plane | (slices >= need))
+        )
     return np.asarray(vein, bool)

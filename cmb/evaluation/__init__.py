@@ -21,14 +21,48 @@ centres and attributes) or a point table (:func:`as_truth`).
 """
 
 from cmb.evaluation.cli import build_parser, main, run
-from cmb.evaluation.froc import FROC_COLUMNS, choose_threshold, froc_curve, plot_froc, sensitivity_at_fp
-from cmb.evaluation.io import (evaluate_cohort, recorded_threshold, write_cohort, write_evaluation, write_froc,
-                               write_subject_csv)
-from cmb.evaluation.matching import (MARGIN_MM, MIN_POINT_RADIUS_MM, CohortMatch, SubjectMatch, detection_hits,
-                                     match_cohort, match_detections, match_subject, read_detections)
-from cmb.evaluation.metrics import (LOCATION_COLUMNS, SUBJECT_COLUMNS, cohort_metrics, count_pearson_r, metrics_by,
-                                    subject_table)
-from cmb.evaluation.truth import Truth, as_truth, load_truth, truth_from_labels, truth_from_points, truth_from_verdicts
+from cmb.evaluation.froc import (
+    FROC_COLUMNS,
+    choose_threshold,
+    froc_curve,
+    plot_froc,
+    sensitivity_at_fp,
+)
+from cmb.evaluation.io import (
+    evaluate_cohort,
+    recorded_threshold,
+    write_cohort,
+    write_evaluation,
+    write_froc,
+    write_subject_csv,
+)
+from cmb.evaluation.matching import (
+    MARGIN_MM,
+    MIN_POINT_RADIUS_MM,
+    CohortMatch,
+    SubjectMatch,
+    detection_hits,
+    match_cohort,
+    match_detections,
+    match_subject,
+    read_detections,
+)
+from cmb.evaluation.metrics import (
+    LOCATION_COLUMNS,
+    SUBJECT_COLUMNS,
+    cohort_metrics,
+    count_pearson_r,
+    metrics_by,
+    subject_table,
+)
+from cmb.evaluation.truth import (
+    Truth,
+    as_truth,
+    load_truth,
+    truth_from_labels,
+    truth_from_points,
+    truth_from_verdicts,
+)
 
 __all__ = [
     "MARGIN_MM",

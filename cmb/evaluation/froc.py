@@ -26,7 +26,17 @@ __all__ = [
 ]
 
 #: Columns of the FROC table.
-FROC_COLUMNS = ["threshold", "sensitivity", "fp_avg", "precision", "f1", "tp", "fp", "fp_cmb", "n_detections"]
+FROC_COLUMNS = [
+    "threshold",
+    "sensitivity",
+    "fp_avg",
+    "precision",
+    "f1",
+    "tp",
+    "fp",
+    "fp_cmb",
+    "n_detections",
+]
 
 
 def froc_curve(match: CohortMatch) -> pd.DataFrame:
@@ -60,21 +70,36 @@ def froc_curve(match: CohortMatch) -> pd.DataFrame:
     order = np.lexsort((np.arange(conf.size), -conf))
     conf, is_tp = conf[order], is_tp[order]
     ctp = np.cumsum(is_tp)
-    last = np.r_[np.flatnonzero(np.diff(conf) != 0), conf.size - 1] if conf.size else np.array([], dtype=int)
+    last = (
+        np.r_[np.flatnonzero(np.diff(conf) != 0), conf.size - 1]
+        if conf.size
+        else np.array([], dtype=int)
+    )
     thresholds = np.r_[np.inf, conf[last]]
     tp = np.r_[0, ctp[last]].astype(np.int64)
     n_det = np.r_[0, last + 1].astype(np.int64)
     fp = n_det - tp
-    rates = np.array([rates_from_counts(int(a), int(b), n_truth - int(a)) for a, b in zip(tp, fp)], dtype=float)
-    return pd.DataFrame({
-        "threshold": thresholds, "sensitivity": rates[:, 0],
-        "fp_avg": fp / n_sub if n_sub else np.full(fp.shape, np.nan),
-        "precision": rates[:, 1], "f1": rates[:, 2], "tp": tp, "fp": fp,
-        "fp_cmb": fp / n_truth if n_truth else np.full(fp.shape, np.nan), "n_detections": n_det,
-    })[FROC_COLUMNS]
+    rates = np.array(
+        [rates_from_counts(int(a), int(b), n_truth - int(a)) for a, b in zip(tp, fp)], dtype=float
+    )
+    return pd.DataFrame(
+        {
+            "threshold": thresholds,
+            "sensitivity": rates[:, 0],
+            "fp_avg": fp / n_sub if n_sub else np.full(fp.shape, np.nan),
+            "precision": rates[:, 1],
+            "f1": rates[:, 2],
+            "tp": tp,
+            "fp": fp,
+            "fp_cmb": fp / n_truth if n_truth else np.full(fp.shape, np.nan),
+            "n_detections": n_det,
+        }
+    )[FROC_COLUMNS]
 
 
-def sensitivity_at_fp(froc: pd.DataFrame, fp_levels: Sequence[float] = (0.125, 0.25, 0.5, 1, 2, 4, 8)) -> pd.DataFrame:
+def sensitivity_at_fp(
+    froc: pd.DataFrame, fp_levels: Sequence[float] = (0.125, 0.25, 0.5, 1, 2, 4, 8)
+) -> pd.DataFrame:
     """Highest sensitivity reached with at most each number of FP per subject.
 
     Returns
@@ -104,8 +129,9 @@ def sensitivity_at_fp(froc: pd.DataFrame, fp_levels: Sequence[float] = (0.125, 0
     return pd.DataFrame(rows, columns=["fp_avg", "sensitivity", "threshold"])
 
 
-def choose_threshold(froc: pd.DataFrame, target_sensitivity: float | None = None,
-                     max_fp_avg: float | None = None) -> float:
+def choose_threshold(
+    froc: pd.DataFrame, target_sensitivity: float | None = None, max_fp_avg: float | None = None
+) -> float:
     """Operating threshold from a FROC table (:func:`froc_curve`).
 
     Parameters
@@ -150,13 +176,17 @@ def choose_threshold(froc: pd.DataFrame, target_sensitivity: float | None = None
     if max_fp_avg is not None:
         ok = tab["fp_avg"].to_numpy(dtype=float) <= float(max_fp_avg) + 1e-12
         if not ok.any():
-            raise ValueError(f"no threshold keeps FPavg within {max_fp_avg} (lowest: {tab['fp_avg'].min():.4g})")
+            raise ValueError(
+                f"no threshold keeps FPavg within {max_fp_avg} (lowest: {tab['fp_avg'].min():.4g})"
+            )
         return float(tab["threshold"].to_numpy()[np.flatnonzero(ok)[-1]])
     if target_sensitivity is not None:
         ok = tab["sensitivity"].to_numpy(dtype=float) >= float(target_sensitivity) - 1e-12
         if not ok.any():
-            raise ValueError(f"no threshold reaches sensitivity {target_sensitivity} "
-                             f"(highest: {tab['sensitivity'].max():.4g})")
+            raise ValueError(
+                f"no threshold reaches sensitivity {target_sensitivity} "
+                f"(highest: {tab['sensitivity'].max():.4g})"
+            )
         return float(tab["threshold"].to_numpy()[np.argmax(ok)])
     f1 = tab["f1"].to_numpy(dtype=float)
     if np.all(np.isnan(f1)):
@@ -164,8 +194,9 @@ def choose_threshold(froc: pd.DataFrame, target_sensitivity: float | None = None
     return float(tab["threshold"].to_numpy()[np.nanargmax(f1)])  # first maximum = highest threshold
 
 
-
-def plot_froc(froc: pd.DataFrame, path, *, operating_threshold: float | None = None, title: str | None = None) -> None:
+def plot_froc(
+    froc: pd.DataFrame, path, *, operating_threshold: float | None = None, title: str | None = None
+) -> None:
     """Draw sensitivity vs FP per subject (PNG or SVG by extension), atomically.
 
     Uses matplotlib's Agg canvas directly: no global backend is set.
@@ -181,8 +212,14 @@ def plot_froc(froc: pd.DataFrame, path, *, operating_threshold: float | None = N
         # metrics at threshold t are those of the lowest listed threshold >= t
         row = froc[froc["threshold"].to_numpy(dtype=float) >= operating_threshold].tail(1)
         if len(row):
-            ax.plot(row["fp_avg"], row["sensitivity"], "s", color="tab:red", ms=7,
-                    label=f"threshold {operating_threshold:.3g}")
+            ax.plot(
+                row["fp_avg"],
+                row["sensitivity"],
+                "s",
+                color="tab:red",
+                ms=7,
+                label=f"threshold {operating_threshold:.3g}",
+            )
     ax.set_xlabel("false positives per subject (FPavg)")
     ax.set_ylabel("sensitivity")
     ax.set_ylim(0, 1.02)

@@ -19,6 +19,7 @@ from cmb.atomic import write_json, write_text
 from cmb.evaluation.froc import froc_curve, plot_froc
 from cmb.evaluation.matching import MARGIN_MM, MIN_POINT_RADIUS_MM, CohortMatch, match_cohort
 from cmb.evaluation.metrics import LOCATION_COLUMNS, cohort_metrics, subject_table
+from cmb.layout import sibling
 
 __all__ = [
     "evaluate_cohort",
@@ -53,7 +54,10 @@ def _cohort_rows(cohort: dict) -> pd.DataFrame:
     for key, value in cohort.items():
         if key.startswith("by_") and isinstance(value, dict):
             groups += [(f"{key[3:]}={name}", m) for name, m in value.items()]
-    rows = [{"group": g, **{k: v for k, v in m.items() if not isinstance(v, (dict, list))}} for g, m in groups]
+    rows = [
+        {"group": g, **{k: v for k, v in m.items() if not isinstance(v, (dict, list))}}
+        for g, m in groups
+    ]
     return pd.DataFrame(rows)
 
 
@@ -69,17 +73,23 @@ def write_cohort(cohort: dict, csv_path=None, json_path=None) -> None:
         write_json(json_path, _jsonable(cohort))
 
 
-
-def write_froc(froc: pd.DataFrame, csv_path, png_path=None, *, operating_threshold: float | None = None) -> None:
+def write_froc(
+    froc: pd.DataFrame, csv_path, png_path=None, *, operating_threshold: float | None = None
+) -> None:
     """Write the FROC table as CSV (``threshold`` of the endpoint: ``inf``) and optionally its plot."""
     write_text(csv_path, froc.to_csv(index=False))
     if png_path is not None:
         plot_froc(froc, png_path, operating_threshold=operating_threshold)
 
 
-def evaluate_cohort(pairs: Iterable, threshold: float | None = None, *, margin_mm: float = MARGIN_MM,
-                    min_point_radius_mm: float = MIN_POINT_RADIUS_MM,
-                    location_columns: Sequence[str] = LOCATION_COLUMNS) -> tuple[pd.DataFrame, dict]:
+def evaluate_cohort(
+    pairs: Iterable,
+    threshold: float | None = None,
+    *,
+    margin_mm: float = MARGIN_MM,
+    min_point_radius_mm: float = MIN_POINT_RADIUS_MM,
+    location_columns: Sequence[str] = LOCATION_COLUMNS,
+) -> tuple[pd.DataFrame, dict]:
     """Per-subject table and cohort metrics of a cohort at one threshold.
 
     Parameters
@@ -113,12 +123,18 @@ def _evaluate(match: CohortMatch, threshold, location_columns) -> tuple[pd.DataF
     per_subject = subject_table(match, threshold, location_columns)
     cohort = cohort_metrics(per_subject)
     cohort["threshold"] = float("nan") if threshold is None else float(threshold)
-    cohort.update(margin_mm=float(match.margin_mm), min_point_radius_mm=float(match.min_point_radius_mm))
+    cohort.update(
+        margin_mm=float(match.margin_mm), min_point_radius_mm=float(match.min_point_radius_mm)
+    )
     return per_subject, cohort
 
 
-def write_evaluation(out_dir, match: CohortMatch, threshold: float | None,
-                     location_columns: Sequence[str] = LOCATION_COLUMNS) -> dict[str, Path]:
+def write_evaluation(
+    out_dir,
+    match: CohortMatch,
+    threshold: float | None,
+    location_columns: Sequence[str] = LOCATION_COLUMNS,
+) -> dict[str, Path]:
     """Write every evaluation output of a cohort into ``out_dir``.
 
     Files: ``subjects.csv`` (:func:`subject_table`), ``cohort.csv`` and
@@ -132,18 +148,28 @@ def write_evaluation(out_dir, match: CohortMatch, threshold: float | None,
         Output name -> path.
     """
     out = Path(out_dir)
-    paths = {name: out / name for name in
-             ("subjects.csv", "cohort.csv", "cohort.json", "froc.csv", "froc.png", "detections.csv")}
+    paths = {
+        name: out / name
+        for name in (
+            "subjects.csv",
+            "cohort.csv",
+            "cohort.json",
+            "froc.csv",
+            "froc.png",
+            "detections.csv",
+        )
+    }
     per_subject, cohort = _evaluate(match, threshold, location_columns)
     froc = froc_curve(match)
     write_subject_csv(per_subject, paths["subjects.csv"])
     write_cohort(cohort, paths["cohort.csv"], paths["cohort.json"])
     write_froc(froc, paths["froc.csv"], paths["froc.png"], operating_threshold=threshold)
     det = match.detections.copy()
-    det["kept"] = True if threshold is None else det["confidence"].to_numpy(dtype=float) >= float(threshold)
+    det["kept"] = (
+        True if threshold is None else det["confidence"].to_numpy(dtype=float) >= float(threshold)
+    )
     write_text(paths["detections.csv"], det.to_csv(index=False))
     return paths
-
 
 
 def recorded_threshold(tables) -> float | None:
@@ -156,14 +182,15 @@ def recorded_threshold(tables) -> float | None:
     for table in tables:
         if table is None:
             continue
-        table = Path(table)
-        sidecar = table.parent / f"{table.name.split('_desc-')[0]}_desc-candidates_cmb.json"
         try:
+            sidecar = sibling(table, "candidates_sidecar")
             found[sidecar] = float(json.loads(sidecar.read_text())["threshold"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
     values = sorted(set(found.values()))
     if len(values) > 1:
-        raise ValueError(f"the scans were detected with {len(values)} different thresholds ({', '.join(map(repr, values[:4]))}); "
-                         "give --threshold")
+        raise ValueError(
+            f"the scans were detected with {len(values)} different thresholds "
+            f"({', '.join(map(repr, values[:4]))}); give --threshold"
+        )
     return values[0] if values else None

@@ -41,7 +41,14 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
-from cmb.evaluation.truth import XYZ_COLUMNS, Truth, as_truth, check_columns, finite_floats, table_sep
+from cmb.evaluation.truth import (
+    XYZ_COLUMNS,
+    Truth,
+    as_truth,
+    check_columns,
+    finite_floats,
+    table_sep,
+)
 
 __all__ = [
     "MARGIN_MM",
@@ -94,7 +101,9 @@ def read_detections(path) -> pd.DataFrame:
     """
     path = Path(path)
     if path.stat().st_size == 0:
-        raise ValueError(f"{path}: empty file (placeholder of a failed stage?), not a detections table")
+        raise ValueError(
+            f"{path}: empty file (placeholder of a failed stage?), not a detections table"
+        )
     table = pd.read_csv(path, sep=table_sep(path))
     if "rejected" in table.columns:  # the anatomical filter's rejections are not detections
         table = table[~table["rejected"].astype(str).str.lower().isin(["true", "1"])]
@@ -115,7 +124,9 @@ def detection_hits(points: np.ndarray, truth: Truth, margin_mm: float, min_point
     hits = dist <= reach[None, :] + _EPS_MM
     has_mask = tab["has_mask"].to_numpy(dtype=bool)
     if has_mask.any() and len(points):
-        ijk = np.rint(np.c_[points, np.ones(len(points))] @ np.linalg.inv(truth.affine).T)[:, :3].astype(np.int64)
+        ijk = np.rint(np.c_[points, np.ones(len(points))] @ np.linalg.inv(truth.affine).T)[
+            :, :3
+        ].astype(np.int64)
         zooms = nib.affines.voxel_sizes(truth.affine)
         pad = np.ceil(margin_mm / zooms).astype(np.int64) + 1
         shape = np.asarray(truth.labels.shape)
@@ -138,8 +149,13 @@ def detection_hits(points: np.ndarray, truth: Truth, margin_mm: float, min_point
     return hits, dist
 
 
-def match_detections(detections, truth, *, margin_mm: float = MARGIN_MM,
-                     min_point_radius_mm: float = MIN_POINT_RADIUS_MM) -> pd.DataFrame:
+def match_detections(
+    detections,
+    truth,
+    *,
+    margin_mm: float = MARGIN_MM,
+    min_point_radius_mm: float = MIN_POINT_RADIUS_MM,
+) -> pd.DataFrame:
     """Match every detection of one scan to the ground truth (no threshold).
 
     Parameters
@@ -258,15 +274,23 @@ def match_subject(detections, truth, threshold: float | None = None, **kwargs) -
     truth = as_truth(truth)
     det = kept_detections(match_detections(detections, truth, **kwargs), threshold)
     tp = det[det["truth_id"].notna()]
-    pairs = pd.DataFrame({
-        "truth_id": tp["truth_id"].astype(np.int64).to_numpy(),
-        "detection_id": tp["detection_id"].to_numpy(),
-        "distance_mm": tp["distance_mm"].to_numpy(dtype=float),
-        "confidence": tp["confidence"].to_numpy(dtype=float),
-    }).sort_values("truth_id", kind="stable").reset_index(drop=True)
+    pairs = (
+        pd.DataFrame(
+            {
+                "truth_id": tp["truth_id"].astype(np.int64).to_numpy(),
+                "detection_id": tp["detection_id"].to_numpy(),
+                "distance_mm": tp["distance_mm"].to_numpy(dtype=float),
+                "confidence": tp["confidence"].to_numpy(dtype=float),
+            }
+        )
+        .sort_values("truth_id", kind="stable")
+        .reset_index(drop=True)
+    )
     tab = truth.table.copy()
     lookup = dict(zip(pairs["truth_id"], pairs["detection_id"]))
-    tab["detection_id"] = pd.Series([lookup.get(t, pd.NA) for t in tab["truth_id"]], index=tab.index, dtype=object)
+    tab["detection_id"] = pd.Series(
+        [lookup.get(t, pd.NA) for t in tab["truth_id"]], index=tab.index, dtype=object
+    )
     return SubjectMatch(det.reset_index(drop=True), tab, pairs, threshold)
 
 
@@ -293,8 +317,12 @@ class CohortMatch:
     min_point_radius_mm: float = MIN_POINT_RADIUS_MM
 
 
-def match_cohort(pairs: Iterable, *, margin_mm: float = MARGIN_MM,
-                 min_point_radius_mm: float = MIN_POINT_RADIUS_MM) -> CohortMatch:
+def match_cohort(
+    pairs: Iterable,
+    *,
+    margin_mm: float = MARGIN_MM,
+    min_point_radius_mm: float = MIN_POINT_RADIUS_MM,
+) -> CohortMatch:
     """Match every scan of a cohort once (all detections, no threshold).
 
     Parameters
@@ -315,11 +343,15 @@ def match_cohort(pairs: Iterable, *, margin_mm: float = MARGIN_MM,
         subject, acquisition, detections, truth = item
         subject, acquisition = str(subject), str(acquisition)
         truth = as_truth(truth)
-        det = match_detections(detections, truth, margin_mm=margin_mm, min_point_radius_mm=min_point_radius_mm)
+        det = match_detections(
+            detections, truth, margin_mm=margin_mm, min_point_radius_mm=min_point_radius_mm
+        )
         subjects.append((subject, acquisition, truth.n))
         dets.append(det.assign(subject=subject, acquisition=acquisition))
         truths.append(truth.table.assign(subject=subject, acquisition=acquisition))
-    subj = pd.DataFrame(subjects, columns=["subject", "acquisition", "n_truth"]).astype({"n_truth": np.int64})
+    subj = pd.DataFrame(subjects, columns=["subject", "acquisition", "n_truth"]).astype(
+        {"n_truth": np.int64}
+    )
     if subj["subject"].duplicated().any():
         dup = subj.loc[subj["subject"].duplicated(), "subject"].tolist()
         raise ValueError(f"duplicate subject ids: {', '.join(dup)}")
@@ -330,8 +362,21 @@ def match_cohort(pairs: Iterable, *, margin_mm: float = MARGIN_MM,
         front = ["subject", "acquisition"]
         return out[front + [c for c in out.columns if c not in front]]
 
-    det = stack(dets, ["subject", "acquisition", "detection_id", *XYZ_COLUMNS, "confidence", "truth_id", "distance_mm"])
+    det = stack(
+        dets,
+        [
+            "subject",
+            "acquisition",
+            "detection_id",
+            *XYZ_COLUMNS,
+            "confidence",
+            "truth_id",
+            "distance_mm",
+        ],
+    )
     det["confidence"] = det["confidence"].astype(float)
     det["truth_id"] = det["truth_id"].astype("Int64")
-    tru = stack(truths, ["subject", "acquisition", "truth_id", *XYZ_COLUMNS, "radius_mm", "has_mask"])
+    tru = stack(
+        truths, ["subject", "acquisition", "truth_id", *XYZ_COLUMNS, "radius_mm", "has_mask"]
+    )
     return CohortMatch(subj, det, tru, margin_mm, min_point_radius_mm)

@@ -28,8 +28,20 @@ __all__ = [
 #: Optional columns compared between a true positive and its CMB (localization accuracy).
 LOCATION_COLUMNS = ("mars_category", "mars_region", "hemisphere")
 #: Leading columns of the per-subject table (localization columns follow when available).
-SUBJECT_COLUMNS = ["subject", "acquisition", "threshold", "n_truth", "n_detections", "tp", "fp", "fn",
-                   "sensitivity", "precision", "f1", "count_error"]
+SUBJECT_COLUMNS = [
+    "subject",
+    "acquisition",
+    "threshold",
+    "n_truth",
+    "n_detections",
+    "tp",
+    "fp",
+    "fn",
+    "sensitivity",
+    "precision",
+    "f1",
+    "count_error",
+]
 
 
 def _ratio(num, den) -> float:
@@ -45,8 +57,11 @@ def _norm_label(v):
     return str(v).strip().casefold()
 
 
-def subject_table(match: CohortMatch, threshold: float | None = None,
-                  location_columns: Sequence[str] = LOCATION_COLUMNS) -> pd.DataFrame:
+def subject_table(
+    match: CohortMatch,
+    threshold: float | None = None,
+    location_columns: Sequence[str] = LOCATION_COLUMNS,
+) -> pd.DataFrame:
     """Per-scan counts and rates at a threshold.
 
     Parameters
@@ -76,7 +91,10 @@ def subject_table(match: CohortMatch, threshold: float | None = None,
     out["tp"] = out["subject"].map(n_tp).fillna(0).astype(np.int64)
     out["fp"] = out["n_detections"] - out["tp"]
     out["fn"] = out["n_truth"] - out["tp"]
-    rates = np.array([rates_from_counts(*r) for r in out[["tp", "fp", "fn"]].itertuples(index=False)], dtype=float)
+    rates = np.array(
+        [rates_from_counts(*r) for r in out[["tp", "fp", "fn"]].itertuples(index=False)],
+        dtype=float,
+    )
     for k, name in enumerate(("sensitivity", "precision", "f1")):
         out[name] = rates.reshape(-1, 3)[:, k]
     out["count_error"] = out["n_detections"] - out["n_truth"]
@@ -85,13 +103,20 @@ def subject_table(match: CohortMatch, threshold: float | None = None,
             continue
         tru = match.truth[["subject", "truth_id", col]].rename(columns={col: "_truth_value"})
         tru = tru.astype({"truth_id": np.int64})
-        joined = tp_rows[["subject", "truth_id", col]].astype({"truth_id": np.int64}).merge(
-            tru, on=["subject", "truth_id"], how="left")
+        joined = (
+            tp_rows[["subject", "truth_id", col]]
+            .astype({"truth_id": np.int64})
+            .merge(tru, on=["subject", "truth_id"], how="left")
+        )
         both = joined[col].notna() & joined["_truth_value"].notna()
         joined = joined[both]
         correct = joined[col].map(_norm_label) == joined["_truth_value"].map(_norm_label)
-        out[f"{col}_evaluated"] = out["subject"].map(joined.groupby("subject").size()).fillna(0).astype(np.int64)
-        out[f"{col}_correct"] = out["subject"].map(correct.groupby(joined["subject"]).sum()).fillna(0).astype(np.int64)
+        out[f"{col}_evaluated"] = (
+            out["subject"].map(joined.groupby("subject").size()).fillna(0).astype(np.int64)
+        )
+        out[f"{col}_correct"] = (
+            out["subject"].map(correct.groupby(joined["subject"]).sum()).fillna(0).astype(np.int64)
+        )
     return out.reset_index(drop=True)
 
 
@@ -153,14 +178,26 @@ def cohort_metrics(per_subject: pd.DataFrame, by: str | None = "acquisition") ->
     check_columns(per_subject, ["n_truth", "n_detections", "tp", "fp", "fn"], "per-subject table")
     ps = per_subject
     n_sub = len(ps)
-    tp, fp, fn, n_truth, n_det = (int(ps[c].sum()) for c in ("tp", "fp", "fn", "n_truth", "n_detections"))
+    tp, fp, fn, n_truth, n_det = (
+        int(ps[c].sum()) for c in ("tp", "fp", "fn", "n_truth", "n_detections")
+    )
     sens, prec, f1 = rates_from_counts(tp, fp, fn)
     out = {
-        "n_subjects": n_sub, "n_truth": n_truth, "n_detections": n_det, "tp": tp, "fp": fp, "fn": fn,
-        "sensitivity": sens, "precision": prec, "f1": f1,
-        "fp_avg": _ratio(fp, n_sub), "fp_cmb": _ratio(fp, n_truth),
+        "n_subjects": n_sub,
+        "n_truth": n_truth,
+        "n_detections": n_det,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "sensitivity": sens,
+        "precision": prec,
+        "f1": f1,
+        "fp_avg": _ratio(fp, n_sub),
+        "fp_cmb": _ratio(fp, n_truth),
         "count_pearson_r": count_pearson_r(ps["n_detections"].to_numpy(), ps["n_truth"].to_numpy()),
-        "count_mae": float(np.mean(np.abs(ps["n_detections"] - ps["n_truth"]))) if n_sub else float("nan"),
+        "count_mae": float(np.mean(np.abs(ps["n_detections"] - ps["n_truth"])))
+        if n_sub
+        else float("nan"),
     }
     notes = []
     if n_truth == 0:
@@ -168,8 +205,10 @@ def cohort_metrics(per_subject: pd.DataFrame, by: str | None = "acquisition") ->
     if n_det == 0:
         notes.append("precision undefined: no detection")
     if math.isnan(out["count_pearson_r"]):
-        notes.append("count_pearson_r undefined: fewer than 2 subjects or zero variance of the detected "
-                     "or true counts")
+        notes.append(
+            "count_pearson_r undefined: fewer than 2 subjects or zero variance of the detected "
+            "or true counts"
+        )
     for col in [c[: -len("_evaluated")] for c in ps.columns if c.endswith("_evaluated")]:
         if f"{col}_correct" in ps.columns:
             n_eval = int(ps[f"{col}_evaluated"].sum())

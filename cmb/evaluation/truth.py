@@ -64,7 +64,9 @@ class Truth:
     table: pd.DataFrame
     labels: np.ndarray | None = None
     affine: np.ndarray | None = None
-    boxes: dict = field(default_factory=dict, repr=False)  # truth_id -> bounding box slices in labels
+    boxes: dict = field(
+        default_factory=dict, repr=False
+    )  # truth_id -> bounding box slices in labels
     non_cmb: pd.DataFrame | None = None
 
     @property
@@ -87,7 +89,9 @@ def check_columns(table: pd.DataFrame, columns, what: str) -> None:
     """A ValueError naming the ``columns`` that ``table`` lacks (``what``: the table, for the message)."""
     missing = [c for c in columns if c not in table.columns]
     if missing:
-        raise ValueError(f"{what} lacks column(s) {', '.join(missing)} (has: {', '.join(map(str, table.columns))})")
+        raise ValueError(
+            f"{what} lacks column(s) {', '.join(missing)} (has: {', '.join(map(str, table.columns))})"
+        )
 
 
 def finite_floats(values: np.ndarray, what: str) -> np.ndarray:
@@ -126,14 +130,19 @@ def truth_from_points(table: pd.DataFrame) -> Truth:
     if out["truth_id"].duplicated().any():
         raise ValueError("truth ids must be unique")
     out[XYZ_COLUMNS] = finite_floats(out[XYZ_COLUMNS].to_numpy(), "truth coordinates")
-    radius = pd.to_numeric(out["radius_mm"], errors="coerce") if "radius_mm" in out else pd.Series(0.0, out.index)
+    radius = (
+        pd.to_numeric(out["radius_mm"], errors="coerce")
+        if "radius_mm" in out
+        else pd.Series(0.0, out.index)
+    )
     out["radius_mm"] = radius.fillna(0.0).astype(float)
     out["has_mask"] = False
     return Truth(out.sort_values("truth_id", kind="stable").reset_index(drop=True))
 
 
-def truth_from_labels(labels, affine=None, table: pd.DataFrame | None = None, *,
-                      split_components: bool = False) -> Truth:
+def truth_from_labels(
+    labels, affine=None, table: pd.DataFrame | None = None, *, split_components: bool = False
+) -> Truth:
     """Ground truth from a label image (one label per CMB), optionally with a CMB table.
 
     Parameters
@@ -189,7 +198,9 @@ def truth_from_labels(labels, affine=None, table: pd.DataFrame | None = None, *,
     data = data.astype(np.int32 if not data.size or data.max() < 2**31 else np.int64, copy=False)
     if split_components:
         if table is not None:
-            raise ValueError("split_components relabels the mask: a table keyed by label cannot be used with it")
+            raise ValueError(
+                "split_components relabels the mask: a table keyed by label cannot be used with it"
+            )
         data = ndi.label(data > 0, structure=np.ones((3, 3, 3), dtype=bool))[0].astype(np.int32)
     boxes = {i + 1: box for i, box in enumerate(ndi.find_objects(data)) if box is not None}
     rows = []
@@ -254,10 +265,17 @@ def truth_from_verdicts(tables) -> Truth:
 
     cons = consensus(list(tables))
     cmb = cons[cons["verdict"].isin(CMB_VERDICTS)]
-    truth = truth_from_points(cmb[[*XYZ_COLUMNS, "verdict", "reviewer"]].assign(
-        radius_mm=pd.to_numeric(cmb["radius_mm"], errors="coerce").fillna(0.0)))
+    truth = truth_from_points(
+        cmb[[*XYZ_COLUMNS, "verdict", "reviewer"]].assign(
+            radius_mm=pd.to_numeric(cmb["radius_mm"], errors="coerce").fillna(0.0)
+        )
+    )
     non = cons[cons["verdict"].isin(NON_CMB_VERDICTS)]
-    non = non[XYZ_COLUMNS].astype(float).assign(radius_mm=pd.to_numeric(non["radius_mm"], errors="coerce").fillna(0.0))
+    non = (
+        non[XYZ_COLUMNS]
+        .astype(float)
+        .assign(radius_mm=pd.to_numeric(non["radius_mm"], errors="coerce").fillna(0.0))
+    )
     return Truth(truth.table, non_cmb=non.reset_index(drop=True))
 
 

@@ -65,7 +65,11 @@ from cmb.registration.register import (
     register_to_mni,
     registration_quality,
 )
-from cmb.registration.warp_labels import mni_to_subject_points, subject_to_mni_points, warp_labels_to_native
+from cmb.registration.warp_labels import (
+    mni_to_subject_points,
+    subject_to_mni_points,
+    warp_labels_to_native,
+)
 
 __all__ = [
     "SOURCE_SPACE",

@@ -22,6 +22,7 @@ import nibabel as nib
 import numpy as np
 
 from cmb.atomic import atomic_path, save_nifti
+from cmb.layout import SOURCE_SPACE
 from cmb.template import TEMPLATE_NAME
 
 __all__ = [
@@ -43,7 +44,6 @@ __all__ = [
     "map_points",
 ]
 
-SOURCE_SPACE = "T2starw"
 
 #: RAS <-> LPS flip of world coordinates (its own inverse); :data:`LPS4` is the 4x4 form.
 LPS = np.diag([-1.0, -1.0, 1.0])
@@ -88,19 +88,23 @@ class XfmPaths:
         return all(p.is_file() for p in self.all())
 
 
-def xfm_paths(prefix: str | os.PathLike, source: str = SOURCE_SPACE, target: str = TEMPLATE_NAME) -> XfmPaths:
+def xfm_paths(
+    prefix: str | os.PathLike, source: str = SOURCE_SPACE, target: str = TEMPLATE_NAME
+) -> XfmPaths:
     """BIDS-style names of a transform pair under ``prefix`` (e.g. ``.../anat/sub-01``).
 
     >>> p = xfm_paths("out/sub-01")
     >>> p.fwd_affine.name
-    'sub-01_from-T2starw_to-MNI152NLin2009cAsym_mode-image_xfm.mat'
+    'sub-01_from-SWI_to-MNI152NLin2009cAsym_mode-image_xfm.mat'
     >>> p.inv_warp.name
-    'sub-01_from-MNI152NLin2009cAsym_to-T2starw_mode-image_xfm.nii.gz'
+    'sub-01_from-MNI152NLin2009cAsym_to-SWI_mode-image_xfm.nii.gz'
     """
     prefix = str(prefix)
     fwd = f"{prefix}_from-{source}_to-{target}_mode-image_xfm"
     inv = f"{prefix}_from-{target}_to-{source}_mode-image_xfm"
-    return XfmPaths(Path(fwd + ".mat"), Path(fwd + ".nii.gz"), Path(inv + ".mat"), Path(inv + ".nii.gz"))
+    return XfmPaths(
+        Path(fwd + ".mat"), Path(fwd + ".nii.gz"), Path(inv + ".mat"), Path(inv + ".nii.gz")
+    )
 
 
 # --------------------------------------------------------------------------- ANTs plumbing
@@ -146,7 +150,10 @@ def to_ants(img: nib.Nifti1Image, data: np.ndarray | None = None):
     m = LPS @ img.affine[:3, :3]
     spacing = np.sqrt((m**2).sum(0))
     return ants.from_numpy(
-        arr, origin=tuple(map(float, LPS @ img.affine[:3, 3])), spacing=tuple(map(float, spacing)), direction=m / spacing
+        arr,
+        origin=tuple(map(float, LPS @ img.affine[:3, 3])),
+        spacing=tuple(map(float, spacing)),
+        direction=m / spacing,
     )
 
 
@@ -209,8 +216,12 @@ def write_affine(matrix: np.ndarray, path: str | os.PathLike) -> None:
     """Write a 4x4 LPS point matrix as an ANTs ``AffineTransform_float_3_3`` .mat (atomic)."""
     ants = import_ants()
     tx = ants.create_ants_transform(
-        transform_type="AffineTransform", precision="float", dimension=3,
-        matrix=matrix[:3, :3], translation=matrix[:3, 3], center=np.zeros(3),
+        transform_type="AffineTransform",
+        precision="float",
+        dimension=3,
+        matrix=matrix[:3, :3],
+        translation=matrix[:3, 3],
+        center=np.zeros(3),
     )
     with atomic_path(path) as tmp:
         ants.write_transform(tx, str(tmp))
@@ -234,5 +245,7 @@ def map_points(points_ras: np.ndarray, transforms: list[str]) -> np.ndarray:
         return pts.reshape(0, 3)
     df = pd.DataFrame(pts @ LPS, columns=["x", "y", "z"])
     with ants_tempdir():
-        out = ants.apply_transforms_to_points(3, df, transforms, whichtoinvert=[False] * len(transforms))
+        out = ants.apply_transforms_to_points(
+            3, df, transforms, whichtoinvert=[False] * len(transforms)
+        )
     return out[["x", "y", "z"]].to_numpy() @ LPS

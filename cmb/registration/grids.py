@@ -11,7 +11,13 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["voxel_sizes", "downsample_blocks", "upsample_blocks", "downsample_image", "resample_mask"]
+__all__ = [
+    "voxel_sizes",
+    "downsample_blocks",
+    "upsample_blocks",
+    "downsample_image",
+    "resample_mask",
+]
 
 
 def voxel_sizes(affine: np.ndarray) -> np.ndarray:
@@ -23,7 +29,9 @@ def voxel_sizes(affine: np.ndarray) -> np.ndarray:
     return np.sqrt((affine[:3, :3] ** 2).sum(0))
 
 
-def downsample_blocks(data: np.ndarray, affine: np.ndarray, target_mm: float) -> tuple[np.ndarray, np.ndarray, tuple]:
+def downsample_blocks(
+    data: np.ndarray, affine: np.ndarray, target_mm: float
+) -> tuple[np.ndarray, np.ndarray, tuple]:
     """Block-average a volume to voxels of about ``target_mm``, keeping its orientation.
 
     Each axis is reduced by ``max(1, round(target_mm / voxel))`` (trailing voxels
@@ -77,7 +85,9 @@ def upsample_blocks(small: np.ndarray, shape: Sequence[int], factors: Sequence[i
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
-def downsample_image(img: nib.Nifti1Image, step_mm: float, mask: np.ndarray | None = None) -> nib.Nifti1Image:
+def downsample_image(
+    img: nib.Nifti1Image, step_mm: float, mask: np.ndarray | None = None
+) -> nib.Nifti1Image:
     """An image block-averaged to about ``step_mm`` (:func:`downsample_blocks`), optionally masked first (float32)."""
     data = np.asanyarray(img.dataobj).astype(np.float32)
     if mask is not None:
@@ -86,8 +96,12 @@ def downsample_image(img: nib.Nifti1Image, step_mm: float, mask: np.ndarray | No
     return nib.Nifti1Image(small, aff)
 
 
-def resample_mask(mask_img: nib.Nifti1Image, target: nib.Nifti1Image, src_to_target: np.ndarray,
-                  dilate_mm: float = 2.0) -> np.ndarray:
+def resample_mask(
+    mask_img: nib.Nifti1Image,
+    target: nib.Nifti1Image,
+    src_to_target: np.ndarray,
+    dilate_mm: float = 2.0,
+) -> np.ndarray:
     """A mask resampled onto another grid through a RAS point matrix (source -> target).
 
     Linear interpolation of the mask at about 2 mm, then thresholded at 0.5 and dilated.
@@ -95,7 +109,10 @@ def resample_mask(mask_img: nib.Nifti1Image, target: nib.Nifti1Image, src_to_tar
     # target voxel -> target world -> source world -> source voxel
     vox = np.linalg.inv(mask_img.affine) @ np.linalg.inv(src_to_target) @ target.affine
     data = np.asanyarray(mask_img.dataobj).astype(np.float32)
-    out = ndi.affine_transform(data, vox[:3, :3], vox[:3, 3], output_shape=target.shape[:3], order=1) > 0.5
+    out = (
+        ndi.affine_transform(data, vox[:3, :3], vox[:3, 3], output_shape=target.shape[:3], order=1)
+        > 0.5
+    )
     if dilate_mm > 0:
         z = voxel_sizes(target.affine)
         out = ndi.distance_transform_edt(~out, sampling=z) <= dilate_mm

@@ -95,7 +95,9 @@ def _template_arrays(step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         brain = downsample_blocks(np.pad(brain, pad).astype(np.float32), img.affine, step)[0] > 0.5
     else:
         aff = img.affine.copy()
-    save_arrays(key, {"t1": t1, "brain": brain, "affine": aff}, {"template": str(template_t1_path())})
+    save_arrays(
+        key, {"t1": t1, "brain": brain, "affine": aff}, {"template": str(template_t1_path())}
+    )
     return t1, brain, aff
 
 
@@ -133,8 +135,12 @@ def _copy(src, dst) -> None:
         shutil.copyfile(src, tmp)
 
 
-def register_rigid(fixed_img: nib.Nifti1Image, moving_img: nib.Nifti1Image, out_mat: str | os.PathLike,
-                   step_mm: float = 2.0) -> np.ndarray:
+def register_rigid(
+    fixed_img: nib.Nifti1Image,
+    moving_img: nib.Nifti1Image,
+    out_mat: str | os.PathLike,
+    step_mm: float = 2.0,
+) -> np.ndarray:
     """Rigid registration (mutual information) of ``moving`` to ``fixed``, e.g. SWI -> T1w.
 
     Both images are block-averaged to about ``step_mm`` first and registered at
@@ -153,8 +159,13 @@ def register_rigid(fixed_img: nib.Nifti1Image, moving_img: nib.Nifti1Image, out_
     moving = to_ants(downsample_image(moving_img, step_mm))
     with ants_tempdir() as tmp:
         reg = ants.registration(
-            fixed, moving, "Rigid", outprefix=str(tmp / "rigid_"),
-            aff_iterations=(200, 100), aff_shrink_factors=(2, 1), aff_smoothing_sigmas=(1, 0),
+            fixed,
+            moving,
+            "Rigid",
+            outprefix=str(tmp / "rigid_"),
+            aff_iterations=(200, 100),
+            aff_shrink_factors=(2, 1),
+            aff_smoothing_sigmas=(1, 0),
             aff_random_sampling_rate=0.05,
         )
         mat = affine_matrix(ants.read_transform(reg["fwdtransforms"][0]))
@@ -242,7 +253,9 @@ def register_to_mni(
     t0 = time.perf_counter()
     mask_arr = np.asanyarray(mask.dataobj if isinstance(mask, nib.Nifti1Image) else mask) > 0
     fixed, fixed_mask = mni_target(step_mm, contrast)
-    metric_mask = fixed_mask.new_image_like(ndi.binary_dilation(fixed_mask.numpy() > 0.5).astype(np.float32))
+    metric_mask = fixed_mask.new_image_like(
+        ndi.binary_dilation(fixed_mask.numpy() > 0.5).astype(np.float32)
+    )
     moving = to_ants(downsample_image(image, step_mm, mask_arr))
     small_mask = downsample_blocks(mask_arr.astype(np.float32), image.affine, step_mm)[0] > 0.5
     moving_mask = moving.new_image_like(small_mask.astype(np.float32))
@@ -250,18 +263,32 @@ def register_to_mni(
     with ants_tempdir() as tmp:
         t0 = time.perf_counter()
         aff = ants.registration(
-            fixed, moving, "Affine", outprefix=str(tmp / "aff_"),
-            aff_metric="mattes", aff_iterations=tuple(affine_iterations), aff_shrink_factors=(2, 1),
-            aff_smoothing_sigmas=(1, 0), aff_random_sampling_rate=0.2,
+            fixed,
+            moving,
+            "Affine",
+            outprefix=str(tmp / "aff_"),
+            aff_metric="mattes",
+            aff_iterations=tuple(affine_iterations),
+            aff_shrink_factors=(2, 1),
+            aff_smoothing_sigmas=(1, 0),
+            aff_random_sampling_rate=0.2,
         )
         affine_mat = aff["fwdtransforms"][0]
         timings["affine_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         if syn:
             reg = ants.registration(
-                fixed, moving, "SyNOnly", initial_transform=affine_mat, outprefix=str(tmp / "syn_"),
-                mask=metric_mask, syn_metric="mattes", syn_sampling=32, reg_iterations=tuple(syn_iterations),
-                flow_sigma=syn_flow_sigma, total_sigma=0.0,
+                fixed,
+                moving,
+                "SyNOnly",
+                initial_transform=affine_mat,
+                outprefix=str(tmp / "syn_"),
+                mask=metric_mask,
+                syn_metric="mattes",
+                syn_sampling=32,
+                reg_iterations=tuple(syn_iterations),
+                flow_sigma=syn_flow_sigma,
+                total_sigma=0.0,
             )
             fwd_warp = next(p for p in reg["fwdtransforms"] if p.endswith("Warp.nii.gz"))
             inv_warp = next(p for p in reg["invtransforms"] if p.endswith("InverseWarp.nii.gz"))
@@ -274,8 +301,11 @@ def register_to_mni(
         if syn:
             after = _warped_quality(fixed, fixed_mask, moving, moving_mask, [fwd_warp, affine_mat])
             if after["nmi"] < quality["nmi_affine"] - syn_tolerance:
-                _log.warning("SyN lowered the NMI (%.4f -> %.4f); keeping the affine only",
-                             quality["nmi_affine"], after["nmi"])
+                _log.warning(
+                    "SyN lowered the NMI (%.4f -> %.4f); keeping the affine only",
+                    quality["nmi_affine"],
+                    after["nmi"],
+                )
             else:
                 syn_used = True
                 quality.update(after)
@@ -304,15 +334,29 @@ def register_to_mni(
 def _warped_quality(fixed, fixed_mask, moving, moving_mask, transforms) -> dict:
     ants = import_ants()
     no = [False] * len(transforms)
-    warped = ants.apply_transforms(fixed, moving, transforms, interpolator="linear", singleprecision=True,
-                                   whichtoinvert=no)
-    wmask = ants.apply_transforms(fixed, moving_mask, transforms, interpolator="linear", singleprecision=True,
-                                  whichtoinvert=no)
-    return registration_quality(warped.numpy(), fixed.numpy(), fixed_mask.numpy() > 0.5, wmask.numpy() > 0.5)
+    warped = ants.apply_transforms(
+        fixed, moving, transforms, interpolator="linear", singleprecision=True, whichtoinvert=no
+    )
+    wmask = ants.apply_transforms(
+        fixed,
+        moving_mask,
+        transforms,
+        interpolator="linear",
+        singleprecision=True,
+        whichtoinvert=no,
+    )
+    return registration_quality(
+        warped.numpy(), fixed.numpy(), fixed_mask.numpy() > 0.5, wmask.numpy() > 0.5
+    )
 
 
-def registration_quality(warped: np.ndarray, template: np.ndarray, template_mask: np.ndarray,
-                         warped_mask: np.ndarray | None = None, bins: int = 32) -> dict:
+def registration_quality(
+    warped: np.ndarray,
+    template: np.ndarray,
+    template_mask: np.ndarray,
+    warped_mask: np.ndarray | None = None,
+    bins: int = 32,
+) -> dict:
     """Similarity of a subject image warped to the template, inside the template brain.
 
     Returns
@@ -439,26 +483,52 @@ def register_subject(
         t1_mask = resample_mask(downsample_image(mask_img, 2.0), t1_img, swi_to_t1)
         timings["rigid_t1w_s"] = time.perf_counter() - t0
         # T1w -> MNI; the saved transforms act on SWI space: SWI point = inv(swi_to_t1) @ T1w point
-        reg = register_to_mni(t1_img, t1_mask, xfm, contrast="t1", step_mm=step_mm, syn=syn,
-                              syn_iterations=syn_iterations, pre_affine=swi_to_t1)
+        reg = register_to_mni(
+            t1_img,
+            t1_mask,
+            xfm,
+            contrast="t1",
+            step_mm=step_mm,
+            syn=syn,
+            syn_iterations=syn_iterations,
+            pre_affine=swi_to_t1,
+        )
         report["t1w"] = str(t1w)
         report["rigid_to_t1w"] = str(rigid_path)
     else:
-        reg = register_to_mni(img, mask_img, xfm, contrast="swi", step_mm=step_mm, syn=syn,
-                              syn_iterations=syn_iterations)
+        reg = register_to_mni(
+            img,
+            mask_img,
+            xfm,
+            contrast="swi",
+            step_mm=step_mm,
+            syn=syn,
+            syn_iterations=syn_iterations,
+        )
     timings.update({f"mni_{k}": v for k, v in reg.timings.items()})
     report["quality"] = reg.quality
-    report["transforms"] = {k: str(getattr(xfm, k)) for k in ("fwd_affine", "fwd_warp", "inv_affine", "inv_warp")}
+    report["transforms"] = {
+        k: str(getattr(xfm, k)) for k in ("fwd_affine", "fwd_warp", "inv_affine", "inv_warp")
+    }
 
     if out_mars is not None:
         t0 = time.perf_counter()
         from cmb.mars_map import write_label_table
 
         native = warp_mars_to_native(
-            img, mask_img, xfm, report, swi_to_t1=swi_to_t1, mars_mni=mars_mni, interpolation=interpolation,
-            parcellation=parcellation, parcellation_root=parcellation_root,
-            parcellation_refused=parcellation_refused, mars_options=mars_options,
-            parcellation_min_dice=parcellation_min_dice)
+            img,
+            mask_img,
+            xfm,
+            report,
+            swi_to_t1=swi_to_t1,
+            mars_mni=mars_mni,
+            interpolation=interpolation,
+            parcellation=parcellation,
+            parcellation_root=parcellation_root,
+            parcellation_refused=parcellation_refused,
+            mars_options=mars_options,
+            parcellation_min_dice=parcellation_min_dice,
+        )
         save_nifti(native, out_mars)
         if out_mars_tsv is not None:
             write_label_table(out_mars_tsv)

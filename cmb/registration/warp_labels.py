@@ -17,7 +17,12 @@ import time
 import nibabel as nib
 import numpy as np
 
-from cmb.parcellation import ATLAS_SOURCE, ParcellationError, parcellation_mars_labels, read_parcellation
+from cmb.parcellation import (
+    ATLAS_SOURCE,
+    ParcellationError,
+    parcellation_mars_labels,
+    read_parcellation,
+)
 from cmb.registration.ants_adapter import XfmPaths, import_ants, map_points, to_ants
 
 __all__ = [
@@ -32,8 +37,13 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 
-def warp_labels_to_native(labels: nib.Nifti1Image, reference: nib.Nifti1Image, xfm: XfmPaths,
-                          interpolation: str = "nearestNeighbor", dtype=np.int16) -> nib.Nifti1Image:
+def warp_labels_to_native(
+    labels: nib.Nifti1Image,
+    reference: nib.Nifti1Image,
+    xfm: XfmPaths,
+    interpolation: str = "nearestNeighbor",
+    dtype=np.int16,
+) -> nib.Nifti1Image:
     """Resample a template-space label image onto a subject grid.
 
     Parameters
@@ -60,8 +70,14 @@ def warp_labels_to_native(labels: nib.Nifti1Image, reference: nib.Nifti1Image, x
     ref = to_ants(reference, np.zeros(reference.shape[:3], np.float32))
     mov = to_ants(labels, np.asanyarray(labels.dataobj).astype(np.float32))
     # whichtoinvert explicitly: ANTsPy inverts a .mat followed by a warp by default
-    out = ants.apply_transforms(ref, mov, xfm.to_source, interpolator=interpolation, singleprecision=True,
-                                whichtoinvert=[False, False])
+    out = ants.apply_transforms(
+        ref,
+        mov,
+        xfm.to_source,
+        interpolator=interpolation,
+        singleprecision=True,
+        whichtoinvert=[False, False],
+    )
     img = nib.Nifti1Image(np.rint(out.numpy()).astype(dtype), reference.affine)
     img.header.set_data_dtype(dtype)
     img.header.set_xyzt_units("mm")
@@ -85,11 +101,21 @@ def subject_to_mni_points(points_subject: np.ndarray, xfm: XfmPaths) -> np.ndarr
 # --------------------------------------------------------------------------- MARS and DK maps of a subject
 
 
-def warp_mars_to_native(img: nib.Nifti1Image, mask_img: nib.Nifti1Image, xfm: XfmPaths, report: dict, *,
-                        swi_to_t1: np.ndarray | None = None, mars_mni: str | os.PathLike | None = None,
-                        interpolation: str = "nearestNeighbor", parcellation: str | os.PathLike | None = None,
-                        parcellation_root: str | os.PathLike | None = None, parcellation_refused: str | None = None,
-                        mars_options: dict | None = None, parcellation_min_dice: float = 0.8) -> nib.Nifti1Image:
+def warp_mars_to_native(
+    img: nib.Nifti1Image,
+    mask_img: nib.Nifti1Image,
+    xfm: XfmPaths,
+    report: dict,
+    *,
+    swi_to_t1: np.ndarray | None = None,
+    mars_mni: str | os.PathLike | None = None,
+    interpolation: str = "nearestNeighbor",
+    parcellation: str | os.PathLike | None = None,
+    parcellation_root: str | os.PathLike | None = None,
+    parcellation_refused: str | None = None,
+    mars_options: dict | None = None,
+    parcellation_min_dice: float = 0.8,
+) -> nib.Nifti1Image:
     """The native MARS map of a subject: the MNI map warped, or the session's parcellation's map.
 
     ``report`` (the registration quality record) gets ``parcellation_source``, and
@@ -111,25 +137,50 @@ def warp_mars_to_native(img: nib.Nifti1Image, mask_img: nib.Nifti1Image, xfm: Xf
         _log.warning("%s", parcellation_refused)
         report["parcellation_refused"] = parcellation_refused
     elif parcellation is not None:
-        native = _parcellation_route(native, img, mask_img, swi_to_t1, parcellation, parcellation_root,
-                                     mars_options or {}, parcellation_min_dice, report)
+        native = _parcellation_route(
+            native,
+            img,
+            mask_img,
+            swi_to_t1,
+            parcellation,
+            parcellation_root,
+            mars_options or {},
+            parcellation_min_dice,
+            report,
+        )
     return native
 
 
-def _parcellation_route(atlas_native: nib.Nifti1Image, img: nib.Nifti1Image, mask_img: nib.Nifti1Image,
-                        swi_to_t1: np.ndarray | None, parcellation, root, mars_options: dict, min_dice: float,
-                        report: dict) -> nib.Nifti1Image:
+def _parcellation_route(
+    atlas_native: nib.Nifti1Image,
+    img: nib.Nifti1Image,
+    mask_img: nib.Nifti1Image,
+    swi_to_t1: np.ndarray | None,
+    parcellation,
+    root,
+    mars_options: dict,
+    min_dice: float,
+    report: dict,
+) -> nib.Nifti1Image:
     """The native MARS map from the session's parcellation, or the atlas map with the reason it was refused."""
     t0 = time.perf_counter()
     if swi_to_t1 is None:
-        reason = (f"{parcellation}: the session has no T1w, so the T1w-space parcellation cannot be mapped onto "
-                  "the SWI; the atlas route is used (add the T1w, or clear mars.parcellation_dir)")
+        reason = (
+            f"{parcellation}: the session has no T1w, so the T1w-space parcellation cannot be mapped onto "
+            "the SWI; the atlas route is used (add the T1w, or clear mars.parcellation_dir)"
+        )
     else:
         try:
             parc = read_parcellation(parcellation, root)
             labels, info = parcellation_mars_labels(
-                parc, img, np.asanyarray(mask_img.dataobj) > 0, swi_to_t1,
-                np.asanyarray(atlas_native.dataobj).astype(np.int16), min_brain_dice=min_dice, **mars_options)
+                parc,
+                img,
+                np.asanyarray(mask_img.dataobj) > 0,
+                swi_to_t1,
+                np.asanyarray(atlas_native.dataobj).astype(np.int16),
+                min_brain_dice=min_dice,
+                **mars_options,
+            )
         except ParcellationError as err:
             reason = f"{err}; the atlas route is used"
         else:
@@ -137,24 +188,33 @@ def _parcellation_route(atlas_native: nib.Nifti1Image, img: nib.Nifti1Image, mas
             out.header.set_data_dtype(np.int16)
             out.header.set_xyzt_units("mm")
             report["parcellation_source"] = parc.source
-            report["parcellation"] = {"file": str(parc.path), **info,
-                                      "seconds": round(time.perf_counter() - t0, 2)}
-            _log.info("MARS map from %s: brain Dice %.3f, category agreement with the atlas route %.3f",
-                      parc.path, info["brain_dice"], info["atlas_category_agreement"])
+            report["parcellation"] = {
+                "file": str(parc.path),
+                **info,
+                "seconds": round(time.perf_counter() - t0, 2),
+            }
+            _log.info(
+                "MARS map from %s: brain Dice %.3f, category agreement with the atlas route %.3f",
+                parc.path,
+                info["brain_dice"],
+                info["atlas_category_agreement"],
+            )
             return out
     _log.warning("%s", reason)
     report["parcellation_refused"] = reason
     return atlas_native
 
 
-def warp_dk_to_native(img: nib.Nifti1Image, xfm: XfmPaths,
-                      interpolation: str = "nearestNeighbor") -> tuple[nib.Nifti1Image, dict[int, str]]:
+def warp_dk_to_native(
+    img: nib.Nifti1Image, xfm: XfmPaths, interpolation: str = "nearestNeighbor"
+) -> tuple[nib.Nifti1Image, dict[int, str]]:
     """The template's Desikan-Killiany labels on the subject grid, and their names (for :func:`write_dk_table`)."""
     from cmb.template import load_mni
 
     mni = load_mni(1)
-    dk = warp_labels_to_native(nib.Nifti1Image(mni.dk.astype(np.int16), mni.affine), img, xfm,
-                               interpolation=interpolation)
+    dk = warp_labels_to_native(
+        nib.Nifti1Image(mni.dk.astype(np.int16), mni.affine), img, xfm, interpolation=interpolation
+    )
     return dk, mni.dk_names
 
 

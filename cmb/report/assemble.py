@@ -21,20 +21,59 @@ import pandas as pd
 
 from cmb import __version__
 from cmb.atomic import write_text
-from cmb.localize import read_json_or_none
 from cmb.failures import read_record
+from cmb.localize import read_json_or_none
 from cmb.mars_region import CATEGORY, REGIONS
 
 __all__ = ["render_subject_report", "render_cohort_report", "subject_report_link", "environment"]
 
 _NA = "n/a"
 #: Columns of the detections tables shown in the subject page.
-TABLE_COLUMNS = ["cmb_id", "confidence", "mars_category", "mars_region", "hemisphere", "atlas_label",
-                 "x_mm", "y_mm", "z_mm", "i", "j", "k", "mni_x", "mni_y", "mni_z", "diameter_mm",
-                 "volume_mm3", "sphericity", "phase_sign", "phase_used", "vessel_length_mm", "vessel_elongation",
-                 "vessel_angle_b0_deg", "rejected_reason"]
-NUMERIC = {"cmb_id", "confidence", "x_mm", "y_mm", "z_mm", "i", "j", "k", "mni_x", "mni_y", "mni_z",
-           "diameter_mm", "volume_mm3", "sphericity", "vessel_length_mm", "vessel_elongation", "vessel_angle_b0_deg"}
+TABLE_COLUMNS = [
+    "cmb_id",
+    "confidence",
+    "mars_category",
+    "mars_region",
+    "hemisphere",
+    "atlas_label",
+    "x_mm",
+    "y_mm",
+    "z_mm",
+    "i",
+    "j",
+    "k",
+    "mni_x",
+    "mni_y",
+    "mni_z",
+    "diameter_mm",
+    "volume_mm3",
+    "sphericity",
+    "phase_sign",
+    "phase_used",
+    "vessel_length_mm",
+    "vessel_elongation",
+    "vessel_angle_b0_deg",
+    "rejected_reason",
+]
+NUMERIC = {
+    "cmb_id",
+    "confidence",
+    "x_mm",
+    "y_mm",
+    "z_mm",
+    "i",
+    "j",
+    "k",
+    "mni_x",
+    "mni_y",
+    "mni_z",
+    "diameter_mm",
+    "volume_mm3",
+    "sphericity",
+    "vessel_length_mm",
+    "vessel_elongation",
+    "vessel_angle_b0_deg",
+}
 TRIPLET_HALF_MM = 16.0
 MAX_FIGURES = {"detections": 100, "rejected": 30, "below": 20}
 #: Most rows shown per table (the most confident first); every row is in the TSV.
@@ -45,9 +84,13 @@ def environment():
     """The Jinja environment of the packaged templates (autoescaping on)."""
     import jinja2
 
-    return jinja2.Environment(loader=jinja2.PackageLoader("cmb.report", "templates"),
-                              autoescape=jinja2.select_autoescape(["html", "j2"]),
-                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("cmb.report", "templates"),
+        autoescape=jinja2.select_autoescape(["html", "j2"]),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
 
 
 def subject_report_link(participant_id: str, session_id: str | None) -> str:
@@ -107,7 +150,12 @@ def _flat(prefix: str, obj, out: list) -> None:
         for n, v in enumerate(obj):
             _flat(f"{prefix}[{n}]", v, out)
     else:
-        out.append((prefix, _NA if obj is None else (json.dumps(obj) if isinstance(obj, list) else str(obj))))
+        out.append(
+            (
+                prefix,
+                _NA if obj is None else (json.dumps(obj) if isinstance(obj, list) else str(obj)),
+            )
+        )
 
 
 def render_subject_report(
@@ -141,31 +189,58 @@ def render_subject_report(
     """
     from cmb.cohort_tables import count_detections, stage_status
     from cmb.phase_convention import phase_convention_columns, read_phase_convention
-    from cmb.report.reportlets import (data_uri, flicker_frames, image_size, intensity_window, overlay_png,
-                                       triplet_png)
+    from cmb.report.reportlets import (
+        data_uri,
+        flicker_frames,
+        image_size,
+        intensity_window,
+        overlay_png,
+        triplet_png,
+    )
 
     t0 = time.perf_counter()
     timings = {}
     caps = {**MAX_FIGURES, **(max_figures or {})}
     caps_rows = dict(MAX_ROWS)
     pid = participant_id if participant_id.startswith("sub-") else f"sub-{participant_id}"
-    sid = None if not session_id else (session_id if session_id.startswith("ses-") else f"ses-{session_id}")
+    sid = (
+        None
+        if not session_id
+        else (session_id if session_id.startswith("ses-") else f"ses-{session_id}")
+    )
     title = f"{pid}{'_' + sid if sid else ''}"
 
     recs = []
     for path in records:
         r = read_record(path)
         if r is None:
-            recs.append({"stage": Path(path).parent.parent.name if sid is None else Path(path).parents[2].name,
-                         "status": "na", "error_class": "", "message": "no status record", "log": str(path)})
+            recs.append(
+                {
+                    "stage": Path(path).parent.parent.name
+                    if sid is None
+                    else Path(path).parents[2].name,
+                    "status": "na",
+                    "error_class": "",
+                    "message": "no status record",
+                    "log": str(path),
+                }
+            )
         else:
-            recs.append({k: ("" if r.get(k) is None else r.get(k)) for k in ("stage", "status", "error_class",
-                                                                              "message", "log")})
+            recs.append(
+                {
+                    k: ("" if r.get(k) is None else r.get(k))
+                    for k in ("stage", "status", "error_class", "message", "log")
+                }
+            )
     status = stage_status([r for r in (read_record(p) for p in records) if r is not None])
     errors = [r for r in recs if r["status"] in ("failed", "skipped")]
 
     det = None
-    if detections is not None and Path(detections).is_file() and Path(detections).stat().st_size > 0:
+    if (
+        detections is not None
+        and Path(detections).is_file()
+        and Path(detections).stat().st_size > 0
+    ):
         det = pd.read_csv(detections, sep="\t", dtype=str, keep_default_na=False)
     meta = read_json_or_none(sidecar) if sidecar else None
     summary = (meta or {}).get("Summary") or {}
@@ -174,8 +249,14 @@ def render_subject_report(
     regions = []
     if counts is not None:
         for r in REGIONS:
-            regions.append({"category": CATEGORY[r], "name": r.replace("_", " "),
-                            "L": counts[f"n_{r}_L"], "R": counts[f"n_{r}_R"]})
+            regions.append(
+                {
+                    "category": CATEGORY[r],
+                    "name": r.replace("_", " "),
+                    "L": counts[f"n_{r}_L"],
+                    "R": counts[f"n_{r}_R"],
+                }
+            )
     timings["tables_s"] = time.perf_counter() - t0
 
     # images: magnitude (and phase) windows, candidate triplets
@@ -207,8 +288,10 @@ def render_subject_report(
         reason = r.get("rejected_reason", _NA)
         if reason != "vessel":
             return reason
-        return (f"vessel (dark structure {r.get('vessel_length_mm', _NA)} mm long, elongation "
-                f"{r.get('vessel_elongation', _NA)}, {r.get('vessel_angle_b0_deg', _NA)}\u00b0 to B0)")
+        return (
+            f"vessel (dark structure {r.get('vessel_length_mm', _NA)} mm long, elongation "
+            f"{r.get('vessel_elongation', _NA)}, {r.get('vessel_angle_b0_deg', _NA)}\u00b0 to B0)"
+        )
 
     def figures_of(sel: pd.DataFrame, cap: int) -> list[dict]:
         if vol is None or not len(sel):
@@ -227,13 +310,39 @@ def render_subject_report(
                 radius = 3.0
             if not math.isfinite(radius):
                 radius = 3.0
-            jpg = triplet_png(volumes, windows, img.affine, c, marker_mm=radius, half_mm=TRIPLET_HALF_MM, fmt="JPEG")
+            jpg = triplet_png(
+                volumes,
+                windows,
+                img.affine,
+                c,
+                marker_mm=radius,
+                half_mm=TRIPLET_HALF_MM,
+                fmt="JPEG",
+            )
             w, h = image_size(jpg)
-            where = ", ".join(v for v in (r.get("mars_region", _NA).replace("_", " "), r.get("hemisphere", _NA),
-                                           r.get("atlas_label", _NA)) if v and v != _NA) or "location n/a"
-            out.append({"cmb_id": r["cmb_id"], "confidence": r["confidence"], "where": where,
-                        "reason": rejection_text(r), "png": data_uri(jpg, "image/jpeg"),
-                        "width": w, "height": h})
+            where = (
+                ", ".join(
+                    v
+                    for v in (
+                        r.get("mars_region", _NA).replace("_", " "),
+                        r.get("hemisphere", _NA),
+                        r.get("atlas_label", _NA),
+                    )
+                    if v and v != _NA
+                )
+                or "location n/a"
+            )
+            out.append(
+                {
+                    "cmb_id": r["cmb_id"],
+                    "confidence": r["confidence"],
+                    "where": where,
+                    "reason": rejection_text(r),
+                    "png": data_uri(jpg, "image/jpeg"),
+                    "width": w,
+                    "height": h,
+                }
+            )
         return out
 
     t1 = time.perf_counter()
@@ -243,8 +352,14 @@ def render_subject_report(
         below = ~rejected & (det["above_threshold"] != "true")
         conf = pd.to_numeric(det["confidence"], errors="coerce")
         det_sel = det[is_cmb]
-        rej_sel = det[rejected].assign(_c=conf[rejected]).sort_values("_c", ascending=False, kind="stable")
-        below_sel = det[below].assign(_c=conf[below]).sort_values("_c", ascending=False, kind="stable")
+        rej_sel = (
+            det[rejected]
+            .assign(_c=conf[rejected])
+            .sort_values("_c", ascending=False, kind="stable")
+        )
+        below_sel = (
+            det[below].assign(_c=conf[below]).sort_values("_c", ascending=False, kind="stable")
+        )
     else:
         det_sel = rej_sel = below_sel = pd.DataFrame(columns=TABLE_COLUMNS)
     context_figs = {
@@ -262,7 +377,12 @@ def render_subject_report(
         labels[labels == 200] = 0  # regions only: CSF would hide the ventricles
         base, top = flicker_frames(vol, labels, img.affine, windows[0])
         w, h = _png_size(base)
-        flicker = {"base": data_uri(base, "image/png"), "top": data_uri(top, "image/png"), "width": w, "height": h}
+        flicker = {
+            "base": data_uri(base, "image/png"),
+            "top": data_uri(top, "image/png"),
+            "width": w,
+            "height": h,
+        }
     brain_fig = _figure_uri(figure_brain_mask)
     if brain_fig is None and vol is not None and msk is not None:
         brain_fig = data_uri(overlay_png(vol, msk, img.affine, windows[0]), "image/png")
@@ -271,32 +391,73 @@ def render_subject_report(
     t1 = time.perf_counter()
     review = None
     if viewer_js is not None and vol is not None:
-        review = _review_context(out, title, img, vol, msk, windows[0], image, phase, ph, t1w, det,
-                                 [det_sel.head(caps_rows["detections"]), rej_sel.head(caps_rows["rejected"]),
-                                  below_sel.head(caps_rows["below"])], candidates_dseg, viewer_js, embed_budget_bytes)
+        review = _review_context(
+            out,
+            title,
+            img,
+            vol,
+            msk,
+            windows[0],
+            image,
+            phase,
+            ph,
+            t1w,
+            det,
+            [
+                det_sel.head(caps_rows["detections"]),
+                rej_sel.head(caps_rows["rejected"]),
+                below_sel.head(caps_rows["below"]),
+            ],
+            candidates_dseg,
+            viewer_js,
+            embed_budget_bytes,
+        )
     timings["viewer_s"] = time.perf_counter() - t1
 
     prov: list = []
     if meta is not None:
-        _flat("", {"Provenance": meta.get("Provenance"), "Detection": meta.get("Detection"),
-                   "Localization": meta.get("Localization")}, prov)
+        _flat(
+            "",
+            {
+                "Provenance": meta.get("Provenance"),
+                "Detection": meta.get("Detection"),
+                "Localization": meta.get("Localization"),
+            },
+            prov,
+        )
     reg = summary.get("registration") or {}
     detection = (meta or {}).get("Detection") or {}
     context = {
-        "title": title, "status": status["status"], "cmb_version": __version__, "errors": errors,
-        "counts": counts, "regions": regions, "note": (meta or {}).get("AnatomyNote"),
-        "table_columns": TABLE_COLUMNS, "numeric": NUMERIC,
+        "title": title,
+        "status": status["status"],
+        "cmb_version": __version__,
+        "errors": errors,
+        "counts": counts,
+        "regions": regions,
+        "note": (meta or {}).get("AnatomyNote"),
+        "table_columns": TABLE_COLUMNS,
+        "numeric": NUMERIC,
         "detections": rows_of(det_sel.head(caps_rows["detections"])),
         "rejected": rows_of(rej_sel.head(caps_rows["rejected"])),
         "below": rows_of(below_sel.head(caps_rows["below"])),
-        "n_detections": len(det_sel), "n_rejected": len(rej_sel), "n_below": len(below_sel),
-        "threshold": _threshold(detection.get("threshold")), "has_phase": ph is not None,
-        "triplet_mm": int(2 * TRIPLET_HALF_MM), **context_figs,
-        "flicker": flicker, "registration_figure": _figure_uri(figure_registration),
+        "n_detections": len(det_sel),
+        "n_rejected": len(rej_sel),
+        "n_below": len(below_sel),
+        "threshold": _threshold(detection.get("threshold")),
+        "has_phase": ph is not None,
+        "triplet_mm": int(2 * TRIPLET_HALF_MM),
+        **context_figs,
+        "flicker": flicker,
+        "registration_figure": _figure_uri(figure_registration),
         "registration": {k: v for k, v in reg.items() if v is not None},
-        "brain_mask_figure": brain_fig, "brain_volume": summary.get("brain_mask_volume_ml"),
-        "records": recs, "provenance": prov, "review": review,
-        "phase_convention": (phase_convention_columns(read_phase_convention(phase)) if phase else None),
+        "brain_mask_figure": brain_fig,
+        "brain_volume": summary.get("brain_mask_volume_ml"),
+        "records": recs,
+        "provenance": prov,
+        "review": review,
+        "phase_convention": (
+            phase_convention_columns(read_phase_convention(phase)) if phase else None
+        ),
     }
     t1 = time.perf_counter()
     html = environment().get_template("subject.html.j2").render(**context)
@@ -306,17 +467,49 @@ def render_subject_report(
     return timings
 
 
-def _review_context(out, title, img, vol, msk, window, image, phase, ph, t1w, det, selections, candidates_dseg,
-                    viewer_js, budget) -> dict:
+def _review_context(
+    out,
+    title,
+    img,
+    vol,
+    msk,
+    window,
+    image,
+    phase,
+    ph,
+    t1w,
+    det,
+    selections,
+    candidates_dseg,
+    viewer_js,
+    budget,
+) -> dict:
     """The Review section: viewer layers, the candidates to judge and the page's data block."""
     from cmb.report.viewer import EMBED_BUDGET_BYTES, viewer_layers
     from cmb.verdicts import ATTACH_TOLERANCE_MM, REASONS
 
     budget = EMBED_BUDGET_BYTES if budget is None else int(budget)
-    listed = pd.concat(selections) if selections else None  # the overlay shows the candidates listed for review
-    layers = viewer_layers(Path(out), image=image, vol=vol, mask=msk, window=window, phase=phase, ph=ph, t1w=t1w,
-                           det=listed, candidates_dseg=candidates_dseg, budget_bytes=budget)
-    status_text = {"detected": "detected", "rejected": "rejected", "below_threshold": "below threshold"}
+    listed = (
+        pd.concat(selections) if selections else None
+    )  # the overlay shows the candidates listed for review
+    layers = viewer_layers(
+        Path(out),
+        image=image,
+        vol=vol,
+        mask=msk,
+        window=window,
+        phase=phase,
+        ph=ph,
+        t1w=t1w,
+        det=listed,
+        candidates_dseg=candidates_dseg,
+        budget_bytes=budget,
+    )
+    status_text = {
+        "detected": "detected",
+        "rejected": "rejected",
+        "below_threshold": "below threshold",
+    }
     cands, shown = [], []
     for kind, sel in zip(("detected", "rejected", "below_threshold"), selections):
         for r in sel.to_dict("records"):
@@ -327,21 +520,59 @@ def _review_context(out, title, img, vol, msk, window, image, phase, ph, t1w, de
                 continue
             ijk = [r.get(c, _NA) for c in ("i", "j", "k")]
             reason = r.get("rejected_reason", _NA)
-            cands.append({"cmb_id": int(r["cmb_id"]), "x_mm": xyz[0], "y_mm": xyz[1], "z_mm": xyz[2],
-                          "i": ijk[0], "j": ijk[1], "k": ijk[2], "confidence": r.get("confidence", _NA),
-                          "radius_mm": round(diameter / 2, 2) if math.isfinite(diameter) else 0, "status": kind})
-            where = ", ".join(v for v in (r.get("mars_region", _NA).replace("_", " "), r.get("hemisphere", _NA))
-                              if v and v != _NA) or "n/a"
-            shown.append({**cands[-1], "where": where, "xyz": ", ".join(f"{v:.1f}" for v in xyz),
-                          "status_text": status_text[kind] + (f" ({reason})" if kind == "rejected" else "")})
-    data = {"scan": title, "storage_key": hashlib.sha256(str(Path(out).resolve()).encode()).hexdigest()[:12],
-            "candidates": cands, "layers": layers["layers"], "inverse_affine": np.linalg.inv(img.affine).tolist(),
-            "attach_tolerance_mm": ATTACH_TOLERANCE_MM}
-    viewer_src = Path(os.path.relpath(Path(viewer_js).resolve(), Path(out).resolve().parent)).as_posix()
-    return {"scan": title, "layers": layers["layers"], "candidates": shown, "reasons": REASONS, "data": data,
-            "viewer_src": viewer_src, "embedded_mb": f"{layers['embedded_bytes'] / 1e6:.1f}",
-            "budget_mb": f"{budget / 1e6:.1f}",
-            "served": ", ".join(la["label"] for la in layers["layers"] if "url" in la)}
+            cands.append(
+                {
+                    "cmb_id": int(r["cmb_id"]),
+                    "x_mm": xyz[0],
+                    "y_mm": xyz[1],
+                    "z_mm": xyz[2],
+                    "i": ijk[0],
+                    "j": ijk[1],
+                    "k": ijk[2],
+                    "confidence": r.get("confidence", _NA),
+                    "radius_mm": round(diameter / 2, 2) if math.isfinite(diameter) else 0,
+                    "status": kind,
+                }
+            )
+            where = (
+                ", ".join(
+                    v
+                    for v in (r.get("mars_region", _NA).replace("_", " "), r.get("hemisphere", _NA))
+                    if v and v != _NA
+                )
+                or "n/a"
+            )
+            shown.append(
+                {
+                    **cands[-1],
+                    "where": where,
+                    "xyz": ", ".join(f"{v:.1f}" for v in xyz),
+                    "status_text": status_text[kind]
+                    + (f" ({reason})" if kind == "rejected" else ""),
+                }
+            )
+    data = {
+        "scan": title,
+        "storage_key": hashlib.sha256(str(Path(out).resolve()).encode()).hexdigest()[:12],
+        "candidates": cands,
+        "layers": layers["layers"],
+        "inverse_affine": np.linalg.inv(img.affine).tolist(),
+        "attach_tolerance_mm": ATTACH_TOLERANCE_MM,
+    }
+    viewer_src = Path(
+        os.path.relpath(Path(viewer_js).resolve(), Path(out).resolve().parent)
+    ).as_posix()
+    return {
+        "scan": title,
+        "layers": layers["layers"],
+        "candidates": shown,
+        "reasons": REASONS,
+        "data": data,
+        "viewer_src": viewer_src,
+        "embedded_mb": f"{layers['embedded_bytes'] / 1e6:.1f}",
+        "budget_mb": f"{budget / 1e6:.1f}",
+        "served": ", ".join(la["label"] for la in layers["layers"] if "url" in la),
+    }
 
 
 # --------------------------------------------------------------------------- cohort
@@ -364,19 +595,39 @@ def _site_table(counts: pd.DataFrame, by: str) -> dict | None:
     for name, g in known.groupby(by, sort=True):
         n = pd.to_numeric(g["n_cmb"], errors="coerce").dropna()
         pat = g["mars_pattern"].value_counts()
-        rows.append({"name": name, "n": len(g), "failed": int((g["status"] != "ok").sum()),
-                     "mean": f"{n.mean():.2f}" if len(n) else _NA, "median": f"{n.median():g}" if len(n) else _NA,
-                     "any_pct": f"{100 * (n > 0).mean():.0f}" if len(n) else _NA,
-                     **{p: int(pat.get(p, 0)) for p in ("strictly_lobar", "deep_or_mixed", "infratentorial_only")}})
+        rows.append(
+            {
+                "name": name,
+                "n": len(g),
+                "failed": int((g["status"] != "ok").sum()),
+                "mean": f"{n.mean():.2f}" if len(n) else _NA,
+                "median": f"{n.median():g}" if len(n) else _NA,
+                "any_pct": f"{100 * (n > 0).mean():.0f}" if len(n) else _NA,
+                **{
+                    p: int(pat.get(p, 0))
+                    for p in ("strictly_lobar", "deep_or_mixed", "infratentorial_only")
+                },
+            }
+        )
         if len(n):
             groups[str(name)] = n.to_numpy()
-    figure = (data_uri(site_boxplot_svg(groups, f"CMBs per scan by {by}"), "image/svg+xml")
-              if len(groups) > 1 else None)
+    figure = (
+        data_uri(site_boxplot_svg(groups, f"CMBs per scan by {by}"), "image/svg+xml")
+        if len(groups) > 1
+        else None
+    )
     return {"by": by, "rows": rows, "figure": figure}
 
 
-def render_cohort_report(counts_csv, detections_csv, out, *, failures_csv=None, out_counts_figure=None,
-                         out_regions_figure=None) -> dict:
+def render_cohort_report(
+    counts_csv,
+    detections_csv,
+    out,
+    *,
+    failures_csv=None,
+    out_counts_figure=None,
+    out_regions_figure=None,
+) -> dict:
     """Write the cohort QC page (and its two charts as SVG files when asked)."""
     from cmb.report.reportlets import count_histogram_svg, data_uri, region_bars_svg
 
@@ -384,14 +635,23 @@ def render_cohort_report(counts_csv, detections_csv, out, *, failures_csv=None, 
     from cmb.tables import COUNT_COLUMNS
 
     counts = pd.read_csv(counts_csv, dtype=str, keep_default_na=False)
-    counts = counts.reindex(columns=COUNT_COLUMNS, fill_value=_NA)  # a table of an older version: n/a
-    failures = (pd.read_csv(failures_csv, dtype=str, keep_default_na=False)
-                if failures_csv and Path(failures_csv).is_file() and Path(failures_csv).stat().st_size else None)
+    counts = counts.reindex(
+        columns=COUNT_COLUMNS, fill_value=_NA
+    )  # a table of an older version: n/a
+    failures = (
+        pd.read_csv(failures_csv, dtype=str, keep_default_na=False)
+        if failures_csv and Path(failures_csv).is_file() and Path(failures_csv).stat().st_size
+        else None
+    )
     n_cmb = pd.to_numeric(counts["n_cmb"], errors="coerce")
     have = n_cmb.notna()
     hist_svg = count_histogram_svg(n_cmb[have].astype(int).tolist())
-    left = {r: int(pd.to_numeric(counts[f"n_{r}_L"], errors="coerce").fillna(0).sum()) for r in REGIONS}
-    right = {r: int(pd.to_numeric(counts[f"n_{r}_R"], errors="coerce").fillna(0).sum()) for r in REGIONS}
+    left = {
+        r: int(pd.to_numeric(counts[f"n_{r}_L"], errors="coerce").fillna(0).sum()) for r in REGIONS
+    }
+    right = {
+        r: int(pd.to_numeric(counts[f"n_{r}_R"], errors="coerce").fillna(0).sum()) for r in REGIONS
+    }
     regions_svg = region_bars_svg(left, right, CATEGORY)
     if out_counts_figure:
         write_text(out_counts_figure, hist_svg)
@@ -407,33 +667,69 @@ def render_cohort_report(counts_csv, detections_csv, out, *, failures_csv=None, 
     def scan(r):
         return r["participant_id"] + ("_" + r["session_id"] if r["session_id"] != _NA else "")
 
-    q1, q3 = (np.percentile(n_cmb[have], [25, 75]) if have.any() else (0.0, 0.0))
+    q1, q3 = np.percentile(n_cmb[have], [25, 75]) if have.any() else (0.0, 0.0)
     limit = q3 + 3 * (q3 - q1)
     outliers, failed, subjects = [], [], []
     for r in counts.to_dict("records"):
         link = subject_report_link(r["participant_id"], r["session_id"])
-        flags = [] if r["qc_flags"] == _NA else [f for f in r["qc_flags"].split(";") if f != "failed"]
+        flags = (
+            [] if r["qc_flags"] == _NA else [f for f in r["qc_flags"].split(";") if f != "failed"]
+        )
         n = _int(r["n_cmb"])
         if n is not None and n > limit and n > 0:
             flags.append("count_outlier")
         if flags:
-            outliers.append({"scan": scan(r), "link": link, "flags": ", ".join(flags), "n_cmb": r["n_cmb"],
-                             "n_above": r["n_above_threshold"], "dice": r["registration_mask_dice"],
-                             "nmi": r["registration_nmi"], "volume": r["brain_mask_volume_ml"]})
+            outliers.append(
+                {
+                    "scan": scan(r),
+                    "link": link,
+                    "flags": ", ".join(flags),
+                    "n_cmb": r["n_cmb"],
+                    "n_above": r["n_above_threshold"],
+                    "dice": r["registration_mask_dice"],
+                    "nmi": r["registration_nmi"],
+                    "volume": r["brain_mask_volume_ml"],
+                }
+            )
         if r["status"] != "ok":
-            failed.append({"scan": scan(r), "link": link, "stage": r["failing_stage"], "message": r["failure_message"]})
-        subjects.append({"pid": r["participant_id"], "sid": r["session_id"], "scan": scan(r), "link": link,
-                         "status": r["status"], "n_cmb": r["n_cmb"], "pattern": r["mars_pattern"],
-                         "flags": r["qc_flags"]})
+            failed.append(
+                {
+                    "scan": scan(r),
+                    "link": link,
+                    "stage": r["failing_stage"],
+                    "message": r["failure_message"],
+                }
+            )
+        subjects.append(
+            {
+                "pid": r["participant_id"],
+                "sid": r["session_id"],
+                "scan": scan(r),
+                "link": link,
+                "status": r["status"],
+                "n_cmb": r["n_cmb"],
+                "pattern": r["mars_pattern"],
+                "flags": r["qc_flags"],
+            }
+        )
     site_tables = [t for t in (_site_table(counts, "site"), _site_table(counts, "scanner")) if t]
     key = hashlib.sha256(str(Path(out).resolve()).encode()).hexdigest()[:12]
     context = {
-        "cmb_version": __version__, "n_scans": len(counts), "n_ok": int((counts["status"] == "ok").sum()),
-        "n_failed": int((counts["status"] != "ok").sum()), "n_cmb_total": int(n_cmb.fillna(0).sum()),
-        "n_counted": int(have.sum()), "counts_figure": data_uri(hist_svg, "image/svg+xml"),
-        "regions_figure": data_uri(regions_svg, "image/svg+xml"), "patterns": patterns,
-        "site_tables": site_tables, "outliers": outliers, "count_limit": f"{limit:g}", "failed": failed,
-        "failure_rows": [] if failures is None else failures.to_dict("records"), "subjects": subjects,
+        "cmb_version": __version__,
+        "n_scans": len(counts),
+        "n_ok": int((counts["status"] == "ok").sum()),
+        "n_failed": int((counts["status"] != "ok").sum()),
+        "n_cmb_total": int(n_cmb.fillna(0).sum()),
+        "n_counted": int(have.sum()),
+        "counts_figure": data_uri(hist_svg, "image/svg+xml"),
+        "regions_figure": data_uri(regions_svg, "image/svg+xml"),
+        "patterns": patterns,
+        "site_tables": site_tables,
+        "outliers": outliers,
+        "count_limit": f"{limit:g}",
+        "failed": failed,
+        "failure_rows": [] if failures is None else failures.to_dict("records"),
+        "subjects": subjects,
         "storage_key": key,
     }
     html = environment().get_template("cohort.html.j2").render(**context)

@@ -46,7 +46,9 @@ def data_uri(payload: bytes | str, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(raw).decode('ascii')}"
 
 
-def intensity_window(data: np.ndarray, mask: np.ndarray | None = None, pct=(1.0, 99.5)) -> tuple[float, float]:
+def intensity_window(
+    data: np.ndarray, mask: np.ndarray | None = None, pct=(1.0, 99.5)
+) -> tuple[float, float]:
     """Display window: percentiles of ``data`` inside ``mask`` (or over positive voxels).
 
     >>> intensity_window(np.arange(100.0), pct=(0, 100))
@@ -54,8 +56,14 @@ def intensity_window(data: np.ndarray, mask: np.ndarray | None = None, pct=(1.0,
     """
     if data.size > 2_000_000:  # a fixed subsample of the grid: same window on every run, 10x faster
         step = (2, 2, 1) if data.ndim == 3 else 2
-        data = data[tuple(slice(None, None, k) for k in step)] if data.ndim == 3 else data.ravel()[::step]
-        mask = None if mask is None else (mask[::2, ::2, :] if mask.ndim == 3 else mask.ravel()[::2])
+        data = (
+            data[tuple(slice(None, None, k) for k in step)]
+            if data.ndim == 3
+            else data.ravel()[::step]
+        )
+        mask = (
+            None if mask is None else (mask[::2, ::2, :] if mask.ndim == 3 else mask.ravel()[::2])
+        )
     values = data[mask] if mask is not None and mask.any() else data[data > 0]
     if values.size == 0:
         return 0.0, 1.0
@@ -77,7 +85,9 @@ def _slice(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
     return volume[tuple(index if a == axis else slice(None) for a in range(3))]
 
 
-def _panel(volume: np.ndarray, zooms: np.ndarray, centre: Sequence[int], plane: str, half_mm: float):
+def _panel(
+    volume: np.ndarray, zooms: np.ndarray, centre: Sequence[int], plane: str, half_mm: float
+):
     """2-D crop around ``centre`` (rows superior/anterior first) and its pixel sizes (mm)."""
     axis = _AXIS[plane]
     rest = [a for a in range(3) if a != axis]
@@ -90,13 +100,21 @@ def _panel(volume: np.ndarray, zooms: np.ndarray, centre: Sequence[int], plane: 
     out = np.zeros((spans[0][1] - spans[0][0], spans[1][1] - spans[1][0]), dtype=np.float32)
     src = [(max(s, 0), min(e, volume.shape[a])) for (s, e), a in zip(spans, rest)]
     if src[0][1] > src[0][0] and src[1][1] > src[1][0]:
-        out[src[0][0] - spans[0][0]: src[0][1] - spans[0][0], src[1][0] - spans[1][0]: src[1][1] - spans[1][0]] = \
-            sl[src[0][0]:src[0][1], src[1][0]:src[1][1]]
+        out[
+            src[0][0] - spans[0][0] : src[0][1] - spans[0][0],
+            src[1][0] - spans[1][0] : src[1][1] - spans[1][0],
+        ] = sl[src[0][0] : src[0][1], src[1][0] : src[1][1]]
     return out.T[::-1], (float(zooms[rest[0]]), float(zooms[rest[1]]))
 
 
-def _render(crop: np.ndarray, pix_mm: tuple[float, float], window, px_per_mm: float,
-            marker_mm: float | None, colour=(255, 48, 48)) -> Image.Image:
+def _render(
+    crop: np.ndarray,
+    pix_mm: tuple[float, float],
+    window,
+    px_per_mm: float,
+    marker_mm: float | None,
+    colour=(255, 48, 48),
+) -> Image.Image:
     img = Image.fromarray(_to_uint8(crop, window), mode="L").convert("RGB")
     w = max(int(round(crop.shape[1] * pix_mm[0] * px_per_mm)), 1)
     h = max(int(round(crop.shape[0] * pix_mm[1] * px_per_mm)), 1)
@@ -109,9 +127,17 @@ def _render(crop: np.ndarray, pix_mm: tuple[float, float], window, px_per_mm: fl
     return img
 
 
-def triplet_png(volumes: Sequence[np.ndarray], windows: Sequence[tuple[float, float]], affine: np.ndarray,
-                centre: Sequence[int], *, marker_mm: float = 4.0, half_mm: float = 16.0,
-                px_per_mm: float = 4.0, fmt: str = "PNG") -> bytes:
+def triplet_png(
+    volumes: Sequence[np.ndarray],
+    windows: Sequence[tuple[float, float]],
+    affine: np.ndarray,
+    centre: Sequence[int],
+    *,
+    marker_mm: float = 4.0,
+    half_mm: float = 16.0,
+    px_per_mm: float = 4.0,
+    fmt: str = "PNG",
+) -> bytes:
     """Image (PNG, or JPEG with ``fmt="JPEG"``: 8x faster to encode) of axial, coronal
     and sagittal crops around ``centre``, one row per volume (magnitude, then phase),
     with a circle of radius ``marker_mm`` on the centre.
@@ -124,7 +150,10 @@ def triplet_png(volumes: Sequence[np.ndarray], windows: Sequence[tuple[float, fl
     zooms = _zooms(affine)
     rows = []
     for vol, win in zip(volumes, windows):
-        tiles = [_render(*_panel(vol, zooms, centre, p, half_mm), win, px_per_mm, marker_mm) for p in _PLANES]
+        tiles = [
+            _render(*_panel(vol, zooms, centre, p, half_mm), win, px_per_mm, marker_mm)
+            for p in _PLANES
+        ]
         rows.append(tiles)
     gap = 4
     width = max(sum(t.width for t in r) + gap * (len(r) - 1) for r in rows)
@@ -154,7 +183,9 @@ def image_size(payload: bytes) -> tuple[int, int]:
 def _label_colours(labels: np.ndarray) -> np.ndarray:
     """A fixed colour per label value (0 transparent-black)."""
     rng = np.random.default_rng(12345)
-    lut = rng.integers(60, 256, size=(int(labels.max()) + 1 if labels.size else 1, 3)).astype(np.uint8)
+    lut = rng.integers(60, 256, size=(int(labels.max()) + 1 if labels.size else 1, 3)).astype(
+        np.uint8
+    )
     lut[0] = 0
     return lut[np.clip(labels, 0, None)]
 
@@ -169,19 +200,33 @@ def _mid_panels(volume, zooms, centre, is_label=False):
     return out
 
 
-def flicker_frames(image: np.ndarray, labels: np.ndarray, affine: np.ndarray, window, *,
-                   centre: Sequence[int] | None = None, height_px: int = 220, alpha: float = 0.55) -> tuple[bytes, bytes]:
+def flicker_frames(
+    image: np.ndarray,
+    labels: np.ndarray,
+    affine: np.ndarray,
+    window,
+    *,
+    centre: Sequence[int] | None = None,
+    height_px: int = 220,
+    alpha: float = 0.55,
+) -> tuple[bytes, bytes]:
     """Two PNGs of the same three planes: the subject image, and the atlas labels in
     colour over it. Shown alternately they reveal any misregistration.
     """
     zooms = _zooms(affine)
     if centre is None:
-        nz = np.argwhere(labels[::4, ::4, ::2] > 0) * [4, 4, 2]  # subsampled: the centre need not be exact
-        centre = (np.rint(nz.mean(0)).astype(int) if len(nz) else np.array(image.shape) // 2)
+        nz = np.argwhere(labels[::4, ::4, ::2] > 0) * [
+            4,
+            4,
+            2,
+        ]  # subsampled: the centre need not be exact
+        centre = np.rint(nz.mean(0)).astype(int) if len(nz) else np.array(image.shape) // 2
     frames = []
     for overlay in (False, True):
         tiles = []
-        for (sl, pix), (lab, _) in zip(_mid_panels(image, zooms, centre), _mid_panels(labels, zooms, centre)):
+        for (sl, pix), (lab, _) in zip(
+            _mid_panels(image, zooms, centre), _mid_panels(labels, zooms, centre)
+        ):
             grey = np.repeat(_to_uint8(sl, window)[..., None], 3, axis=2).astype(np.float32)
             if overlay:
                 col = _label_colours(lab.astype(np.int64)).astype(np.float32)
@@ -189,7 +234,10 @@ def flicker_frames(image: np.ndarray, labels: np.ndarray, affine: np.ndarray, wi
                 grey = np.where(m, (1 - alpha) * grey + alpha * col, grey)
             img = Image.fromarray(grey.astype(np.uint8), mode="RGB")
             scale = height_px / (sl.shape[0] * pix[1])
-            img = img.resize((max(int(round(sl.shape[1] * pix[0] * scale)), 1), height_px), Image.Resampling.NEAREST)
+            img = img.resize(
+                (max(int(round(sl.shape[1] * pix[0] * scale)), 1), height_px),
+                Image.Resampling.NEAREST,
+            )
             tiles.append(img)
         frames.append(_tiles_png(tiles, height_px, extra=8))
     return frames[0], frames[1]
@@ -207,13 +255,19 @@ def _tiles_png(tiles, height_px: int, extra: int) -> bytes:
     return buf.getvalue()
 
 
-def overlay_png(image: np.ndarray, mask: np.ndarray, affine: np.ndarray, window, *, height_px: int = 200) -> bytes:
+def overlay_png(
+    image: np.ndarray, mask: np.ndarray, affine: np.ndarray, window, *, height_px: int = 200
+) -> bytes:
     """Brain-mask outline (red) over the image: 5 axial planes plus coronal and sagittal."""
     from scipy import ndimage as ndi
 
     zooms = _zooms(affine)
     zs = np.flatnonzero(mask.any(axis=(0, 1)))
-    ks = np.linspace(zs[0], zs[-1], 7)[1:-1].round().astype(int) if zs.size else [image.shape[2] // 2]
+    ks = (
+        np.linspace(zs[0], zs[-1], 7)[1:-1].round().astype(int)
+        if zs.size
+        else [image.shape[2] // 2]
+    )
     nz = np.argwhere(mask[::4, ::4, ::2]) * [4, 4, 2]
     c = np.rint(nz.mean(0)).astype(int) if len(nz) else np.array(image.shape) // 2
     views = [(2, k) for k in ks] + [(1, c[1]), (0, c[0])]
@@ -228,8 +282,12 @@ def overlay_png(image: np.ndarray, mask: np.ndarray, affine: np.ndarray, window,
         img = Image.fromarray(rgb, mode="RGB")
         pix = (zooms[rest[0]], zooms[rest[1]])
         scale = height_px / (sl.shape[0] * pix[1])
-        tiles.append(img.resize((max(int(round(sl.shape[1] * pix[0] * scale)), 1), height_px),
-                                Image.Resampling.NEAREST))
+        tiles.append(
+            img.resize(
+                (max(int(round(sl.shape[1] * pix[0] * scale)), 1), height_px),
+                Image.Resampling.NEAREST,
+            )
+        )
     return _tiles_png(tiles, height_px, extra=4 * len(tiles))
 
 
@@ -240,7 +298,7 @@ def _svg(fig) -> str:
     buf = io.StringIO()
     fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
     text = buf.getvalue()
-    return text[text.index("<svg"):]
+    return text[text.index("<svg") :]
 
 
 def _figure(w: float, h: float):
@@ -261,7 +319,9 @@ def count_histogram_svg(counts: Sequence[int], title: str = "CMBs per scan") -> 
     if counts.size:
         edges = list(range(0, 11)) + [11, 21, 51, max(52, counts.max() + 2)]
         labels = [str(i) for i in range(0, 11)] + ["11-20", "21-50", "51+"]
-        hist = [int(((counts >= lo) & (counts < hi)).sum()) for lo, hi in zip(edges[:-1], edges[1:])]
+        hist = [
+            int(((counts >= lo) & (counts < hi)).sum()) for lo, hi in zip(edges[:-1], edges[1:])
+        ]
         ax.bar(range(len(hist)), hist, color="#3b6ea8")
         ax.set_xticks(range(len(hist)), labels, rotation=45, fontsize=8)
         for x, v in enumerate(hist):
@@ -304,7 +364,12 @@ def site_boxplot_svg(groups: dict[str, Sequence[float]], title: str) -> str:
     names = list(groups)
     fig = _figure(6.4, 0.35 * len(names) + 1.3)
     ax = fig.subplots()
-    ax.boxplot([np.asarray(groups[n], float) for n in names], orientation="horizontal", tick_labels=names, widths=0.6)
+    ax.boxplot(
+        [np.asarray(groups[n], float) for n in names],
+        orientation="horizontal",
+        tick_labels=names,
+        widths=0.6,
+    )
     ax.set_xlabel("CMBs per scan")
     ax.set_title(title, fontsize=10)
     ax.spines[["top", "right"]].set_visible(False)

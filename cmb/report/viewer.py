@@ -32,8 +32,17 @@ from scipy import ndimage as ndi
 
 from cmb.atomic import atomic_path
 
-__all__ = ["NIIVUE_VERSION", "NIIVUE_SHA256", "VIEWER_FILES", "EMBED_BUDGET_BYTES", "MINIP_SLAB_MM",
-           "STATUS_CODES", "install_viewer", "viewer_script", "viewer_layers"]
+__all__ = [
+    "NIIVUE_VERSION",
+    "NIIVUE_SHA256",
+    "VIEWER_FILES",
+    "EMBED_BUDGET_BYTES",
+    "MINIP_SLAB_MM",
+    "STATUS_CODES",
+    "install_viewer",
+    "viewer_script",
+    "viewer_layers",
+]
 
 NIIVUE_VERSION = "0.69.0"
 NIIVUE_SHA256 = "47b896b77ec4a5be3ef1949c33ad393b6f45629921f326c279000bcf51bdb4af"
@@ -67,10 +76,16 @@ def install_viewer(folder) -> Path:
     script = _vendor().joinpath("niivue.umd.js").read_bytes()
     digest = hashlib.sha256(script).hexdigest()
     if digest != NIIVUE_SHA256:
-        raise RuntimeError(f"vendored niivue.umd.js has sha256 {digest}, expected {NIIVUE_SHA256} (NiiVue "
-                           f"{NIIVUE_VERSION}): the package is damaged")
+        raise RuntimeError(
+            f"vendored niivue.umd.js has sha256 {digest}, expected {NIIVUE_SHA256} (NiiVue "
+            f"{NIIVUE_VERSION}): the package is damaged"
+        )
     for name in VIEWER_FILES:
-        with atomic_path(folder / name) as tmp, _vendor().joinpath(name).open("rb") as src, open(tmp, "wb") as dst:
+        with (
+            atomic_path(folder / name) as tmp,
+            _vendor().joinpath(name).open("rb") as src,
+            open(tmp, "wb") as dst,
+        ):
             shutil.copyfileobj(src, dst)
     return folder / "niivue.umd.js"
 
@@ -92,7 +107,10 @@ def _crop(mask: np.ndarray | None, shape) -> tuple[slice, ...]:
     if mask is None or not mask.any():
         return tuple(slice(0, s) for s in shape)
     box = ndi.find_objects(mask.astype(np.uint8))[0]
-    return tuple(slice(max(b.start - _MARGIN_VOXELS, 0), min(b.stop + _MARGIN_VOXELS, s)) for b, s in zip(box, shape))
+    return tuple(
+        slice(max(b.start - _MARGIN_VOXELS, 0), min(b.stop + _MARGIN_VOXELS, s))
+        for b, s in zip(box, shape)
+    )
 
 
 def _shifted(affine: np.ndarray, start) -> np.ndarray:
@@ -106,24 +124,44 @@ def _status_map(shape, affine, det: pd.DataFrame | None, dseg) -> np.ndarray:
     out = np.zeros(shape, np.uint8)
     if det is None or not len(det):
         return out
-    code = np.where(det["is_cmb"] == "true", STATUS_CODES["detected"],
-                    np.where(det["rejected"] == "true", STATUS_CODES["rejected"], STATUS_CODES["below_threshold"]))
+    code = np.where(
+        det["is_cmb"] == "true",
+        STATUS_CODES["detected"],
+        np.where(
+            det["rejected"] == "true", STATUS_CODES["rejected"], STATUS_CODES["below_threshold"]
+        ),
+    )
     ids = pd.to_numeric(det["cmb_id"], errors="coerce").fillna(0).astype(np.int64).to_numpy()
     if dseg is not None and dseg.shape == tuple(shape):
         lut = np.zeros(max(int(ids.max(initial=0)), int(dseg.max(initial=0))) + 1, np.uint8)
         lut[ids] = code
         return lut[np.clip(dseg, 0, lut.size - 1)]
-    ijk = np.rint(nib.affines.apply_affine(np.linalg.inv(affine), det[["x_mm", "y_mm", "z_mm"]]
-                                           .apply(pd.to_numeric, errors="coerce").to_numpy(float))).astype(int)
+    ijk = np.rint(
+        nib.affines.apply_affine(
+            np.linalg.inv(affine),
+            det[["x_mm", "y_mm", "z_mm"]].apply(pd.to_numeric, errors="coerce").to_numpy(float),
+        )
+    ).astype(int)
     for c, v in zip(ijk, code):
         if np.all(c >= 1) and np.all(c < np.asarray(shape) - 1):
-            out[c[0] - 1:c[0] + 2, c[1] - 1:c[1] + 2, c[2]] = v
+            out[c[0] - 1 : c[0] + 2, c[1] - 1 : c[1] + 2, c[2]] = v
     return out
 
 
-def viewer_layers(page: Path, *, image=None, vol: np.ndarray | None = None, mask: np.ndarray | None = None,
-                  window=(0.0, 1.0), phase=None, ph: np.ndarray | None = None, t1w=None, det: pd.DataFrame | None = None,
-                  candidates_dseg=None, budget_bytes: int = EMBED_BUDGET_BYTES) -> dict:
+def viewer_layers(
+    page: Path,
+    *,
+    image=None,
+    vol: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
+    window=(0.0, 1.0),
+    phase=None,
+    ph: np.ndarray | None = None,
+    t1w=None,
+    det: pd.DataFrame | None = None,
+    candidates_dseg=None,
+    budget_bytes: int = EMBED_BUDGET_BYTES,
+) -> dict:
     """The viewer's layers of one subject page.
 
     Returns ``{"layers": [...], "embedded_bytes": int, "budget_bytes": int}``; each layer has
@@ -157,26 +195,80 @@ def viewer_layers(page: Path, *, image=None, vol: np.ndarray | None = None, mask
 
     lo, hi = float(window[0]), float(window[1])
     mag8 = _to_uint8(vol[box], lo, hi)
-    add({"id": "magnitude", "label": "magnitude", "kind": "background", "colormap": "gray", "cal_min": 0,
-         "cal_max": 255, "opacity": 1.0}, lambda: _nifti_b64(mag8, caff), rel(image))
+    add(
+        {
+            "id": "magnitude",
+            "label": "magnitude",
+            "kind": "background",
+            "colormap": "gray",
+            "cal_min": 0,
+            "cal_max": 255,
+            "opacity": 1.0,
+        },
+        lambda: _nifti_b64(mag8, caff),
+        rel(image),
+    )
     dseg = None
-    if candidates_dseg is not None and Path(candidates_dseg).is_file() and Path(candidates_dseg).stat().st_size:
+    if (
+        candidates_dseg is not None
+        and Path(candidates_dseg).is_file()
+        and Path(candidates_dseg).stat().st_size
+    ):
         try:
             dseg = np.asanyarray(nib.load(candidates_dseg).dataobj).astype(np.int64)
         except Exception:  # noqa: BLE001 - a broken dseg: spheres at the centres instead
             dseg = None
     status = _status_map(vol.shape, affine, det, dseg)[box]
-    add({"id": "candidates", "label": "candidates", "kind": "candidates", "colormap": "", "cal_min": 0,
-         "cal_max": 3, "opacity": 0.6}, lambda: _nifti_b64(status, caff), None)
+    add(
+        {
+            "id": "candidates",
+            "label": "candidates",
+            "kind": "candidates",
+            "colormap": "",
+            "cal_min": 0,
+            "cal_max": 3,
+            "opacity": 0.6,
+        },
+        lambda: _nifti_b64(status, caff),
+        None,
+    )
     n_slab = max(1, int(round(MINIP_SLAB_MM / float(img.header.get_zooms()[2]))))
     n_slab += 1 - n_slab % 2  # odd: centred on the slice
-    add({"id": "minip", "label": f"minIP slab ({n_slab * float(img.header.get_zooms()[2]):.1f} mm)",
-         "kind": "background", "colormap": "gray", "cal_min": 0, "cal_max": 255, "opacity": 1.0},
-        lambda: _nifti_b64(ndi.minimum_filter1d(mag8, n_slab, axis=2, mode="nearest"), caff), None)
+    add(
+        {
+            "id": "minip",
+            "label": f"minIP slab ({n_slab * float(img.header.get_zooms()[2]):.1f} mm)",
+            "kind": "background",
+            "colormap": "gray",
+            "cal_min": 0,
+            "cal_max": 255,
+            "opacity": 1.0,
+        },
+        lambda: _nifti_b64(ndi.minimum_filter1d(mag8, n_slab, axis=2, mode="nearest"), caff),
+        None,
+    )
     if ph is not None:
-        lim = float(np.percentile(np.abs(ph[mask]) if mask is not None and mask.any() else np.abs(ph), 99)) or 1.0
-        add({"id": "phase", "label": "phase", "kind": "overlay", "colormap": "gray", "cal_min": 0, "cal_max": 255,
-             "opacity": 1.0}, lambda: _nifti_b64(_to_uint8(ph[box], -lim, lim), caff), rel(phase))
+        lim = (
+            float(
+                np.percentile(
+                    np.abs(ph[mask]) if mask is not None and mask.any() else np.abs(ph), 99
+                )
+            )
+            or 1.0
+        )
+        add(
+            {
+                "id": "phase",
+                "label": "phase",
+                "kind": "overlay",
+                "colormap": "gray",
+                "cal_min": 0,
+                "cal_max": 255,
+                "opacity": 1.0,
+            },
+            lambda: _nifti_b64(_to_uint8(ph[box], -lim, lim), caff),
+            rel(phase),
+        )
     if t1w is not None and Path(t1w).is_file() and Path(t1w).stat().st_size:
         try:
             t_img = nib.load(t1w)
@@ -184,10 +276,26 @@ def viewer_layers(page: Path, *, image=None, vol: np.ndarray | None = None, mask
         except Exception:  # noqa: BLE001 - a broken T1w is left out
             t = None
         if t is not None and t.ndim == 3:
-            step = [max(1, int(np.floor(_T1W_MAX_MM / float(z) + 1e-6))) for z in t_img.header.get_zooms()[:3]]
-            small = t[::step[0], ::step[1], ::step[2]]
+            step = [
+                max(1, int(np.floor(_T1W_MAX_MM / float(z) + 1e-6)))
+                for z in t_img.header.get_zooms()[:3]
+            ]
+            small = t[:: step[0], :: step[1], :: step[2]]
             t_aff = t_img.affine @ np.diag([*step, 1.0])
-            lo_t, hi_t = np.percentile(small[small > 0] if (small > 0).any() else small, (0.5, 99.5))
-            add({"id": "t1w", "label": "T1w", "kind": "overlay", "colormap": "gray", "cal_min": 0, "cal_max": 255,
-                 "opacity": 1.0}, lambda: _nifti_b64(_to_uint8(small, float(lo_t), float(hi_t)), t_aff), rel(t1w))
+            lo_t, hi_t = np.percentile(
+                small[small > 0] if (small > 0).any() else small, (0.5, 99.5)
+            )
+            add(
+                {
+                    "id": "t1w",
+                    "label": "T1w",
+                    "kind": "overlay",
+                    "colormap": "gray",
+                    "cal_min": 0,
+                    "cal_max": 255,
+                    "opacity": 1.0,
+                },
+                lambda: _nifti_b64(_to_uint8(small, float(lo_t), float(hi_t)), t_aff),
+                rel(t1w),
+            )
     return {"layers": layers, "embedded_bytes": used, "budget_bytes": budget_bytes}

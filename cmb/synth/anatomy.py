@@ -52,23 +52,54 @@ class TissueContrast:
 
     pd: dict = field(
         default_factory=lambda: {
-            "csf": 1.0, "gm": 0.86, "wm": 0.72, "bone": 0.05, "marrow": 0.9, "scalp": 0.8,
-            "air": 0.0, "cavity": 0.0, "vein": 0.75,
+            "csf": 1.0,
+            "gm": 0.86,
+            "wm": 0.72,
+            "bone": 0.05,
+            "marrow": 0.9,
+            "scalp": 0.8,
+            "air": 0.0,
+            "cavity": 0.0,
+            "vein": 0.75,
         }
     )
     r2s: dict = field(
         default_factory=lambda: {
-            "csf": 3.0, "gm": 17.0, "wm": 21.0, "bone": 400.0, "marrow": 70.0, "scalp": 35.0,
-            "air": 0.0, "cavity": 0.0, "vein": 45.0, "caudate": 24.0, "putamen": 30.0,
-            "pallidum": 48.0, "thalamus": 20.0, "red_nucleus": 38.0, "substantia_nigra": 45.0,
+            "csf": 3.0,
+            "gm": 17.0,
+            "wm": 21.0,
+            "bone": 400.0,
+            "marrow": 70.0,
+            "scalp": 35.0,
+            "air": 0.0,
+            "cavity": 0.0,
+            "vein": 45.0,
+            "caudate": 24.0,
+            "putamen": 30.0,
+            "pallidum": 48.0,
+            "thalamus": 20.0,
+            "red_nucleus": 38.0,
+            "substantia_nigra": 45.0,
             "dentate": 38.0,
         }
     )
     chi: dict = field(
         default_factory=lambda: {
-            "csf": 0.0, "gm": 0.01, "wm": -0.03, "bone": -2.0, "marrow": -0.5, "scalp": 0.0,
-            "air": 0.0, "cavity": 9.4, "vein": 0.35, "caudate": 0.05, "putamen": 0.05,
-            "pallidum": 0.16, "thalamus": 0.01, "red_nucleus": 0.12, "substantia_nigra": 0.15,
+            "csf": 0.0,
+            "gm": 0.01,
+            "wm": -0.03,
+            "bone": -2.0,
+            "marrow": -0.5,
+            "scalp": 0.0,
+            "air": 0.0,
+            "cavity": 9.4,
+            "vein": 0.35,
+            "caudate": 0.05,
+            "putamen": 0.05,
+            "pallidum": 0.16,
+            "thalamus": 0.01,
+            "red_nucleus": 0.12,
+            "substantia_nigra": 0.15,
             "dentate": 0.10,
         }
     )
@@ -77,9 +108,13 @@ class TissueContrast:
         """Per-subject contrast: every parameter scaled by a random factor around 1."""
 
         def jit(d, sd):
-            return {k: float(v * max(0.5, 1 + scale * sd * rng.standard_normal())) for k, v in d.items()}
+            return {
+                k: float(v * max(0.5, 1 + scale * sd * rng.standard_normal())) for k, v in d.items()
+            }
 
-        return replace(self, pd=jit(self.pd, 0.04), r2s=jit(self.r2s, 0.10), chi=jit(self.chi, 0.15))
+        return replace(
+            self, pd=jit(self.pd, 0.04), r2s=jit(self.r2s, 0.10), chi=jit(self.chi, 0.15)
+        )
 
 
 @dataclass(frozen=True, eq=False)  # hashed by identity, so lru_cache can key on it
@@ -140,7 +175,9 @@ def _render_tube(mask: np.ndarray, affine, points: np.ndarray, radius: float) ->
     """Max-composite a soft tube along a polyline (MNI mm) into ``mask`` in place."""
     inv = np.linalg.inv(affine)
     step = abs(affine[0, 0])
-    lo = np.maximum(np.floor((points.min(0) - radius - 2) @ inv[:3, :3].T + inv[:3, 3]).astype(int), 0)
+    lo = np.maximum(
+        np.floor((points.min(0) - radius - 2) @ inv[:3, :3].T + inv[:3, 3]).astype(int), 0
+    )
     hi_i = np.ceil((points.max(0) + radius + 2) @ inv[:3, :3].T + inv[:3, 3]).astype(int) + 1
     hi = np.minimum(hi_i, mask.shape)
     if np.any(hi <= lo):
@@ -157,7 +194,9 @@ def _render_tube(mask: np.ndarray, affine, points: np.ndarray, radius: float) ->
     np.maximum(mask[sl], soft, out=mask[sl])
 
 
-def _surface_arc(brain: np.ndarray, affine, centre, angles_deg, plane: str, offset_mm: float, x: float = 0.0):
+def _surface_arc(
+    brain: np.ndarray, affine, centre, angles_deg, plane: str, offset_mm: float, x: float = 0.0
+):
     """Points just outside the brain along rays from ``centre`` in a sagittal or axial plane."""
     inv = np.linalg.inv(affine)
     pts = []
@@ -192,14 +231,18 @@ def build_head_model(step: int = 1) -> HeadModel:
     cached = load_arrays(key)
     if cached is not None:
         arrays, meta = cached
-        nuclei = {k.removeprefix("nucleus_"): v for k, v in arrays.items() if k.startswith("nucleus_")}
-        return _column_major(HeadModel(
-            step=step,
-            nuclei=nuclei,
-            dk_names={int(k): v for k, v in meta["dk_names"].items()},
-            vein_paths={k: (np.array(p), r) for k, (p, r) in meta["vein_paths"].items()},
-            **{k: arrays[k] for k in _ARRAYS},
-        ))
+        nuclei = {
+            k.removeprefix("nucleus_"): v for k, v in arrays.items() if k.startswith("nucleus_")
+        }
+        return _column_major(
+            HeadModel(
+                step=step,
+                nuclei=nuclei,
+                dk_names={int(k): v for k, v in meta["dk_names"].items()},
+                vein_paths={k: (np.array(p), r) for k, (p, r) in meta["vein_paths"].items()},
+                **{k: arrays[k] for k in _ARRAYS},
+            )
+        )
     model = _column_major(_assemble_head_model(step))
     arrays = {k: getattr(model, k) for k in _ARRAYS}
     arrays.update({f"nucleus_{k}": v for k, v in model.nuclei.items()})
@@ -252,7 +295,14 @@ def _assemble_head_model(step: int) -> HeadModel:
             np.maximum(m, _ellipsoid(affine, shape, centre, radii), out=m)
         nuclei[name] = m * brain
 
-    ventricles = np.isin(dk, [v for v, nm in mni.dk_names.items() if nm.endswith(("Lateral-Ventricle", "3rd-Ventricle"))])
+    ventricles = np.isin(
+        dk,
+        [
+            v
+            for v, nm in mni.dk_names.items()
+            if nm.endswith(("Lateral-Ventricle", "3rd-Ventricle"))
+        ],
+    )
 
     # Dural sinuses just outside the brain, and the deep veins inside it.
     centre = (0.0, -20.0, 15.0)
@@ -260,22 +310,50 @@ def _assemble_head_model(step: int) -> HeadModel:
     torcula = sss[-1] if len(sss) else np.array([0.0, -100.0, 0.0])
     paths = {"superior_sagittal_sinus": (sss, 3.0)}
     for side, x in (("left", -1.0), ("right", 1.0)):
-        arc = _surface_arc(brain, affine, (0.0, -55.0, float(torcula[2])), np.linspace(0, 80, 16), "axial", 2.5, x=x)
+        arc = _surface_arc(
+            brain,
+            affine,
+            (0.0, -55.0, float(torcula[2])),
+            np.linspace(0, 80, 16),
+            "axial",
+            2.5,
+            x=x,
+        )
         if len(arc):
             sigmoid = arc[-1] + np.array([0.0, 12.0, -25.0])
             paths[f"transverse_sigmoid_sinus_{side}"] = (np.vstack([torcula, arc, sigmoid]), 3.5)
-    paths["straight_sinus"] = (np.array([[0, -52, 8], [0, -75, 10], [float(torcula[0]), float(torcula[1]), float(torcula[2])]]), 2.5)
+    paths["straight_sinus"] = (
+        np.array(
+            [[0, -52, 8], [0, -75, 10], [float(torcula[0]), float(torcula[1]), float(torcula[2])]]
+        ),
+        2.5,
+    )
     for side, x in (("left", -2.5), ("right", 2.5)):
-        paths[f"internal_cerebral_vein_{side}"] = (np.array([[x, -5, 16], [x, -25, 17], [x * 0.5, -45, 12], [0, -52, 8]]), 1.2)
+        paths[f"internal_cerebral_vein_{side}"] = (
+            np.array([[x, -5, 16], [x, -25, 17], [x * 0.5, -45, 12], [0, -52, 8]]),
+            1.2,
+        )
     veins = np.zeros(shape, dtype=np.float32)
     for pts, radius in paths.values():
         if len(pts) > 1:
             _render_tube(veins, affine, np.asarray(pts, float), radius)
 
     return HeadModel(
-        affine=affine, step=step, gm=gm, wm=wm, csf=csf, brain=brain, t1=t1, dk=dk,
-        dk_names=mni.dk_names, mars=mars, head=head, nuclei=nuclei, veins=veins,
-        vein_paths=paths, ventricles=ventricles,
+        affine=affine,
+        step=step,
+        gm=gm,
+        wm=wm,
+        csf=csf,
+        brain=brain,
+        t1=t1,
+        dk=dk,
+        dk_names=mni.dk_names,
+        mars=mars,
+        head=head,
+        nuclei=nuclei,
+        veins=veins,
+        vein_paths=paths,
+        ventricles=ventricles,
     )
 
 
@@ -304,7 +382,11 @@ def parameter_maps(model: HeadModel, contrast: TissueContrast, b0: float) -> np.
     out = np.empty((3,) + model.shape[::-1], dtype=np.float32)
     for c, table in enumerate((contrast.pd, contrast.r2s, contrast.chi)):
         conv = (lambda v: _r2s_at_field(v, b0)) if c == 1 else float
-        brain = model.gm * conv(table["gm"]) + model.wm * conv(table["wm"]) + model.csf * conv(table["csf"])
+        brain = (
+            model.gm * conv(table["gm"])
+            + model.wm * conv(table["wm"])
+            + model.csf * conv(table["csf"])
+        )
         for name, (box, m) in _nucleus_boxes(model).items():
             if name in table:
                 brain[box] += m * (conv(table[name]) - brain[box])
@@ -319,5 +401,7 @@ def parameter_maps(model: HeadModel, contrast: TissueContrast, b0: float) -> np.
 def t1w_map(model: HeadModel) -> np.ndarray:
     """T1-weighted intensity (MPRAGE-like), shape ``(1, Z, Y, X)`` like :func:`parameter_maps`."""
     lut = np.array([0.0, 0.0, 0.12, 0.04, 0.85, 0.7, 0.0], dtype=np.float32)
-    t1 = np.where(model.brain, model.t1, lut[model.head]).astype(np.float32) * (1 - 0.6 * model.veins)
+    t1 = np.where(model.brain, model.t1, lut[model.head]).astype(np.float32) * (
+        1 - 0.6 * model.veins
+    )
     return np.ascontiguousarray(t1.T)[None]

@@ -12,8 +12,14 @@ import numpy as np
 import pandas as pd
 
 from cmb.synth.anatomy import TissueContrast, build_head_model, parameter_maps, t1w_map
-from cmb.synth.bids_writer import (TRUTH_PIPELINE, ScanEntities, write_dataset_files, write_parcellation, write_scan,
-                                   write_t1w)
+from cmb.synth.bids_writer import (
+    TRUTH_PIPELINE,
+    ScanEntities,
+    write_dataset_files,
+    write_parcellation,
+    write_scan,
+    write_t1w,
+)
 from cmb.synth.geometry import random_pose, random_warp
 from cmb.synth.lesions import (
     CMB_SIZE_MODELS,
@@ -53,7 +59,9 @@ class SynthOptions:
     count_profile: str = "population"
     n_cmb: int | None = None  # fixed count per subject (overrides the profile)
     with_t1w: bool = False
-    parcellation: bool = False  # with the T1w: its true aparc+aseg labels in derivatives/synth-parcellation
+    parcellation: bool = (
+        False  # with the T1w: its true aparc+aseg labels in derivatives/synth-parcellation
+    )
     sessions: int = 0  # 0: no session entity; mixed draws per subject when left at 0
     phase_filter: str = "raw"  # "raw" wrapped phase or "hp" SWI-style high-passed phase
     phase_units: str = "auto"  # auto (by vendor), rad, deg, int12
@@ -65,7 +73,9 @@ class SynthOptions:
     field_strength: float | None = None
     n_veins: int | None = None
     vein_model: str = "anatomical"
-    cmb_sizes: str | None = None  # a CMB_SIZE_MODELS key; None: "wide" with the randomized preset, else "typical"
+    cmb_sizes: str | None = (
+        None  # a CMB_SIZE_MODELS key; None: "wide" with the randomized preset, else "typical"
+    )
     overwrite: bool = False
     preview: bool = False
 
@@ -85,20 +95,28 @@ def validate_options(o: SynthOptions) -> None:
     except ValueError as e:
         raise SynthError(str(e)) from None
     if o.count_profile not in COUNT_PROFILES:
-        raise SynthError(f"unknown count profile {o.count_profile!r}; choose one of {', '.join(COUNT_PROFILES)}")
+        raise SynthError(
+            f"unknown count profile {o.count_profile!r}; choose one of {', '.join(COUNT_PROFILES)}"
+        )
     if o.n_cmb is not None and not 0 <= o.n_cmb <= 100:
         raise SynthError(f"--n-cmb must be between 0 and 100, got {o.n_cmb}")
     if o.snr is not None and not o.snr > 0:
         raise SynthError(f"impossible physics: --snr must be > 0, got {o.snr}")
     if o.field_strength is not None and not 0.1 <= o.field_strength <= 11.7:
-        raise SynthError(f"impossible physics: --field-strength must be within 0.1-11.7 T, got {o.field_strength}")
+        raise SynthError(
+            f"impossible physics: --field-strength must be within 0.1-11.7 T, got {o.field_strength}"
+        )
     if o.te_ms is not None:
         if not o.te_ms or any(not 0 < te <= 200 for te in o.te_ms):
-            raise SynthError(f"impossible physics: echo times must be within (0, 200] ms, got {list(o.te_ms)}")
+            raise SynthError(
+                f"impossible physics: echo times must be within (0, 200] ms, got {list(o.te_ms)}"
+            )
         if list(o.te_ms) != sorted(set(o.te_ms)):
             raise SynthError(f"impossible physics: echo times must increase, got {list(o.te_ms)}")
     if o.slice_mm is not None and not 0.3 <= o.slice_mm <= 10:
-        raise SynthError(f"impossible physics: --slice-thickness must be within 0.3-10 mm, got {o.slice_mm}")
+        raise SynthError(
+            f"impossible physics: --slice-thickness must be within 0.3-10 mm, got {o.slice_mm}"
+        )
     if o.n_echoes is not None and not 1 <= o.n_echoes <= 8:
         raise SynthError(f"--n-echoes must be within 1-8, got {o.n_echoes}")
     if o.phase_filter not in ("raw", "hp"):
@@ -106,11 +124,17 @@ def validate_options(o: SynthOptions) -> None:
     if o.phase_units not in ("auto", "rad", "deg", "int12"):
         raise SynthError(f"--phase-units must be auto, rad, deg or int12, got {o.phase_units!r}")
     if o.paramagnetic_phase not in ("auto", "positive", "negative"):
-        raise SynthError(f"--paramagnetic-phase must be auto, positive or negative, got {o.paramagnetic_phase!r}")
+        raise SynthError(
+            f"--paramagnetic-phase must be auto, positive or negative, got {o.paramagnetic_phase!r}"
+        )
     if o.vein_model not in VEIN_MODELS:
-        raise SynthError(f"--vein-model must be one of {', '.join(VEIN_MODELS)}, got {o.vein_model!r}")
+        raise SynthError(
+            f"--vein-model must be one of {', '.join(VEIN_MODELS)}, got {o.vein_model!r}"
+        )
     if o.cmb_sizes is not None and o.cmb_sizes not in CMB_SIZE_MODELS:
-        raise SynthError(f"--cmb-sizes must be one of {', '.join(CMB_SIZE_MODELS)}, got {o.cmb_sizes!r}")
+        raise SynthError(
+            f"--cmb-sizes must be one of {', '.join(CMB_SIZE_MODELS)}, got {o.cmb_sizes!r}"
+        )
     if o.n_veins is not None and not 0 <= o.n_veins <= 200:
         raise SynthError(f"--n-veins must be between 0 and 200, got {o.n_veins}")
     if o.sessions < 0 or o.sessions > 20:
@@ -154,10 +178,14 @@ def synthesize(o: SynthOptions, log=print) -> pd.DataFrame:
         rng = np.random.default_rng([o.seed, n])
         row = synthesize_subject(o, sub, rng, out)
         participants.append(row)
-        log(f"sub-{sub}: {row['n_scans']} scan(s), {row['n_cmb']} CMB(s), {row['preset']} "
-            f"({time.perf_counter() - t0:.1f} s)")
+        log(
+            f"sub-{sub}: {row['n_scans']} scan(s), {row['n_cmb']} CMB(s), {row['preset']} "
+            f"({time.perf_counter() - t0:.1f} s)"
+        )
     df = pd.DataFrame(participants)
-    write_dataset_files(out, df[["participant_id", "age", "sex", "site", "cohort_profile"]], command, o.seed)
+    write_dataset_files(
+        out, df[["participant_id", "age", "sex", "site", "cohort_profile"]], command, o.seed
+    )
     if o.preview:
         from cmb.synth.preview import write_preview
 
@@ -167,7 +195,9 @@ def synthesize(o: SynthOptions, log=print) -> pd.DataFrame:
 
 
 def synthesize_subject(o: SynthOptions, sub: str, rng: np.random.Generator, out: Path) -> dict:
-    acq, site = draw_acquisition(o.preset, rng, layout=o.layout, slice_mm=o.slice_mm, n_echoes=o.n_echoes)
+    acq, site = draw_acquisition(
+        o.preset, rng, layout=o.layout, slice_mm=o.slice_mm, n_echoes=o.n_echoes
+    )
     if o.snr is not None:
         acq = replace(acq, snr=o.snr)
     if o.te_ms is not None:
@@ -187,12 +217,16 @@ def synthesize_subject(o: SynthOptions, sub: str, rng: np.random.Generator, out:
         # The poses come first: the veins are aimed in the first scan's scanner space.
         scans = _subject_plan(o, rng)
         poses = [random_pose(rng) for _ in scans]
-        lesions = _randomized_lesions(o, model, warp, poses[0], n_cmb, prior, acq.b0, te_ref, rng, sizes)
+        lesions = _randomized_lesions(
+            o, model, warp, poses[0], n_cmb, prior, acq.b0, te_ref, rng, sizes
+        )
     else:
         scans, poses = None, None
         lesions = place_cmbs(model, warp, n_cmb, rng, prior, b0=acq.b0, te=te_ref, size_model=sizes)
         n_veins = o.n_veins if o.n_veins is not None else int(rng.integers(14, 26))
-        lesions += place_veins(model, warp, rng, n_medullary=n_veins // 2, n_pial=n_veins - n_veins // 2)
+        lesions += place_veins(
+            model, warp, rng, n_medullary=n_veins // 2, n_pial=n_veins - n_veins // 2
+        )
     lesions += place_calcifications(model, warp, rng)
     to_subject_space(lesions, warp)
     para = site.paramagnetic_phase if o.paramagnetic_phase == "auto" else o.paramagnetic_phase
@@ -204,37 +238,85 @@ def synthesize_subject(o: SynthOptions, sub: str, rng: np.random.Generator, out:
         ent = ScanEntities(sub, ses, run)
         pose = poses[n_scan] if poses else random_pose(rng)
         storage = "LPS" if rng.random() < 0.5 else "RAS"
-        result = simulate_scan(model, maps, warp, pose, acq, lesions, rng, paramagnetic_phase=para, storage=storage)
-        written = write_scan(out, ent, acq, site, result, phase_units=units, phase_filter=o.phase_filter,
-                             paramagnetic_phase=para)
+        result = simulate_scan(
+            model, maps, warp, pose, acq, lesions, rng, paramagnetic_phase=para, storage=storage
+        )
+        written = write_scan(
+            out,
+            ent,
+            acq,
+            site,
+            result,
+            phase_units=units,
+            phase_filter=o.phase_filter,
+            paramagnetic_phase=para,
+        )
         datatype = next(iter(written.values())).parent.name
         params = {
-            "seed": o.seed, "participant_id": f"sub-{sub}", "session": ses, "run": run, "preset": acq.name,
-            "layout": acq.layout, "voxel_mm": acq.voxel_mm, "matrix": acq.matrix, "field_strength": acq.b0,
-            "echo_times": acq.tes, "snr": acq.snr, "manufacturer": site.manufacturer,
-            "paramagnetic_phase": para, "phase_units": units, "phase_filter": o.phase_filter,
-            "storage_orientation": storage, "pose": pose, "contrast": contrast.__dict__,
-            "location_prior": o.location_prior, "reference_echo": result.reference_echo,
+            "seed": o.seed,
+            "participant_id": f"sub-{sub}",
+            "session": ses,
+            "run": run,
+            "preset": acq.name,
+            "layout": acq.layout,
+            "voxel_mm": acq.voxel_mm,
+            "matrix": acq.matrix,
+            "field_strength": acq.b0,
+            "echo_times": acq.tes,
+            "snr": acq.snr,
+            "manufacturer": site.manufacturer,
+            "paramagnetic_phase": para,
+            "phase_units": units,
+            "phase_filter": o.phase_filter,
+            "storage_orientation": storage,
+            "pose": pose,
+            "contrast": contrast.__dict__,
+            "location_prior": o.location_prior,
+            "reference_echo": result.reference_echo,
             "images": {k: str(v.relative_to(out)) for k, v in written.items()},
         }
         if o.preset == "randomized" or o.vein_model != "anatomical" or sizes != "typical":
-            params.update({
-                "cmb_sizes": sizes,
-                "vein_model": o.vein_model, "site": site.name, "model": site.model,
-                "repetition_time": acq.tr, "flip_angle": acq.flip_deg, "fov_mm": acq.fov_mm,
-                "bias_field_scale": acq.bias_scale, "contrast_jitter_scale": acq.contrast_jitter,
-            })
-        write_truth(ent.folder(out / "derivatives" / TRUTH_PIPELINE, datatype), ent.prefix, lesions, result, pose,
-                    warp, params)
+            params.update(
+                {
+                    "cmb_sizes": sizes,
+                    "vein_model": o.vein_model,
+                    "site": site.name,
+                    "model": site.model,
+                    "repetition_time": acq.tr,
+                    "flip_angle": acq.flip_deg,
+                    "fov_mm": acq.fov_mm,
+                    "bias_field_scale": acq.bias_scale,
+                    "contrast_jitter_scale": acq.contrast_jitter,
+                }
+            )
+        write_truth(
+            ent.folder(out / "derivatives" / TRUTH_PIPELINE, datatype),
+            ent.prefix,
+            lesions,
+            result,
+            pose,
+            warp,
+            params,
+        )
         if t1 is not None:
             data, aff = simulate_t1w(model, t1, warp, pose, rng)
             write_t1w(out, ent, site, data, aff)
             if o.parcellation:
-                write_parcellation(out, ent, t1w_parcellation(model, warp, pose, aff, data.shape), aff,
-                                   model.dk_names)
+                write_parcellation(
+                    out,
+                    ent,
+                    t1w_parcellation(model, warp, pose, aff, data.shape),
+                    aff,
+                    model.dk_names,
+                )
     return {
-        "participant_id": f"sub-{sub}", "age": int(rng.integers(55, 90)), "sex": "F" if rng.random() < 0.5 else "M",
-        "site": site.name, "cohort_profile": o.location_prior, "preset": acq.name, "n_scans": len(scans),
+        "participant_id": f"sub-{sub}",
+        "age": int(rng.integers(55, 90)),
+        "sex": "F" if rng.random() < 0.5 else "M",
+        "site": site.name,
+        "cohort_profile": o.location_prior,
+        "preset": acq.name,
+        "n_scans": len(scans),
         "n_cmb": sum(les.source.kind == "cmb" for les in lesions),
     }
 
@@ -244,15 +326,47 @@ def cmb_size_model(o: SynthOptions) -> str:
     return o.cmb_sizes or ("wide" if o.preset == "randomized" else "typical")
 
 
-def _randomized_lesions(o: SynthOptions, model, warp, pose, n_cmb: int, prior, b0: float, te: float,
-                        rng: np.random.Generator, sizes: str = "typical") -> list:
+def _randomized_lesions(
+    o: SynthOptions,
+    model,
+    warp,
+    pose,
+    n_cmb: int,
+    prior,
+    b0: float,
+    te: float,
+    rng: np.random.Generator,
+    sizes: str = "typical",
+) -> list:
     """Veins (a quarter anatomical, the rest randomized), then CMBs: a share against a vein, the rest clear of them."""
     n_veins = o.n_veins if o.n_veins is not None else int(rng.integers(25, 61))
     n_anatomical = int(round(_ANATOMICAL_SHARE * n_veins))
-    veins = place_veins(model, warp, rng, n_medullary=n_anatomical // 2, n_pial=n_anatomical - n_anatomical // 2)
+    veins = place_veins(
+        model, warp, rng, n_medullary=n_anatomical // 2, n_pial=n_anatomical - n_anatomical // 2
+    )
     veins += place_random_veins(model, warp, pose, rng, n_veins - n_anatomical, first_id=len(veins))
-    touching = place_touching_cmbs(model, warp, pose, veins, int(rng.binomial(n_cmb, TOUCH_SHARE)), rng, prior,
-                                   b0=b0, te=te, size_model=sizes)
-    cmbs = touching + place_cmbs(model, warp, n_cmb - len(touching), rng, prior, b0=b0, te=te, avoid_veins=veins,
-                                 existing=touching, size_model=sizes)
+    touching = place_touching_cmbs(
+        model,
+        warp,
+        pose,
+        veins,
+        int(rng.binomial(n_cmb, TOUCH_SHARE)),
+        rng,
+        prior,
+        b0=b0,
+        te=te,
+        size_model=sizes,
+    )
+    cmbs = touching + place_cmbs(
+        model,
+        warp,
+        n_cmb - len(touching),
+        rng,
+        prior,
+        b0=b0,
+        te=te,
+        avoid_veins=veins,
+        existing=touching,
+        size_model=sizes,
+    )
     return cmbs + veins

@@ -20,7 +20,14 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial.transform import Rotation
 
-__all__ = ["SubjectWarp", "random_warp", "random_pose", "acquisition_affine", "distance_to_path", "vein_clearance"]
+__all__ = [
+    "SubjectWarp",
+    "random_warp",
+    "random_pose",
+    "acquisition_affine",
+    "distance_to_path",
+    "vein_clearance",
+]
 
 
 @dataclass(frozen=True)
@@ -34,7 +41,11 @@ class SubjectWarp:
     def displacement(self, x_s: np.ndarray) -> np.ndarray:
         idx = ((np.asarray(x_s, float) - self.origin) / self.spacing).T
         return np.stack(
-            [ndi.map_coordinates(c, idx, order=3, mode="nearest", prefilter=False) for c in self.coeffs], -1
+            [
+                ndi.map_coordinates(c, idx, order=3, mode="nearest", prefilter=False)
+                for c in self.coeffs
+            ],
+            -1,
         )
 
     def to_mni(self, x_s: np.ndarray) -> np.ndarray:
@@ -54,7 +65,9 @@ class SubjectWarp:
         return x_s
 
 
-def random_warp(rng: np.random.Generator, amplitude_mm: float = 2.5, spacing_mm: float = 30.0) -> SubjectWarp:
+def random_warp(
+    rng: np.random.Generator, amplitude_mm: float = 2.5, spacing_mm: float = 30.0
+) -> SubjectWarp:
     """A random smooth displacement field over the head (about +-``amplitude_mm``).
 
     >>> w = random_warp(np.random.default_rng(0))
@@ -77,10 +90,17 @@ def random_warp(rng: np.random.Generator, amplitude_mm: float = 2.5, spacing_mm:
     return SubjectWarp(coeffs=coeffs, origin=origin, spacing=spacing_mm)
 
 
-def random_pose(rng: np.random.Generator, max_rotation_deg: float = 10.0, max_scale: float = 0.06,
-                max_shift_mm: float = 10.0, centre_mni=(0.0, -18.0, 12.0)) -> np.ndarray:
+def random_pose(
+    rng: np.random.Generator,
+    max_rotation_deg: float = 10.0,
+    max_scale: float = 0.06,
+    max_shift_mm: float = 10.0,
+    centre_mni=(0.0, -18.0, 12.0),
+) -> np.ndarray:
     """Head pose ``P`` (4x4): subject space to scanner space, head centred near the isocentre."""
-    rot = Rotation.from_euler("xyz", rng.uniform(-max_rotation_deg, max_rotation_deg, 3), degrees=True).as_matrix()
+    rot = Rotation.from_euler(
+        "xyz", rng.uniform(-max_rotation_deg, max_rotation_deg, 3), degrees=True
+    ).as_matrix()
     scale = np.diag(1.0 + rng.uniform(-max_scale, max_scale, 3))
     m = np.eye(4)
     m[:3, :3] = rot @ scale
@@ -88,8 +108,15 @@ def random_pose(rng: np.random.Generator, max_rotation_deg: float = 10.0, max_sc
     return m
 
 
-def acquisition_affine(rng: np.random.Generator, voxel_mm, matrix, max_tilt_deg: float = 18.0,
-                       max_oblique_deg: float = 5.0, storage: str = "RAS", centre=(0.0, 0.0, 0.0)) -> np.ndarray:
+def acquisition_affine(
+    rng: np.random.Generator,
+    voxel_mm,
+    matrix,
+    max_tilt_deg: float = 18.0,
+    max_oblique_deg: float = 5.0,
+    storage: str = "RAS",
+    centre=(0.0, 0.0, 0.0),
+) -> np.ndarray:
     """Affine of an oblique acquisition grid centred at ``centre`` (scanner mm).
 
     ``storage`` is the on-disk orientation of the array axes before the oblique
@@ -99,8 +126,11 @@ def acquisition_affine(rng: np.random.Generator, voxel_mm, matrix, max_tilt_deg:
     >>> np.round(np.linalg.norm(a[:3, :3], axis=0), 3).tolist()
     [0.5, 0.5, 2.0]
     """
-    angles = [rng.uniform(-max_tilt_deg, max_tilt_deg), rng.uniform(-max_oblique_deg, max_oblique_deg),
-              rng.uniform(-max_oblique_deg, max_oblique_deg)]
+    angles = [
+        rng.uniform(-max_tilt_deg, max_tilt_deg),
+        rng.uniform(-max_oblique_deg, max_oblique_deg),
+        rng.uniform(-max_oblique_deg, max_oblique_deg),
+    ]
     rot = Rotation.from_euler("xyz", angles, degrees=True).as_matrix()
     flips = np.diag([-1.0, -1.0, 1.0]) if storage == "LPS" else np.eye(3)
     m = np.eye(4)

@@ -15,15 +15,36 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
-from cmb.mars_region import CSF_LABEL, MARS_MAP_VERSION, MarsMap, build_mars_map, decode_label, label_table
+from cmb.mars_region import (
+    CSF_LABEL,
+    MARS_MAP_VERSION,
+    MarsMap,
+    build_mars_map,
+    decode_label,
+    label_table,
+)
 from cmb.synth.anatomy import HeadModel
 from cmb.synth.geometry import SubjectWarp, vein_clearance
 from cmb.synth.physics import Source, rad_per_ppm
 
-__all__ = ["LOCATION_PRIORS", "COUNT_PROFILES", "CMB_SIZE_MODELS", "TOUCH_MARGIN_MM", "Lesion", "draw_cmb_count",
-           "draw_cmb_size", "place_cmbs",
-           "place_veins", "place_calcifications", "to_subject_space", "parse_location_prior", "blooming_factor",
-           "truth_mars_map", "labels_at", "vein_paths"]
+__all__ = [
+    "LOCATION_PRIORS",
+    "COUNT_PROFILES",
+    "CMB_SIZE_MODELS",
+    "TOUCH_MARGIN_MM",
+    "Lesion",
+    "draw_cmb_count",
+    "draw_cmb_size",
+    "place_cmbs",
+    "place_veins",
+    "place_calcifications",
+    "to_subject_space",
+    "parse_location_prior",
+    "blooming_factor",
+    "truth_mars_map",
+    "labels_at",
+    "vein_paths",
+]
 
 LOCATION_PRIORS = {
     "mixed": {"lobar": 0.5, "deep": 0.35, "infratentorial": 0.15},
@@ -71,8 +92,9 @@ TOUCH_MARGIN_MM = 0.5
 CMB_SIZE_MODELS = {"typical": ("lognormal", 3.3, 0.35), "wide": ("loguniform", 2.0, 10.0)}
 
 
-def draw_cmb_size(rng: np.random.Generator, chi_ppm: float, b0: float, te: float,
-                  size_model: str = "typical") -> tuple[float, float]:
+def draw_cmb_size(
+    rng: np.random.Generator, chi_ppm: float, b0: float, te: float, size_model: str = "typical"
+) -> tuple[float, float]:
     """``(apparent diameter, physical radius)`` in mm of one CMB (:data:`CMB_SIZE_MODELS`).
 
     >>> rng = np.random.default_rng(0)
@@ -177,10 +199,18 @@ def blooming_factor(chi_ppm: float, b0: float, te: float) -> float:
     return max(1.0, (2.0 * rad_per_ppm(b0, te) * chi_ppm / 3.0) ** (1.0 / 3.0))
 
 
-def place_cmbs(model: HeadModel, warp: SubjectWarp, n: int, rng: np.random.Generator,
-               prior: dict[str, float], b0: float = 3.0, te: float = 0.02,
-               avoid_veins: list[Lesion] | None = None, existing: list[Lesion] = (),
-               size_model: str = "typical") -> list[Lesion]:
+def place_cmbs(
+    model: HeadModel,
+    warp: SubjectWarp,
+    n: int,
+    rng: np.random.Generator,
+    prior: dict[str, float],
+    b0: float = 3.0,
+    te: float = 0.02,
+    avoid_veins: list[Lesion] | None = None,
+    existing: list[Lesion] = (),
+    size_model: str = "typical",
+) -> list[Lesion]:
     """Draw ``n`` microbleeds in parenchyma, by MARS category with probabilities ``prior``.
 
     The apparent diameter on an image at field ``b0`` and echo time ``te`` is drawn
@@ -206,7 +236,10 @@ def place_cmbs(model: HeadModel, warp: SubjectWarp, n: int, rng: np.random.Gener
         mni = model.index_to_mni(ijk)
         chi = float(rng.uniform(0.6, 2.0))
         _, radius = draw_cmb_size(rng, chi, b0, te, size_model)
-        if any(np.linalg.norm(mni - o.mni) < 4.0 * (radius + o.source.radius_mm) + 2.0 for o in (*existing, *out)):
+        if any(
+            np.linalg.norm(mni - o.mni) < 4.0 * (radius + o.source.radius_mm) + 2.0
+            for o in (*existing, *out)
+        ):
             continue
         if avoid_veins and vein_clearance(mni, paths, radii)[0] <= radius + TOUCH_MARGIN_MM + 1.0:
             continue
@@ -277,8 +310,9 @@ def _vein_sites(model: HeadModel):
     return boundary, vent, cKDTree(vent), surface
 
 
-def place_veins(model: HeadModel, warp: SubjectWarp, rng: np.random.Generator, n_medullary: int,
-                n_pial: int) -> list[Lesion]:
+def place_veins(
+    model: HeadModel, warp: SubjectWarp, rng: np.random.Generator, n_medullary: int, n_pial: int
+) -> list[Lesion]:
     """Medullary veins running towards the ventricles, and pial veins along the cortical surface."""
     out: list[Lesion] = []
     # Medullary veins: from the grey/white boundary towards the nearest ventricle.
@@ -290,7 +324,11 @@ def place_veins(model: HeadModel, warp: SubjectWarp, rng: np.random.Generator, n
         _, k = tree.query(start)
         end = start + rng.uniform(0.45, 0.85) * (vent[k] - start)
         pts = model.index_to_mni(_polyline(start, end, rng, n=7, wiggle=1.0 / step))
-        out.extend(_vein_lesions(model, warp, pts, float(rng.uniform(0.2, 0.45)), chi(), "vein_medullary", len(out)))
+        out.extend(
+            _vein_lesions(
+                model, warp, pts, float(rng.uniform(0.2, 0.45)), chi(), "vein_medullary", len(out)
+            )
+        )
     # Pial veins: a walk along the brain surface, a third of them starting head-to-foot.
     for _ in range(n_pial):
         p = surface[rng.integers(len(surface))].astype(float)
@@ -313,7 +351,11 @@ def place_veins(model: HeadModel, warp: SubjectWarp, rng: np.random.Generator, n
             pts.append(nxt)
         if len(pts) >= 4:
             pts = model.index_to_mni(np.array(pts))
-            out.extend(_vein_lesions(model, warp, pts, float(rng.uniform(0.35, 1.0)), chi(), "vein_pial", len(out)))
+            out.extend(
+                _vein_lesions(
+                    model, warp, pts, float(rng.uniform(0.35, 1.0)), chi(), "vein_pial", len(out)
+                )
+            )
     return out
 
 
@@ -322,8 +364,15 @@ def _vein_lesions(model, warp, pts_mni, radius, chi, kind, vein_id):
     labels = labels_at(model, pts_mni[len(pts_mni) // 2])
     extra = {"type": kind, "vein_id": vein_id, "path": pts_mni}
     for piece in _chunks(pts_mni):
-        src = Source(kind="vein", points=piece, radius_mm=radius, chi_ppm=chi, pd_scale=0.9, r2s_extra=30.0,
-                     extra=extra)
+        src = Source(
+            kind="vein",
+            points=piece,
+            radius_mm=radius,
+            chi_ppm=chi,
+            pd_scale=0.9,
+            r2s_extra=30.0,
+            extra=extra,
+        )
         yield Lesion(src, pts_mni[len(pts_mni) // 2], *labels)
 
 
@@ -332,10 +381,16 @@ _CALC_SITES = {
     "calcification_pineal": [(0.0, -31.0, 3.0)],
     "calcification_basal_ganglia": [(-19.0, -3.0, 0.0), (19.0, -3.0, 0.0)],
 }
-_CALC_PROB = {"calcification_choroid_plexus": 0.5, "calcification_pineal": 0.4, "calcification_basal_ganglia": 0.12}
+_CALC_PROB = {
+    "calcification_choroid_plexus": 0.5,
+    "calcification_pineal": 0.4,
+    "calcification_basal_ganglia": 0.12,
+}
 
 
-def place_calcifications(model: HeadModel, warp: SubjectWarp, rng: np.random.Generator) -> list[Lesion]:
+def place_calcifications(
+    model: HeadModel, warp: SubjectWarp, rng: np.random.Generator
+) -> list[Lesion]:
     """Diamagnetic calcifications at their usual sites: choroid plexus, pineal, globus pallidus."""
     out = []
     for kind, centres in _CALC_SITES.items():
@@ -343,9 +398,15 @@ def place_calcifications(model: HeadModel, warp: SubjectWarp, rng: np.random.Gen
             continue
         for c in centres:
             mni = np.asarray(c) + rng.normal(scale=1.5, size=3)
-            src = Source(kind="calcification", points=mni[None],
-                         radius_mm=float(rng.uniform(1.0, 2.3)), chi_ppm=float(-rng.uniform(0.4, 1.2)),
-                         pd_scale=float(rng.uniform(0.15, 0.4)), r2s_extra=80.0, extra={"type": kind})
+            src = Source(
+                kind="calcification",
+                points=mni[None],
+                radius_mm=float(rng.uniform(1.0, 2.3)),
+                chi_ppm=float(-rng.uniform(0.4, 1.2)),
+                pd_scale=float(rng.uniform(0.15, 0.4)),
+                r2s_extra=80.0,
+                extra={"type": kind},
+            )
             out.append(Lesion(src, mni, *labels_at(model, mni)))
     return out
 
@@ -353,7 +414,11 @@ def place_calcifications(model: HeadModel, warp: SubjectWarp, rng: np.random.Gen
 def to_subject_space(lesions: list[Lesion], warp: SubjectWarp) -> list[Lesion]:
     """Map the source points (and vein paths) of ``lesions`` from MNI to subject space, in place."""
     blocks = [les.source.points for les in lesions]
-    paths = {id(les.source.extra["path"]): les.source.extra["path"] for les in lesions if "path" in les.source.extra}
+    paths = {
+        id(les.source.extra["path"]): les.source.extra["path"]
+        for les in lesions
+        if "path" in les.source.extra
+    }
     blocks += list(paths.values())
     if not blocks:
         return lesions
@@ -362,7 +427,7 @@ def to_subject_space(lesions: list[Lesion], warp: SubjectWarp) -> list[Lesion]:
     for b in blocks:
         out.append(mapped[start : start + len(b)])
         start += len(b)
-    new_paths = dict(zip(paths, out[len(lesions):]))
+    new_paths = dict(zip(paths, out[len(lesions) :]))
     for les, pts in zip(lesions, out):
         les.source.points = pts
         if "path" in les.source.extra:

@@ -48,7 +48,9 @@ def rad_per_ppm(b0_tesla: float, te_s: float) -> float:
     return 2 * np.pi * GAMMA_HZ_PER_T * b0_tesla * te_s * 1e-6
 
 
-def dephasing_attenuation(field_ppm: np.ndarray, rad_ppm: float, voxel_ratio=(1.0, 1.0, 1.0)) -> np.ndarray:
+def dephasing_attenuation(
+    field_ppm: np.ndarray, rad_ppm: float, voxel_ratio=(1.0, 1.0, 1.0)
+) -> np.ndarray:
     """Signal fraction left after dephasing across each voxel by the local field gradient.
 
     A linear phase ramp of ``dphi`` across a voxel leaves ``sinc(dphi / 2 pi)`` of
@@ -144,13 +146,22 @@ def _occupancy(src: Source, affine, inv, lo, n, f, edge) -> np.ndarray:
     pts = src.points.astype(np.float32)
     cuts = _cut_planes(pts, src.extra.get("guards", (False, False)))
     if cuts:
-        pts = pts[(1 if src.extra["guards"][0] else 0) : len(pts) - (1 if src.extra["guards"][1] else 0)]
+        pts = pts[
+            (1 if src.extra["guards"][0] else 0) : len(pts) - (1 if src.extra["guards"][1] else 0)
+        ]
     segments = [(pts[0], pts[0])] if len(pts) == 1 else list(zip(pts[:-1], pts[1:]))
     reach = src.radius_mm + edge
     a32, t32 = affine[:3, :3].T.astype(np.float32), affine[:3, 3].astype(np.float32)
     for a, b in segments:
         lo_w, hi_w = np.minimum(a, b) - reach, np.maximum(a, b) + reach
-        corners = np.array([[x, y, z] for x in (lo_w[0], hi_w[0]) for y in (lo_w[1], hi_w[1]) for z in (lo_w[2], hi_w[2])])
+        corners = np.array(
+            [
+                [x, y, z]
+                for x in (lo_w[0], hi_w[0])
+                for y in (lo_w[1], hi_w[1])
+                for z in (lo_w[2], hi_w[2])
+            ]
+        )
         idx = corners @ inv[:3, :3].T + inv[:3, 3]  # acquired voxel indices
         sub = (idx - lo + 0.5) * f - 0.5  # sub-grid indices
         s_lo = np.clip(np.floor(sub.min(0)).astype(int), 0, n)
@@ -160,7 +171,7 @@ def _occupancy(src: Source, affine, inv, lo, n, f, edge) -> np.ndarray:
         axes = [lo[d] + (np.arange(s_lo[d], s_hi[d]) + 0.5) / f[d] - 0.5 for d in range(3)]
         world = np.stack(np.meshgrid(*axes, indexing="ij"), -1).astype(np.float32) @ a32 + t32
         dist = _distance_to_polyline(world, np.array([a]) if a is b else np.array([a, b]))
-        box = tuple(slice(l, h) for l, h in zip(s_lo, s_hi))
+        box = tuple(slice(lo, hi) for lo, hi in zip(s_lo, s_hi))
         inside = np.clip(0.5 + (src.radius_mm - dist) / edge, 0, 1)
         for origin, normal in cuts:
             inside *= np.clip(0.5 + ((world - origin) @ normal) / edge, 0, 1)
@@ -224,7 +235,14 @@ def simulate_sources(
         margin = simulation_margin_mm(src)
         lo_w = src.points.min(0) - margin
         hi_w = src.points.max(0) + margin
-        corners = np.array([[x, y, z, 1] for x in (lo_w[0], hi_w[0]) for y in (lo_w[1], hi_w[1]) for z in (lo_w[2], hi_w[2])])
+        corners = np.array(
+            [
+                [x, y, z, 1]
+                for x in (lo_w[0], hi_w[0])
+                for y in (lo_w[1], hi_w[1])
+                for z in (lo_w[2], hi_w[2])
+            ]
+        )
         idx = (inv @ corners.T)[:3].T
         lo = np.maximum(np.floor(idx.min(0)).astype(int), 0)
         hi = np.minimum(np.ceil(idx.max(0)).astype(int) + 1, np.array(shape))
@@ -243,7 +261,9 @@ def simulate_sources(
         if "guards" in src.extra:
             expected = _guarded_volume(src)
         else:
-            expected = (np.pi * src.radius_mm**2 * _length(src.points) + 4 / 3 * np.pi * src.radius_mm**3)
+            expected = (
+                np.pi * src.radius_mm**2 * _length(src.points) + 4 / 3 * np.pi * src.radius_mm**3
+            )
         got = occ.sum() * np.prod(zooms / f)
         if got > 0:
             occ *= np.float32(min(expected / got, 1.0 / max(occ.max(), 1e-6)))
@@ -255,10 +275,18 @@ def simulate_sources(
         shape_blocks = (n[0] // f[0], f[0], n[1] // f[1], f[1], n[2] // f[2], f[2])
         factors = []
         for te in tes:
-            s = pd * np.exp(-te * src.r2s_extra * occ) * np.exp(1j * rad_per_ppm(b0_tesla, te) * fld)
+            s = (
+                pd
+                * np.exp(-te * src.r2s_extra * occ)
+                * np.exp(1j * rad_per_ppm(b0_tesla, te) * fld)
+            )
             factors.append(s.reshape(shape_blocks).mean(axis=(1, 3, 5)).astype(np.complex64))
         occupancy = occ.reshape(shape_blocks).mean(axis=(1, 3, 5))
         effects.append(
-            PatchEffect(slices=tuple(slice(a, b) for a, b in zip(lo, hi)), factors=factors, occupancy=occupancy)
+            PatchEffect(
+                slices=tuple(slice(a, b) for a, b in zip(lo, hi)),
+                factors=factors,
+                occupancy=occupancy,
+            )
         )
     return effects

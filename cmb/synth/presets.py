@@ -10,7 +10,16 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-__all__ = ["Acquisition", "PRESETS", "PRESET_NAMES", "LAYOUTS", "RANDOMIZED", "SITES", "Site", "draw_acquisition"]
+__all__ = [
+    "Acquisition",
+    "PRESETS",
+    "PRESET_NAMES",
+    "LAYOUTS",
+    "RANDOMIZED",
+    "SITES",
+    "Site",
+    "draw_acquisition",
+]
 
 # BIDS naming variants found in the wild.
 LAYOUTS = ("T2starw", "MEGRE", "GRE", "swi-swi", "swi-anat")
@@ -29,8 +38,12 @@ class Acquisition:
     layout: str
     model_step: int = 1  # MNI head model resolution (mm)
     bias_scale: float = 0.12  # strength of the smooth receive-bias field (log amplitude)
-    contrast_jitter: float = 1.0  # scale of the per-subject tissue contrast jitter (TissueContrast.jittered)
-    fov_mm: tuple[float, float, float] | None = None  # field of view drawn (randomized preset); None: voxel x matrix
+    contrast_jitter: float = (
+        1.0  # scale of the per-subject tissue contrast jitter (TissueContrast.jittered)
+    )
+    fov_mm: tuple[float, float, float] | None = (
+        None  # field of view drawn (randomized preset); None: voxel x matrix
+    )
 
     @property
     def multi_echo(self) -> bool:
@@ -38,13 +51,29 @@ class Acquisition:
 
 
 PRESETS: dict[str, Acquisition] = {
-    "swi-3t": Acquisition("swi-3t", (0.5, 0.5, 2.0), (512, 448, 72), 3.0, (0.020,), 0.028, 15, 28, "GRE"),
-    "gre-1.5t": Acquisition("gre-1.5t", (1.0, 1.0, 3.0), (256, 224, 48), 1.5, (0.025,), 0.8, 20, 24, "T2starw"),
-    "gre-3t": Acquisition("gre-3t", (0.8, 0.8, 2.5), (288, 256, 58), 3.0, (0.020,), 0.7, 18, 24, "T2starw"),
-    "megre": Acquisition(
-        "megre", (1.0, 1.0, 2.0), (240, 208, 72), 3.0, (0.005, 0.011, 0.017, 0.023, 0.029), 0.04, 15, 30, "MEGRE"
+    "swi-3t": Acquisition(
+        "swi-3t", (0.5, 0.5, 2.0), (512, 448, 72), 3.0, (0.020,), 0.028, 15, 28, "GRE"
     ),
-    "tiny": Acquisition("tiny", (1.5, 1.5, 2.5), (128, 150, 60), 3.0, (0.020,), 0.028, 15, 30, "GRE", model_step=2),
+    "gre-1.5t": Acquisition(
+        "gre-1.5t", (1.0, 1.0, 3.0), (256, 224, 48), 1.5, (0.025,), 0.8, 20, 24, "T2starw"
+    ),
+    "gre-3t": Acquisition(
+        "gre-3t", (0.8, 0.8, 2.5), (288, 256, 58), 3.0, (0.020,), 0.7, 18, 24, "T2starw"
+    ),
+    "megre": Acquisition(
+        "megre",
+        (1.0, 1.0, 2.0),
+        (240, 208, 72),
+        3.0,
+        (0.005, 0.011, 0.017, 0.023, 0.029),
+        0.04,
+        15,
+        30,
+        "MEGRE",
+    ),
+    "tiny": Acquisition(
+        "tiny", (1.5, 1.5, 2.5), (128, 150, 60), 3.0, (0.020,), 0.028, 15, 30, "GRE", model_step=2
+    ),
 }
 PRESET_NAMES = (*PRESETS, "mixed", "randomized")
 
@@ -118,16 +147,28 @@ def _draw_randomized(rng: np.random.Generator, slice_mm: float | None) -> Acquis
         tr, flip = float(rng.uniform(0.4, 0.9)), float(rng.uniform(15.0, 25.0))
     layout = "MEGRE" if len(tes) > 1 else r["layouts"][rng.integers(len(r["layouts"]))]
     return Acquisition(
-        "randomized", (round(in_plane, 3), round(in_plane, 3), round(thickness, 3)), (nx, ny, nz), b0, tes,
-        round(tr, 4), round(flip, 1), round(float(rng.uniform(*r["snr"])), 2), layout,
+        "randomized",
+        (round(in_plane, 3), round(in_plane, 3), round(thickness, 3)),
+        (nx, ny, nz),
+        b0,
+        tes,
+        round(tr, 4),
+        round(flip, 1),
+        round(float(rng.uniform(*r["snr"])), 2),
+        layout,
         bias_scale=round(float(rng.uniform(*r["bias_scale"])), 4),
         contrast_jitter=round(float(rng.uniform(*r["contrast_jitter"])), 3),
         fov_mm=tuple(round(f, 1) for f in fov),
     )
 
 
-def draw_acquisition(preset: str, rng: np.random.Generator, layout: str | None = None,
-                     slice_mm: float | None = None, n_echoes: int | None = None) -> tuple[Acquisition, Site]:
+def draw_acquisition(
+    preset: str,
+    rng: np.random.Generator,
+    layout: str | None = None,
+    slice_mm: float | None = None,
+    n_echoes: int | None = None,
+) -> tuple[Acquisition, Site]:
     """The acquisition and site of one scan; ``mixed`` and ``randomized`` draw both per scan.
 
     >>> acq, site = draw_acquisition("gre-1.5t", np.random.default_rng(0), slice_mm=5.0)
@@ -152,7 +193,11 @@ def draw_acquisition(preset: str, rng: np.random.Generator, layout: str | None =
         acq = replace(acq, layout=layout)
     if slice_mm:
         fov = acq.voxel_mm[2] * acq.matrix[2]
-        acq = replace(acq, voxel_mm=(*acq.voxel_mm[:2], slice_mm), matrix=(*acq.matrix[:2], int(round(fov / slice_mm))))
+        acq = replace(
+            acq,
+            voxel_mm=(*acq.voxel_mm[:2], slice_mm),
+            matrix=(*acq.matrix[:2], int(round(fov / slice_mm))),
+        )
     if n_echoes and acq.multi_echo:
         acq = replace(acq, tes=acq.tes[:n_echoes])
     sites = [s for s in SITES if s.b0 == acq.b0]

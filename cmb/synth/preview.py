@@ -62,8 +62,11 @@ def write_preview(root: Path, out: Path | None = None, n_cols: int = 4) -> Path:
     cmbs = pd.read_csv(params_path.with_name(f"{prefix}_label-CMB_dseg.tsv"), sep="\t")
     mimics = pd.read_csv(params_path.with_name(f"{prefix}_mimics.tsv"), sep="\t")
     points = [("cmb", r.x_mm, r.y_mm, r.z_mm) for r in cmbs.itertuples()]
-    points += [("vein" if t.startswith("vein") else "calcification", x, y, z)
-               for t, x, y, z in zip(mimics.type, mimics.x_mm, mimics.y_mm, mimics.z_mm) if not t.startswith("air")]
+    points += [
+        ("vein" if t.startswith("vein") else "calcification", x, y, z)
+        for t, x, y, z in zip(mimics.type, mimics.x_mm, mimics.y_mm, mimics.z_mm)
+        if not t.startswith("air")
+    ]
     vox = {i: inv[:3, :3] @ np.array(p[1:]) + inv[:3, 3] for i, p in enumerate(points)}
 
     targets = [vox[i] for i, p in enumerate(points) if p[0] == "cmb"][:n_cols]
@@ -85,19 +88,40 @@ def write_preview(root: Path, out: Path | None = None, n_cols: int = 4) -> Path:
             ax = axes[r, c]
             is_phase = "phase" in name
             aspect = (zooms[2] / zooms[0]) if axis == 1 else zooms[1] / zooms[0]
-            ax.imshow(sl, cmap="gray", origin="lower", vmin=-1 if is_phase else 0, vmax=1 if is_phase else vmax,
-                      aspect=aspect)
+            ax.imshow(
+                sl,
+                cmap="gray",
+                origin="lower",
+                vmin=-1 if is_phase else 0,
+                vmax=1 if is_phase else vmax,
+                aspect=aspect,
+            )
             for i, p in enumerate(points):
                 v = vox[i]
                 if abs(v[axis] - idx) <= 0.5 + (1.0 if axis == 1 else 0):
                     xy = (v[0], v[2]) if axis == 1 else (v[0], v[1])
-                    ax.scatter(*xy, s=140, facecolors="none", edgecolors=_COLORS[p[0]], linewidths=1.2)
+                    ax.scatter(
+                        *xy, s=140, facecolors="none", edgecolors=_COLORS[p[0]], linewidths=1.2
+                    )
             ax.set_title(f"{name} {idx}", color="white", fontsize=9)
             ax.axis("off")
-    handles = [plt.Line2D([], [], marker="o", ls="", mfc="none", mec=col, label=k) for k, col in _COLORS.items()]
-    fig.legend(handles=handles, loc="lower center", ncol=3, facecolor="black", labelcolor="white", frameon=False)
-    fig.suptitle(f"{prefix}: {params['preset']} {params['field_strength']} T, TE "
-                 f"{1000 * params['echo_times'][0]:.0f} ms, {len(cmbs)} CMBs", color="white")
+    handles = [
+        plt.Line2D([], [], marker="o", ls="", mfc="none", mec=col, label=k)
+        for k, col in _COLORS.items()
+    ]
+    fig.legend(
+        handles=handles,
+        loc="lower center",
+        ncol=3,
+        facecolor="black",
+        labelcolor="white",
+        frameon=False,
+    )
+    fig.suptitle(
+        f"{prefix}: {params['preset']} {params['field_strength']} T, TE "
+        f"{1000 * params['echo_times'][0]:.0f} ms, {len(cmbs)} CMBs",
+        color="white",
+    )
     out = Path(out) if out else root / "derivatives" / TRUTH_PIPELINE / "preview.png"
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=80, facecolor="black", format="png")

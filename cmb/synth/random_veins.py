@@ -37,8 +37,17 @@ from cmb.synth.geometry import SubjectWarp, vein_clearance
 from cmb.synth.lesions import TOUCH_MARGIN_MM, Lesion, draw_cmb_size, labels_at, vein_paths
 from cmb.synth.physics import Source, simulation_margin_mm
 
-__all__ = ["B0_SHARE", "B0_CONE_DEG", "RADIUS_MM", "LENGTH_MM", "SHAPES", "TOUCH_SHARE", "random_direction",
-           "place_random_veins", "place_touching_cmbs"]
+__all__ = [
+    "B0_SHARE",
+    "B0_CONE_DEG",
+    "RADIUS_MM",
+    "LENGTH_MM",
+    "SHAPES",
+    "TOUCH_SHARE",
+    "random_direction",
+    "place_random_veins",
+    "place_touching_cmbs",
+]
 
 B0_SHARE = 0.35  # veins drawn within B0_CONE_DEG of B0 (the uniform rest adds about 4 %)
 B0_CONE_DEG = 20.0
@@ -112,13 +121,23 @@ class _Frame:
 @functools.lru_cache(maxsize=4)
 def _tissue(model: HeadModel) -> np.ndarray:
     """Parenchyma (not CSF, not a dural sinus or deep vein): where vein centres and touching CMBs go."""
-    return ((model.gm + model.wm) >= 0.5) & model.brain & (model.mars > 0) & (model.mars != CSF_LABEL) & (
-        model.veins < 0.05)
+    return (
+        ((model.gm + model.wm) >= 0.5)
+        & model.brain
+        & (model.mars > 0)
+        & (model.mars != CSF_LABEL)
+        & (model.veins < 0.05)
+    )
 
 
 @functools.lru_cache(maxsize=4)
 def _cmb_tissue(model: HeadModel) -> np.ndarray:
-    tissue = ((model.gm + model.wm) >= 0.9) & (model.mars > 0) & (model.mars != CSF_LABEL) & (model.veins < 0.05)
+    tissue = (
+        ((model.gm + model.wm) >= 0.9)
+        & (model.mars > 0)
+        & (model.mars != CSF_LABEL)
+        & (model.veins < 0.05)
+    )
     return ndi.binary_erosion(tissue)
 
 
@@ -138,7 +157,9 @@ def _arc(length: float, d: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     e = _unit(np.cross(d, rng.normal(size=3)))
     radius = length / turn
     phi = np.linspace(-turn / 2, turn / 2, max(3, int(np.ceil(length / _STEP_MM)) + 1))
-    return radius * np.sin(phi)[:, None] * d + radius * (np.cos(phi) - np.cos(turn / 2))[:, None] * e
+    return (
+        radius * np.sin(phi)[:, None] * d + radius * (np.cos(phi) - np.cos(turn / 2))[:, None] * e
+    )
 
 
 def _inside_run(frame: _Frame, path: np.ndarray, anchor: int) -> np.ndarray | None:
@@ -154,12 +175,16 @@ def _inside_run(frame: _Frame, path: np.ndarray, anchor: int) -> np.ndarray | No
     return path[lo : hi + 1]
 
 
-def _draw_vein(frame: _Frame, rng, shape: str, centre: np.ndarray, d: np.ndarray) -> np.ndarray | None:
+def _draw_vein(
+    frame: _Frame, rng, shape: str, centre: np.ndarray, d: np.ndarray
+) -> np.ndarray | None:
     length = _log_uniform(rng, *LENGTH_MM)
     local = _straight(length, d) if shape == "straight" else _arc(length, d, rng)
     mid = len(local) // 2
     path = _inside_run(frame, local - local[mid] + centre, mid)
-    return path if path is not None and len(path) >= 2 and _arc_length(path) >= LENGTH_MM[0] else None
+    return (
+        path if path is not None and len(path) >= 2 and _arc_length(path) >= LENGTH_MM[0] else None
+    )
 
 
 def _draw_branch(frame: _Frame, rng, parent: dict) -> dict | None:
@@ -180,11 +205,24 @@ def _draw_branch(frame: _Frame, rng, parent: dict) -> dict | None:
     if branch is None or len(branch) < 2 or _arc_length(branch) < LENGTH_MM[0]:
         return None
     radius = max(RADIUS_MM[0], parent["radius"] * float(rng.uniform(0.4, 0.85)))
-    return {"path": branch, "radius": radius, "shape": "branch", "straight": straight, "parent": parent["id"]}
+    return {
+        "path": branch,
+        "radius": radius,
+        "shape": "branch",
+        "straight": straight,
+        "parent": parent["id"],
+    }
 
 
-def place_random_veins(model: HeadModel, warp: SubjectWarp, pose: np.ndarray, rng: np.random.Generator, n: int,
-                       first_id: int = 0, b0_share: float = B0_SHARE) -> list[Lesion]:
+def place_random_veins(
+    model: HeadModel,
+    warp: SubjectWarp,
+    pose: np.ndarray,
+    rng: np.random.Generator,
+    n: int,
+    first_id: int = 0,
+    b0_share: float = B0_SHARE,
+) -> list[Lesion]:
     """``n`` randomized veins (children of branching veins count as veins), aimed in the scanner space of ``pose``.
 
     Returns one lesion per piece of each vein (see :func:`_pieces`); the pieces of a
@@ -220,8 +258,14 @@ def place_random_veins(model: HeadModel, warp: SubjectWarp, pose: np.ndarray, rn
         path = _draw_vein(frame, rng, drawn, centre, d)
         if path is None:
             continue
-        vein = {"path": path, "radius": radius, "shape": drawn, "straight": drawn == "straight", "parent": None,
-                "id": first_id + len(veins)}
+        vein = {
+            "path": path,
+            "radius": radius,
+            "shape": drawn,
+            "straight": drawn == "straight",
+            "parent": None,
+            "id": first_id + len(veins),
+        }
         veins.append(vein)
         if shape == "branching":
             for _ in range(int(rng.integers(1, 3))):
@@ -236,7 +280,9 @@ def place_random_veins(model: HeadModel, warp: SubjectWarp, pose: np.ndarray, rn
     return out
 
 
-def _pieces(path: np.ndarray, radius: float, straight: bool) -> list[tuple[np.ndarray, tuple[bool, bool]]]:
+def _pieces(
+    path: np.ndarray, radius: float, straight: bool
+) -> list[tuple[np.ndarray, tuple[bool, bool]]]:
     """Split a vein axis (sampled every :data:`_STEP_MM`) into guarded pieces (see :class:`cmb.synth.physics.Source`).
 
     A piece is about ``sqrt(3)`` times the fine-grid margin long: this minimizes the
@@ -267,17 +313,40 @@ def _vein_lesions(model: HeadModel, frame: _Frame, vein: dict, rng: np.random.Ge
     labels = labels_at(model, path_mni[len(path_mni) // 2])
     start = len(vein["path"])
     for pts, guards in pieces:
-        extra = {"type": "vein_randomized", "vein_id": vein["id"], "path": path_mni, "shape": vein["shape"],
-                 "parent": vein["parent"], "guards": guards}
-        src = Source(kind="vein", points=mapped[start : start + len(pts)], radius_mm=vein["radius"], chi_ppm=chi,
-                     pd_scale=pd_scale, r2s_extra=r2s, extra=extra)
+        extra = {
+            "type": "vein_randomized",
+            "vein_id": vein["id"],
+            "path": path_mni,
+            "shape": vein["shape"],
+            "parent": vein["parent"],
+            "guards": guards,
+        }
+        src = Source(
+            kind="vein",
+            points=mapped[start : start + len(pts)],
+            radius_mm=vein["radius"],
+            chi_ppm=chi,
+            pd_scale=pd_scale,
+            r2s_extra=r2s,
+            extra=extra,
+        )
         start += len(pts)
         yield Lesion(src, path_mni[len(path_mni) // 2], *labels)
 
 
-def place_touching_cmbs(model: HeadModel, warp: SubjectWarp, pose: np.ndarray, veins: list[Lesion], n: int,
-                        rng: np.random.Generator, prior: dict[str, float], b0: float = 3.0, te: float = 0.02,
-                        existing: list[Lesion] = (), size_model: str = "typical") -> list[Lesion]:
+def place_touching_cmbs(
+    model: HeadModel,
+    warp: SubjectWarp,
+    pose: np.ndarray,
+    veins: list[Lesion],
+    n: int,
+    rng: np.random.Generator,
+    prior: dict[str, float],
+    b0: float = 3.0,
+    te: float = 0.02,
+    existing: list[Lesion] = (),
+    size_model: str = "typical",
+) -> list[Lesion]:
     """Up to ``n`` microbleeds against one of ``veins`` (vein lesions, in MNI space).
 
     The touching distance is the CMB's radius + the vein's radius +
@@ -319,13 +388,25 @@ def place_touching_cmbs(model: HeadModel, warp: SubjectWarp, pose: np.ndarray, v
         if not frame.lookup(tissue, x)[0] or vein_clearance(x, paths, radii)[0] < 0:
             continue
         mni = frame.to_mni(x)[0]
-        if any(np.linalg.norm(mni - o.mni) < 4.0 * (radius + o.source.radius_mm) + 2.0 for o in (*existing, *out)):
+        if any(
+            np.linalg.norm(mni - o.mni) < 4.0 * (radius + o.source.radius_mm) + 2.0
+            for o in (*existing, *out)
+        ):
             continue
         labels = labels_at(model, mni)
-        if labels[0] not in cats or (labels[0] != cat and tries < 100 * n):  # the prior, where veins allow
+        if labels[0] not in cats or (
+            labels[0] != cat and tries < 100 * n
+        ):  # the prior, where veins allow
             continue
-        src = Source(kind="cmb", points=mni[None], radius_mm=radius, chi_ppm=chi,
-                     pd_scale=float(rng.uniform(0.6, 1.0)), r2s_extra=float(rng.uniform(50, 250)),
-                     label=len(existing) + len(out) + 1, extra={"placed_touching_vein": True})
+        src = Source(
+            kind="cmb",
+            points=mni[None],
+            radius_mm=radius,
+            chi_ppm=chi,
+            pd_scale=float(rng.uniform(0.6, 1.0)),
+            r2s_extra=float(rng.uniform(50, 250)),
+            label=len(existing) + len(out) + 1,
+            extra={"placed_touching_vein": True},
+        )
         out.append(Lesion(src, mni, *labels))
     return out

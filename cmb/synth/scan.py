@@ -46,15 +46,26 @@ class ScanResult:
     brain_mask: np.ndarray  # bool
     cmb_apparent_diameter: dict[int, float] = field(default_factory=dict)
     reference_echo: int = 0
-    cmb_subvisible: set[int] = field(default_factory=set)  # labels of CMBs too faint to see (not in cmb_labels)
+    cmb_subvisible: set[int] = field(
+        default_factory=set
+    )  # labels of CMBs too faint to see (not in cmb_labels)
 
 
 def _positions(n: int, n_s: int) -> np.ndarray:
     return np.linspace(0.0, n - 1.0, n_s)
 
 
-def sample_model(maps_zyx: torch.Tensor, model: HeadModel, warp: SubjectWarp, pose: np.ndarray, affine: np.ndarray,
-                 sample_shape, full_shape, slice_offsets=(0.0,), mode: str = "bilinear") -> torch.Tensor:
+def sample_model(
+    maps_zyx: torch.Tensor,
+    model: HeadModel,
+    warp: SubjectWarp,
+    pose: np.ndarray,
+    affine: np.ndarray,
+    sample_shape,
+    full_shape,
+    slice_offsets=(0.0,),
+    mode: str = "bilinear",
+) -> torch.Tensor:
     """Sample model maps at the grid points of a (possibly coarser) acquisition grid.
 
     ``maps_zyx`` is ``(1, C, Z, Y, X)`` (:func:`cmb.synth.anatomy.parameter_maps`);
@@ -81,8 +92,12 @@ def sample_model(maps_zyx: torch.Tensor, model: HeadModel, warp: SubjectWarp, po
         # ``maps_zyx`` is (Z, Y, X), so grid_sample's (x, y, z) grid order is the model's (i, j, k);
         # the output is laid out (k, j, i), i.e. column-major (i, j, k) like a NIfTI volume.
         norm = 2.0 * mi / (model_shape - 1.0) - 1.0
-        grid = torch.from_numpy(norm.astype(np.float32)).reshape(1, *coarse, 3).permute(0, 4, 3, 2, 1)
-        grid = F.interpolate(grid, size=tuple(sample_shape)[::-1], mode="trilinear", align_corners=True)
+        grid = (
+            torch.from_numpy(norm.astype(np.float32)).reshape(1, *coarse, 3).permute(0, 4, 3, 2, 1)
+        )
+        grid = F.interpolate(
+            grid, size=tuple(sample_shape)[::-1], mode="trilinear", align_corners=True
+        )
         grid = grid.permute(0, 2, 3, 4, 1).contiguous()
         out = F.grid_sample(maps_zyx, grid, mode=mode, padding_mode="zeros", align_corners=True)
         acc = out if acc is None else acc.add_(out)
@@ -130,7 +145,9 @@ def _polynomial_field(shape, rng, scale, order):
     return out
 
 
-def _texture(shape, rng: np.random.Generator, amplitude: float = 0.04, sigma_vox: float = 1.0) -> np.ndarray:
+def _texture(
+    shape, rng: np.random.Generator, amplitude: float = 0.04, sigma_vox: float = 1.0
+) -> np.ndarray:
     """Fine multiplicative tissue texture (real scans are not piecewise smooth)."""
     t = ndi.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), sigma_vox)
     t *= np.float32(amplitude / max(float(t.std()), 1e-6))
@@ -147,13 +164,24 @@ def _sampling_shape(acq: Acquisition, full_shape) -> tuple[int, int, int]:
     >>> _sampling_shape(PRESETS["swi-3t"], (512, 448, 72)), _sampling_shape(PRESETS["gre-3t"], (288, 256, 58))
     ((257, 225, 72), (288, 256, 58))
     """
-    factors = [max(1, int(np.floor(acq.model_step / v + 1e-6))) if a < 2 else 1 for a, v in enumerate(acq.voxel_mm)]
+    factors = [
+        max(1, int(np.floor(acq.model_step / v + 1e-6))) if a < 2 else 1
+        for a, v in enumerate(acq.voxel_mm)
+    ]
     return tuple(int(np.ceil((n - 1) / f)) + 1 for n, f in zip(full_shape, factors))
 
 
-def simulate_scan(model: HeadModel, maps: np.ndarray, warp: SubjectWarp, pose: np.ndarray, acq: Acquisition,
-                  lesions: list[Lesion], rng: np.random.Generator, paramagnetic_phase: str = "positive",
-                  storage: str = "RAS") -> ScanResult:
+def simulate_scan(
+    model: HeadModel,
+    maps: np.ndarray,
+    warp: SubjectWarp,
+    pose: np.ndarray,
+    acq: Acquisition,
+    lesions: list[Lesion],
+    rng: np.random.Generator,
+    paramagnetic_phase: str = "positive",
+    storage: str = "RAS",
+) -> ScanResult:
     """Simulate the magnitude and phase of every echo, with the CMB truth mask.
 
     ``maps`` is the (PD, R2*, chi) stack from :func:`cmb.synth.anatomy.parameter_maps`.
@@ -187,8 +215,12 @@ def simulate_scan(model: HeadModel, maps: np.ndarray, warp: SubjectWarp, pose: n
     phi0 = _smooth_field(s_kji, rng, 0.6, order=1) + np.float32(rng.uniform(-np.pi, np.pi))
     brain = None
 
-    sources = [les.source.__class__(**{**les.source.__dict__, "points": _to_scanner(les.source.points, pose)})
-               for les in lesions]
+    sources = [
+        les.source.__class__(
+            **{**les.source.__dict__, "points": _to_scanner(les.source.points, pose)}
+        )
+        for les in lesions
+    ]
     effects = simulate_sources(sources, affine, shape, acq.b0, list(acq.tes))
 
     wm_level = 0.72 * np.exp(-acq.tes[0] * 21.0 * (0.35 + 0.65 * acq.b0 / 3.0))
@@ -199,7 +231,9 @@ def simulate_scan(model: HeadModel, maps: np.ndarray, warp: SubjectWarp, pose: n
         rpp = rad_per_ppm(acq.b0, te)
         amp = pd * np.exp(-te * r2s) * dephasing_attenuation(fld, rpp, ratio) * bias
         phase = np.float32(rpp) * fld + phi0
-        channels = [torch.from_numpy(amp), torch.from_numpy(phase)] + ([brain_s] if brain is None else [])
+        channels = [torch.from_numpy(amp), torch.from_numpy(phase)] + (
+            [brain_s] if brain is None else []
+        )
         up = _upsample(torch.stack(channels)[None], kji)[0].numpy()
         if brain is None:
             brain = up[2] > 0.5
@@ -219,8 +253,16 @@ def simulate_scan(model: HeadModel, maps: np.ndarray, warp: SubjectWarp, pose: n
         del sig, sig_ijk
 
     labels, diameters, subvisible = _cmb_truth(lesions, effects, shape, zooms, ref)
-    return ScanResult(affine=affine, magnitude=mags, phase=phases, cmb_labels=labels, brain_mask=brain.T,
-                      cmb_apparent_diameter=diameters, reference_echo=ref, cmb_subvisible=subvisible)
+    return ScanResult(
+        affine=affine,
+        magnitude=mags,
+        phase=phases,
+        cmb_labels=labels,
+        brain_mask=brain.T,
+        cmb_apparent_diameter=diameters,
+        reference_echo=ref,
+        cmb_subvisible=subvisible,
+    )
 
 
 def _to_scanner(points_s: np.ndarray, pose: np.ndarray) -> np.ndarray:
@@ -254,26 +296,48 @@ def _cmb_truth(lesions, effects, shape, zooms, ref, darkening: float = 0.8):
     return labels, diameters, subvisible
 
 
-def simulate_t1w(model: HeadModel, t1_map: np.ndarray, warp: SubjectWarp, pose: np.ndarray,
-                 rng: np.random.Generator, voxel_mm: float = 1.0, matrix=(176, 216, 176)) -> tuple[np.ndarray, np.ndarray]:
+def simulate_t1w(
+    model: HeadModel,
+    t1_map: np.ndarray,
+    warp: SubjectWarp,
+    pose: np.ndarray,
+    rng: np.random.Generator,
+    voxel_mm: float = 1.0,
+    matrix=(176, 216, 176),
+) -> tuple[np.ndarray, np.ndarray]:
     """A T1-weighted image of the same head pose on a 1 mm grid: ``(data, affine)``."""
     head_centre = pose[:3, :3] @ warp.from_mni(np.array([FOV_CENTRE_MNI]))[0] + pose[:3, 3]
-    affine = acquisition_affine(rng, (voxel_mm,) * 3, matrix, max_tilt_deg=5.0, max_oblique_deg=3.0, centre=head_centre)
+    affine = acquisition_affine(
+        rng, (voxel_mm,) * 3, matrix, max_tilt_deg=5.0, max_oblique_deg=3.0, centre=head_centre
+    )
     kji = tuple(matrix)[::-1]
-    data = sample_model(torch.from_numpy(t1_map)[None], model, warp, pose, affine, matrix, matrix)[0, 0].numpy()
+    data = sample_model(torch.from_numpy(t1_map)[None], model, warp, pose, affine, matrix, matrix)[
+        0, 0
+    ].numpy()
     data = data * np.exp(_smooth_field(kji, rng, 0.08))
-    noise = 0.02 * (rng.standard_normal(kji, dtype=np.float32) + 1j * rng.standard_normal(kji, dtype=np.float32))
+    noise = 0.02 * (
+        rng.standard_normal(kji, dtype=np.float32) + 1j * rng.standard_normal(kji, dtype=np.float32)
+    )
     return np.abs(data + noise).astype(np.float32).T, affine
 
 
-def t1w_parcellation(model: HeadModel, warp: SubjectWarp, pose: np.ndarray, affine: np.ndarray,
-                     matrix=(176, 216, 176)) -> np.ndarray:
+def t1w_parcellation(
+    model: HeadModel,
+    warp: SubjectWarp,
+    pose: np.ndarray,
+    affine: np.ndarray,
+    matrix=(176, 216, 176),
+) -> np.ndarray:
     """The head model's Desikan-Killiany aparc+aseg labels on a T1w grid: the parcellation a FreeSurfer run on
     that T1w would aim at (the true anatomy the subject was drawn from), as ``(i, j, k)`` int32.
 
     The packaged atlas leaves some tissue unlabelled (its thin cortex, the vermis), where the simulator still
     renders grey and white matter; FreeSurfer labels every such voxel, so they take the nearest label here.
     """
-    labels = torch.from_numpy(np.ascontiguousarray(_filled_dk(model).T).astype(np.float32))[None, None]
-    out = sample_model(labels, model, warp, pose, affine, matrix, matrix, mode="nearest")[0, 0].numpy()
+    labels = torch.from_numpy(np.ascontiguousarray(_filled_dk(model).T).astype(np.float32))[
+        None, None
+    ]
+    out = sample_model(labels, model, warp, pose, affine, matrix, matrix, mode="nearest")[
+        0, 0
+    ].numpy()
     return np.rint(out).astype(np.int32).T

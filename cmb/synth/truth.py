@@ -34,13 +34,51 @@ from cmb.template import TEMPLATE_NAME
 __all__ = ["CMB_COLUMNS", "MIMIC_COLUMNS", "write_truth", "mni_coordinate_map"]
 
 CMB_COLUMNS = [
-    "index", "name", "x_mm", "y_mm", "z_mm", "i", "j", "k", "radius_mm", "apparent_diameter_mm", "chi_ppm",
-    "mars_category", "mars_region", "hemisphere", "atlas_label", "mni_x", "mni_y", "mni_z", "touches_vein",
+    "index",
+    "name",
+    "x_mm",
+    "y_mm",
+    "z_mm",
+    "i",
+    "j",
+    "k",
+    "radius_mm",
+    "apparent_diameter_mm",
+    "chi_ppm",
+    "mars_category",
+    "mars_region",
+    "hemisphere",
+    "atlas_label",
+    "mni_x",
+    "mni_y",
+    "mni_z",
+    "touches_vein",
 ]
 MIMIC_COLUMNS = [
-    "type", "x_mm", "y_mm", "z_mm", "i", "j", "k", "radius_mm", "length_mm", "direction_x", "direction_y",
-    "direction_z", "through_plane", "chi_ppm", "start_x", "start_y", "start_z", "end_x", "end_y", "end_z",
-    "angle_to_b0_deg", "vein_id", "vein_shape", "parent_vein",
+    "type",
+    "x_mm",
+    "y_mm",
+    "z_mm",
+    "i",
+    "j",
+    "k",
+    "radius_mm",
+    "length_mm",
+    "direction_x",
+    "direction_y",
+    "direction_z",
+    "through_plane",
+    "chi_ppm",
+    "start_x",
+    "start_y",
+    "start_z",
+    "end_x",
+    "end_y",
+    "end_z",
+    "angle_to_b0_deg",
+    "vein_id",
+    "vein_shape",
+    "parent_vein",
 ]
 # Shape of the anatomical veins (randomized ones carry theirs: straight, curved, branch).
 _ANATOMICAL_SHAPES = {"vein_medullary": "bent", "vein_pial": "surface_walk"}
@@ -66,11 +104,27 @@ def cmb_table(lesions, pose, affine, diameters, shape, subvisible=frozenset()) -
         i, j, k = _voxel(affine, xyz)
         if not all(0 <= v < n for v, n in zip((i, j, k), shape)):
             continue
-        rows.append([les.source.label, f"CMB{les.source.label}", *np.round(xyz, 3), i, j, k,
-                     round(les.source.radius_mm, 3), round(diameters.get(les.source.label, float("nan")), 3),
-                     round(les.source.chi_ppm, 4), les.mars_category, les.mars_region, les.hemisphere,
-                     les.atlas_label, *np.round(les.mni, 3),
-                     bool(vein_clearance(xyz, paths, radii)[0] <= les.source.radius_mm + TOUCH_MARGIN_MM)])
+        rows.append(
+            [
+                les.source.label,
+                f"CMB{les.source.label}",
+                *np.round(xyz, 3),
+                i,
+                j,
+                k,
+                round(les.source.radius_mm, 3),
+                round(diameters.get(les.source.label, float("nan")), 3),
+                round(les.source.chi_ppm, 4),
+                les.mars_category,
+                les.mars_region,
+                les.hemisphere,
+                les.atlas_label,
+                *np.round(les.mni, 3),
+                bool(
+                    vein_clearance(xyz, paths, radii)[0] <= les.source.radius_mm + TOUCH_MARGIN_MM
+                ),
+            ]
+        )
     return pd.DataFrame(rows, columns=CMB_COLUMNS)
 
 
@@ -97,28 +151,86 @@ def mimic_table(lesions, pose, affine, warp: SubjectWarp, subvisible=frozenset()
             angle = float(np.degrees(np.arccos(min(abs(d[2]), 1.0))))
             shape = src.extra.get("shape", _ANATOMICAL_SHAPES.get(src.extra["type"]))
             parent = src.extra.get("parent")
-            rows.append([src.extra["type"], *centre, *_voxel(affine, centre), src.radius_mm, length, *d, through,
-                         src.chi_ppm, *path[0], *path[-1], angle, number[src.extra["vein_id"]], shape,
-                         None if parent is None else number[parent]])
+            rows.append(
+                [
+                    src.extra["type"],
+                    *centre,
+                    *_voxel(affine, centre),
+                    src.radius_mm,
+                    length,
+                    *d,
+                    through,
+                    src.chi_ppm,
+                    *path[0],
+                    *path[-1],
+                    angle,
+                    number[src.extra["vein_id"]],
+                    shape,
+                    None if parent is None else number[parent],
+                ]
+            )
         elif src.kind == "calcification" or (src.kind == "cmb" and src.label in subvisible):
             c = _to_scanner(src.points, pose)[0]
-            rows.append([src.extra["type"] if src.kind == "calcification" else "cmb_subvisible", *c, *_voxel(affine, c),
-                         src.radius_mm, 0.0, 0.0, 0.0, 0.0, False, src.chi_ppm, *na])
+            rows.append(
+                [
+                    src.extra["type"] if src.kind == "calcification" else "cmb_subvisible",
+                    *c,
+                    *_voxel(affine, c),
+                    src.radius_mm,
+                    0.0,
+                    0.0,
+                    0.0,
+                    0.0,
+                    False,
+                    src.chi_ppm,
+                    *na,
+                ]
+            )
     for name, (centre, radii) in AIR_CAVITIES.items():
         c = _to_scanner(warp.from_mni(np.asarray(centre, float)[None]), pose)[0]
-        rows.append([f"air_{name}", *c, *_voxel(affine, c), float(np.mean(radii)), 0.0, 0.0, 0.0, 0.0, False, 9.4,
-                     *na])
+        rows.append(
+            [
+                f"air_{name}",
+                *c,
+                *_voxel(affine, c),
+                float(np.mean(radii)),
+                0.0,
+                0.0,
+                0.0,
+                0.0,
+                False,
+                9.4,
+                *na,
+            ]
+        )
     df = pd.DataFrame(rows, columns=MIMIC_COLUMNS)
-    for col in ("x_mm", "y_mm", "z_mm", "radius_mm", "length_mm", "direction_x", "direction_y", "direction_z",
-                "chi_ppm", "start_x", "start_y", "start_z", "end_x", "end_y", "end_z", "angle_to_b0_deg"):
+    for col in (
+        "x_mm",
+        "y_mm",
+        "z_mm",
+        "radius_mm",
+        "length_mm",
+        "direction_x",
+        "direction_y",
+        "direction_z",
+        "chi_ppm",
+        "start_x",
+        "start_y",
+        "start_z",
+        "end_x",
+        "end_y",
+        "end_z",
+        "angle_to_b0_deg",
+    ):
         df[col] = df[col].astype(float).round(4)
     for col in ("vein_id", "parent_vein"):
         df[col] = df[col].astype("Int64")
     return df
 
 
-def mni_coordinate_map(affine: np.ndarray, shape, pose: np.ndarray, warp: SubjectWarp,
-                       spacing_mm: float = 4.0) -> nib.Nifti1Image:
+def mni_coordinate_map(
+    affine: np.ndarray, shape, pose: np.ndarray, warp: SubjectWarp, spacing_mm: float = 4.0
+) -> nib.Nifti1Image:
     """MNI coordinates of a coarse grid spanning the acquisition, as a 4D image (last axis x, y, z)."""
     zooms = np.linalg.norm(affine[:3, :3], axis=0)
     step = np.maximum(np.round(spacing_mm / zooms), 1)
@@ -127,14 +239,18 @@ def mni_coordinate_map(affine: np.ndarray, shape, pose: np.ndarray, warp: Subjec
     ijk = np.stack(np.meshgrid(*[np.arange(m) for m in n], indexing="ij"), -1).reshape(-1, 3)
     world = ijk @ coarse_aff[:3, :3].T + coarse_aff[:3, 3]
     inv_pose = np.linalg.inv(pose)
-    mni = warp.to_mni(world @ inv_pose[:3, :3].T + inv_pose[:3, 3]).reshape(*n, 3).astype(np.float32)
+    mni = (
+        warp.to_mni(world @ inv_pose[:3, :3].T + inv_pose[:3, 3]).reshape(*n, 3).astype(np.float32)
+    )
     img = nib.Nifti1Image(mni, coarse_aff)
     img.set_qform(coarse_aff, code=1)
     img.set_sform(coarse_aff, code=1)
     return img
 
 
-def write_truth(folder: Path, prefix: str, lesions, result, pose, warp, params: dict) -> dict[str, Path]:
+def write_truth(
+    folder: Path, prefix: str, lesions, result, pose, warp, params: dict
+) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     aff = result.affine
     paths = {
@@ -153,19 +269,31 @@ def write_truth(folder: Path, prefix: str, lesions, result, pose, warp, params: 
         return im
 
     save_nifti(img(result.brain_mask.astype(np.uint8)), paths["brain"])
-    table = cmb_table(lesions, pose, aff, result.cmb_apparent_diameter, result.cmb_labels.shape,
-                      result.cmb_subvisible)
-    labels = np.where(np.isin(result.cmb_labels, table["index"].to_numpy()), result.cmb_labels, 0).astype(np.int16)
+    table = cmb_table(
+        lesions,
+        pose,
+        aff,
+        result.cmb_apparent_diameter,
+        result.cmb_labels.shape,
+        result.cmb_subvisible,
+    )
+    labels = np.where(
+        np.isin(result.cmb_labels, table["index"].to_numpy()), result.cmb_labels, 0
+    ).astype(np.int16)
     write_text(paths["table"], table.to_csv(sep="\t", index=False))
     save_nifti(img(labels), paths["dseg"])
     mimics = mimic_table(lesions, pose, aff, warp, result.cmb_subvisible)
     write_text(paths["mimics"], mimics.to_csv(sep="\t", index=False, na_rep="n/a"))
     save_nifti(mni_coordinate_map(aff, result.cmb_labels.shape, pose, warp), paths["xfm"])
-    write_json(paths["xfm"].with_name(paths["xfm"].name.replace(".nii.gz", ".json")), {
-        "Description": "For each voxel of this coarse grid (scanner RAS mm via its affine), the corresponding "
-                       f"{TEMPLATE_NAME} coordinates (mm, RAS) along the last axis (x, y, z). Interpolate linearly "
-                       "to map any scanner point to MNI.",
-        "FromSpace": "scanner", "ToSpace": TEMPLATE_NAME,
-    })
+    write_json(
+        paths["xfm"].with_name(paths["xfm"].name.replace(".nii.gz", ".json")),
+        {
+            "Description": "For each voxel of this coarse grid (scanner RAS mm via its affine), the corresponding "
+            f"{TEMPLATE_NAME} coordinates (mm, RAS) along the last axis (x, y, z). Interpolate linearly "
+            "to map any scanner point to MNI.",
+            "FromSpace": "scanner",
+            "ToSpace": TEMPLATE_NAME,
+        },
+    )
     write_json(paths["params"], params)
     return paths
