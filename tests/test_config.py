@@ -151,6 +151,14 @@ def test_the_rules_are_thin():
         'os.environ["PYTHONPATH"]', ""
     )  # no program text in the environment
     assert "python -c" not in rules
+    snakefile = (REPO / "Snakefile").read_text()
+    assert (
+        "workflow.scheduler" not in snakefile and "_limiter" not in snakefile
+    )  # Snakemake's public API only
+    profile = yaml.safe_load((REPO / "profiles" / "local" / "config.yaml").read_text())
+    assert (
+        profile["max-jobs-per-timespan"] == "100000/30s"
+    )  # the scheduler's cost at scale (benchmarks.md)
     # options reach the stages as config sections: no rule spells out a setting as a flag
     for flag in (
         "--highpass-sigma-mm",

@@ -591,7 +591,7 @@ def test_resource_errors_are_raised_not_recorded(tmp_path):
             "preprocess", "01", None, [tmp_path / "o.nii.gz"], tmp_path / "s.json", None, full
         )
     assert list(tmp_path.iterdir()) == []  # no record, no placeholder
-    # as the soft-stage wrapper sees a failed subprocess: the class name and message only
+    # an exception rebuilt from text (a subprocess's last line): the class name and message only
     wrapped = type("OSError", (RuntimeError,), {})(
         "[Errno 28] No space left on device: '/out/x.nii.gz'"
     )
