@@ -72,6 +72,8 @@ def run(work: Path, n_subjects: int, n_cmb: int, seed: int, preset: str) -> pd.D
             out_mars=out / "mars_dseg.nii.gz",
             parcellation=find_parcellation(root, sub),
             parcellation_root=root,
+            step_mm=4,
+            syn_iterations=(40, 20),
         )
         seconds = time.perf_counter() - t0
         img = nib.load(image)

@@ -38,7 +38,7 @@ import numpy as np
 from scipy import fft as sfft
 
 from cmb.atomic import save_nifti, write_json
-from cmb.config import add_config_sections, int_list
+from cmb.config import add_config_sections, default, int_list
 from cmb.registration.ants_adapter import import_ants, set_threads, to_ants
 from cmb.registration.grids import downsample_blocks, upsample_blocks, voxel_sizes
 
@@ -274,13 +274,13 @@ def preprocess_subject(
     out_phase: str | os.PathLike | None = None,
     out_json: str | os.PathLike | None = None,
     *,
-    paramagnetic_phase: str = "positive",
-    highpass_sigma_mm: float = 4.0,
-    n4_spacing_mm: float = 4.0,
-    n4_iterations: Sequence[int] = (50, 50),
-    mask_work_mm: float = 2.0,
-    mask_grow_mm: float = 6.0,
-    normalize: str = "median",
+    paramagnetic_phase: str = default("preprocess", "paramagnetic_phase"),
+    highpass_sigma_mm: float = default("preprocess", "highpass_sigma_mm"),
+    n4_spacing_mm: float = default("preprocess", "n4_spacing_mm"),
+    n4_iterations: Sequence[int] = tuple(default("preprocess", "n4_iterations")),
+    mask_work_mm: float = default("preprocess", "mask_work_mm"),
+    mask_grow_mm: float = default("preprocess", "mask_grow_mm"),
+    normalize: str = default("preprocess", "normalize"),
     out_bias: str | os.PathLike | None = None,
     ingest_report: str | os.PathLike | None = None,
 ) -> dict:

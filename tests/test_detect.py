@@ -70,6 +70,8 @@ def scan(tmp_path_factory) -> Scan:
         out / "sub-01_desc-brain_mask.nii.gz",
         out / "sub-01_part-phase_desc-preproc_swi.nii.gz",
         paramagnetic_phase="negative",
+        n4_iterations=(50, 50),
+        mask_work_mm=2.0,
     )
     truth = next((root / "bids" / "derivatives" / "cmb-truth").rglob("*_label-CMB_dseg.nii.gz"))
     return Scan(

@@ -265,6 +265,8 @@ def synth_routes(tmp_path_factory):
         out_quality=out / "quality.json",
         parcellation=parc,
         parcellation_root=root,
+        step_mm=4,
+        syn_iterations=(40, 20),
     )
     img = nib.load(image)
     atlas = np.asanyarray(

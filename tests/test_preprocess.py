@@ -244,7 +244,12 @@ def test_phase_on_another_grid_is_rejected_before_any_work(subject, tmp_path):
     nib.save(nib.Nifti1Image(ph.get_fdata(dtype=np.float32)[:-2], ph.affine), bad)
     with pytest.raises(ValueError, match="phase_bad"):
         preprocess_subject(
-            subject["mag"], bad, tmp_path / "m.nii.gz", tmp_path / "k.nii.gz", tmp_path / "p.nii.gz"
+            subject["mag"],
+            bad,
+            tmp_path / "m.nii.gz",
+            tmp_path / "k.nii.gz",
+            tmp_path / "p.nii.gz",
+            paramagnetic_phase="positive",
         )
     assert not (tmp_path / "m.nii.gz").exists()
 

@@ -279,7 +279,14 @@ def _centered(small: nib.Nifti1Image, ref: nib.Nifti1Image) -> np.ndarray:
 
 
 def test_affine_only_writes_identity_warps(case, tmp_path):
-    rep = register_subject(case["image"], case["mask"], tmp_path / "sub-01", syn=False)
+    rep = register_subject(
+        case["image"],
+        case["mask"],
+        tmp_path / "sub-01",
+        syn=False,
+        step_mm=4,
+        syn_iterations=(40, 20),
+    )
     warp = nib.load(xfm_paths(tmp_path / "sub-01").fwd_warp)
     assert rep["quality"]["syn"] is False and not np.any(np.asanyarray(warp.dataobj))
 
@@ -294,7 +301,13 @@ def test_t1w_route(case, tmp_path):
     moved = tmp_path / "T1w_moved.nii.gz"
     nib.save(nib.Nifti1Image(np.asanyarray(t1.dataobj), motion @ t1.affine), moved)
     rep = register_subject(
-        case["image"], case["mask"], tmp_path / "sub-01", t1w=moved, out_quality=tmp_path / "q.json"
+        case["image"],
+        case["mask"],
+        tmp_path / "sub-01",
+        t1w=moved,
+        out_quality=tmp_path / "q.json",
+        step_mm=4,
+        syn_iterations=(40, 20),
     )
     assert (tmp_path / "sub-01_from-SWI_to-T1w_mode-image_xfm.mat").is_file()
     assert rep["quality"]["contrast"] == "t1"

@@ -39,6 +39,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from cmb.atomic import atomic_path, save_nifti, write_json
+from cmb.config import default
 from cmb.registration.ants_adapter import (
     LPS4,
     SOURCE_SPACE,
@@ -410,15 +411,15 @@ def register_subject(
     out_mars_tsv: str | os.PathLike | None = None,
     out_dk: str | os.PathLike | None = None,
     source_space: str = SOURCE_SPACE,
-    step_mm: int = 4,
-    syn: bool = True,
-    syn_iterations: Sequence[int] = (40, 20),
-    interpolation: str = "nearestNeighbor",
+    step_mm: int = default("register", "step_mm"),
+    syn: bool = default("register", "syn"),
+    syn_iterations: Sequence[int] = tuple(default("register", "syn_iterations")),
+    interpolation: str = default("register", "label_interpolation"),
     parcellation: str | os.PathLike | None = None,
     parcellation_root: str | os.PathLike | None = None,
     parcellation_refused: str | None = None,
     mars_options: dict | None = None,
-    parcellation_min_dice: float = 0.8,
+    parcellation_min_dice: float = default("mars", "parcellation_min_dice"),
 ) -> dict:
     """Register one subject to MNI, save transforms and quality, warp the MARS map.
 
