@@ -39,7 +39,9 @@ def prepare(mag_path, phase_path, echo_times=None, paramagnetic_phase="negative"
     mask = np.zeros(mag.shape, bool)
     rim = np.ceil(1.5 / np.asarray(zooms)).astype(int)
     mask[tuple(slice(r, n - r) for r, n in zip(rim, mag.shape))] = True
-    corrected, _ = n4_bias_correct(nib.Nifti1Image(mag, img.affine), mask, spacing_mm=1.0)
+    corrected, _ = n4_bias_correct(
+        nib.Nifti1Image(mag, img.affine), mask, spacing_mm=1.0, iterations=(50, 50)
+    )
     mag = corrected.get_fdata(dtype=np.float32)
     mag, _ = normalize_intensity(mag, mask)
     phase, _ = rescale_phase(combo.phase.get_fdata(dtype=np.float32), name=str(phase_path))

@@ -184,7 +184,9 @@ def run_real_crop(folder: Path) -> dict:
     mask = np.zeros(mag.shape, bool)
     rim = np.ceil(1.5 / zooms).astype(int)
     mask[tuple(slice(r, n - r) for r, n in zip(rim, mag.shape))] = True
-    corrected, _ = n4_bias_correct(nib.Nifti1Image(mag, img.affine), mask, spacing_mm=1.0)
+    corrected, _ = n4_bias_correct(
+        nib.Nifti1Image(mag, img.affine), mask, spacing_mm=1.0, iterations=(50, 50)
+    )
     mag, _ = normalize_intensity(corrected.get_fdata(dtype=np.float32), mask)
     phase, _ = rescale_phase(
         combo.phase.get_fdata(dtype=np.float32), name=str(folder / "Phase.nii")

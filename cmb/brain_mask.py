@@ -243,10 +243,10 @@ def refine_brain_mask(
 def compute_brain_mask(
     img: nib.Nifti1Image,
     *,
-    work_mm: float = 2.0,
+    work_mm: float,
+    grow_mm: float,
     register_step_mm: int = 4,
     core_mm: float = 4.0,
-    grow_mm: float = 6.0,
     dark_fraction: float = 0.35,
     min_agreement: float = 0.7,
 ) -> tuple[np.ndarray, dict]:

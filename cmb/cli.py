@@ -189,7 +189,7 @@ def main(argv=None) -> int:
         "detect": ("cmb.detect.__main__", "detect CMBs in one preprocessed scan"),
         "train": ("cmb.detect.training", "train or fine-tune the detector on annotated scans"),
         "calibrate": (
-            "cmb.detect.calibration",
+            "cmb.detect.recalibrate",
             "refit a detector's calibration and threshold on annotated scans",
         ),
         "evaluate": (

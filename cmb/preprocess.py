@@ -82,9 +82,9 @@ def n4_bias_correct(
     img: nib.Nifti1Image,
     mask: np.ndarray | None = None,
     *,
-    spacing_mm: float = 4.0,
+    spacing_mm: float,
+    iterations: Sequence[int],
     shrink_factor: int = 2,
-    iterations: Sequence[int] = (50, 50),
     tolerance: float = 1e-4,
     spline_distance_mm: float = 100.0,
 ) -> tuple[nib.Nifti1Image, np.ndarray]:

@@ -22,10 +22,11 @@ from cmb.annotations import Scan
 from cmb.detect import CANDIDATE_COLUMNS
 from cmb.detect.__main__ import DEFAULT_MODEL, run_detect
 from cmb.detect.__main__ import main as detect_main
-from cmb.detect.calibration import main as calibrate_main
-from cmb.detect.calibration import recalibrate
-from cmb.detect.inference import calibrate, find_candidates
+from cmb.detect.calibration import calibrate
+from cmb.detect.inference import find_candidates
 from cmb.detect.model import ModelError, load_model
+from cmb.detect.recalibrate import main as calibrate_main
+from cmb.detect.recalibrate import recalibrate
 from cmb.detect.training import (
     ScanSamples,
     TrainConfig,

@@ -73,7 +73,7 @@ def case(tmp_path_factory):
     # registration input: bias-corrected RAS magnitude and the true brain mask (the
     # brain-mask algorithm is tested in test_preprocess)
     ras = reorient_to_ras(nib.load(subj["mag"]))
-    corrected, _ = n4_bias_correct(ras)
+    corrected, _ = n4_bias_correct(ras, spacing_mm=4.0, iterations=(50, 50))
     nib.save(corrected, root / "preproc.nii.gz")
     brain = reorient_to_ras(nib.load(subj["brain"]))
     nib.save(

@@ -10,8 +10,8 @@ import pandas as pd
 from test_detect import detected, scan  # noqa: F401 - module fixtures: a preprocessed tiny scan, detected
 
 from cmb.detect.__main__ import DEFAULT_MODEL
-from cmb.detect.calibration import recalibrate
 from cmb.detect.model import load_model
+from cmb.detect.recalibrate import recalibrate
 from cmb.detect.training import build_parser as train_parser
 from cmb.detect.training import sample_scan
 from cmb.evaluation import load_truth

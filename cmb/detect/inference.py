@@ -19,7 +19,6 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import torch
-from scipy.special import expit
 
 from cmb.candidates import (
     dark_blob_response,
@@ -29,6 +28,7 @@ from cmb.candidates import (
     screen_bytes,
 )
 from cmb.detect import CANDIDATE_COLUMNS
+from cmb.detect.calibration import calibrate, operating_threshold
 from cmb.detect.model import LoadedModel
 from cmb.detect.patches import (
     SCALES,
@@ -269,12 +269,6 @@ def view_averaged_logits(
     return logits
 
 
-def calibrate(logits: np.ndarray, calibration: dict | None) -> np.ndarray:
-    """Platt scaling ``sigmoid(a * logit + b)`` fitted on validation data (identity without a card entry)."""
-    a, b = (calibration or {}).get("a", 1.0), (calibration or {}).get("b", 0.0)
-    return expit(a * np.asarray(logits, float) + b)
-
-
 @dataclass
 class Detection:
     """Result of :func:`detect`: the candidate table (:data:`CANDIDATE_COLUMNS`) and images."""
@@ -330,7 +324,7 @@ def detect(
     )
     t1 = time.perf_counter()
     conf = calibrate(logits, card.get("calibration"))
-    thr = float(card["threshold"] if threshold is None else threshold)
+    thr = operating_threshold(card, threshold)
 
     tab = cands.table
     n = len(tab)

@@ -55,10 +55,16 @@ from tqdm import tqdm
 
 from cmb.annotations import Scan, paired_scans
 from cmb.atomic import write_text
-from cmb.config import add_config_sections
+from cmb.config import add_config_sections, default
+from cmb.detect.calibration import (
+    DEFAULT_TTA,
+    add_operating_point_arguments,
+    operating_point,
+    partial_froc,
+    validation_froc,
+)
 from cmb.detect.inference import (
     DEFAULT_SCREEN,
-    calibrate,
     find_candidates,
     hand_features,
     view_averaged_logits,
@@ -68,7 +74,6 @@ from cmb.detect.model import CandidateNet, load_model, save_model, select_device
 from cmb.detect.patches import (
     DEFAULT_PHASE_WRAP_LIMIT,
     FEATURES,
-    N_SYMMETRIES,
     PATCH_CHANNELS,
     SCALES,
     PatchSampler,
@@ -78,20 +83,14 @@ from cmb.detect.patches import (
 from cmb.evaluation import (
     MARGIN_MM,
     MIN_POINT_RADIUS_MM,
-    choose_threshold,
     detection_hits,
-    froc_curve,
     load_truth,
-    match_cohort,
-    sensitivity_at_fp,
     truth_from_points,
 )
 
 __all__ = ["ScanSamples", "sample_scan", "scan_data_description", "TrainConfig", "train_model"]
 
 _log = logging.getLogger(__name__)
-
-PFROC_LEVELS = (0.25, 0.5, 1.0, 2.0)
 
 
 @dataclass
@@ -178,8 +177,8 @@ def sample_scan(
 @dataclass
 class TrainConfig:
     width: int = 12
-    epochs: int = 30
-    steps_per_epoch: int = 60
+    epochs: int = default("training", "epochs")
+    steps_per_epoch: int = default("training", "steps_per_epoch")
     batch_size: int = 64
     neg_ratio: int = 3
     lr: float = 2e-3
@@ -188,11 +187,11 @@ class TrainConfig:
     phase_dropout: float = 0.3
     mining_fraction: float = 0.5
     balance_positives: bool = False
-    tta: int = 1
+    tta: int = DEFAULT_TTA
     phase_wrap_limit: float | None = DEFAULT_PHASE_WRAP_LIMIT
     max_fp_avg: float | None = None
     ema: float = 0.0
-    seed: int = 0
+    seed: int = default("training", "seed")
 
 
 def augment(x: torch.Tensor, f: torch.Tensor, gen: torch.Generator, phase_dropout: float) -> tuple:
@@ -271,91 +270,18 @@ def sample_logits(
     return out
 
 
-def validation_froc(samples: list[ScanSamples], scores: list[np.ndarray]) -> pd.DataFrame:
-    """FROC of the validation scans (every candidate kept) with the given scores as confidences."""
-    pairs = [
-        (
-            s.scan.key,
-            s.scan.acquisition,
-            s.candidates.assign(confidence=sc),
-            load_truth(s.scan.truth),
-        )
-        for s, sc in zip(samples, scores)
-    ]
-    return froc_curve(match_cohort(pairs))
-
-
-def partial_froc(froc: pd.DataFrame) -> float:
-    return float(np.nanmean(sensitivity_at_fp(froc, PFROC_LEVELS)["sensitivity"]))
-
-
-def fit_platt(logits: np.ndarray, labels: np.ndarray) -> dict:
-    """Platt scaling ``sigmoid(a * logit + b)`` by maximum likelihood."""
-    z = torch.tensor(logits, dtype=torch.float64)
-    y = torch.tensor(labels, dtype=torch.float64)
-    ab = torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([ab], lr=0.5, max_iter=200)
-
-    def closure():
-        opt.zero_grad()
-        loss = F.binary_cross_entropy_with_logits(ab[0] * z + ab[1], y)
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    a, b = ab.detach().tolist()
-    return {"a": a, "b": b}
-
-
-def operating_point(
+def fit_operating_point(
     net,
     val: list[ScanSamples],
     device,
-    tta: int = 1,
+    tta: int = DEFAULT_TTA,
     max_fp_avg: float | None = None,
     phase_wrap_limit: float | None = None,
 ) -> dict:
-    """Calibration, operating threshold and validation metrics of ``net`` on validation scans.
-
-    Platt scaling of the logits (averaged over ``tta`` symmetric views, the phase hidden
-    where it is wrapped beyond ``phase_wrap_limit``, as the detect stage will score them),
-    then the threshold: the most sensitive one whose validation false positives per
-    scan stay within ``max_fp_avg``, else the one that maximizes validation F1. Returns
-    the model card's ``calibration``, ``threshold``, ``threshold_rule``, ``tta``,
-    ``phase_wrap_limit`` and ``validation`` entries.
-    """
-    if not val or not any(len(s.labels) for s in val):
-        raise ValueError("no validation candidates: cannot calibrate")
-    scores = sample_logits(net, val, device, tta=tta, phase_wrap_limit=phase_wrap_limit)
-    labels = np.concatenate([s.labels.numpy() for s in val])
-    platt = fit_platt(np.concatenate(scores), labels)
-    froc = validation_froc(val, [calibrate(z, platt) for z in scores])
-    threshold = choose_threshold(froc, max_fp_avg=max_fp_avg)
-    at = froc[froc["threshold"] == threshold].iloc[0]
-    n_truth = sum(s.n_truth for s in val)
-    found = sum(s.n_truth_found for s in val)
-    return {
-        "calibration": {"method": "platt", **platt},
-        "threshold": float(threshold),
-        "threshold_rule": (
-            "best validation F1"
-            if max_fp_avg is None
-            else f"highest validation sensitivity at FPavg <= {max_fp_avg:g}"
-        ),
-        "tta": int(tta),
-        "phase_wrap_limit": phase_wrap_limit,
-        "validation": {
-            "n_scans": len(val),
-            "n_cmb": int(n_truth),
-            "screen_sensitivity": found / n_truth if n_truth else None,
-            "sensitivity": float(at["sensitivity"]),
-            "fp_avg": float(at["fp_avg"]),
-            "precision": float(at["precision"]),
-            "f1": float(at["f1"]),
-            "partial_froc": partial_froc(froc),
-            "sensitivity_at_1fp": float(sensitivity_at_fp(froc, (1.0,))["sensitivity"].iloc[0]),
-        },
-    }
+    """:func:`~cmb.detect.calibration.operating_point` of ``net`` on validation scans, scored
+    as the detect stage will score them."""
+    logits = sample_logits(net, val, device, tta=tta, phase_wrap_limit=phase_wrap_limit)
+    return operating_point(val, logits, tta, max_fp_avg, phase_wrap_limit)
 
 
 def _slice_balanced_weights(samples: list[ScanSamples]) -> torch.Tensor:
@@ -537,7 +463,7 @@ def train_model(
             break
 
     net.load_state_dict(best[1])
-    point = operating_point(net, val, device, cfg.tta, cfg.max_fp_avg, cfg.phase_wrap_limit)
+    point = fit_operating_point(net, val, device, cfg.tta, cfg.max_fp_avg, cfg.phase_wrap_limit)
     full = {
         **card,
         "input_channels": list(PATCH_CHANNELS),
@@ -627,35 +553,6 @@ def scan_data_description(scans: list[Scan]) -> dict:
     }
 
 
-def add_operating_point_arguments(p) -> None:
-    """``--tta``, ``--phase-wrap-limit`` and ``--max-fp-avg``, shared by ``cmb train`` and ``cmb calibrate``."""
-    p.add_argument(
-        "--tta",
-        type=int,
-        default=TrainConfig.tta,
-        choices=range(1, N_SYMMETRIES + 1),
-        metavar="N",
-        help="calibrate for test-time augmentation over N symmetric views of each patch "
-        f"(1-{N_SYMMETRIES}); the detect stage then averages over as many",
-    )
-    p.add_argument(
-        "--phase-wrap-limit",
-        type=_wrap_limit,
-        default=TrainConfig.phase_wrap_limit,
-        metavar="W",
-        help="score candidates without their phase where their 24 mm context has more than W phase "
-        "wraps per brain sample (air-cavity fringes; for models trained with --phase-dropout); "
-        f"'none' keeps every phase (default {DEFAULT_PHASE_WRAP_LIMIT})",
-    )
-    p.add_argument(
-        "--max-fp-avg",
-        type=float,
-        metavar="FP",
-        help="operating threshold: the most sensitive one with at most FP false positives per "
-        "validation scan (default: the best validation F1)",
-    )
-
-
 def _unit_interval(text: str) -> float:
     """An argparse type: a number from 0 to 1."""
     import argparse
@@ -663,18 +560,6 @@ def _unit_interval(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
-
-
-def _wrap_limit(text: str) -> float | None:
-    """An argparse type: a phase wrap density of 0 or more, or 'none'."""
-    import argparse
-
-    if text.lower() == "none":
-        return None
-    value = float(text)
-    if not value >= 0.0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, or 'none', got {text}")
     return value
 
 
@@ -733,7 +618,7 @@ def build_parser(parser=None):
         "default (cmb/detect/weights/default)",
     )
     p.add_argument("--name", default="cmb-candidate-net")
-    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--val-fraction", type=float)
     p.add_argument(
         "--val-from",
         type=int,
@@ -741,8 +626,8 @@ def build_parser(parser=None):
         help="draw validation subjects only from the N-th --derivatives/--truth pair (1-based; repeatable), "
         "e.g. your own annotated scans when fine-tuning on them plus synthetic ones",
     )
-    p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
-    p.add_argument("--steps-per-epoch", type=int, default=TrainConfig.steps_per_epoch)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--steps-per-epoch", type=int)
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     p.add_argument("--width", type=int, default=TrainConfig.width)
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
@@ -775,7 +660,7 @@ def build_parser(parser=None):
         "(e.g. 0.99); 0 turns it off",
     )
     add_operating_point_arguments(p)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int)
     add_runtime_arguments(p)
     return add_config_sections(p, "training")
 

@@ -4,9 +4,9 @@ Pipeline of :func:`register_subject`:
 
 1. optional SWI->T1w rigid registration (mutual information) when a T1w exists;
 2. subject->MNI affine then SyN, both at a coarse resolution: the
-   brain-masked subject image is block-averaged to ``step_mm`` (4 mm by
-   default) and registered to the packaged ICBM 2009c template subsampled to
-   the same step, at 8 then 4 mm. Both stages use mutual information, since
+   brain-masked subject image is block-averaged to ``step_mm`` (the config's
+   ``register.step_mm``) and registered to the packaged ICBM 2009c template
+   subsampled to the same step, at ``2 * step_mm`` then ``step_mm``. Both stages use mutual information, since
    SWI/T2* magnitude and T1 contrast differ (see :func:`register_to_mni` for
    the accuracy and time of the alternatives).
    With a T1w, the T1w is registered to the T1 template instead and the rigid
@@ -188,11 +188,11 @@ def register_to_mni(
     mask: nib.Nifti1Image | np.ndarray,
     xfm: XfmPaths,
     *,
+    step_mm: int,
+    syn: bool,
+    syn_iterations: Sequence[int],
     contrast: str = "swi",
-    step_mm: int = 4,
     affine_iterations: Sequence[int] = (500, 250),
-    syn: bool = True,
-    syn_iterations: Sequence[int] = (40, 20),
     syn_flow_sigma: float = 3.0,
     pre_affine: np.ndarray | None = None,
     syn_tolerance: float = 0.002,
@@ -200,7 +200,8 @@ def register_to_mni(
     """Affine + SyN registration of a brain-masked subject image to the MNI template.
 
     Both images are block-averaged to ``step_mm`` and every stage runs at two
-    levels, ``2 * step_mm`` then ``step_mm`` (8 and 4 mm by default). The SyN
+    levels, ``2 * step_mm`` then ``step_mm`` (the config's ``register`` section holds the
+    workflow's settings). The SyN
     metric is mutual information, evaluated inside the (dilated) template brain
     mask only, which makes it ~3x faster than unmasked.
 
