@@ -8,7 +8,8 @@
 #      output and work folder bound in, and no writable home; the input is unchanged after;
 #   3. the same workflow (the image's own /opt/cmb, copied out) runs bare-metal with the
 #      host's .venv, and .ci/compare_exact.py holds the two output folders byte for byte
-#      apart from the provenance fields it names (versions, source tree, paths, times);
+#      apart from the provenance fields it names (versions, source tree, paths, times), and
+#      float images to float32 rounding (its docstring says why);
 #   4. bad input inside the image: an unbound input folder and an unbound output folder
 #      are refused by `cmb run` before Snakemake starts, naming the path; the GPU the
 #      config asks for by default (detection.use_gpu) is not visible, and each detect_cmb
