@@ -184,6 +184,7 @@ def main(argv=None) -> int:
     ]
     print(f"running {args.n_subjects} subjects on {args.cores} cores ...", flush=True)
     t0 = time.perf_counter()
+    t0_epoch = time.time()
     log = open(work / "snakemake.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
@@ -219,6 +220,9 @@ def main(argv=None) -> int:
         '"status": "ok"' not in f.read_text() for f in (out / "status").rglob("*.json")
     )
 
+    pages = sorted(p.stat().st_mtime for p in out.glob("sub-*/sub-*_report.html"))
+    tables = sorted((out / "cohort").glob("*.csv")) + [out / "failures.csv"]
+
     print()
     print(
         f"machine: {platform.machine()}, {psutil.cpu_count()} CPUs, "
@@ -237,6 +241,12 @@ def main(argv=None) -> int:
     print(
         f"| throughput | {args.n_subjects / wall * 3600:.0f} subjects/hour ({wall / args.n_subjects:.1f} s/subject) |"
     )
+    if pages:
+        print(
+            f"| first / median / last subject page written | {pages[0] - t0_epoch:.0f} / "
+            f"{pages[len(pages) // 2] - t0_epoch:.0f} / {pages[-1] - t0_epoch:.0f} s after the start "
+            f"({len(pages)} pages) |"
+        )
     print(f"| job time / cores | {per_core:.0f} s (sum of job wall times {job_sum:.0f} s) |")
     print(
         f"| Snakemake overhead (wall - job time / cores) | {wall - per_core:.0f} s "
@@ -250,6 +260,10 @@ def main(argv=None) -> int:
         f"| peak RSS, one process | {sampler.peak_one / 2**30:.2f} GiB ({sampler.peak_one_name}) |"
     )
     print(f"| most processes at once | {sampler.max_procs} |")
+    for t in tables:
+        if t.is_file():
+            rows = t.read_text().count("\n") - 1
+            print(f"| {t.relative_to(out)} | {t.stat().st_size / 1024:.1f} KiB, {rows} rows |")
     print(f"| leaked files in TMPDIR | {len(leaked_tmp)} |")
     print(f"| atomic-write leftovers under the output | {len(partials)} |")
     print(
