@@ -21,7 +21,7 @@ include: "rules/common.smk"
 # Snakemake's job-rate limiter (--max-jobs-per-timespan, default 100/1s) re-arms a timer
 # on every scheduler pass, and every finished job adds one more such chain of passes,
 # each of which stats the inputs of every ready job: in a 200-subject local run the
-# scheduler alone took 0.65 of a core (docs/benchmarks.md; snakemake PR #3744). The local
+# scheduler alone took 64% of a core (docs/benchmarks.md; snakemake PR #3744). The local
 # profile sets 100000/30s, which passes the same jobs with a thirtieth of the passes. Its
 # timers are not daemon threads (Python's threading.Timer), so Snakemake would wait up to
 # 30 s before it exits: once the run is over, the pending ones are cancelled.

@@ -1,8 +1,6 @@
-"""Registration to the MNI template, native-space atlases and point mapping (ANTsPy).
-
-The command line of ``python -m cmb.registration`` (the workflow's ``register`` rule):
-one subject through :func:`cmb.registration.register.register_subject`.
-"""
+"""``python -m cmb.registration``, the workflow's ``register`` rule: one subject through
+:func:`cmb.registration.register.register_subject` (MNI transforms, quality record, atlases
+warped to the subject)."""
 
 from __future__ import annotations
 
