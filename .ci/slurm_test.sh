@@ -12,7 +12,9 @@
 # temporary folder; the daemons are stopped by PID at exit.
 #
 #   bash .ci/slurm_test.sh   (CMB_SLURM_KEEP=1 keeps the temporary folder;
-#                             CMB_SLURM_SETUP_ONLY=1 stops once the cluster runs a GPU job)
+#                             CMB_SLURM_SETUP_ONLY=1 stops once the cluster runs a GPU job;
+#                             CMB_SLURM_RUN_COMMAND="..." runs that command on the cluster
+#                             instead of the checks, e.g. bench/bench_slurm_submit.py)
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -186,6 +188,11 @@ done
 [[ $st == COMPLETED ]] || { echo "slurm_test.sh: GPU probe job $probe is '$st'" >&2; cat "$T/log/probe.out"; exit 1; }
 log "GPU probe job $probe COMPLETED ($(scontrol show job -o "$probe" | grep -o 'TresPerJob=[^ ]*'))"
 
+if [[ -n ${CMB_SLURM_RUN_COMMAND:-} ]]; then
+    log "running on partition $PARTITION: $CMB_SLURM_RUN_COMMAND"
+    (cd "$REPO" && bash -c "$CMB_SLURM_RUN_COMMAND")
+    exit $?
+fi
 if [[ ${CMB_SLURM_SETUP_ONLY:-0} == 1 ]]; then
     log "CMB_SLURM_SETUP_ONLY=1: stopping after the cluster checks"
     exit 0
