@@ -150,8 +150,11 @@ FLOAT_RTOL, FLOAT_ATOL = 1e-5, 1e-6
 def float_image_difference(a_path: Path, b_path: Path) -> float | None:
     """The largest voxel difference of two floating-point NIfTI images whose headers are
     identical and whose voxels agree to float32 rounding; None otherwise (an integer image,
-    another header, another shape, other NaNs, or a larger difference)."""
-    a, b = nib.load(a_path), nib.load(b_path)
+    another header, another shape, other NaNs, a larger difference, or not NIfTI)."""
+    try:
+        a, b = nib.load(a_path), nib.load(b_path)
+    except Exception:  # not readable as NIfTI: it stays a byte difference
+        return None
     if a.header.binaryblock != b.header.binaryblock:
         return None
     if not np.issubdtype(a.get_data_dtype(), np.floating):
@@ -166,7 +169,10 @@ def float_image_difference(a_path: Path, b_path: Path) -> float | None:
 
 def image_difference(a_path: Path, b_path: Path) -> str:
     """What differs between two NIfTI images, in words."""
-    a, b = nib.load(a_path), nib.load(b_path)
+    try:
+        a, b = nib.load(a_path), nib.load(b_path)
+    except Exception:
+        return first_difference(a_path.read_bytes(), b_path.read_bytes())
     if a.header.binaryblock != b.header.binaryblock:
         return "in the header"
     da, db = np.asanyarray(a.dataobj), np.asanyarray(b.dataobj)
