@@ -29,6 +29,7 @@ from cmb.detect.calibration import DEFAULT_TTA, add_operating_point_arguments
 from cmb.detect.model import ModelError, load_model, save_model
 from cmb.detect.patches import DEFAULT_PHASE_WRAP_LIMIT
 from cmb.detect.training import (
+    add_annotated_data_arguments,
     add_runtime_arguments,
     annotated_datasets,
     fit_operating_point,
@@ -105,20 +106,7 @@ def build_parser(parser=None):
         type=Path,
         help="model folder to recalibrate (e.g. the shipped default)",
     )
-    p.add_argument(
-        "--derivatives",
-        required=True,
-        type=Path,
-        action="append",
-        help="workflow output folder with the preprocessed scans; repeat, with one --truth each",
-    )
-    p.add_argument(
-        "--truth",
-        required=True,
-        type=Path,
-        action="append",
-        help="folder of *_label-CMB_dseg.nii.gz / .tsv annotations",
-    )
+    add_annotated_data_arguments(p)
     p.add_argument(
         "--out", required=True, type=Path, help="model folder to write (not the input model)"
     )

@@ -570,6 +570,26 @@ def _init_model(text: str) -> Path:
     return DEFAULT_MODEL if text == "shipped" else Path(text)
 
 
+def add_annotated_data_arguments(p) -> None:
+    """``--derivatives`` and ``--truth`` (repeatable, in pairs: :func:`annotated_datasets`),
+    shared by ``cmb train`` and ``cmb calibrate``."""
+    p.add_argument(
+        "--derivatives",
+        required=True,
+        type=Path,
+        action="append",
+        help="workflow output folder with the preprocessed scans (run the workflow up to "
+        "preprocessing); repeat, with one --truth each, for several datasets",
+    )
+    p.add_argument(
+        "--truth",
+        required=True,
+        type=Path,
+        action="append",
+        help="folder of *_label-CMB_dseg.nii.gz / .tsv annotations",
+    )
+
+
 def add_runtime_arguments(p) -> None:
     """``--threads``, ``--cpu`` and ``--no-progress``, shared by ``cmb train`` and ``cmb calibrate``."""
     p.add_argument(
@@ -595,21 +615,7 @@ def build_parser(parser=None):
     import argparse
 
     p = parser or argparse.ArgumentParser(prog="cmb train")
-    p.add_argument(
-        "--derivatives",
-        required=True,
-        type=Path,
-        action="append",
-        help="workflow output folder with the preprocessed scans (run the workflow up to preprocessing); "
-        "repeat, with one --truth each, to train on several datasets",
-    )
-    p.add_argument(
-        "--truth",
-        required=True,
-        type=Path,
-        action="append",
-        help="folder of *_label-CMB_dseg.nii.gz / .tsv annotations",
-    )
+    add_annotated_data_arguments(p)
     p.add_argument("--out", required=True, type=Path, help="model folder to write")
     p.add_argument(
         "--init",
