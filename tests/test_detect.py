@@ -85,6 +85,19 @@ def scan(tmp_path_factory) -> Scan:
     )
 
 
+@pytest.fixture(scope="module")
+def small_scan(scan, tmp_path_factory) -> Scan:
+    """The scan with its brain mask cut to a box around two of its CMBs: the same code path
+    on a tenth of the candidates (about 270, 3 s of scoring instead of 40), for the tests of
+    options, devices and determinism rather than of accuracy."""
+    mask = nib.load(scan.mask)
+    box = np.zeros(mask.shape, np.uint8)
+    box[40:80, 55:95, 8:32] = 1
+    path = tmp_path_factory.mktemp("small") / "sub-01_desc-brain_mask.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(mask.dataobj).astype(np.uint8) * box, mask.affine), path)
+    return replace(scan, mask=path)
+
+
 def _outputs(tmp_path: Path) -> dict:
     return {
         k: str(tmp_path / f"sub-01_{k}")
@@ -146,13 +159,16 @@ def test_magnitude_only_path_also_detects(scan, tmp_path):
     assert metrics["sensitivity"] >= 0.5 and metrics["fp_avg"] <= 6, metrics
 
 
-def test_detection_is_deterministic_and_batch_size_independent(scan, detected, tmp_path):
-    a = detected[2]
-    _, _, b = _detect(scan, tmp_path / "b", phase=str(scan.phase), use_gpu=False, batch_size=37)
+def test_detection_is_deterministic_and_batch_size_independent(small_scan, tmp_path):
+    def run(name, batch_size):
+        phase = str(small_scan.phase)
+        return _detect(small_scan, tmp_path / name, phase=phase, use_gpu=False, **batch_size)[2]
+
+    a, b, c = run("a", {}), run("b", {"batch_size": 37}), run("c", {"batch_size": 256})
     ta, tb = pd.read_csv(a["cmb.tsv"], sep="\t"), pd.read_csv(b["cmb.tsv"], sep="\t")
+    assert ta["above_threshold"].any() and len(ta) > 256  # batches of 256 split the candidates
     pd.testing.assert_frame_equal(ta.drop(columns="confidence"), tb.drop(columns="confidence"))
     np.testing.assert_allclose(ta["confidence"], tb["confidence"], atol=1e-4)
-    _, _, c = _detect(scan, tmp_path / "c", phase=str(scan.phase), use_gpu=False, batch_size=256)
     assert Path(a["cmb.tsv"]).read_bytes() == Path(c["cmb.tsv"]).read_bytes()
 
 
@@ -180,40 +196,43 @@ def _same_candidates(
     reason="a CUDA device is visible: the fallback needs a machine without one",
 )
 def test_a_gpu_requested_where_none_is_visible_runs_on_the_cpu_with_one_warning_line(
-    scan, detected, tmp_path, caplog
+    small_scan, tmp_path, caplog
 ):
     """The CLI without --cpu (detection.use_gpu true, the default) on a machine without a
     usable GPU: one warning (one line) that names the reason and the setting, the CPU
     path, and the --cpu run's bytes. (The job log gets it as one line through the CLI's
     logging format; .ci/container_test.sh counts it in the image's detect_cmb logs.)"""
-    out = _outputs(tmp_path)
-    args = [
-        "--image",
-        str(scan.image),
-        "--mask",
-        str(scan.mask),
-        "--phase",
-        str(scan.phase),
-        "--out-table",
-        out["cmb.tsv"],
-        "--out-sidecar",
-        out["cmb.json"],
-        "--out-dseg",
-        out["dseg.nii.gz"],
-        "--out-prob",
-        out["probseg.nii.gz"],
-    ]
+
+    def args(out):
+        return [
+            "--image",
+            str(small_scan.image),
+            "--mask",
+            str(small_scan.mask),
+            "--phase",
+            str(small_scan.phase),
+            "--out-table",
+            out["cmb.tsv"],
+            "--out-sidecar",
+            out["cmb.json"],
+            "--out-dseg",
+            out["dseg.nii.gz"],
+            "--out-prob",
+            out["probseg.nii.gz"],
+        ]
+
+    out, cpu_out = _outputs(tmp_path), _outputs(tmp_path / "cpu")
     caplog.set_level("INFO")
-    assert detect_main(args) == 0
+    assert detect_main(args(out)) == 0
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warned) == 1 and "\n" not in warned[0], warned
     assert "GPU requested but" in warned[0] and "running on the CPU" in warned[0]
     assert "detection.use_gpu: false" in warned[0]
     assert json.loads(Path(out["cmb.json"]).read_text())["device"] == "cpu"
-    assert Path(out["cmb.tsv"]).read_bytes() == Path(detected[2]["cmb.tsv"]).read_bytes()
     caplog.clear()
-    assert detect_main(args + ["--cpu"]) == 0  # asked for the CPU: no warning
+    assert detect_main(args(cpu_out) + ["--cpu"]) == 0  # asked for the CPU: no warning
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    assert Path(out["cmb.tsv"]).read_bytes() == Path(cpu_out["cmb.tsv"]).read_bytes()
 
 
 @requires_cuda
@@ -279,9 +298,10 @@ def test_screen_finds_every_microbleed_of_the_subject(scan):
     assert s.labels.sum() >= s.n_truth_found
 
 
-def test_threshold_override_and_calibration(scan, tmp_path):
-    table, sidecar, _ = _detect(scan, tmp_path, phase=str(scan.phase), use_gpu=False, threshold=0.0)
-    assert sidecar["threshold"] == 0.0 and table["above_threshold"].all()
+def test_threshold_override_and_calibration(small_scan, tmp_path):
+    phase = str(small_scan.phase)
+    table, sidecar, _ = _detect(small_scan, tmp_path, phase=phase, use_gpu=False, threshold=0.0)
+    assert sidecar["threshold"] == 0.0 and table["above_threshold"].all() and len(table) > 100
     assert calibrate(np.array([0.0]), {"a": 2.0, "b": 0.0})[0] == pytest.approx(0.5)
     assert calibrate(np.array([1.0]), {"a": 2.0, "b": -2.0})[0] == pytest.approx(0.5)
 
@@ -442,7 +462,9 @@ def test_ema_saves_the_average_not_the_last_weights(scan, tmp_path):
     torch.testing.assert_close(averaged[conv], one_step[conv], atol=1e-6, rtol=0)
 
 
-def test_calibrate_refits_the_operating_point_and_keeps_the_weights(scan, tmp_path, capsys):
+def test_calibrate_refits_the_operating_point_and_keeps_the_weights(
+    scan, small_scan, tmp_path, capsys
+):
     out = tmp_path / "recal"
     assert (
         calibrate_main(
@@ -490,7 +512,8 @@ def test_calibrate_refits_the_operating_point_and_keeps_the_weights(scan, tmp_pa
     assert card["validation"]["fp_avg"] <= 1.0 and card["threshold_rule"].endswith("FPavg <= 1")
     assert card["validation"]["n_cmb"] == load_truth(scan.truth).n
     assert card["recalibration"]["previous"]["threshold"] == shipped["threshold"]
-    _, sidecar, _ = _detect(scan, tmp_path, phase=str(scan.phase), use_gpu=False, model_dir=out)
+    phase = str(small_scan.phase)
+    _, sidecar, _ = _detect(small_scan, tmp_path, phase=phase, use_gpu=False, model_dir=out)
     assert sidecar["test_time_views"] == 4 and sidecar["phase_wrap_limit"] == 0.3
     assert sidecar["threshold"] == card["threshold"] and sidecar["n_scored_without_phase"] >= 0
 
