@@ -47,6 +47,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from cmb.config import default
 from cmb.failures import InputDataError, one_line
 
 __all__ = ["check_same_grid", "ghosting_index", "load_image", "voxel_sizes"]
@@ -166,9 +167,9 @@ def load_image(
     path: str | os.PathLike,
     *,
     allow_4d: bool = False,
-    max_voxel_mm: float = 5.0,
-    min_fov_mm: float | None = 60.0,
-    max_nonfinite_fraction: float = 0.01,
+    max_voxel_mm: float = default("ingest", "max_voxel_mm"),
+    min_fov_mm: float | None = default("ingest", "min_fov_mm"),
+    max_nonfinite_fraction: float = default("ingest", "max_nonfinite_fraction"),
 ) -> tuple[nib.Nifti1Image, list[str]]:
     """Load, check and, where well defined, fix one NIfTI image.
 

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from cmb.atomic import save_nifti, write_json
-from cmb.config import add_config_sections
+from cmb.config import add_config_sections, default
 from cmb.failures import InputDataError, ResourceError, run_stage
 from cmb.ingest_plan import KINDS, InputRecord, read_sidecar
 
@@ -125,11 +125,11 @@ def ingest_subject(
     out_json: str | os.PathLike | None = None,
     *,
     phase_echo: int | None = None,
-    phase_units: str = "auto",
-    echo_method: str = "rms",
-    min_fov_mm: float | None = 60.0,
-    max_voxel_mm: float = 5.0,
-    max_nonfinite_fraction: float = 0.01,
+    phase_units: str = default("ingest", "phase_units"),
+    echo_method: str = default("ingest", "echo_method"),
+    min_fov_mm: float | None = default("ingest", "min_fov_mm"),
+    max_voxel_mm: float = default("ingest", "max_voxel_mm"),
+    max_nonfinite_fraction: float = default("ingest", "max_nonfinite_fraction"),
     grid_atol_mm: float = 0.01,
 ) -> dict[str, Any]:
     """Check, combine and rescale one subject/session's input; write it out.

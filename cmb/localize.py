@@ -57,7 +57,7 @@ from scipy import ndimage as ndi
 
 from cmb import __version__
 from cmb.atomic import atomic_path, save_nifti, write_json
-from cmb.config import add_config_sections
+from cmb.config import add_config_sections, default
 from cmb.mars_region import (
     CATEGORY,
     CSF_LABEL,
@@ -204,9 +204,9 @@ def label_neighbourhood(
     radii_mm: np.ndarray,
     zooms,
     *,
-    registration_uncertainty_mm: float = 2.0,
-    label_search_mm: float = 5.0,
-    borderline_min_share: float = 0.2,
+    registration_uncertainty_mm: float = default("mars", "registration_uncertainty_mm"),
+    label_search_mm: float = default("mars", "label_search_mm"),
+    borderline_min_share: float = default("mars", "borderline_min_share"),
 ) -> pd.DataFrame:
     """How sure each candidate's MARS label is, from the labels around its centre.
 
@@ -346,13 +346,13 @@ def localize_candidates(
     mars: np.ndarray | None,
     brain_mask: np.ndarray | None = None,
     *,
-    reject_csf: bool = True,
-    reject_outside_brain: bool = True,
-    min_parenchyma_fraction: float = 0.5,
+    reject_csf: bool = default("localize", "reject_csf"),
+    reject_outside_brain: bool = default("localize", "reject_outside_brain"),
+    min_parenchyma_fraction: float = default("localize", "min_parenchyma_fraction"),
     zooms=(1.0, 1.0, 1.0),
-    registration_uncertainty_mm: float = 2.0,
-    label_search_mm: float = 5.0,
-    borderline_min_share: float = 0.2,
+    registration_uncertainty_mm: float = default("mars", "registration_uncertainty_mm"),
+    label_search_mm: float = default("mars", "label_search_mm"),
+    borderline_min_share: float = default("mars", "borderline_min_share"),
 ) -> pd.DataFrame:
     """MARS labels and the anatomical false-positive filter for a candidate table.
 
@@ -784,12 +784,12 @@ def localize_subject(
     model_card: str | os.PathLike | None = None,
     config_sha256: str | None = None,
     register_status: str | os.PathLike | None = None,
-    reject_csf: bool = True,
-    reject_outside_brain: bool = True,
-    min_parenchyma_fraction: float = 0.5,
-    registration_uncertainty_mm: float = 2.0,
-    label_search_mm: float = 5.0,
-    borderline_min_share: float = 0.2,
+    reject_csf: bool = default("localize", "reject_csf"),
+    reject_outside_brain: bool = default("localize", "reject_outside_brain"),
+    min_parenchyma_fraction: float = default("localize", "min_parenchyma_fraction"),
+    registration_uncertainty_mm: float = default("mars", "registration_uncertainty_mm"),
+    label_search_mm: float = default("mars", "label_search_mm"),
+    borderline_min_share: float = default("mars", "borderline_min_share"),
     parcellation_source: str | None = None,
     source_dir: str | os.PathLike | None = None,
     snakemake_version: str | None = None,

@@ -20,7 +20,7 @@ import nibabel as nib
 import numpy as np
 
 from cmb.atomic import atomic_path, save_nifti
-from cmb.config import add_config_sections
+from cmb.config import add_config_sections, default
 
 __all__ = ["main", "write_label_table", "write_mars_map"]
 
@@ -48,11 +48,11 @@ def write_mars_map(
     out_dseg: str | os.PathLike,
     out_tsv: str | os.PathLike | None = None,
     *,
-    juxtacortical_mm: float = 5.0,
-    capsule_mm: float = 6.0,
-    resolution_mm: int = 1,
-    insula_juxtacortical_mm: float = 1.0,
-    label_search_mm: float = 5.0,
+    juxtacortical_mm: float = default("mars", "juxtacortical_mm"),
+    capsule_mm: float = default("mars", "capsule_mm"),
+    resolution_mm: int = default("mars", "resolution_mm"),
+    insula_juxtacortical_mm: float = default("mars", "insula_juxtacortical_mm"),
+    label_search_mm: float = default("mars", "label_search_mm"),
 ) -> nib.Nifti1Image:
     """Build the MARS map on the packaged MNI grid and write it (and its TSV).
 

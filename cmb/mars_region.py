@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
+from cmb.config import default
 from cmb.template import MNIResources
 
 __all__ = [
@@ -387,10 +388,10 @@ def build_mars_labels(
     tissue: np.ndarray | None = None,
     lobes: np.ndarray | None = None,
     right: np.ndarray | None = None,
-    juxtacortical_mm: float = 5.0,
-    insula_juxtacortical_mm: float = 1.0,
-    capsule_mm: float = 6.0,
-    label_search_mm: float = 5.0,
+    juxtacortical_mm: float = default("mars", "juxtacortical_mm"),
+    insula_juxtacortical_mm: float = default("mars", "insula_juxtacortical_mm"),
+    capsule_mm: float = default("mars", "capsule_mm"),
+    label_search_mm: float = default("mars", "label_search_mm"),
 ) -> MarsMap:
     """Rasterize MARS regions from a FreeSurfer-numbered parcellation on its own grid.
 
@@ -541,10 +542,10 @@ def build_mars_labels(
 
 def build_mars_map(
     mni: MNIResources,
-    juxtacortical_mm: float = 5.0,
-    capsule_mm: float = 6.0,
-    insula_juxtacortical_mm: float = 1.0,
-    label_search_mm: float = 5.0,
+    juxtacortical_mm: float = default("mars", "juxtacortical_mm"),
+    capsule_mm: float = default("mars", "capsule_mm"),
+    insula_juxtacortical_mm: float = default("mars", "insula_juxtacortical_mm"),
+    label_search_mm: float = default("mars", "label_search_mm"),
 ) -> MarsMap:
     """The MNI MARS map: :func:`build_mars_labels` on the packaged Desikan-Killiany atlas.
 

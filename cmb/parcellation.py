@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
+from cmb.config import default
 from cmb.mars_region import CSF_LABEL, OUTSIDE_LABEL, UNKNOWN_LABEL, build_mars_labels, decode_label
 
 __all__ = [
@@ -235,10 +236,10 @@ def parcellation_mars_labels(
     swi_to_t1w: np.ndarray,
     atlas_labels: np.ndarray,
     *,
-    juxtacortical_mm: float = 5.0,
-    insula_juxtacortical_mm: float = 1.0,
-    capsule_mm: float = 6.0,
-    label_search_mm: float = 5.0,
+    juxtacortical_mm: float = default("mars", "juxtacortical_mm"),
+    insula_juxtacortical_mm: float = default("mars", "insula_juxtacortical_mm"),
+    capsule_mm: float = default("mars", "capsule_mm"),
+    label_search_mm: float = default("mars", "label_search_mm"),
     min_brain_dice: float = 0.8,
 ) -> tuple[np.ndarray, dict]:
     """The MARS map on the SWI grid from a T1w-space parcellation.

@@ -20,7 +20,7 @@ import torch
 
 from cmb import __version__
 from cmb.atomic import atomic_path, save_nifti, write_json
-from cmb.config import add_config_sections
+from cmb.config import add_config_sections, default
 from cmb.detect.inference import detect
 from cmb.detect.model import load_model, select_device
 
@@ -58,9 +58,9 @@ def run_detect(
     phase: str | None = None,
     model_dir: str | Path = DEFAULT_MODEL,
     threshold: float | None = None,
-    use_gpu: bool = True,
-    batch_size: int = 256,
-    vessel_rule: bool = True,
+    use_gpu: bool = default("detection", "use_gpu"),
+    batch_size: int = default("detection", "batch_size"),
+    vessel_rule: bool = default("detection", "vessel_rule"),
 ) -> dict:
     """Detect, and write the candidate table, its JSON sidecar, the label map and the confidence map."""
     t0 = time.perf_counter()

@@ -27,6 +27,7 @@ from cmb.candidates import (
     inner_mask,
     screen_bytes,
 )
+from cmb.config import default
 from cmb.detect import CANDIDATE_COLUMNS
 from cmb.detect.calibration import calibrate, operating_threshold
 from cmb.detect.model import LoadedModel
@@ -186,7 +187,7 @@ def score_candidates(
     zooms,
     table: pd.DataFrame,
     device: torch.device,
-    batch_size: int = 256,
+    batch_size: int = default("detection", "batch_size"),
     scales=SCALES,
     tta: int = 1,
     phase_wrap_limit: float | None = None,
@@ -290,7 +291,7 @@ def detect(
     phase: np.ndarray | None,
     model: LoadedModel,
     threshold: float | None = None,
-    batch_size: int = 256,
+    batch_size: int = default("detection", "batch_size"),
     vessel_rule_enabled: bool = True,
 ) -> Detection:
     """Detect CMBs in one preprocessed magnitude (``image``) with its brain ``mask`` and optional phase.

@@ -17,6 +17,7 @@ import time
 import nibabel as nib
 import numpy as np
 
+from cmb.config import default
 from cmb.parcellation import (
     ATLAS_SOURCE,
     ParcellationError,
@@ -114,7 +115,7 @@ def warp_mars_to_native(
     parcellation_root: str | os.PathLike | None = None,
     parcellation_refused: str | None = None,
     mars_options: dict | None = None,
-    parcellation_min_dice: float = 0.8,
+    parcellation_min_dice: float = default("mars", "parcellation_min_dice"),
 ) -> nib.Nifti1Image:
     """The native MARS map of a subject: the MNI map warped, or the session's parcellation's map.
 
