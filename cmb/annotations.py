@@ -22,6 +22,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from cmb.verdicts import is_verdict_file
+
 __all__ = [
     "Scan",
     "scan_key",
@@ -172,8 +174,6 @@ def find_scans(
 
 
 def _same_scan_verdicts(a: Path, b: Path) -> bool:
-    from cmb.verdicts import is_verdict_file
-
     return a.parent == b.parent and is_verdict_file(a) and is_verdict_file(b)
 
 

@@ -25,6 +25,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
+from cmb.atomic import write_text
+
 __all__ = [
     "ProfileError",
     "ProfileSettings",
@@ -87,6 +91,7 @@ def user_profile_dir(env: dict | None = None) -> Path:
             return Path(xdg) / "snakemake"
         home = env.get("HOME") or os.path.expanduser("~")
         return Path(home) / ".config" / "snakemake"
+    # lazy: platformdirs is Snakemake's dependency, not ours, and only this branch needs it
     from platformdirs import AppDirs  # macOS and others: exactly what Snakemake uses
 
     return Path(AppDirs("snakemake", "snakemake").user_config_dir)
@@ -113,8 +118,6 @@ def _quote(value: str) -> str:
 
 def render_profile(text: str, settings: ProfileSettings) -> str:
     """The profile's YAML with ``settings`` filled in; ProfileError if a placeholder is missing."""
-    import yaml
-
     s = settings
     _check(s.partition, "partition", _NAME_RE)
     _check(s.account, "account", _NAME_RE)
@@ -193,8 +196,6 @@ def install_profile(
     written file and what happened: "installed", "replaced" or "unchanged". Raises
     ProfileError when an existing, different profile is there and ``force`` is false.
     """
-    from cmb.atomic import write_text
-
     source = Path(source) if source else profile_source_dir()
     known = available_profiles(source)
     if profile not in known:

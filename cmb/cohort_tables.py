@@ -44,6 +44,7 @@ from cmb.phase_convention import (
     read_phase_convention,
 )
 from cmb.tables import COUNT_COLUMNS, DETECTION_COLUMNS, data_dictionary
+from cmb.verdicts import REVIEW_COLUMNS, review_columns
 
 __all__ = [
     "DEFAULT_QC",
@@ -417,8 +418,6 @@ def write_cohort_tables(
 
     With ``verdicts`` (reviewers' verdict files, :mod:`cmb.verdicts`), ``cmb_counts.csv``
     gains the review columns (:data:`cmb.verdicts.REVIEW_COLUMNS`)."""
-    from cmb.verdicts import REVIEW_COLUMNS, review_columns
-
     subjects = list(subjects)
     counts, det = build_counts(subjects, qc)
     if verdicts:

@@ -21,6 +21,7 @@ import argparse
 import copy
 import functools
 import json
+import textwrap
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -357,7 +358,6 @@ def config_template() -> str:
     >>> yaml.safe_load(text)["register"] == defaults("register")
     True
     """
-    import textwrap
 
     def lines(sub: dict, indent: int) -> list[str]:
         out = []

@@ -40,11 +40,14 @@ labels are prefixed.
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import errno
 import json
 import logging
 import os
+import runpy
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -395,8 +398,6 @@ def run_module_stage(
     that exits with a non-zero status instead is recorded with the last line it printed
     to stderr (argparse's usage error, for one).
     """
-    import runpy
-    import sys
 
     def work():
         saved_argv, saved_stderr = sys.argv, sys.stderr
@@ -420,9 +421,6 @@ def run_module_stage(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m cmb.failures collect OUT.csv RECORD...`` or ``... run STAGE ... -- MODULE ARGS...``."""
-    import argparse
-    import sys
-
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
         prog="python -m cmb.failures", description=__doc__.splitlines()[0]

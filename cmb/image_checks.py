@@ -322,6 +322,8 @@ def ghosting_index(data: np.ndarray, voxel_mm, margin_mm: float = 8.0) -> float 
     >>> ghosting_index(clean, (1, 1, 1)) < ghosting_index(ghosted, (1, 1, 1))
     True
     """
+    # lazy: scipy.ndimage and skimage.filters take ~0.6 s to import; every ingest job imports
+    # this module, and only the choice between alternative scans needs these two
     from scipy import ndimage
     from skimage.filters import threshold_otsu
 

@@ -29,12 +29,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 
+from cmb import __version__
 from cmb.atomic import save_nifti, write_json
 from cmb.config import add_config_sections, default
+from cmb.echo_combine import combine_echoes
 from cmb.failures import InputDataError, ResourceError, run_stage
+from cmb.image_checks import ghosting_index, load_image, voxel_sizes
 from cmb.ingest_plan import KINDS, InputRecord, read_sidecar
+from cmb.phase_units import phase_scaling
 
 __all__ = ["choose_by_quality", "ingest_subject", "main", "sha256sum"]
 
@@ -60,8 +65,6 @@ def choose_by_quality(alternatives: Sequence[dict], **checks) -> tuple[int, list
     cmb.failures.InputDataError
         No candidate can be read; the message names each file and its reason.
     """
-    from cmb.image_checks import ghosting_index, load_image, voxel_sizes
-
     rows = []
     for i, alt in enumerate(alternatives):
         path = alt["magnitude"][0]
@@ -167,11 +170,6 @@ def ingest_subject(
     cmb.failures.InputDataError
         Missing modality or a bad file; the message names the file.
     """
-    from cmb import __version__
-    from cmb.echo_combine import combine_echoes
-    from cmb.image_checks import load_image, voxel_sizes
-    from cmb.phase_units import phase_scaling
-
     rec = record if isinstance(record, InputRecord) else InputRecord.from_dict(record)
     where = Path(rec.bids_dir or ".") / rec.participant_id / (rec.session_id or "")
     if rec.kind is None or not rec.magnitude:
@@ -287,8 +285,6 @@ def ingest_subject(
 
 
 def _replace_data(img, data):
-    import nibabel as nib
-
     out = nib.Nifti1Image(np.asarray(data, dtype=np.float32), img.affine, img.header.copy())
     out.header.set_data_dtype(np.float32)
     out.header.set_slope_inter(1.0, 0.0)

@@ -53,6 +53,7 @@ session, else from the subject level.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
@@ -67,6 +68,9 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import nibabel as nib
+import pandas as pd
 
 from cmb.atomic import write_json
 from cmb.config import default
@@ -284,6 +288,8 @@ def index_bids(bids_dir: str | os.PathLike, db_dir: str | os.PathLike):
     concurrent workflow processes never see a half-built index. Older databases
     of the same dataset are removed; several datasets may share ``db_dir``.
     """
+    # lazy: pybids takes ~0.6 s to import; the ingest stage imports this module for its
+    # records and never indexes a dataset
     from bids import BIDSLayout, BIDSLayoutIndexer
 
     root = Path(bids_dir).absolute()
@@ -325,14 +331,12 @@ def _indexed_files(layout) -> dict[str, dict[str, str]]:
             out[path][name] = value
         return out
     except Exception:  # noqa: BLE001 - pybids internals changed: fall back
-        from pandas import isna as pd_isna
-
         df = layout.to_df()  # public API, slower
         return {
             row.pop("path"): {
                 k: str(v)
                 for k, v in row.items()
-                if isinstance(v, str) or (v is not None and not pd_isna(v))
+                if isinstance(v, str) or (v is not None and not pd.isna(v))
             }
             for row in df.to_dict("records")
         }
@@ -441,8 +445,6 @@ class _HeaderCache:
         shape = None
         if st.st_size >= 348:  # an empty placeholder has no header
             try:
-                import nibabel as nib
-
                 shape = tuple(int(n) for n in nib.load(path).shape)
             except Exception:  # noqa: BLE001 - unreadable: ingestion reports it with the reason
                 shape = None
@@ -796,8 +798,6 @@ def _participants_tsv(root: Path) -> list[str]:
         _log.warning("%s: no participants.tsv; subjects are taken from the sub-* folders", root)
         return []
     try:
-        import pandas as pd
-
         ids = pd.read_csv(path, sep="\t", dtype=str)["participant_id"].dropna()
         return [i.removeprefix("sub-") for i in ids]
     except Exception as exc:  # noqa: BLE001 - a broken participants.tsv is not fatal
@@ -1035,8 +1035,6 @@ def _entity_pairs(text: str) -> dict[str, str]:
 
 def build_parser(p) -> None:
     """Arguments of ``cmb plan`` (a dry run of the workflow's input choice)."""
-    import argparse
-
     p.add_argument("bids_dir", help="the BIDS dataset (only read)")
     p.add_argument(
         "--db-dir", help="folder for the pybids index (default: a temporary folder, removed after)"

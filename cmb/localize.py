@@ -44,6 +44,7 @@ import hashlib
 import json
 import logging
 import os
+import platform
 import subprocess
 import time
 from collections.abc import Sequence
@@ -68,7 +69,9 @@ from cmb.mars_region import (
     is_parenchyma,
 )
 from cmb.parcellation import ATLAS_SOURCE
+from cmb.registration import XfmPaths, subject_to_mni_points
 from cmb.tables import DETECTION_COLUMNS, REJECT_REASONS, data_dictionary
+from cmb.template import desikan_killiany
 
 __all__ = [
     "majority_vote",
@@ -494,8 +497,6 @@ def localize_candidates(
 
 def _dk_atlas():
     """Desikan-Killiany labels (image, names) as packaged (the MARS map's source)."""
-    from cmb.template import desikan_killiany
-
     img, names = desikan_killiany()
     return np.asanyarray(img.dataobj).astype(np.int32), img.affine, names
 
@@ -736,8 +737,6 @@ def software_versions(known: dict | None = None) -> dict:
             out[name] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             out[name] = None
-    import platform
-
     out["python"] = platform.python_version()
     out["cmb"] = __version__
     out.update({k: v for k, v in (known or {}).items() if v})
@@ -863,8 +862,6 @@ def localize_subject(
         and inv_warp
         and _load_nonempty(inv_warp) is not None
     ):
-        from cmb.registration import XfmPaths, subject_to_mni_points
-
         xfm = XfmPaths(Path(inv_affine), Path(inv_warp), Path(inv_affine), Path(inv_warp))
         atlas, mni = atlas_labels(
             loc, vox, own, mars_arr, grid, lambda p: subject_to_mni_points(p, xfm)

@@ -21,6 +21,7 @@ import numpy as np
 
 from cmb.atomic import atomic_path, save_nifti
 from cmb.config import add_config_sections, default
+from cmb.template import load_mni
 
 __all__ = ["main", "write_label_table", "write_mars_map"]
 
@@ -38,6 +39,8 @@ def write_label_table(path: str | os.PathLike) -> None:
     >>> p.read_text().splitlines()[:2]
     ['index\\tname\\tmars_category\\tmars_region\\themisphere', '0\\toutside_brain\\tnon-parenchyma\\toutside_brain\\tn/a']
     """
+    # lazy: cmb.mars_region imports pandas and scipy.ndimage (~0.7 s), which would double the
+    # start-up of python -m cmb.mars_map --help
     from cmb.mars_region import label_table
 
     with atomic_path(path) as tmp:
@@ -73,7 +76,6 @@ def write_mars_map(
         The map that was written.
     """
     from cmb.mars_region import build_mars_map
-    from cmb.template import load_mni
 
     t0 = time.perf_counter()
     mars = build_mars_map(

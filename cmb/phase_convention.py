@@ -257,7 +257,8 @@ def _vein_segments(
     dark: np.ndarray, zooms: np.ndarray, s: dict
 ) -> tuple[np.ndarray, list[int], list[np.ndarray]]:
     """Label the connected dark structures; the labels and long axes (voxel frame, mm) of the veins."""
-    import cc3d  # here, not at import: the report environment reads sidecars with this module and has no cc3d
+    # lazy: envs/report.yaml has no cc3d, and the report stage reads sidecars with this module
+    import cc3d
 
     labels, n = cc3d.connected_components(dark, connectivity=26, return_N=True)
     if n == 0:

@@ -38,7 +38,14 @@ import numpy as np
 from scipy import fft as sfft
 
 from cmb.atomic import save_nifti, write_json
+from cmb.brain_mask import compute_brain_mask, head_mask
 from cmb.config import add_config_sections, default, int_list
+from cmb.phase_convention import (
+    PHASE_SETTINGS,
+    estimate_paramagnetic_phase,
+    manufacturer_from_report,
+    resolve_paramagnetic_phase,
+)
 from cmb.registration.ants_adapter import import_ants, set_threads, to_ants
 from cmb.registration.grids import downsample_blocks, upsample_blocks, voxel_sizes
 
@@ -124,8 +131,6 @@ def n4_bias_correct(
     data = np.asanyarray(img.dataobj).astype(np.float32)
     small, aff, factors = downsample_blocks(data, img.affine, spacing_mm)
     if mask is None:
-        from cmb.brain_mask import head_mask
-
         small_mask = head_mask(small, voxel_sizes(aff))
     else:
         small_mask = downsample_blocks(mask.astype(np.float32), img.affine, spacing_mm)[0] > 0.5
@@ -326,14 +331,6 @@ def preprocess_subject(
     dict
         The report.
     """
-    from cmb.brain_mask import compute_brain_mask
-    from cmb.phase_convention import (
-        PHASE_SETTINGS,
-        estimate_paramagnetic_phase,
-        manufacturer_from_report,
-        resolve_paramagnetic_phase,
-    )
-
     if phase is not None and out_phase is None:
         raise ValueError("a phase image was given: out_phase is required")
     if paramagnetic_phase not in PHASE_SETTINGS:  # checked before any work

@@ -38,10 +38,13 @@ Method
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
 import re
+import shlex
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -56,6 +59,7 @@ from tqdm import tqdm
 from cmb.annotations import Scan, paired_scans
 from cmb.atomic import write_text
 from cmb.config import add_config_sections, default
+from cmb.detect.__main__ import DEFAULT_MODEL
 from cmb.detect.calibration import (
     DEFAULT_TTA,
     add_operating_point_arguments,
@@ -555,8 +559,6 @@ def scan_data_description(scans: list[Scan]) -> dict:
 
 def _unit_interval(text: str) -> float:
     """An argparse type: a number from 0 to 1."""
-    import argparse
-
     value = float(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
@@ -565,8 +567,6 @@ def _unit_interval(text: str) -> float:
 
 def _init_model(text: str) -> Path:
     """An argparse type: a model folder, or ``shipped`` for the shipped default."""
-    from cmb.detect.__main__ import DEFAULT_MODEL
-
     return DEFAULT_MODEL if text == "shipped" else Path(text)
 
 
@@ -612,8 +612,6 @@ def start_run(args) -> torch.device:
 
 
 def build_parser(parser=None):
-    import argparse
-
     p = parser or argparse.ArgumentParser(prog="cmb train")
     add_annotated_data_arguments(p)
     p.add_argument("--out", required=True, type=Path, help="model folder to write")
@@ -672,9 +670,6 @@ def build_parser(parser=None):
 
 
 def run(args) -> int:
-    import shlex
-    import sys
-
     device = start_run(args)
     t0 = time.perf_counter()
     try:
@@ -785,6 +780,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    import sys
-
     sys.exit(main())

@@ -18,6 +18,7 @@ from cmb.evaluation.froc import choose_threshold, froc_curve
 from cmb.evaluation.io import recorded_threshold, write_evaluation
 from cmb.evaluation.matching import MARGIN_MM, MIN_POINT_RADIUS_MM, match_cohort, read_detections
 from cmb.evaluation.truth import load_truth
+from cmb.verdicts import find_verdict_files, read_verdicts, reviewer_agreement
 
 __all__ = ["build_parser", "run", "main"]
 
@@ -149,8 +150,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _write_reviewer_agreement(truth_dir, out_dir) -> pd.DataFrame:
     """``reviewers.csv`` (:func:`cmb.verdicts.reviewer_agreement`) when scans have verdicts of two or more reviewers."""
-    from cmb.verdicts import find_verdict_files, read_verdicts, reviewer_agreement
-
     scans = {
         k: [read_verdicts(p) for p in v]
         for k, v in find_verdict_files(truth_dir).items()

@@ -201,6 +201,7 @@ def plot_froc(
 
     Uses matplotlib's Agg canvas directly: no global backend is set.
     """
+    # lazy: matplotlib takes ~1 s to import; only the FROC plot needs it
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

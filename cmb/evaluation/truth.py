@@ -20,6 +20,13 @@ import pandas as pd
 from scipy import ndimage as ndi
 
 from cmb.annotations import is_nifti
+from cmb.verdicts import (
+    CMB_VERDICTS,
+    NON_CMB_VERDICTS,
+    consensus,
+    read_verdicts,
+    scan_verdict_files,
+)
 
 __all__ = [
     "XYZ_COLUMNS",
@@ -243,8 +250,6 @@ def load_truth(path, *, split_components: bool = False) -> Truth:
         table = pd.read_csv(tsv, sep="\t") if tsv.exists() else None
         return truth_from_labels(nib.load(path), table=table)
     if path.suffix == ".tsv" and _is_verdict_table(path):
-        from cmb.verdicts import read_verdicts, scan_verdict_files
-
         return truth_from_verdicts([read_verdicts(p) for p in scan_verdict_files(path)])
     return truth_from_points(pd.read_csv(path, sep=table_sep(path)))
 
@@ -261,8 +266,6 @@ def truth_from_verdicts(tables) -> Truth:
     >>> t.n, t.non_cmb["x_mm"].tolist()
     (1, [30.0])
     """
-    from cmb.verdicts import CMB_VERDICTS, NON_CMB_VERDICTS, consensus
-
     cons = consensus(list(tables))
     cmb = cons[cons["verdict"].isin(CMB_VERDICTS)]
     truth = truth_from_points(

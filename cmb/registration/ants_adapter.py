@@ -20,6 +20,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 
 from cmb.atomic import atomic_path, save_nifti
 from cmb.layout import SOURCE_SPACE
@@ -126,7 +127,8 @@ ANTS_RANDOM_SEED = 20240917
 
 def import_ants():
     """The ``ants`` module (ANTsPy), imported on first use with its random seed set (:data:`ANTS_RANDOM_SEED`)."""
-    import ants  # imported lazily: slow, and threads must be set first
+    # lazy: antspyx takes ~5 s to import, and ITK's thread count must be set before it is
+    import ants
 
     if ants.config._random_seed is None:
         # the public setter; on=False leaves the thread count alone (cmb sets it per job)
@@ -237,8 +239,6 @@ def write_identity_warp(reference, path) -> None:
 
 def map_points(points_ras: np.ndarray, transforms: list[str]) -> np.ndarray:
     """(n, 3) RAS mm points through a list of ANTs transform files (applied as listed, none inverted)."""
-    import pandas as pd
-
     ants = import_ants()
     pts = np.atleast_2d(np.asarray(points_ras, dtype=float))
     if pts.size == 0:

@@ -39,7 +39,9 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from cmb.atomic import atomic_path, save_nifti, write_json
+from cmb.cache import load_arrays, save_arrays
 from cmb.config import default
+from cmb.mars_map import write_label_table
 from cmb.registration.ants_adapter import (
     LPS4,
     SOURCE_SPACE,
@@ -79,8 +81,6 @@ def _template_arrays(step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     priors and atlas (registration needs only the T1), and kept in the on-disk
     cache (:mod:`cmb.cache`): this saves ~1.5 s per registration call.
     """
-    from cmb.cache import load_arrays, save_arrays
-
     key = f"register-template-{TEMPLATE_NAME}-step{int(step)}"
     cached = load_arrays(key)
     if cached is not None:
@@ -515,8 +515,6 @@ def register_subject(
 
     if out_mars is not None:
         t0 = time.perf_counter()
-        from cmb.mars_map import write_label_table
-
         native = warp_mars_to_native(
             img,
             mask_img,

@@ -17,7 +17,9 @@ import time
 import nibabel as nib
 import numpy as np
 
+from cmb.atomic import write_text
 from cmb.config import default
+from cmb.mars_region import build_mars_map
 from cmb.parcellation import (
     ATLAS_SOURCE,
     ParcellationError,
@@ -25,6 +27,7 @@ from cmb.parcellation import (
     read_parcellation,
 )
 from cmb.registration.ants_adapter import XfmPaths, import_ants, map_points, to_ants
+from cmb.template import load_mni
 
 __all__ = [
     "warp_labels_to_native",
@@ -127,9 +130,6 @@ def warp_mars_to_native(
     if mars_mni is not None:
         mars_img = nib.load(mars_mni)
     else:
-        from cmb.mars_region import build_mars_map
-        from cmb.template import load_mni
-
         mars = build_mars_map(load_mni(1))
         mars_img = nib.Nifti1Image(mars.labels, mars.affine)
     native = warp_labels_to_native(mars_img, img, xfm, interpolation=interpolation)
@@ -210,8 +210,6 @@ def warp_dk_to_native(
     img: nib.Nifti1Image, xfm: XfmPaths, interpolation: str = "nearestNeighbor"
 ) -> tuple[nib.Nifti1Image, dict[int, str]]:
     """The template's Desikan-Killiany labels on the subject grid, and their names (for :func:`write_dk_table`)."""
-    from cmb.template import load_mni
-
     mni = load_mni(1)
     dk = warp_labels_to_native(
         nib.Nifti1Image(mni.dk.astype(np.int16), mni.affine), img, xfm, interpolation=interpolation
@@ -221,7 +219,5 @@ def warp_dk_to_native(
 
 def write_dk_table(names: dict[int, str], path) -> None:
     """The label table (``index``, ``name``) of a Desikan-Killiany dseg."""
-    from cmb.atomic import write_text
-
     lines = ["index\tname"] + [f"{k}\t{v}" for k, v in sorted(names.items())]
     write_text(path, "\n".join(lines) + "\n")

@@ -17,6 +17,8 @@ __all__ = ["render_subject_report", "render_cohort_report", "subject_report_link
 
 
 def main(argv=None) -> int:
+    # here, not at the top: cmb.report.__main__ imports this module (its package); imported at
+    # the top, python -m cmb.report would run a second copy of it (runpy's RuntimeWarning)
     from cmb.report.__main__ import main as _main
 
     return _main(argv)

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Sequence
 
 from cmb.report.assemble import render_cohort_report, render_subject_report
+from cmb.report.viewer import install_viewer
 
 _log = logging.getLogger("cmb.report")
 
@@ -80,8 +81,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             embed_budget_bytes=args.embed_budget_bytes,
         )
     elif args.command == "viewer":
-        from cmb.report.viewer import install_viewer
-
         _log.info("wrote %s", install_viewer(args.out))
         return 0
     else:

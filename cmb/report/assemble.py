@@ -15,15 +15,32 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import jinja2
 import nibabel as nib
 import numpy as np
 import pandas as pd
 
 from cmb import __version__
 from cmb.atomic import write_text
+from cmb.cohort_tables import count_detections, stage_status
 from cmb.failures import read_record
 from cmb.localize import read_json_or_none
 from cmb.mars_region import CATEGORY, REGIONS
+from cmb.phase_convention import phase_convention_columns, read_phase_convention
+from cmb.report.reportlets import (
+    count_histogram_svg,
+    data_uri,
+    flicker_frames,
+    image_size,
+    intensity_window,
+    overlay_png,
+    region_bars_svg,
+    site_boxplot_svg,
+    triplet_png,
+)
+from cmb.report.viewer import EMBED_BUDGET_BYTES, viewer_layers
+from cmb.tables import COUNT_COLUMNS
+from cmb.verdicts import ATTACH_TOLERANCE_MM, REASONS
 
 __all__ = ["render_subject_report", "render_cohort_report", "subject_report_link", "environment"]
 
@@ -82,8 +99,6 @@ MAX_ROWS = {"detections": 500, "rejected": 200, "below": 100}
 
 def environment():
     """The Jinja environment of the packaged templates (autoescaping on)."""
-    import jinja2
-
     return jinja2.Environment(
         loader=jinja2.PackageLoader("cmb.report", "templates"),
         autoescape=jinja2.select_autoescape(["html", "j2"]),
@@ -117,8 +132,6 @@ def _load(path):
 
 
 def _figure_uri(path) -> str | None:
-    from cmb.report.reportlets import data_uri
-
     if path is None or not Path(path).is_file() or Path(path).stat().st_size == 0:
         return None
     suffix = Path(path).suffix.lower()
@@ -187,17 +200,6 @@ def render_subject_report(
 
     Returns timings (s) of the parts.
     """
-    from cmb.cohort_tables import count_detections, stage_status
-    from cmb.phase_convention import phase_convention_columns, read_phase_convention
-    from cmb.report.reportlets import (
-        data_uri,
-        flicker_frames,
-        image_size,
-        intensity_window,
-        overlay_png,
-        triplet_png,
-    )
-
     t0 = time.perf_counter()
     timings = {}
     caps = {**MAX_FIGURES, **(max_figures or {})}
@@ -485,9 +487,6 @@ def _review_context(
     budget,
 ) -> dict:
     """The Review section: viewer layers, the candidates to judge and the page's data block."""
-    from cmb.report.viewer import EMBED_BUDGET_BYTES, viewer_layers
-    from cmb.verdicts import ATTACH_TOLERANCE_MM, REASONS
-
     budget = EMBED_BUDGET_BYTES if budget is None else int(budget)
     listed = (
         pd.concat(selections) if selections else None
@@ -586,8 +585,6 @@ def _int(v) -> int | None:
 
 
 def _site_table(counts: pd.DataFrame, by: str) -> dict | None:
-    from cmb.report.reportlets import data_uri, site_boxplot_svg
-
     known = counts[counts[by] != _NA]
     if known.empty:
         return None
@@ -629,11 +626,7 @@ def render_cohort_report(
     out_regions_figure=None,
 ) -> dict:
     """Write the cohort QC page (and its two charts as SVG files when asked)."""
-    from cmb.report.reportlets import count_histogram_svg, data_uri, region_bars_svg
-
     t0 = time.perf_counter()
-    from cmb.tables import COUNT_COLUMNS
-
     counts = pd.read_csv(counts_csv, dtype=str, keep_default_na=False)
     counts = counts.reindex(
         columns=COUNT_COLUMNS, fill_value=_NA

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
+from scipy import ndimage as ndi
 
 __all__ = [
     "data_uri",
@@ -259,8 +260,6 @@ def overlay_png(
     image: np.ndarray, mask: np.ndarray, affine: np.ndarray, window, *, height_px: int = 200
 ) -> bytes:
     """Brain-mask outline (red) over the image: 5 axial planes plus coronal and sagittal."""
-    from scipy import ndimage as ndi
-
     zooms = _zooms(affine)
     zs = np.flatnonzero(mask.any(axis=(0, 1)))
     ks = (
@@ -302,6 +301,7 @@ def _svg(fig) -> str:
 
 
 def _figure(w: float, h: float):
+    # lazy: matplotlib takes ~1 s to import; only the cohort page's charts need it
     import matplotlib
 
     matplotlib.rcParams["svg.hashsalt"] = "cmb"  # stable ids: identical SVG on a rerun

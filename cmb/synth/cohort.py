@@ -32,6 +32,7 @@ from cmb.synth.lesions import (
     to_subject_space,
 )
 from cmb.synth.presets import LAYOUTS, PRESET_NAMES, draw_acquisition
+from cmb.synth.preview import write_preview
 from cmb.synth.random_veins import TOUCH_SHARE, place_random_veins, place_touching_cmbs
 from cmb.synth.scan import simulate_scan, simulate_t1w, t1w_parcellation
 from cmb.synth.truth import write_truth
@@ -187,8 +188,6 @@ def synthesize(o: SynthOptions, log=print) -> pd.DataFrame:
         out, df[["participant_id", "age", "sex", "site", "cohort_profile"]], command, o.seed
     )
     if o.preview:
-        from cmb.synth.preview import write_preview
-
         path = write_preview(out)
         log(f"preview: {path}")
     return df

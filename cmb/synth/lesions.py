@@ -15,6 +15,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
+from cmb.cache import load_arrays, save_arrays
 from cmb.mars_region import (
     CSF_LABEL,
     MARS_MAP_VERSION,
@@ -26,6 +27,7 @@ from cmb.mars_region import (
 from cmb.synth.anatomy import HeadModel
 from cmb.synth.geometry import SubjectWarp, vein_clearance
 from cmb.synth.physics import Source, rad_per_ppm
+from cmb.template import load_mni
 
 __all__ = [
     "LOCATION_PRIORS",
@@ -166,9 +168,6 @@ def truth_mars_map() -> MarsMap:
     map), so that a coarse (2 mm) head model does not move a CMB across a region border
     on the truth side.
     """
-    from cmb.cache import load_arrays, save_arrays
-    from cmb.template import load_mni
-
     cached = load_arrays(f"mars{MARS_MAP_VERSION}-res1")
     if cached is not None:
         return MarsMap(cached[0]["labels"], cached[0]["affine"])

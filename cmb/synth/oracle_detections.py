@@ -22,6 +22,7 @@ from scipy import ndimage as ndi
 from cmb.atomic import save_nifti, write_json
 from cmb.detect import CANDIDATE_COLUMNS
 from cmb.localize import to_input_grid
+from cmb.synth.lesions import truth_mars_map
 
 FALSE_KINDS = ("csf", "outside_brain", "below_threshold")
 
@@ -48,10 +49,6 @@ def true_grid(bids: Path, sub: str) -> tuple[nib.Nifti1Image, np.ndarray, np.nda
     mask on it, and the true native MARS map: every voxel mapped to MNI with the
     simulator's own transform and looked up in the MARS map the truth labels come from
     (the 1 mm map, whatever the head model's resolution)."""
-    from scipy import ndimage
-
-    from cmb.synth.lesions import truth_mars_map
-
     tdir = truth_dir(bids, sub)
     raw = nib.load(
         _one(bids / f"sub-{sub}", "*/*_part-mag_*.nii.gz")
@@ -74,7 +71,7 @@ def true_grid(bids: Path, sub: str) -> tuple[nib.Nifti1Image, np.ndarray, np.nda
     ).T  # voxel -> xfm grid voxel
     field = np.asanyarray(xfm.dataobj)
     mni_pts = np.stack(
-        [ndimage.map_coordinates(field[..., c], pts, order=1, mode="nearest") for c in range(3)], 1
+        [ndi.map_coordinates(field[..., c], pts, order=1, mode="nearest") for c in range(3)], 1
     )
     idx = np.rint(nib.affines.apply_affine(np.linalg.inv(mars_mni.affine), mni_pts)).astype(int)
     idx = np.clip(idx, 0, np.array(mars_mni.labels.shape) - 1)

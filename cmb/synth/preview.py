@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-import matplotlib
+import nibabel as nib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import nibabel as nib  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from cmb.atomic import atomic_path  # noqa: E402
-from cmb.synth.bids_writer import TRUTH_PIPELINE  # noqa: E402
-from cmb.synth.physics import homodyne_phase  # noqa: E402
+from cmb.atomic import atomic_path
+from cmb.synth.bids_writer import TRUTH_PIPELINE
+from cmb.synth.physics import homodyne_phase
 
 __all__ = ["write_preview"]
 
@@ -36,7 +33,11 @@ def _pick_subject(root: Path) -> Path:
 
 def write_preview(root: Path, out: Path | None = None, n_cols: int = 4) -> Path:
     """Draw axial and coronal slices through the CMBs of one subject of a synthetic cohort."""
-    import json
+    # lazy: matplotlib.pyplot takes ~0.5 s to import (and sets the backend); only --preview draws
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
     root = Path(root)
     params_path = _pick_subject(root)
