@@ -105,6 +105,20 @@ def _outputs(tmp_path: Path) -> dict:
     }
 
 
+def _output_options(out: dict) -> list[str]:
+    """The detect CLI's four output options for the paths of :func:`_outputs`."""
+    return [
+        "--out-table",
+        out["cmb.tsv"],
+        "--out-sidecar",
+        out["cmb.json"],
+        "--out-dseg",
+        out["dseg.nii.gz"],
+        "--out-prob",
+        out["probseg.nii.gz"],
+    ]
+
+
 def _detect(scan: Scan, tmp_path: Path, **kwargs) -> tuple[pd.DataFrame, dict, dict]:
     out = _outputs(tmp_path)
     sidecar = run_detect(
@@ -211,14 +225,7 @@ def test_a_gpu_requested_where_none_is_visible_runs_on_the_cpu_with_one_warning_
             str(small_scan.mask),
             "--phase",
             str(small_scan.phase),
-            "--out-table",
-            out["cmb.tsv"],
-            "--out-sidecar",
-            out["cmb.json"],
-            "--out-dseg",
-            out["dseg.nii.gz"],
-            "--out-prob",
-            out["probseg.nii.gz"],
+            *_output_options(out),
         ]
 
     out, cpu_out = _outputs(tmp_path), _outputs(tmp_path / "cpu")
@@ -315,14 +322,7 @@ def test_cli_names_the_broken_file(scan, tmp_path):
         str(broken),
         "--mask",
         str(scan.mask),
-        "--out-table",
-        out["cmb.tsv"],
-        "--out-sidecar",
-        out["cmb.json"],
-        "--out-dseg",
-        out["dseg.nii.gz"],
-        "--out-prob",
-        out["probseg.nii.gz"],
+        *_output_options(out),
         "--cpu",
     ]
     with pytest.raises(ValueError, match="cannot read") as raised:
@@ -346,14 +346,7 @@ def test_cli_rejects_a_corrupt_model(scan, tmp_path):
         str(scan.mask),
         "--model",
         str(model),
-        "--out-table",
-        out["cmb.tsv"],
-        "--out-sidecar",
-        out["cmb.json"],
-        "--out-dseg",
-        out["dseg.nii.gz"],
-        "--out-prob",
-        out["probseg.nii.gz"],
+        *_output_options(out),
     ]
     with pytest.raises(ModelError, match="model.safetensors: SHA-256"):
         detect_main(argv)
