@@ -21,7 +21,6 @@ import numpy as np
 
 from cmb.atomic import atomic_path, save_nifti
 from cmb.config import add_config_sections, default
-from cmb.template import load_mni
 
 __all__ = ["main", "write_label_table", "write_mars_map"]
 
@@ -76,6 +75,7 @@ def write_mars_map(
         The map that was written.
     """
     from cmb.mars_region import build_mars_map
+    from cmb.template import load_mni  # lazy: scipy.ndimage, ~0.4 s of --help
 
     t0 = time.perf_counter()
     mars = build_mars_map(
