@@ -64,16 +64,59 @@ OLD_MIMIC_COLUMNS = [
     "through_plane",
     "chi_ppm",
 ]
-# Images and the old truth columns of `tiny`, seed 11, 3 CMBs, without randomized veins. Recomputed when
-# MARS_MAP_VERSION 2 (cmb.mars_region) moved where lesions are placed; the randomized veins must not move it.
-DEFAULT_FINGERPRINT = "e00519e612fcfbb5a09af6c474d6addc6f41ff9756e3786d79876a765b985eb1"
+# `tiny`, seed 11, 3 CMBs, without randomized veins: the label images and the old truth columns
+# exactly, and moments of the rendered images. Recomputed when MARS_MAP_VERSION 2 (cmb.mars_region)
+# moved where lesions are placed; the randomized veins must not move it. The rendered images are
+# compared to a tolerance because their last bit depends on the CPU's vectorized maths (an image
+# quantized to integers flips a few voxels by one between Intel and AMD machines); a moved vein
+# or lesion changes the moments by far more than that.
+DEFAULT_LABELS_SHA256 = "cd1c2a294258cdb44200b887c25acd5183fb39d7cd2d6414db035a33da41221c"
+DEFAULT_IMAGE_MOMENTS = {
+    "derivatives/cmb-truth/sub-01/swi/sub-01_from-scanner_to-MNI152NLin2009cAsym_mode-points_xfm.nii.gz": [
+        9169238.59,
+        615472401.0,
+        189717442.0,
+        238830268.0,
+        135534010.0,
+    ],
+    "sub-01/swi/sub-01_part-mag_GRE.nii.gz": [
+        976777027.0,
+        2098100840000.0,
+        61982309900.0,
+        72412546800.0,
+        30959238900.0,
+    ],
+    "sub-01/swi/sub-01_part-phase_GRE.nii.gz": [
+        1994347450.0,
+        5078795280000.0,
+        126394746000.0,
+        149126981000.0,
+        56441105100.0,
+    ],
+}
+LABEL_IMAGES = ("_desc-brain_mask", "_label-CMB_dseg")
 
 
-def _fingerprint(root: Path) -> str:
+def _image_moments(a: np.ndarray) -> list[float]:
+    """Sum of absolute values, sum of squares, and the first moment of the absolute values
+    along each axis (all non-negative, so that a relative tolerance means the same for each)."""
+    a = np.abs(a.astype(np.float64).reshape(a.shape[:3] + (-1,)))
+    grids = np.meshgrid(*(np.arange(n, dtype=np.float64) for n in a.shape[:3]), indexing="ij")
+    return [float(a.sum()), float((a * a).sum())] + [float((a * g[..., None]).sum()) for g in grids]
+
+
+def _fingerprint(root: Path) -> tuple[str, dict[str, list[float]]]:
+    """(SHA-256 of the label images and truth tables, moments of every other image)."""
     h = hashlib.sha256()
+    moments = {}
     for p in sorted(root.rglob("*.nii.gz")):
-        h.update(str(p.relative_to(root)).encode())
-        h.update(np.asarray(nib.load(p).dataobj).tobytes())
+        rel = str(p.relative_to(root))
+        data = np.asarray(nib.load(p).dataobj)
+        if any(tag in p.name for tag in LABEL_IMAGES):
+            h.update(rel.encode())
+            h.update(data.tobytes())
+        else:
+            moments[rel] = _image_moments(data)
     for p in sorted(root.rglob("*.tsv")):
         df = pd.read_csv(p, sep="\t")
         cols = (
@@ -83,8 +126,8 @@ def _fingerprint(root: Path) -> str:
             if "mimics" in p.name
             else list(df.columns)
         )
-        h.update(df[cols].to_csv(sep="\t", index=False).encode())
-    return h.hexdigest()
+        h.update(df[cols].round(4).to_csv(sep="\t", index=False).encode())
+    return h.hexdigest(), moments
 
 
 def test_default_output_unchanged(tmp_path):
@@ -92,7 +135,11 @@ def test_default_output_unchanged(tmp_path):
         SynthOptions(out=tmp_path, n_subjects=1, seed=11, preset="tiny", n_cmb=3),
         log=lambda m: None,
     )
-    assert _fingerprint(tmp_path) == DEFAULT_FINGERPRINT
+    labels_sha256, moments = _fingerprint(tmp_path)
+    assert labels_sha256 == DEFAULT_LABELS_SHA256
+    assert sorted(moments) == sorted(DEFAULT_IMAGE_MOMENTS)
+    for rel, expected in DEFAULT_IMAGE_MOMENTS.items():
+        np.testing.assert_allclose(moments[rel], expected, rtol=1e-6, err_msg=rel)
     truth = tmp_path / TRUTH / "sub-01/swi"
     cmbs = pd.read_csv(truth / "sub-01_label-CMB_dseg.tsv", sep="\t")
     assert cmbs.touches_vein.dtype == bool
