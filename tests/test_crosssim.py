@@ -16,7 +16,7 @@ from cmb.annotations import acquisition_label, truth_files
 from cmb.crosssim.cohort import CrossSimOptions, generate
 from cmb.crosssim.fields import cylinder_field, rad_per_ppm, sphere_field, sphere_field_gradient
 from cmb.crosssim.forward import Contrast, draw_acquisition, simulate_scan
-from cmb.crosssim.geometry import CLASSES, PARENCHYMA, random_head
+from cmb.crosssim.geometry import CLASSES, JUXTACORTICAL_MM, PARENCHYMA, random_head
 from cmb.crosssim.sources import place_calcifications, place_microbleeds, place_veins
 from cmb.evaluation import load_truth
 
@@ -115,6 +115,27 @@ def test_head_has_brain_tissue_inside_skull_and_air_outside(subject):
     order = [n for i, n in enumerate(names) if i == 0 or n != names[i - 1]]
     tail = [n for n in order if n in ("csf", "skull", "scalp", "air")][-4:]
     assert tail == ["csf", "skull", "scalp", "air"]
+
+
+def test_mars_category_is_lobar_within_the_juxtacortical_distance_of_any_cortex(subject):
+    """The truth's MARS category measures white matter's distance to the nearest cortex (outer
+    surface, sulcal lining, medial surface), not its depth below the outer surface: white matter
+    beside the medial cortex is juxtacortical (lobar) however deep it lies."""
+    head = subject[0]
+    rng = np.random.default_rng(3)
+    lo, hi = head.icv_box()
+    p = head.to_scanner(rng.uniform(lo, hi, (20_000, 3)))
+    wm = p[head.classify(p) == CLASSES.index("white_matter")][:80]
+    dist = np.array([head.cortex_distance(x, 12.0) for x in wm])
+    category = head.mars_category(wm)
+    assert list(category) == ["lobar" if d <= JUXTACORTICAL_MM else "deep" for d in dist]
+    assert (category == "lobar").any() and (category == "deep").any()
+    # points the old rule (15 mm below the outer surface: the placement zone) put on the wrong side
+    zone = head.placement_zone(wm)
+    assert (zone != category).any()
+    cortex = p[head.classify(p) == CLASSES.index("cortex")][:5]
+    assert set(head.mars_category(cortex)) == {"lobar"}
+    assert all(head.cortex_distance(x, 1.0) <= 0.25 for x in cortex)
 
 
 def test_veins_microbleeds_and_calcifications(subject):

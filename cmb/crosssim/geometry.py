@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from cmb.config import default
+
 __all__ = [
     "CLASSES",
     "PARENCHYMA",
@@ -84,6 +86,10 @@ PARENCHYMA = tuple(
         "brainstem",
     )
 )
+#: MARS's juxtacortical (subcortical) white matter, lobar: within this distance of the cortex. The
+#: workflow's definition of the label being scored (``mars.juxtacortical_mm``); the anatomy it is
+#: measured on is this simulator's own.
+JUXTACORTICAL_MM = default("mars", "juxtacortical_mm")
 _DEEP_NUCLEI = ("caudate", "putamen", "pallidum", "thalamus")
 _R0 = 70.0  # radius (mm) of the sphere on which direction-dependent noise is sampled
 
@@ -375,15 +381,53 @@ class Head:
             cls[bs] = sub
 
     # ----------------------------------------------------------------- anatomy labels
-    def mars_category(self, p_scanner: np.ndarray) -> np.ndarray:
-        """MARS category of scanner points: ``lobar`` (cortex, and white matter within 15 mm of
-        the cerebral surface, the zone of the sulci), ``deep``, ``infratentorial``, or ``n/a`` outside
-        parenchyma."""
+    def placement_zone(self, p_scanner: np.ndarray) -> np.ndarray:
+        """The stratum that :func:`cmb.crosssim.sources.place_microbleeds` draws CMB sites from
+        (``CATEGORY_PRIOR``): ``lobar`` (cortex, and white matter within 15 mm of the cerebral
+        surface, the zone of the sulci), ``deep``, ``infratentorial``, or ``n/a`` outside
+        parenchyma. A placement prior only: the truth's label is :meth:`mars_category`."""
         q = self.to_head(p_scanner)
         cls, depth = self._classify_head(q)
         out = np.full(len(q), "n/a", dtype=object)
         out[np.isin(cls, PARENCHYMA)] = "deep"
         out[(cls == _C["cortex"]) | ((cls == _C["white_matter"]) & (depth < 15.0))] = "lobar"
+        out[self._infratentorial_mask(q, cls)] = "infratentorial"
+        return out
+
+    def mars_category(
+        self, p_scanner: np.ndarray, juxtacortical_mm: float = JUXTACORTICAL_MM
+    ) -> np.ndarray:
+        """MARS category of scanner points: ``lobar`` (cortex, and white matter within
+        ``juxtacortical_mm`` of the nearest cortex: the outer surface, a sulcus's lining or the
+        medial surface), ``deep`` (deeper white matter, the nuclei), ``infratentorial``
+        (cerebellum, brainstem), or ``n/a`` outside parenchyma."""
+        p_scanner = np.atleast_2d(np.asarray(p_scanner, np.float64))
+        q = self.to_head(p_scanner)
+        cls, _ = self._classify_head(q)
+        out = np.full(len(q), "n/a", dtype=object)
+        out[np.isin(cls, PARENCHYMA)] = "deep"
+        out[cls == _C["cortex"]] = "lobar"
+        for i in np.flatnonzero(cls == _C["white_matter"]):
+            if self.cortex_distance(p_scanner[i], juxtacortical_mm) <= juxtacortical_mm:
+                out[i] = "lobar"
+        out[self._infratentorial_mask(q, cls)] = "infratentorial"
+        return out
+
+    def cortex_distance(self, p_scanner: np.ndarray, max_mm: float, step_mm: float = 0.25) -> float:
+        """Distance (mm) from one scanner point to the nearest cerebral cortex, searched on
+        spheres of growing radius (256 directions each, ``step_mm`` apart); ``inf`` past
+        ``max_mm``."""
+        k = np.arange(256) + 0.5
+        polar, azimuth = np.arccos(1 - 2 * k / 256), np.pi * (1 + 5**0.5) * k
+        dirs = np.stack(
+            [np.cos(azimuth) * np.sin(polar), np.sin(azimuth) * np.sin(polar), np.cos(polar)], 1
+        )
+        radii = np.arange(step_mm, max_mm + step_mm / 2, step_mm)
+        pts = np.asarray(p_scanner, np.float64).reshape(1, 1, 3) + radii[:, None, None] * dirs
+        hit = (self.classify(pts.reshape(-1, 3)) == _C["cortex"]).reshape(len(radii), -1).any(1)
+        return float(radii[np.argmax(hit)]) if hit.any() else float("inf")
+
+    def _infratentorial_mask(self, q: np.ndarray, cls: np.ndarray) -> np.ndarray:
         infra = np.isin(
             cls,
             [
@@ -391,9 +435,7 @@ class Head:
                 for n in ("cerebellar_cortex", "cerebellar_white_matter", "dentate", "brainstem")
             ],
         )
-        infra |= (cls == _C["red_nucleus"]) & self.brainstem.inside(q)
-        out[infra] = "infratentorial"
-        return out
+        return infra | ((cls == _C["red_nucleus"]) & self.brainstem.inside(q))
 
     def hemisphere(self, p_scanner: np.ndarray) -> np.ndarray:
         """``L``, ``R`` or ``midline`` (within 1 mm of the head's mid-sagittal plane)."""

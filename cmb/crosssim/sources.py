@@ -204,13 +204,13 @@ def _inside_brain(head: Head, pts: np.ndarray, min_parenchyma: float = 0.85) -> 
 def parenchyma_pool(
     head: Head, rng: np.random.Generator, n: int = 40_000
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Random scanner points in parenchyma and their MARS categories."""
+    """Random scanner points in parenchyma and their placement zones (``Head.placement_zone``)."""
     lo, hi = head.icv_box()
     q = rng.uniform(lo, hi, (n, 3))
     p = head.to_scanner(q)
     keep = np.isin(head.classify(p), PARENCHYMA)
     p = p[keep]
-    return p, head.mars_category(p)
+    return p, head.placement_zone(p)
 
 
 def _draw_vein(kind, centre, rng) -> tuple:
