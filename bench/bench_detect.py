@@ -51,6 +51,7 @@ from cmb.evaluation import (
     sensitivity_at_fp,
     write_evaluation,
 )
+from cmb.phase_convention import phase_convention_columns, read_phase_convention
 
 
 def _row(name, cohort, froc, seconds):
@@ -175,8 +176,35 @@ def main(argv=None) -> int:
                 f"{name}: CMBs touching a vein found {touching[0]}/{touching[1]} = "
                 f"{touching[0] / max(touching[1], 1):.3f}"
             )
+    conventions = phase_conventions(scans)
+    if len(conventions):
+        print("phase sign convention per scan (the preprocessed phase's PhaseConvention):")
+        print(conventions.to_string(index=False))
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     return 0
+
+
+def phase_conventions(scans) -> pd.DataFrame:
+    """One row per scan with a phase: the vendor rule's sign, the sign used, its source, the
+    data estimate's z and the flags (``phase_convention_mismatch`` / ``_unconfident``)."""
+    rows = []
+    for scan in scans:
+        if not scan.phase:
+            continue
+        c = phase_convention_columns(read_phase_convention(scan.phase))
+        rows.append(
+            {
+                "scan": scan.key,
+                "acquisition": scan.acquisition,
+                "vendor_sign": c["phase_sign_vendor"],
+                "used_sign": c["paramagnetic_phase"],
+                "source": c["phase_sign_source"],
+                "z": c["phase_sign_z"],
+                "mismatch": c["phase_convention_mismatch"],
+                "unconfident": c["phase_convention_unconfident"],
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def vein_segments(truth_path: Path) -> pd.DataFrame:
