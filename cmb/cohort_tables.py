@@ -38,8 +38,10 @@ from cmb.atomic import atomic_path, write_text
 from cmb.failures import read_record
 from cmb.mars_region import CATEGORY, REGIONS
 from cmb.phase_convention import (
+    COHORT_MISMATCH_FLAG,
     MISMATCH_FLAG,
     UNCONFIDENT_FLAG,
+    cohort_phase_columns,
     phase_convention_columns,
     read_phase_convention,
 )
@@ -61,6 +63,9 @@ __all__ = [
 ]
 
 _NA = "n/a"
+#: The scans that share a phase sign convention: one site's scanner (its reconstruction and
+#: converter go with it); pooled by :func:`cmb.phase_convention.cohort_phase_columns`.
+PHASE_GROUP = ("site", "manufacturer", "scanner")
 CATEGORIES = ("lobar", "deep", "infratentorial")
 #: Default QC limits (config ``localize.qc``).
 DEFAULT_QC = {
@@ -241,7 +246,11 @@ def qc_checks(row: dict, qc: dict | None = None) -> dict:
         )
         if (key is None and row.get("status") == "failed") or (key and out[key] in ("warn", "fail"))
     ]
-    flags += [flag for flag in (MISMATCH_FLAG, UNCONFIDENT_FLAG) if row.get(flag) == "true"]
+    flags += [
+        flag
+        for flag in (MISMATCH_FLAG, UNCONFIDENT_FLAG, COHORT_MISMATCH_FLAG)
+        if row.get(flag) == "true"
+    ]
     out["qc_flags"] = ";".join(flags) if flags else _NA
     return out
 
@@ -303,8 +312,10 @@ def _subject_row(s: SubjectFiles, qc: dict | None) -> tuple[dict, pd.DataFrame |
         ((meta.get("Localization") or {}).get("parcellation_source") or _NA) if anatomy else _NA
     )
     row["brain_mask_volume_ml"] = _fmt(summary.get("brain_mask_volume_ml"), ".1f")
-    row.update(phase_convention_columns(read_phase_convention(s.phase) if s.phase else None))
-    row.update(qc_checks(row, qc))
+    convention = read_phase_convention(s.phase) if s.phase else None
+    row.update(phase_convention_columns(convention))
+    # not a column: with site and scanner, the group that shares a phase convention
+    row["manufacturer"] = (convention or {}).get("manufacturer") or _NA
     return row, det
 
 
@@ -315,9 +326,13 @@ def build_counts(
     rows, dets = [], []
     for s in subjects:
         row, det = _subject_row(s, qc)
-        rows.append({k: _NA if v is None else str(v) for k, v in row.items()})  # ints stay ints
+        rows.append(row)
         if det is not None and len(det):
             dets.append(det)
+    for row, cohort in zip(rows, cohort_phase_columns(rows, PHASE_GROUP)):
+        row.update(cohort)
+        row.update(qc_checks(row, qc))
+    rows = [{k: _NA if v is None else str(v) for k, v in row.items()} for row in rows]
     counts = pd.DataFrame(rows, columns=COUNT_COLUMNS).fillna(_NA).astype(str)
     counts = counts.sort_values(["participant_id", "session_id"], kind="stable").reset_index(
         drop=True

@@ -77,6 +77,7 @@ import json
 import math
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -99,6 +100,8 @@ __all__ = [
     "manufacturer_from_report",
     "read_phase_convention",
     "phase_convention_columns",
+    "pooled_paramagnetic_phase",
+    "cohort_phase_columns",
 ]
 
 #: Accepted values of ``paramagnetic_phase``.
@@ -111,6 +114,9 @@ VENDOR_PARAMAGNETIC_PHASE = {"Siemens": "negative", "Philips": "negative", "GE":
 MISMATCH_FLAG = "phase_convention_mismatch"
 #: QC flag: ``auto`` kept the vendor rule because the data estimate was not confident.
 UNCONFIDENT_FLAG = "phase_convention_unconfident"
+#: QC flag: the sign used differs from the pooled estimate of the scans of the same site and
+#: scanner (:func:`pooled_paramagnetic_phase`).
+COHORT_MISMATCH_FLAG = "phase_convention_cohort_mismatch"
 
 #: Settings of :func:`estimate_paramagnetic_phase` (its docstring says what each does).
 DEFAULT_PHASE_SIGN_CHECK = {
@@ -728,3 +734,86 @@ def phase_convention_columns(convention: dict | None) -> dict:
         "phase_convention_mismatch": "true" if MISMATCH_FLAG in flags else "false",
         "phase_convention_unconfident": "true" if UNCONFIDENT_FLAG in flags else "false",
     }
+
+
+def pooled_paramagnetic_phase(
+    z_scores: Sequence[float], min_z: float = DEFAULT_PHASE_SIGN_CHECK["min_z"]
+) -> tuple[str | None, float | None, str]:
+    """The phase sign that several scans of one convention (a site's scanner, its
+    reconstruction and converter) show together.
+
+    A phase convention belongs to the scanner and the software that wrote the files, not to
+    one scan, so scans that share them can decide together where one alone is unconfident (a
+    1.5 T scan with few veins). Their z-scores (:func:`estimate_paramagnetic_phase`, positive:
+    paramagnetic positive) are independent, and pool as Stouffer's ``sum z / sqrt(n)``. The
+    group decides when at least two scans were measured, ``|pooled z| >= min_z``, and no
+    scan's own confident estimate (``|z| >= min_z``) says the other sign: a group whose scans
+    confidently disagree holds two conventions, and has none.
+
+    Returns (sign or None, pooled z or None, the reason).
+
+    >>> sign, z, reason = pooled_paramagnetic_phase([2.8, 5.6, 7.5])
+    >>> sign, round(z, 2), reason
+    ('positive', 9.18, 'pooled z 9.18 of 3 scans')
+    >>> pooled_paramagnetic_phase([-7.0, 6.0])[0] is None
+    True
+    >>> pooled_paramagnetic_phase([2.0])[2]
+    'one scan measured'
+    """
+    z = np.asarray([v for v in z_scores if v is not None and np.isfinite(v)], float)
+    if len(z) < 2:
+        return None, None, "one scan measured" if len(z) else "no scan measured"
+    pooled = float(z.sum() / np.sqrt(len(z)))
+    if abs(pooled) < min_z:
+        return None, pooled, f"pooled z {pooled:.2f} of {len(z)} scans is below {min_z:g}"
+    sign = 1 if pooled > 0 else -1
+    if (np.sign(z) == -sign).any() and (np.abs(z[np.sign(z) == -sign]) >= min_z).any():
+        return None, pooled, f"the {len(z)} scans confidently disagree (two conventions)"
+    return _SIGNS[sign], pooled, f"pooled z {pooled:.2f} of {len(z)} scans"
+
+
+def cohort_phase_columns(rows: Sequence[dict], group_keys: Sequence[str]) -> list[dict]:
+    """Per row of a cohort table (the :func:`phase_convention_columns` of each scan, and the
+    ``group_keys``), the columns of its group's pooled sign: ``phase_sign_cohort``,
+    ``phase_sign_cohort_z``, ``phase_sign_cohort_scans`` and
+    ``phase_convention_cohort_mismatch`` (``true`` when the sign used differs from the
+    group's). Rows without phase get ``n/a``.
+
+    >>> rows = [{"site": "A", "paramagnetic_phase": "negative", "phase_sign_z": z}
+    ...         for z in ("2.76", "5.64", "7.52")]
+    >>> [r["phase_convention_cohort_mismatch"] for r in cohort_phase_columns(rows, ["site"])]
+    ['true', 'true', 'true']
+    """
+    na = "n/a"
+
+    def z_of(row):
+        try:
+            return float(row.get("phase_sign_z"))
+        except (TypeError, ValueError):
+            return None
+
+    groups: dict[tuple, list[int]] = {}
+    for i, row in enumerate(rows):
+        if row.get("paramagnetic_phase", na) != na:
+            groups.setdefault(tuple(str(row.get(k, na)) for k in group_keys), []).append(i)
+    out = [
+        {
+            "phase_sign_cohort": na,
+            "phase_sign_cohort_z": na,
+            "phase_sign_cohort_scans": na,
+            COHORT_MISMATCH_FLAG: na,
+        }
+        for _ in rows
+    ]
+    for members in groups.values():
+        sign, pooled, _ = pooled_paramagnetic_phase([z_of(rows[i]) for i in members])
+        for i in members:
+            out[i] = {
+                "phase_sign_cohort": sign or "undecided",
+                "phase_sign_cohort_z": na if pooled is None else f"{pooled:.2f}",
+                "phase_sign_cohort_scans": str(len(members)),
+                COHORT_MISMATCH_FLAG: (
+                    "false" if sign is None or sign == rows[i]["paramagnetic_phase"] else "true"
+                ),
+            }
+    return out

@@ -207,6 +207,54 @@ def test_subject_files_with_sessions(tmp_path):
     assert counts.loc[0, "n_cmb"] == "n/a" and len(det) == 0
 
 
+def _phase_scan(tmp_path, pid, manufacturer, estimate_sign, z) -> SubjectFiles:
+    """A scan whose preprocessed phase carries the decision of ``auto`` for this estimate."""
+    from cmb.phase_convention import PhaseSignEstimate, resolve_paramagnetic_phase
+
+    estimate = PhaseSignEstimate(estimate_sign, z, abs(z) >= 3, 0.9, 20, 600, 200, 0.1, 3.0, "")
+    decision = resolve_paramagnetic_phase("auto", manufacturer, estimate=estimate)
+    phase = tmp_path / f"sub-{pid}_part-phase_desc-preproc_GRE.nii.gz"
+    phase.write_bytes(b"")
+    (tmp_path / f"sub-{pid}_part-phase_desc-preproc_GRE.json").write_text(
+        json.dumps({"PhaseConvention": decision.to_dict()})
+    )
+    return SubjectFiles(
+        participant_id=pid,
+        session_id=None,
+        phase=phase,
+        records=[{"status": "ok", "stage": "ingest"}],
+        site="siteA",
+    )
+
+
+def test_an_unconfident_scan_is_flagged_when_its_scanners_other_scans_show_a_flipped_phase(
+    tmp_path,
+):
+    """The case of the flipped cohort (docs/benchmarks.md): a Philips 1.5 T scan with few veins
+    (z 2.76, unconfident) keeps the vendor rule's negative sign, while the other scans of the
+    same scanner confidently show positive. A GE scan of the site is its own group."""
+    scans = [
+        _phase_scan(tmp_path, "weak", "Philips", "positive", 2.76),
+        _phase_scan(tmp_path, "flippedA", "Philips", "positive", 5.64),
+        _phase_scan(tmp_path, "flippedB", "Philips", "positive", 7.52),
+        _phase_scan(tmp_path, "ge", "GE", "positive", 1.5),
+    ]
+    write_cohort_tables(scans, tmp_path / "c.csv", tmp_path / "d.csv")
+    c = pd.read_csv(tmp_path / "c.csv", dtype=str, keep_default_na=False).set_index(
+        "participant_id"
+    )
+    cols = ["paramagnetic_phase", "phase_sign_cohort", "phase_convention_cohort_mismatch"]
+    assert c.loc["sub-weak", cols].tolist() == ["negative", "positive", "true"]
+    assert c.loc["sub-weak", "phase_sign_cohort_z"] == "9.19"
+    assert c.loc["sub-weak", "phase_sign_cohort_scans"] == "3"
+    assert "phase_convention_cohort_mismatch" in c.loc["sub-weak", "qc_flags"].split(";")
+    for pid in ("sub-flippedA", "sub-flippedB"):  # followed their own confident estimate
+        assert c.loc[pid, cols].tolist() == ["positive", "positive", "false"]
+    # one scan alone: no pooled sign
+    assert c.loc["sub-ge", cols].tolist() == ["positive", "undecided", "false"]
+    assert c.loc["sub-ge", "phase_sign_cohort_z"] == "n/a"
+
+
 def test_long_counts_match_the_wide_table(cohort):
     wide = _read(cohort["root"] / "cohort" / "cmb_counts.csv").set_index("participant_id")
     long = _read(cohort["root"] / "cohort" / "cmb_counts_long.csv")
@@ -228,9 +276,8 @@ def test_phase_convention_mismatch_reaches_the_counts_and_qc_flags(tmp_path):
         ("vague", "positive", False),
         ("agrees", "negative", True),
     ):
-        estimate = PhaseSignEstimate(
-            estimate_sign, 7.5 if confident else 1.2, confident, 0.9, 20, 600, 200, 0.1, 3.0, ""
-        )
+        z = (7.5 if confident else 1.2) * (1 if estimate_sign == "positive" else -1)
+        estimate = PhaseSignEstimate(estimate_sign, z, confident, 0.9, 20, 600, 200, 0.1, 3.0, "")
         decision = resolve_paramagnetic_phase("auto", "SIEMENS", estimate=estimate)
         phase = tmp_path / f"sub-{pid}_part-phase_desc-preproc_GRE.nii.gz"
         phase.write_bytes(b"")
