@@ -108,7 +108,7 @@ def run_cohort(kind: str, root: Path, args: argparse.Namespace) -> tuple[dict, p
 
 def category_misses(evaluation: Path, truth: Path, cohort: str) -> pd.DataFrame:
     """Matched detections whose MARS category differs from their CMB's, with both sides."""
-    det = pd.read_csv(evaluation / "detections.csv")
+    det = pd.read_csv(evaluation / "detections.csv", low_memory=False)
     det = det[det["truth_id"].notna() & det["kept"]]
     rows = []
     for _, d in det.iterrows():
