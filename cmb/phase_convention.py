@@ -755,8 +755,10 @@ def pooled_paramagnetic_phase(
     >>> sign, z, reason = pooled_paramagnetic_phase([2.8, 5.6, 7.5])
     >>> sign, round(z, 2), reason
     ('positive', 9.18, 'pooled z 9.18 of 3 scans')
-    >>> pooled_paramagnetic_phase([-7.0, 6.0])[0] is None
-    True
+    >>> pooled_paramagnetic_phase([-7.0, 6.0])[2]
+    'pooled z -0.71 of 2 scans is below 3'
+    >>> pooled_paramagnetic_phase([8.0, 8.0, -3.5])[::2]
+    (None, 'the 3 scans confidently disagree (two conventions)')
     >>> pooled_paramagnetic_phase([2.0])[2]
     'one scan measured'
     """
@@ -767,7 +769,7 @@ def pooled_paramagnetic_phase(
     if abs(pooled) < min_z:
         return None, pooled, f"pooled z {pooled:.2f} of {len(z)} scans is below {min_z:g}"
     sign = 1 if pooled > 0 else -1
-    if (np.sign(z) == -sign).any() and (np.abs(z[np.sign(z) == -sign]) >= min_z).any():
+    if (z * sign <= -min_z).any():
         return None, pooled, f"the {len(z)} scans confidently disagree (two conventions)"
     return _SIGNS[sign], pooled, f"pooled z {pooled:.2f} of {len(z)} scans"
 
