@@ -90,6 +90,17 @@ PARENCHYMA = tuple(
 #: workflow's definition of the label being scored (``mars.juxtacortical_mm``); the anatomy it is
 #: measured on is this simulator's own.
 JUXTACORTICAL_MM = default("mars", "juxtacortical_mm")
+#: 256 near-uniform unit vectors (a Fibonacci sphere) for the cortex-distance search.
+_k = np.arange(256) + 0.5
+_SEARCH_DIRECTIONS = np.stack(
+    [
+        np.cos(np.pi * (1 + 5**0.5) * _k) * np.sqrt(1 - (1 - 2 * _k / 256) ** 2),
+        np.sin(np.pi * (1 + 5**0.5) * _k) * np.sqrt(1 - (1 - 2 * _k / 256) ** 2),
+        1 - 2 * _k / 256,
+    ],
+    1,
+)
+del _k
 _DEEP_NUCLEI = ("caudate", "putamen", "pallidum", "thalamus")
 _R0 = 70.0  # radius (mm) of the sphere on which direction-dependent noise is sampled
 
@@ -415,15 +426,13 @@ class Head:
 
     def cortex_distance(self, p_scanner: np.ndarray, max_mm: float, step_mm: float = 0.25) -> float:
         """Distance (mm) from one scanner point to the nearest cerebral cortex, searched on
-        spheres of growing radius (256 directions each, ``step_mm`` apart); ``inf`` past
+        spheres of growing radius (:data:`_SEARCH_DIRECTIONS`, ``step_mm`` apart); ``inf`` past
         ``max_mm``."""
-        k = np.arange(256) + 0.5
-        polar, azimuth = np.arccos(1 - 2 * k / 256), np.pi * (1 + 5**0.5) * k
-        dirs = np.stack(
-            [np.cos(azimuth) * np.sin(polar), np.sin(azimuth) * np.sin(polar), np.cos(polar)], 1
-        )
         radii = np.arange(step_mm, max_mm + step_mm / 2, step_mm)
-        pts = np.asarray(p_scanner, np.float64).reshape(1, 1, 3) + radii[:, None, None] * dirs
+        pts = (
+            np.asarray(p_scanner, np.float64).reshape(1, 1, 3)
+            + radii[:, None, None] * _SEARCH_DIRECTIONS
+        )
         hit = (self.classify(pts.reshape(-1, 3)) == _C["cortex"]).reshape(len(radii), -1).any(1)
         return float(radii[np.argmax(hit)]) if hit.any() else float("inf")
 
