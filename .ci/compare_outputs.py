@@ -3,14 +3,12 @@
     python .ci/compare_outputs.py LOCAL_OUT SLURM_OUT
 
 Compared: the set of files (logs/ and benchmarks/ left out), every CSV/TSV as text,
-every NIfTI's data array and affine, ANTs .mat transforms byte for byte. NIfTI arrays
-must be equal, except the detector's confidence maps (``*_probseg.nii.gz``): the two
-runs give detect_cmb different CPU thread counts (profiles/local: 1, profiles/slurm: 2),
-and PyTorch's float32 reductions round differently with the thread count (measured: one
-candidate of 3,000 off by 1.3e-6 relative). Those maps must agree to PROBSEG_RTOL.
-Other files (JSON reports and status records with timings and host names, SVG
-figures with dates) must exist on both sides but are not compared. Exit 1 on any
-difference, with one line per difference.
+every NIfTI's data array and affine, ANTs .mat transforms byte for byte; all must be
+equal. Both runs use the workflow's `reproducible: true`, which runs ANTs and CPU
+detection on one thread each (docs/robustness.md, "Determinism"). Other files (JSON
+reports and status records with timings and host names, SVG figures with dates) must
+exist on both sides but are not compared. Exit 1 on any difference, with one line per
+difference (a table's first differing line included).
 """
 
 from __future__ import annotations
@@ -19,7 +17,6 @@ import sys
 from pathlib import Path
 
 SKIP_DIRS = {"logs", "benchmarks"}
-PROBSEG_RTOL = 1e-5  # float32 rounding of a few network outputs, far below any real change
 
 
 def files(root: Path) -> set[str]:
@@ -31,12 +28,26 @@ def files(root: Path) -> set[str]:
     return out
 
 
+def first_difference(a_lines: list[str], b_lines: list[str]) -> str:
+    """Where two tables first differ, clipped for a log line.
+
+    >>> first_difference(["h", "1 0.5"], ["h", "1 0.6"])
+    "line 2: '1 0.5' vs '1 0.6'"
+    >>> first_difference(["h"], ["h", "x"])
+    'line counts 1 vs 2'
+    """
+    for n, (a, b) in enumerate(zip(a_lines, b_lines), start=1):
+        if a != b:
+            return f"line {n}: {a[:300]!r} vs {b[:300]!r}"
+    return f"line counts {len(a_lines)} vs {len(b_lines)}"
+
+
 def compare(a_root: Path, b_root: Path) -> tuple[list[str], dict[str, int]]:
     import nibabel as nib
     import numpy as np
 
     problems: list[str] = []
-    counts = {"table": 0, "nifti": 0, "binary": 0, "present": 0, "rounded": 0}
+    counts = {"table": 0, "nifti": 0, "binary": 0, "present": 0}
     a_files, b_files = files(a_root), files(b_root)
     for rel in sorted(a_files - b_files):
         problems.append(f"only in {a_root}: {rel}")
@@ -46,8 +57,10 @@ def compare(a_root: Path, b_root: Path) -> tuple[list[str], dict[str, int]]:
         a, b = a_root / rel, b_root / rel
         if rel.endswith((".csv", ".tsv")):
             counts["table"] += 1
-            if a.read_text(encoding="utf-8") != b.read_text(encoding="utf-8"):
-                problems.append(f"table differs: {rel}")
+            a_lines = a.read_text(encoding="utf-8").splitlines()
+            b_lines = b.read_text(encoding="utf-8").splitlines()
+            if a_lines != b_lines:
+                problems.append(f"table differs: {rel} ({first_difference(a_lines, b_lines)})")
         elif rel.endswith((".nii", ".nii.gz")):
             counts["nifti"] += 1
             ia, ib = nib.load(a), nib.load(b)
@@ -58,10 +71,6 @@ def compare(a_root: Path, b_root: Path) -> tuple[list[str], dict[str, int]]:
                 )
             elif np.array_equal(da, db, equal_nan=np.issubdtype(da.dtype, np.floating)):
                 pass
-            elif rel.endswith("_probseg.nii.gz") and np.allclose(
-                da, db, rtol=PROBSEG_RTOL, atol=0, equal_nan=True
-            ):
-                counts["rounded"] += 1
             else:
                 diff = np.abs(da.astype(np.float64) - db.astype(np.float64))
                 problems.append(
@@ -88,11 +97,6 @@ def main(argv: list[str]) -> int:
     print(
         f"compared {counts['table']} CSV/TSV tables, {counts['nifti']} NIfTI images, "
         f"{counts['binary']} transforms; {counts['present']} other files checked for presence"
-        + (
-            f"; {counts['rounded']} confidence map(s) equal within rtol {PROBSEG_RTOL:g}, not exactly"
-            if counts["rounded"]
-            else ""
-        )
     )
     for line in problems:
         print(f"  DIFF {line}")

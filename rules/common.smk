@@ -50,8 +50,9 @@ config.update(_resolve_config())
 OUT = os.path.normpath(config["output_dir"])
 WORK = os.path.normpath(config["work_dir"] or f"{OUT}-work")
 PYBIDS_DB = config["pybids_db_dir"] or os.path.join(WORK, "pybids")
-# Threads of an ANTs job (N4, registrations): multi-threaded ITK sums are not bit-reproducible.
-ANTS_THREADS = 1 if config["reproducible"] else 2
+# Threads of a job whose float sums depend on the thread count (ANTs' ITK: N4, registrations;
+# PyTorch's CPU kernels: detection): one thread keeps them bit-reproducible.
+SUM_THREADS = 1 if config["reproducible"] else 2
 
 
 def sections(*names):

@@ -58,7 +58,7 @@ rule detect_cmb:
     priority: 3
     conda:
         "../envs/torch.yaml"
-    threads: 2
+    threads: SUM_THREADS
     resources:
         mem_mb=lambda wc, attempt: 6000 * attempt,
         runtime=lambda wc, attempt: 15 * attempt,

@@ -29,7 +29,7 @@ rule preprocess_swi:
     priority: 1
     conda:
         "../envs/ants.yaml"
-    threads: ANTS_THREADS
+    threads: SUM_THREADS
     resources:
         mem_mb=lambda wc, attempt: 6000 * attempt,
         runtime=lambda wc, attempt: 20 * attempt,
@@ -70,7 +70,7 @@ rule preprocess_swi_phase:
     priority: 1
     conda:
         "../envs/ants.yaml"
-    threads: ANTS_THREADS
+    threads: SUM_THREADS
     resources:
         mem_mb=lambda wc, attempt: 8000 * attempt,
         runtime=lambda wc, attempt: 20 * attempt,

@@ -162,7 +162,7 @@ rule register_to_mni:
     priority: 2
     conda:
         "../envs/ants.yaml"
-    threads: ANTS_THREADS
+    threads: SUM_THREADS
     resources:
         mem_mb=lambda wc, attempt: 8000 * attempt,
         runtime=lambda wc, attempt: 30 * attempt,
