@@ -25,10 +25,12 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from cmb.config import default
 from cmb.mars_map import write_mars_map
 from cmb.mars_region import decode_label
 from cmb.parcellation import find_parcellation
 from cmb.registration import register_subject, warp_labels_to_native, xfm_paths
+from cmb.registration.warp_labels import warp_mars_to_native
 from cmb.synth import SynthOptions, synthesize
 
 
@@ -84,6 +86,18 @@ def run(work: Path, n_subjects: int, n_cmb: int, seed: int, preset: str) -> pd.D
                     nib.load(mni_mars), img, xfm_paths(out / sub_dir.name)
                 ).dataobj
             ),
+            # the default atlas route: the subject's own cortex/white-matter border
+            "atlas_tissue": np.asanyarray(
+                warp_mars_to_native(
+                    img,
+                    nib.load(brain),
+                    xfm_paths(out / sub_dir.name),
+                    {},
+                    native_tissue={
+                        k: default("mars", k) for k in ("dark_focus_mm", "cortex_search_mm")
+                    },
+                ).dataobj
+            ),
         }
         cmbs = pd.read_csv(next(truth_dir.glob("*_label-CMB_dseg.tsv")), sep="\t")
         xyz = cmbs[["x_mm", "y_mm", "z_mm"]].to_numpy()
@@ -103,13 +117,17 @@ def run(work: Path, n_subjects: int, n_cmb: int, seed: int, preset: str) -> pd.D
                 np.mean([a[0] == b for a, b in zip(c, cmbs["mars_category"])])
             )
             row[f"{k}_region"] = float(np.mean([a[1] == b for a, b in zip(c, cmbs["mars_region"])]))
-        row["routes_agree"] = float(
-            np.mean([a[0] == b[0] for a, b in zip(called["parcellation"], called["atlas"])])
-        )
+        for k in ("atlas", "atlas_tissue"):
+            row[f"routes_agree_{k}"] = float(
+                np.mean([a[0] == b[0] for a, b in zip(called["parcellation"], called[k])])
+            )
         row["_counts"] = {
             k: [sum(a[0] == b for a, b in zip(c, cmbs["mars_category"])) for c in [called[k]]][0]
             for k in called
-        } | {"agree": sum(a[0] == b[0] for a, b in zip(called["parcellation"], called["atlas"]))}
+        } | {
+            f"agree_{k}": sum(a[0] == b[0] for a, b in zip(called["parcellation"], called[k]))
+            for k in ("atlas", "atlas_tissue")
+        }
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "_counts"}))
     return pd.DataFrame(rows)
@@ -130,7 +148,10 @@ def main() -> int:
     print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(
         f"\npooled over {n} CMBs: category correct, parcellation route {counts['parcellation'].sum() / n:.3f}, "
-        f"atlas route {counts['atlas'].sum() / n:.3f}; the two routes agree on {counts['agree'].sum() / n:.3f}"
+        f"atlas route {counts['atlas_tissue'].sum() / n:.3f} "
+        f"(without native tissue {counts['atlas'].sum() / n:.3f}); the parcellation route agrees with "
+        f"the atlas route on {counts['agree_atlas_tissue'].sum() / n:.3f} "
+        f"(without native tissue {counts['agree_atlas'].sum() / n:.3f})"
     )
     return 0
 

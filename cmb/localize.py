@@ -999,6 +999,8 @@ def localize_subject(
             "reject_outside_brain": bool(reject_outside_brain),
             "min_parenchyma_fraction": float(min_parenchyma_fraction),
             "parcellation_source": parcellation_source,
+            # the atlas route's cortex/white-matter border from the scan's own tissue classes
+            "native_tissue": (qual or {}).get("native_tissue"),
             "lookup_table": "cmb.mars_region.FREESURFER_MARS (Gregoire et al. 2009; docs/mars.md)",
             "registration_uncertainty_mm": float(registration_uncertainty_mm),
             "label_search_mm": float(label_search_mm),

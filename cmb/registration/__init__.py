@@ -15,6 +15,8 @@ Modules:
   and its quality record;
 - :mod:`cmb.registration.warp_labels`: MARS and Desikan-Killiany maps warped to the
   native grid, points mapped between subject and MNI;
+- :mod:`cmb.registration.native_tissue`: the subject's own CSF/GM/WM classes (Atropos
+  with the warped priors), which set the atlas route's cortex/white-matter border;
 - :mod:`cmb.registration.cli`: ``python -m cmb.registration``.
 
 Pipeline of :func:`register_subject`:

@@ -106,6 +106,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "label_search_mm",
             )
         },
+        native_tissue=(
+            {"dark_focus_mm": args.dark_focus_mm, "cortex_search_mm": args.cortex_search_mm}
+            if args.native_tissue
+            else None
+        ),
     )
     _log.info("quality: %s", json.dumps(report["quality"]))
     _log.info("timings: %s", json.dumps(report["timings"]))

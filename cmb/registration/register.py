@@ -421,6 +421,7 @@ def register_subject(
     parcellation_refused: str | None = None,
     mars_options: dict | None = None,
     parcellation_min_dice: float = default("mars", "parcellation_min_dice"),
+    native_tissue: dict | None = None,
 ) -> dict:
     """Register one subject to MNI, save transforms and quality, warp the MARS map.
 
@@ -461,6 +462,10 @@ def register_subject(
     mars_options : dict, optional
         juxtacortical_mm, insula_juxtacortical_mm, capsule_mm, label_search_mm for the
         parcellation's MARS map (as the MNI map was built with).
+    native_tissue : dict, optional
+        ``dark_focus_mm`` and ``cortex_search_mm``: the atlas route takes the
+        cortex/white-matter border from the subject's own tissue classes
+        (:mod:`cmb.registration.native_tissue`); None warps the MNI MARS map as it is.
 
     Returns
     -------
@@ -527,6 +532,7 @@ def register_subject(
             parcellation_root=parcellation_root,
             parcellation_refused=parcellation_refused,
             mars_options=mars_options,
+            native_tissue=native_tissue,
             parcellation_min_dice=parcellation_min_dice,
         )
         save_nifti(native, out_mars)

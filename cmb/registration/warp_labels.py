@@ -19,7 +19,7 @@ import numpy as np
 
 from cmb.atomic import write_text
 from cmb.config import default
-from cmb.mars_region import build_mars_map
+from cmb.mars_region import build_mars_labels, build_mars_map
 from cmb.parcellation import (
     ATLAS_SOURCE,
     ParcellationError,
@@ -27,6 +27,7 @@ from cmb.parcellation import (
     read_parcellation,
 )
 from cmb.registration.ants_adapter import XfmPaths, import_ants, map_points, to_ants
+from cmb.registration.native_tissue import native_tissue_parcellation
 from cmb.template import load_mni
 
 __all__ = [
@@ -119,20 +120,54 @@ def warp_mars_to_native(
     parcellation_refused: str | None = None,
     mars_options: dict | None = None,
     parcellation_min_dice: float = default("mars", "parcellation_min_dice"),
+    native_tissue: dict | None = None,
 ) -> nib.Nifti1Image:
-    """The native MARS map of a subject: the MNI map warped, or the session's parcellation's map.
+    """The native MARS map of a subject: from the atlas, or from the session's parcellation.
 
-    ``report`` (the registration quality record) gets ``parcellation_source``, and
-    ``parcellation`` or ``parcellation_refused``. The parameters are those of
-    :func:`cmb.registration.register.register_subject`; ``swi_to_t1`` is the rigid
-    RAS point matrix SWI -> T1w (None without a T1w).
+    The atlas route warps the packaged Desikan-Killiany labels and, with ``native_tissue``
+    (``dark_focus_mm``, ``cortex_search_mm``: :mod:`cmb.registration.native_tissue`), takes
+    the cortex/white-matter border from the subject's own tissue classes before MARS is
+    rasterized on the native grid; without it, the MNI MARS map is warped as it is.
+    ``report`` (the registration quality record) gets ``parcellation_source``,
+    ``native_tissue``, and ``parcellation`` or ``parcellation_refused``. The other
+    parameters are those of :func:`cmb.registration.register.register_subject`;
+    ``swi_to_t1`` is the rigid RAS point matrix SWI -> T1w (None without a T1w).
     """
-    if mars_mni is not None:
-        mars_img = nib.load(mars_mni)
+    if native_tissue is not None:
+        mni = load_mni(1)
+        dk = warp_labels_to_native(
+            nib.Nifti1Image(mni.dk.astype(np.int16), mni.affine),
+            img,
+            xfm,
+            interpolation=interpolation,
+        )
+        labels, tissue, record = native_tissue_parcellation(
+            img,
+            np.asanyarray(mask_img.dataobj) > 0,
+            xfm,
+            mni,
+            np.asanyarray(dk.dataobj),
+            **native_tissue,
+        )
+        mars = build_mars_labels(
+            labels,
+            img.affine,
+            names=mni.dk_names,
+            brain=np.asanyarray(mask_img.dataobj) > 0,
+            tissue=tissue,
+            **(mars_options or {}),
+        )
+        native = nib.Nifti1Image(mars.labels, img.affine)
+        native.header.set_data_dtype(np.int16)
+        native.header.set_xyzt_units("mm")
+        report["native_tissue"] = record
     else:
-        mars = build_mars_map(load_mni(1))
-        mars_img = nib.Nifti1Image(mars.labels, mars.affine)
-    native = warp_labels_to_native(mars_img, img, xfm, interpolation=interpolation)
+        if mars_mni is not None:
+            mars_img = nib.load(mars_mni)
+        else:
+            mars = build_mars_map(load_mni(1))
+            mars_img = nib.Nifti1Image(mars.labels, mars.affine)
+        native = warp_labels_to_native(mars_img, img, xfm, interpolation=interpolation)
     report["parcellation_source"] = ATLAS_SOURCE
     if parcellation_refused:
         _log.warning("%s", parcellation_refused)
