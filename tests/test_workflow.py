@@ -427,6 +427,10 @@ def test_end_to_end_outputs(cohort_run):
             (anat / f"sub-{sub}_from-SWI_to-MNI152NLin2009cAsym_mode-image_xfm.json").read_text()
         )
         assert quality["quality"]["nmi"] > 1.0
+        # the default atlas route: the scan's own cortex/white-matter border (mars.native_tissue)
+        tissue = quality["native_tissue"]
+        assert tissue["method"].startswith("ANTs Atropos")
+        assert tissue["gm_ml"] > 0 and tissue["wm_ml"] > 0
         for name in ("brainmask", "registration"):
             figure = out / f"sub-{sub}" / "figures" / f"sub-{sub}_desc-{name}_swi.svg"
             assert figure.read_text().lstrip().startswith(("<?xml", "<svg")), figure
