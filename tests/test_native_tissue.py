@@ -86,3 +86,13 @@ def test_refined_border_changes_juxtacortical_to_deep():
     assert decode_label(int(mine[15, 15, 27]))[0] == "lobar"  # 3 mm under the cortex: juxtacortical
     assert summary["to_white_matter_ml"] > 0
     assert CATEGORY["deep_wm"] == "deep"
+
+
+def test_atropos_gives_the_same_classes_twice():
+    """Atropos seeds from the clock by default; the workflow's outputs must be byte-identical."""
+    image, truth, _ = _phantom(np.random.default_rng(5))
+    img = nib.Nifti1Image(image, np.diag([*ZOOMS, 1.0]))
+    mask = np.ones(image.shape, bool)
+    priors = _priors(truth, shift_mm=-4.0)
+    first = segment_tissue(img, mask, priors)
+    assert all(np.array_equal(first, segment_tissue(img, mask, priors)) for _ in range(3))

@@ -49,7 +49,7 @@ from cmb.mars_region import (
     REGIONS,
     UNLABELLED,
 )
-from cmb.registration.ants_adapter import XfmPaths, import_ants, to_ants
+from cmb.registration.ants_adapter import XfmPaths, ants_tempdir, import_ants, to_ants
 from cmb.template import MNIResources
 
 __all__ = [
@@ -68,7 +68,9 @@ _log = logging.getLogger(__name__)
 
 #: Class values of :func:`segment_tissue` (0 outside the brain).
 TISSUE_CLASSES = {"csf": 1, "gm": 2, "wm": 3}
-TISSUE_METHOD = "ANTs Atropos (3 classes, warped ICBM 2009 priors, prior weight 0.25, MRF 0.1)"
+TISSUE_METHOD = (
+    "ANTs Atropos (3 classes, warped ICBM 2009 priors, prior weight 0.25, MRF 0.1, constant seed)"
+)
 _PRIOR_WEIGHT = 0.25
 _MRF = "[0.1,1x1x1]"
 _ITERATIONS = "[5,0]"
@@ -142,15 +144,17 @@ def segment_tissue(
     mask = np.asarray(mask, bool)
     data = np.asanyarray(img.dataobj).astype(np.float32)
     data = close_dark_foci(data, _zooms(img.affine), dark_focus_mm)
-    result = ants.atropos(
-        a=to_ants(img, data),
-        x=to_ants(img, mask.astype(np.float32)),
-        i=[to_ants(img, p) for p in priors],
-        m=_MRF,
-        c=_ITERATIONS,
-        priorweight=_PRIOR_WEIGHT,
-    )
-    probabilities = np.stack([p.numpy() for p in result["probabilityimages"]])
+    with ants_tempdir():  # ANTsPy writes the priors to temporary files and leaves them
+        result = ants.atropos(
+            a=to_ants(img, data),
+            x=to_ants(img, mask.astype(np.float32)),
+            i=[to_ants(img, p) for p in priors],
+            m=_MRF,
+            c=_ITERATIONS,
+            priorweight=_PRIOR_WEIGHT,
+            r=0,  # Atropos seeds its sampler from the clock unless told: a constant seed
+        )
+        probabilities = np.stack([p.numpy() for p in result["probabilityimages"]])
     classes = (np.argmax(probabilities, axis=0) + 1).astype(np.uint8)
     classes[~mask] = 0
     return classes
@@ -286,7 +290,6 @@ def native_tissue_parcellation(
             for name, value in TISSUE_CLASSES.items()
         },
         **summary,
-        "seconds": round(time.perf_counter() - t0, 2),
     }
     _log.info(
         "native tissue: GM %.0f ml, WM %.0f ml; %.1f ml atlas cortex -> white matter, "
@@ -295,6 +298,6 @@ def native_tissue_parcellation(
         record["wm_ml"],
         record["to_white_matter_ml"],
         record["to_grey_ml"],
-        record["seconds"],
+        time.perf_counter() - t0,
     )
     return labels, mask & ((priors[1] + priors[2]) > 0.5), record
