@@ -135,12 +135,7 @@ def warp_mars_to_native(
     """
     if native_tissue is not None:
         mni = load_mni(1)
-        dk = warp_labels_to_native(
-            nib.Nifti1Image(mni.dk.astype(np.int16), mni.affine),
-            img,
-            xfm,
-            interpolation=interpolation,
-        )
+        dk, _ = warp_dk_to_native(img, xfm, interpolation=interpolation)
         labels, tissue, record = native_tissue_parcellation(
             img,
             np.asanyarray(mask_img.dataobj) > 0,
